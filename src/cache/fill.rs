@@ -1,0 +1,217 @@
+//! One fill: the single upstream request for a key, streamed into a temporary body that every
+//! waiting client reads while it grows, verified, and committed (or thrown away).
+
+use std::fs::File;
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use reqwest::header::{CONTENT_TYPE, ETAG, HeaderMap, LAST_MODIFIED};
+use sha2::{Digest, Sha256, Sha512};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::watch;
+
+use super::meta::{EntryMeta, META_VERSION, unix_now};
+use super::{Cache, FillRequest, policy};
+use crate::distro::class::{HashAlgo, by_hash_digest};
+use crate::storage::StorageError;
+use crate::upstream::{UpstreamError, Validators};
+
+/// Response head of a fill, known before its body.
+#[derive(Debug)]
+pub struct Head {
+    pub status: u16,
+    /// Content-Length, when upstream sent one.
+    pub len: Option<u64>,
+    pub content_type: Option<String>,
+    pub last_modified: Option<String>,
+    pub etag: Option<String>,
+}
+
+/// Where a fill stands; clients watch it.
+#[derive(Debug, Clone)]
+pub enum FillState {
+    /// Waiting for the mirror's response head.
+    Pending,
+    /// The body is arriving; `written` bytes of `file` can be read.
+    Streaming {
+        head: Arc<Head>,
+        file: Arc<File>,
+        written: u64,
+    },
+    /// The entry is stored (`revalidated`: the mirror answered 304 for the stale copy).
+    Done {
+        meta: Arc<EntryMeta>,
+        revalidated: bool,
+    },
+    /// The mirror answered with a status that is not cached (5xx, 403, …).
+    Passthrough { status: u16 },
+    /// The fill failed; nothing was stored.
+    Failed(Arc<FillError>),
+}
+
+/// Why a fill failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FillError {
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error("cache storage failed")]
+    Storage(#[from] StorageError),
+    #[error("mirror sent {got} bytes, announced {expected}")]
+    Length { expected: u64, got: u64 },
+    #[error("mirror sent content that does not match the hash in its URL")]
+    Digest,
+}
+
+fn header(headers: &HeaderMap, name: reqwest::header::HeaderName) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// Runs the fill for `request` to its end and publishes the outcome; the fill is then removed
+/// from the table of fills in progress.
+pub(super) async fn run(
+    cache: Arc<Cache>,
+    request: FillRequest,
+    stale: Option<Arc<EntryMeta>>,
+    tx: watch::Sender<FillState>,
+) {
+    let outcome = fetch(&cache, &request, stale.as_deref(), &tx).await;
+    let state = outcome.unwrap_or_else(|e| {
+        tracing::warn!(key = %request.key, error = %e, source = ?std::error::Error::source(&e), "fill failed, nothing stored");
+        FillState::Failed(Arc::new(e))
+    });
+    tx.send_replace(state);
+    cache.fill_finished(&request.key);
+}
+
+async fn fetch(
+    cache: &Cache,
+    request: &FillRequest,
+    stale: Option<&EntryMeta>,
+    tx: &watch::Sender<FillState>,
+) -> Result<FillState, FillError> {
+    let validators = stale.filter(|m| m.status == 200).map(|m| Validators {
+        etag: m.etag.clone(),
+        last_modified: m.last_modified.clone(),
+    });
+    let started = std::time::Instant::now();
+    let response = cache
+        .upstream
+        .get(request.url.clone(), validators.as_ref())
+        .await?;
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    tracing::debug!(key = %request.key, status, ms = started.elapsed().as_millis() as u64, "upstream answered");
+
+    if let (304, Some(old)) = (status, stale.filter(|m| m.status == 200)) {
+        let mut meta = old.clone();
+        meta.fresh_until =
+            policy::fresh_until(request.class, 200, &headers, unix_now(), &cache.tuning);
+        cache.store.update_meta(&request.key, &meta).await?;
+        let meta = Arc::new(meta);
+        cache.remember(request.key.clone(), meta.clone());
+        return Ok(FillState::Done {
+            meta,
+            revalidated: true,
+        });
+    }
+    if status != 200 && status != 404 {
+        return Ok(FillState::Passthrough { status });
+    }
+
+    let head = Arc::new(Head {
+        status,
+        len: response.content_length(),
+        content_type: header(&headers, CONTENT_TYPE),
+        last_modified: header(&headers, LAST_MODIFIED),
+        etag: header(&headers, ETAG),
+    });
+    let mut temp = cache.store.create_temp().await?;
+    tx.send_replace(FillState::Streaming {
+        head: head.clone(),
+        file: temp.reader.clone(),
+        written: 0,
+    });
+
+    let pinned = if status == 200 {
+        by_hash_digest(&request.path)
+    } else {
+        None
+    };
+    let mut sha256 = Sha256::new();
+    let mut sha512 = matches!(pinned, Some((HashAlgo::Sha512, _))).then(Sha512::new);
+    let mut written = 0u64;
+    // Chunks that are already there are written together: one flush and one wake-up per batch.
+    let mut chunks = response.bytes_stream().ready_chunks(64);
+    while let Some(batch) = chunks.next().await {
+        for item in batch {
+            let chunk = item.map_err(|e| UpstreamError::from_body(&e))?;
+            sha256.update(&chunk);
+            if let Some(h) = sha512.as_mut() {
+                h.update(&chunk);
+            }
+            temp.writer
+                .write_all(&chunk)
+                .await
+                .map_err(|e| storage_error("write", e))?;
+            written += chunk.len() as u64;
+        }
+        temp.writer
+            .flush()
+            .await
+            .map_err(|e| storage_error("write", e))?;
+        tx.send_modify(|state| {
+            if let FillState::Streaming { written: w, .. } = state {
+                *w = written;
+            }
+        });
+    }
+    if let Some(expected) = head.len.filter(|&n| n != written) {
+        return Err(FillError::Length {
+            expected,
+            got: written,
+        });
+    }
+    let sha256 = hex::encode(sha256.finalize());
+    let digest_ok = match &pinned {
+        Some((HashAlgo::Sha256, want)) => *want == sha256,
+        Some((HashAlgo::Sha512, want)) => {
+            sha512.map(|h| hex::encode(h.finalize())).as_deref() == Some(want.as_str())
+        }
+        None => true,
+    };
+    if !digest_ok {
+        return Err(FillError::Digest);
+    }
+    let now = unix_now();
+    let meta = EntryMeta {
+        v: META_VERSION,
+        key: request.key.as_str().to_string(),
+        body: String::new(),
+        status,
+        len: written,
+        content_type: head.content_type.clone(),
+        last_modified: head.last_modified.clone(),
+        etag: head.etag.clone(),
+        sha256,
+        stored_at: now,
+        fresh_until: policy::fresh_until(request.class, status, &headers, now, &cache.tuning),
+    };
+    let meta = Arc::new(cache.store.commit(&request.key, temp, meta).await?);
+    cache.remember(request.key.clone(), meta.clone());
+    tracing::debug!(key = %request.key, bytes = written, ms = started.elapsed().as_millis() as u64, "fill committed");
+    Ok(FillState::Done {
+        meta,
+        revalidated: false,
+    })
+}
+
+fn storage_error(op: &'static str, source: std::io::Error) -> FillError {
+    FillError::Storage(StorageError::Io {
+        op,
+        path: "temporary body".into(),
+        source,
+    })
+}

@@ -1,0 +1,50 @@
+//! What is stored about a cached response besides its body.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+/// Metadata format version; an entry written by another version is treated as absent.
+pub const META_VERSION: u32 = 1;
+
+/// The stored description of one cache entry. The entry exists when its metadata file does;
+/// the metadata is written after the body is complete and synced, so it never describes a
+/// partial body.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EntryMeta {
+    /// Format version, [`META_VERSION`].
+    pub v: u32,
+    /// The full cache key (`repo/path`), checked on read so that a hash collision can never
+    /// answer one file with another.
+    pub key: String,
+    /// File name of the body next to the metadata file.
+    pub body: String,
+    /// Upstream status: 200, or 404 for a remembered absence.
+    pub status: u16,
+    /// Body length in bytes.
+    pub len: u64,
+    pub content_type: Option<String>,
+    pub last_modified: Option<String>,
+    pub etag: Option<String>,
+    /// Lower-case hex SHA256 of the body.
+    pub sha256: String,
+    /// Unix seconds when the body was stored.
+    pub stored_at: u64,
+    /// Unix seconds until which the entry is served without asking upstream
+    /// (`u64::MAX`: immutable, never revalidated).
+    pub fresh_until: u64,
+}
+
+impl EntryMeta {
+    /// Whether the entry may be served at `now` without revalidation.
+    pub fn is_fresh(&self, now: u64) -> bool {
+        now < self.fresh_until
+    }
+}
+
+/// Unix time in whole seconds.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

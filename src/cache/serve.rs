@@ -1,0 +1,327 @@
+//! HTTP semantics of answers: conditional requests (304), single byte ranges (206/416),
+//! `If-Range`, HEAD, and the headers kept from upstream.
+
+use http::header::{
+    ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, HeaderMap, HeaderValue,
+    IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, LAST_MODIFIED, RANGE,
+};
+use http::{StatusCode, response};
+
+/// What is being served: an entry or a fill's head.
+#[derive(Debug, Clone, Copy)]
+pub struct Representation<'a> {
+    pub status: u16,
+    /// Body length, when known (a fill whose mirror sent no Content-Length does not know it).
+    pub len: Option<u64>,
+    pub content_type: Option<&'a str>,
+    pub last_modified: Option<&'a str>,
+    pub etag: Option<&'a str>,
+}
+
+/// How to answer a request for a representation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plan {
+    /// 304: the client's copy is current.
+    NotModified,
+    /// The whole body with the representation's status.
+    Full,
+    /// 206 with bytes `start..end`.
+    Partial { start: u64, end: u64 },
+    /// 416: the range lies outside the body.
+    Unsatisfiable,
+}
+
+impl Plan {
+    /// The byte range of the body this plan sends (`None`: no body).
+    pub fn body_range(self, len: Option<u64>) -> Option<(u64, Option<u64>)> {
+        match self {
+            Plan::Full => Some((0, len)),
+            Plan::Partial { start, end } => Some((start, Some(end))),
+            Plan::NotModified | Plan::Unsatisfiable => None,
+        }
+    }
+}
+
+/// Decides how to answer, from the request headers.
+pub fn plan(rep: &Representation<'_>, request: &HeaderMap) -> Plan {
+    if rep.status != 200 {
+        return Plan::Full;
+    }
+    if not_modified(rep, request) {
+        return Plan::NotModified;
+    }
+    let (Some(len), Some(range)) = (rep.len, request.get(RANGE).and_then(|v| v.to_str().ok()))
+    else {
+        return Plan::Full;
+    };
+    if let Some(if_range) = request.get(IF_RANGE).and_then(|v| v.to_str().ok())
+        && !if_range_matches(rep, if_range)
+    {
+        return Plan::Full;
+    }
+    match parse_range(range, len) {
+        Some(Some((start, end))) => Plan::Partial { start, end },
+        Some(None) => Plan::Unsatisfiable,
+        None => Plan::Full,
+    }
+}
+
+fn not_modified(rep: &Representation<'_>, request: &HeaderMap) -> bool {
+    if let Some(inm) = request.get(IF_NONE_MATCH).and_then(|v| v.to_str().ok()) {
+        let Some(etag) = rep.etag else { return false };
+        return inm
+            .split(',')
+            .map(str::trim)
+            .any(|tag| tag == "*" || weak(tag) == weak(etag));
+    }
+    let (Some(ims), Some(lm)) = (
+        request.get(IF_MODIFIED_SINCE).and_then(|v| v.to_str().ok()),
+        rep.last_modified,
+    ) else {
+        return false;
+    };
+    match (
+        httpdate::parse_http_date(ims),
+        httpdate::parse_http_date(lm),
+    ) {
+        (Ok(ims), Ok(lm)) => lm <= ims,
+        _ => false,
+    }
+}
+
+fn weak(tag: &str) -> &str {
+    tag.strip_prefix("W/").unwrap_or(tag)
+}
+
+/// `If-Range`: a strong ETag equal to ours, or exactly our Last-Modified date.
+fn if_range_matches(rep: &Representation<'_>, if_range: &str) -> bool {
+    let if_range = if_range.trim();
+    if if_range.starts_with('"') || if_range.starts_with("W/") {
+        return !if_range.starts_with("W/")
+            && rep
+                .etag
+                .is_some_and(|e| !e.starts_with("W/") && e == if_range);
+    }
+    match (
+        httpdate::parse_http_date(if_range),
+        rep.last_modified.map(httpdate::parse_http_date),
+    ) {
+        (Ok(a), Some(Ok(b))) => a == b,
+        _ => false,
+    }
+}
+
+/// Parses a single `bytes=` range against a body of `len` bytes.
+/// `None`: not a range we honour (malformed, several ranges): serve the whole body.
+/// `Some(None)`: unsatisfiable. `Some(Some((start, end)))`: bytes `start..end`.
+fn parse_range(header: &str, len: u64) -> Option<Option<(u64, u64)>> {
+    let spec = header.trim().strip_prefix("bytes=")?.trim();
+    if spec.contains(',') {
+        return None;
+    }
+    let (first, last) = spec.split_once('-')?;
+    let (first, last) = (first.trim(), last.trim());
+    if first.is_empty() {
+        let suffix: u64 = last.parse().ok()?;
+        if suffix == 0 || len == 0 {
+            return Some(None);
+        }
+        return Some(Some((len.saturating_sub(suffix), len)));
+    }
+    let start: u64 = first.parse().ok()?;
+    let end = if last.is_empty() {
+        len
+    } else {
+        let last: u64 = last.parse().ok()?;
+        if last < start {
+            return None;
+        }
+        last.saturating_add(1).min(len)
+    };
+    if start >= len {
+        return Some(None);
+    }
+    Some(Some((start, end)))
+}
+
+/// The response head for `plan`, with the headers kept from upstream and `X-Cache`.
+pub fn head(rep: &Representation<'_>, plan: Plan, cache_status: &'static str) -> response::Builder {
+    let status = match plan {
+        Plan::NotModified => StatusCode::NOT_MODIFIED,
+        Plan::Partial { .. } => StatusCode::PARTIAL_CONTENT,
+        Plan::Unsatisfiable => StatusCode::RANGE_NOT_SATISFIABLE,
+        Plan::Full => StatusCode::from_u16(rep.status).unwrap_or(StatusCode::OK),
+    };
+    let mut b = response::Builder::new()
+        .status(status)
+        .header("x-cache", cache_status);
+    let put = |b: response::Builder, name, value: Option<&str>| match value
+        .and_then(|v| HeaderValue::from_str(v).ok())
+    {
+        Some(v) => b.header(name, v),
+        None => b,
+    };
+    b = put(b, ETAG, rep.etag);
+    b = put(b, LAST_MODIFIED, rep.last_modified);
+    if rep.status == 200 {
+        b = b.header(ACCEPT_RANGES, "bytes");
+    }
+    match plan {
+        Plan::NotModified => b,
+        Plan::Unsatisfiable => b
+            .header(CONTENT_RANGE, format!("bytes */{}", rep.len.unwrap_or(0)))
+            .header(CONTENT_LENGTH, 0),
+        Plan::Partial { start, end } => {
+            b = put(
+                b,
+                CONTENT_TYPE,
+                Some(rep.content_type.unwrap_or("application/octet-stream")),
+            );
+            b.header(
+                CONTENT_RANGE,
+                format!("bytes {start}-{}/{}", end - 1, rep.len.unwrap_or(end)),
+            )
+            .header(CONTENT_LENGTH, end - start)
+        }
+        Plan::Full => {
+            b = put(
+                b,
+                CONTENT_TYPE,
+                Some(rep.content_type.unwrap_or("application/octet-stream")),
+            );
+            match rep.len {
+                Some(len) => b.header(CONTENT_LENGTH, len),
+                None => b,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LM: &str = "Tue, 01 Oct 2024 10:00:00 GMT";
+
+    fn rep() -> Representation<'static> {
+        Representation {
+            status: 200,
+            len: Some(1000),
+            content_type: None,
+            last_modified: Some(LM),
+            etag: Some("\"abc\""),
+        }
+    }
+
+    fn req(list: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in list {
+            h.insert(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn ranges() {
+        let r = rep();
+        assert_eq!(
+            plan(&r, &req(&[("range", "bytes=0-99")])),
+            Plan::Partial { start: 0, end: 100 }
+        );
+        assert_eq!(
+            plan(&r, &req(&[("range", "bytes=900-")])),
+            Plan::Partial {
+                start: 900,
+                end: 1000
+            }
+        );
+        assert_eq!(
+            plan(&r, &req(&[("range", "bytes=-10")])),
+            Plan::Partial {
+                start: 990,
+                end: 1000
+            }
+        );
+        assert_eq!(
+            plan(&r, &req(&[("range", "bytes=990-5000")])),
+            Plan::Partial {
+                start: 990,
+                end: 1000
+            }
+        );
+        assert_eq!(
+            plan(&r, &req(&[("range", "bytes=1000-")])),
+            Plan::Unsatisfiable
+        );
+        assert_eq!(plan(&r, &req(&[("range", "bytes=0-1,5-6")])), Plan::Full);
+        assert_eq!(plan(&r, &req(&[("range", "items=0-1")])), Plan::Full);
+        assert_eq!(plan(&r, &req(&[("range", "bytes=5-1")])), Plan::Full);
+    }
+
+    #[test]
+    fn if_range() {
+        let r = rep();
+        assert_eq!(
+            plan(&r, &req(&[("range", "bytes=0-9"), ("if-range", "\"abc\"")])),
+            Plan::Partial { start: 0, end: 10 }
+        );
+        assert_eq!(
+            plan(&r, &req(&[("range", "bytes=0-9"), ("if-range", "\"old\"")])),
+            Plan::Full
+        );
+        assert_eq!(
+            plan(&r, &req(&[("range", "bytes=0-9"), ("if-range", LM)])),
+            Plan::Partial { start: 0, end: 10 }
+        );
+        assert_eq!(
+            plan(
+                &r,
+                &req(&[
+                    ("range", "bytes=0-9"),
+                    ("if-range", "Wed, 02 Oct 2024 10:00:00 GMT")
+                ])
+            ),
+            Plan::Full
+        );
+    }
+
+    #[test]
+    fn conditionals() {
+        let r = rep();
+        assert_eq!(
+            plan(&r, &req(&[("if-none-match", "\"x\", W/\"abc\"")])),
+            Plan::NotModified
+        );
+        assert_eq!(plan(&r, &req(&[("if-none-match", "\"x\"")])), Plan::Full);
+        assert_eq!(
+            plan(&r, &req(&[("if-modified-since", LM)])),
+            Plan::NotModified
+        );
+        assert_eq!(
+            plan(
+                &r,
+                &req(&[("if-modified-since", "Mon, 30 Sep 2024 10:00:00 GMT")])
+            ),
+            Plan::Full
+        );
+        // If-None-Match wins over If-Modified-Since.
+        assert_eq!(
+            plan(
+                &r,
+                &req(&[("if-none-match", "\"x\""), ("if-modified-since", LM)])
+            ),
+            Plan::Full
+        );
+        let missing = Representation {
+            status: 404,
+            ..rep()
+        };
+        assert_eq!(
+            plan(
+                &missing,
+                &req(&[("if-modified-since", LM), ("range", "bytes=0-1")])
+            ),
+            Plan::Full
+        );
+    }
+}

@@ -1,0 +1,434 @@
+//! Distributions, their upstream trees ("repos") and the hosts that name them.
+//!
+//! A distribution (ubuntu, debian, …) is what `--mode` and the per-distribution mirror flags
+//! talk about. A repo is one upstream tree with its own path prefix and cache namespace: Debian
+//! has two, `debian` and `debian-security`, because a security suite must never be answered from
+//! the main archive. Every route the proxy accepts ends in exactly one repo.
+
+mod builtin;
+pub mod class;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use url::Url;
+
+/// Distribution type numbers as the interface we keep defines them (`type:` in distributions.yaml).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DistroKind {
+    Ubuntu = 1,
+    UbuntuPorts = 2,
+    Debian = 3,
+    Centos = 4,
+    Alpine = 5,
+}
+
+/// Which distributions are served (`--mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    All,
+    Ubuntu,
+    UbuntuPorts,
+    Debian,
+    Centos,
+    Alpine,
+}
+
+impl Mode {
+    /// Whether the distribution with this id is served in this mode.
+    pub fn serves(self, distro_id: &str) -> bool {
+        match self {
+            Mode::All => true,
+            Mode::Ubuntu => distro_id == "ubuntu",
+            Mode::UbuntuPorts => distro_id == "ubuntu-ports",
+            Mode::Debian => distro_id == "debian",
+            Mode::Centos => distro_id == "centos",
+            Mode::Alpine => distro_id == "alpine",
+        }
+    }
+}
+
+/// Errors found while building the registry; each names what the user wrote.
+#[derive(Debug, thiserror::Error)]
+pub enum DistroError {
+    #[error("unknown mirror shortcut {name:?} for {distro} (known: {known})")]
+    UnknownShortcut {
+        distro: String,
+        name: String,
+        known: String,
+    },
+    #[error("invalid mirror URL {spec:?} for {distro}: {reason}")]
+    BadMirror {
+        distro: String,
+        spec: String,
+        reason: String,
+    },
+}
+
+/// A host name pattern: exact, or `*.suffix` for every sub-domain of suffix.
+#[derive(Clone, Debug)]
+enum HostPattern {
+    Exact(String),
+    Subdomain(String),
+}
+
+impl HostPattern {
+    fn parse(pattern: &str) -> Self {
+        match pattern.strip_prefix("*.") {
+            Some(suffix) => HostPattern::Subdomain(format!(".{}", suffix.to_ascii_lowercase())),
+            None => HostPattern::Exact(pattern.to_ascii_lowercase()),
+        }
+    }
+
+    fn matches(&self, host: &str) -> bool {
+        match self {
+            HostPattern::Exact(h) => h == host,
+            HostPattern::Subdomain(suffix) => {
+                host.len() > suffix.len() && host.ends_with(suffix.as_str())
+            }
+        }
+    }
+}
+
+/// A (host, port, path prefix) under which clients may address a repo in forward-proxy form.
+#[derive(Clone, Debug)]
+struct KnownPrefix {
+    host: HostPattern,
+    /// `None`: any default port (80, 443 or none written).
+    port: Option<u16>,
+    /// Starts and ends with `/`.
+    path: String,
+}
+
+/// One upstream tree: its path prefix id, cache namespace and mirror.
+#[derive(Debug)]
+pub struct Repo {
+    /// Path prefix and cache namespace, e.g. `debian-security`.
+    pub id: String,
+    /// The distribution it belongs to, e.g. `debian`.
+    pub distro: String,
+    /// The distribution's display name, e.g. `Debian`.
+    pub distro_name: String,
+    /// The distribution's type number.
+    pub kind: DistroKind,
+    /// Base URL of the mirror used for this tree; ends with `/`.
+    pub upstream: Url,
+    /// Whether the user chose the mirror (a flag) rather than the built-in default.
+    pub pinned: bool,
+    known: Vec<KnownPrefix>,
+}
+
+impl Repo {
+    /// The upstream URL for a path inside the repo, kept byte for byte as the client sent it
+    /// (percent-encoding included: apt asks for `%253a` and means it).
+    pub fn upstream_url(&self, path_in_repo: &str) -> Result<Url, url::ParseError> {
+        Url::parse(&format!("{}{}", self.upstream.as_str(), path_in_repo))
+    }
+}
+
+/// The distributions being served, with their repos.
+#[derive(Debug)]
+pub struct Registry {
+    repos: Vec<Arc<Repo>>,
+}
+
+/// Mirror choices by distribution id (`--debian=…` gives `debian -> …`).
+pub type MirrorPins = BTreeMap<String, String>;
+
+impl Registry {
+    /// The built-in distributions served in `mode`, with mirrors pinned by `pins`
+    /// (a full URL, `host/path`, or a shortcut such as `cn:tsinghua`).
+    pub fn builtin(mode: Mode, pins: &MirrorPins) -> Result<Registry, DistroError> {
+        let mut repos = Vec::new();
+        for def in builtin::DISTROS {
+            if !mode.serves(def.id) {
+                continue;
+            }
+            let primary_path = def.repos[0].mirror_path;
+            let aliases: BTreeMap<String, String> = builtin::CN_MIRROR_HOSTS
+                .iter()
+                .map(|host| {
+                    (
+                        format!("cn:{}", alias_name(host)),
+                        format!("{host}{primary_path}"),
+                    )
+                })
+                .collect();
+            let pinned = match pins.get(def.id) {
+                Some(spec) if !spec.trim().is_empty() => {
+                    Some(resolve_mirror(def.id, spec.trim(), &aliases)?)
+                }
+                _ => None,
+            };
+            for rdef in def.repos {
+                let upstream = match (&pinned, rdef.sibling_of_mirror) {
+                    (Some(url), None) => url.clone(),
+                    (Some(url), Some(sibling)) => sibling_url(url, sibling),
+                    (None, _) => {
+                        Url::parse(rdef.default_upstream).map_err(|e| DistroError::BadMirror {
+                            distro: def.id.into(),
+                            spec: rdef.default_upstream.into(),
+                            reason: e.to_string(),
+                        })?
+                    }
+                };
+                let mut known: Vec<KnownPrefix> = rdef
+                    .official_hosts
+                    .iter()
+                    .chain(builtin::CN_MIRROR_HOSTS)
+                    .map(|h| KnownPrefix {
+                        host: HostPattern::parse(h),
+                        port: None,
+                        path: rdef.mirror_path.into(),
+                    })
+                    .collect();
+                known.push(prefix_of_url(&upstream));
+                repos.push(Arc::new(Repo {
+                    id: rdef.id.into(),
+                    distro: def.id.into(),
+                    distro_name: def.name.into(),
+                    kind: def.kind,
+                    upstream,
+                    pinned: pinned.is_some(),
+                    known,
+                }));
+            }
+        }
+        Ok(Registry { repos })
+    }
+
+    /// Every repo being served.
+    pub fn repos(&self) -> &[Arc<Repo>] {
+        &self.repos
+    }
+
+    /// The repo whose path prefix id is `id` (path-prefixed form `/<id>/…`).
+    pub fn by_id(&self, id: &str) -> Option<&Arc<Repo>> {
+        self.repos.iter().find(|r| r.id == id)
+    }
+
+    /// The repo a forward-proxy URL names, with the path inside the repo. `host` must be lower
+    /// case; `port` is the port written in the URL, if any. The longest matching prefix wins.
+    pub fn by_host_path<'p>(
+        &self,
+        host: &str,
+        port: Option<u16>,
+        path: &'p str,
+    ) -> Option<(&Arc<Repo>, &'p str)> {
+        let mut best: Option<(&Arc<Repo>, usize)> = None;
+        for repo in &self.repos {
+            for k in &repo.known {
+                let port_ok = match k.port {
+                    Some(p) => port == Some(p) || (port.is_none() && matches!(p, 80 | 443)),
+                    None => matches!(port, None | Some(80) | Some(443)),
+                };
+                if port_ok
+                    && k.host.matches(host)
+                    && path.starts_with(k.path.as_str())
+                    && best.is_none_or(|(_, len)| k.path.len() > len)
+                {
+                    best = Some((repo, k.path.len()));
+                }
+            }
+        }
+        best.map(|(repo, len)| (repo, &path[len..]))
+    }
+}
+
+/// The `cn:<name>` shortcut name of a mirror host: the last label that is neither a generic
+/// prefix (`mirrors`, `repo`) nor a public suffix (`com`, `edu.cn`).
+fn alias_name(host: &str) -> String {
+    const GENERIC: &[&str] = &[
+        "mirrors", "mirror", "repo", "com", "cn", "edu", "org", "net", "cloud",
+    ];
+    host.split('.')
+        .rfind(|label| !GENERIC.contains(label))
+        .unwrap_or(host)
+        .to_string()
+}
+
+/// A user's mirror choice as a base URL ending with `/`.
+fn resolve_mirror(
+    distro: &str,
+    spec: &str,
+    aliases: &BTreeMap<String, String>,
+) -> Result<Url, DistroError> {
+    let bad = |reason: &str| DistroError::BadMirror {
+        distro: distro.into(),
+        spec: spec.into(),
+        reason: reason.into(),
+    };
+    let text = if spec.contains("://") {
+        spec.to_string()
+    } else if !spec.contains('/')
+        && spec
+            .split_once(':')
+            .is_some_and(|(p, _)| p.chars().all(|c| c.is_ascii_alphabetic()))
+    {
+        match aliases.get(spec) {
+            Some(target) => format!("https://{target}"),
+            None => {
+                return Err(DistroError::UnknownShortcut {
+                    distro: distro.into(),
+                    name: spec.into(),
+                    known: aliases.keys().cloned().collect::<Vec<_>>().join(", "),
+                });
+            }
+        }
+    } else {
+        format!("https://{spec}")
+    };
+    let mut url = Url::parse(&text).map_err(|e| bad(&e.to_string()))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(bad("the scheme must be http or https"));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(bad("it names no host"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(bad("a mirror URL takes no query or fragment"));
+    }
+    if !url.path().ends_with('/') {
+        let path = format!("{}/", url.path());
+        url.set_path(&path);
+    }
+    Ok(url)
+}
+
+/// The URL of a sibling tree on the same mirror: `…/debian/` -> `…/debian-security/`.
+fn sibling_url(url: &Url, sibling: &str) -> Url {
+    let mut out = url.clone();
+    let trimmed = url.path().trim_end_matches('/');
+    let parent = match trimmed.rfind('/') {
+        Some(i) => &trimmed[..=i],
+        None => "/",
+    };
+    out.set_path(&format!("{parent}{sibling}/"));
+    out
+}
+
+fn prefix_of_url(url: &Url) -> KnownPrefix {
+    KnownPrefix {
+        host: HostPattern::Exact(url.host_str().unwrap_or_default().to_ascii_lowercase()),
+        port: url.port_or_known_default(),
+        path: url.path().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pins(list: &[(&str, &str)]) -> MirrorPins {
+        list.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn shortcut_names_follow_the_interface() {
+        let names: Vec<String> = builtin::CN_MIRROR_HOSTS
+            .iter()
+            .map(|h| alias_name(h))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "tsinghua",
+                "ustc",
+                "163",
+                "aliyun",
+                "huaweicloud",
+                "tencent"
+            ]
+        );
+    }
+
+    #[test]
+    fn shortcuts_and_urls_resolve() {
+        let reg = Registry::builtin(
+            Mode::All,
+            &pins(&[
+                ("ubuntu", "cn:tsinghua"),
+                ("debian", "http://127.0.0.1:9/d/debian"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            reg.by_id("ubuntu").unwrap().upstream.as_str(),
+            "https://mirrors.tuna.tsinghua.edu.cn/ubuntu/"
+        );
+        assert!(reg.by_id("ubuntu").unwrap().pinned);
+        assert_eq!(
+            reg.by_id("debian").unwrap().upstream.as_str(),
+            "http://127.0.0.1:9/d/debian/"
+        );
+        assert_eq!(
+            reg.by_id("debian-security").unwrap().upstream.as_str(),
+            "http://127.0.0.1:9/d/debian-security/"
+        );
+        assert!(!reg.by_id("alpine").unwrap().pinned);
+    }
+
+    #[test]
+    fn unknown_shortcut_is_named() {
+        let err = Registry::builtin(Mode::All, &pins(&[("debian", "cn:nowhere")])).unwrap_err();
+        assert!(err.to_string().contains("cn:nowhere"), "{err}");
+        let err =
+            Registry::builtin(Mode::All, &pins(&[("debian", "ftp://x/debian/")])).unwrap_err();
+        assert!(err.to_string().contains("scheme"), "{err}");
+    }
+
+    #[test]
+    fn mode_limits_repos() {
+        let reg = Registry::builtin(Mode::Debian, &MirrorPins::new()).unwrap();
+        let ids: Vec<&str> = reg.repos().iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["debian", "debian-security"]);
+    }
+
+    #[test]
+    fn host_matching_picks_the_tree() {
+        let reg = Registry::builtin(
+            Mode::All,
+            &pins(&[("debian", "http://127.0.0.1:8080/debian/")]),
+        )
+        .unwrap();
+        let (repo, rest) = reg
+            .by_host_path("security.debian.org", None, "/debian-security/dists/x")
+            .unwrap();
+        assert_eq!((repo.id.as_str(), rest), ("debian-security", "dists/x"));
+        let (repo, rest) = reg
+            .by_host_path("ftp.de.debian.org", Some(80), "/debian/pool/a.deb")
+            .unwrap();
+        assert_eq!((repo.id.as_str(), rest), ("debian", "pool/a.deb"));
+        let (repo, _) = reg
+            .by_host_path("127.0.0.1", Some(8080), "/debian/x")
+            .unwrap();
+        assert_eq!(repo.id, "debian");
+        let (repo, _) = reg
+            .by_host_path("mirrors.ustc.edu.cn", None, "/ubuntu-ports/x")
+            .unwrap();
+        assert_eq!(repo.id, "ubuntu-ports");
+        // Not a known host, wrong port, a look-alike domain, a path outside every tree.
+        assert!(
+            reg.by_host_path("127.0.0.1", Some(8081), "/debian/x")
+                .is_none()
+        );
+        assert!(
+            reg.by_host_path("evil-debian.org", None, "/debian/x")
+                .is_none()
+        );
+        assert!(
+            reg.by_host_path("debian.org.evil.com", None, "/debian/x")
+                .is_none()
+        );
+        assert!(
+            reg.by_host_path("archive.ubuntu.com", None, "/debian/x")
+                .is_none()
+        );
+        assert!(
+            reg.by_host_path("ppa.launchpadcontent.net", None, "/ubuntu/x")
+                .is_none()
+        );
+    }
+}

@@ -1,0 +1,58 @@
+//! The `apt-proxy` binary: parse the command line, start the server, run until a signal.
+
+use std::process::ExitCode;
+
+use apt_proxy::config::{Config, cli::Cli};
+use apt_proxy::server::Server;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse_args();
+    let config = Config::from_cli(cli);
+    if let Some(warning) = apt_proxy::telemetry::logging::init(config.debug) {
+        tracing::warn!("{warning}");
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("apt-proxy: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("apt-proxy: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let listen = format!("{}:{}", config.host, config.port);
+    tracing::info!(version = apt_proxy::VERSION, listen = %listen, protocol = "http", "starting apt-proxy");
+    let server = Server::bind(&config).await?;
+    tracing::info!(listen = %server.local_addr()?, "proxy listening");
+    server.run(shutdown_signal()).await;
+    Ok(())
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops the server");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+    }
+}

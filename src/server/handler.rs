@@ -1,0 +1,249 @@
+//! One request: management probe, or route -> cache -> response, and its access-log line.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use super::AppState;
+use crate::cache::body::{self, Body};
+use crate::cache::fill::{FillError, FillState};
+use crate::cache::key::CacheKey;
+use crate::cache::meta::EntryMeta;
+use crate::cache::serve::{self, Plan, Representation};
+use crate::cache::{FillRequest, Lookup};
+use crate::distro::class::classify;
+use crate::route::route;
+use crate::upstream::UpstreamError;
+
+/// Answers one request. Never fails: every problem becomes an HTTP status with a short reason.
+pub async fn handle(
+    state: Arc<AppState>,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let started = Instant::now();
+    let id = state.requests.fetch_add(1, Ordering::Relaxed);
+    let method = request.method().clone();
+    let uri = request.uri().clone();
+    let (mut response, repo) = answer(&state, request).await;
+    response
+        .headers_mut()
+        .insert("x-version", http::HeaderValue::from_static(crate::VERSION));
+    let headers = response.headers();
+    if uri.authority().is_some() || !uri.path().starts_with("/_/ping") {
+        let cache = headers
+            .get("x-cache")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let size = headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-");
+        tracing::info!(
+            request_id = id,
+            method = %method,
+            uri = %uri,
+            repo = repo.as_deref().unwrap_or("-"),
+            status = response.status().as_u16(),
+            cache,
+            size,
+            ms = started.elapsed().as_secs_f64() * 1000.0,
+            "request"
+        );
+    }
+    Ok(response)
+}
+
+/// A one-line plain-text answer.
+pub fn text(status: StatusCode, message: impl Into<String>) -> Response<Body> {
+    let mut message = message.into();
+    message.push('\n');
+    let mut response = Response::new(body::full(message));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+async fn answer(state: &AppState, request: Request<Incoming>) -> (Response<Body>, Option<String>) {
+    let uri = request.uri();
+    if uri.authority().is_none() && (uri.path() == "/_/ping" || uri.path().starts_with("/_/ping/"))
+    {
+        return (text(StatusCode::OK, "pong"), None);
+    }
+    if request.method() == Method::CONNECT {
+        return (
+            text(
+                StatusCode::FORBIDDEN,
+                "CONNECT tunnels are not offered: use http:// repository URLs",
+            ),
+            None,
+        );
+    }
+    let matched = match route(&state.registry, uri) {
+        Ok(m) => m,
+        Err(e) => return (text(e.status(), e.to_string()), None),
+    };
+    let repo = Some(matched.repo.id.clone());
+    let head_only = match *request.method() {
+        Method::GET => false,
+        Method::HEAD => true,
+        _ => {
+            let mut r = text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "only GET and HEAD are proxied",
+            );
+            r.headers_mut()
+                .insert(ALLOW, http::HeaderValue::from_static("GET, HEAD"));
+            return (r, repo);
+        }
+    };
+    let url = match matched.repo.upstream_url(&matched.path) {
+        Ok(url) => url,
+        Err(_) => return (text(StatusCode::BAD_REQUEST, "malformed path"), repo),
+    };
+    let fill = FillRequest {
+        key: CacheKey::new(&matched.repo.id, &matched.path),
+        url,
+        class: classify(&matched.path),
+        path: matched.path,
+    };
+    let response = serve(state, fill, request.headers(), head_only).await;
+    (response, repo)
+}
+
+async fn serve(
+    state: &AppState,
+    fill: FillRequest,
+    headers: &HeaderMap,
+    head_only: bool,
+) -> Response<Body> {
+    let key = fill.key.clone();
+    let lookup = match state.cache.lookup(fill).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(key = %key, error = %e, "cache look-up failed");
+            return text(StatusCode::INTERNAL_SERVER_ERROR, "cache storage failed");
+        }
+    };
+    let (mut rx, stale) = match lookup {
+        Lookup::Hit(meta) => return stored(state, &key, &meta, headers, head_only, "HIT").await,
+        Lookup::Fill { rx, stale } => (rx, stale),
+    };
+    let outcome = match rx.wait_for(|s| !matches!(s, FillState::Pending)).await {
+        Ok(state) => state.clone(),
+        Err(_) => FillState::Failed(Arc::new(FillError::Upstream(UpstreamError::Transfer))),
+    };
+    match outcome {
+        FillState::Streaming { head, file, .. } => {
+            let rep = Representation {
+                status: head.status,
+                len: head.len,
+                content_type: head.content_type.as_deref(),
+                last_modified: head.last_modified.as_deref(),
+                etag: head.etag.as_deref(),
+            };
+            let plan = serve::plan(&rep, headers);
+            let builder = serve::head(&rep, plan, "MISS");
+            let body = match plan.body_range(rep.len) {
+                Some((start, end)) if !head_only => body::growing(file, rx, start, end),
+                _ => body::empty(),
+            };
+            builder
+                .body(body)
+                .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "bad response head"))
+        }
+        FillState::Done { meta, revalidated } => {
+            stored(
+                state,
+                &key,
+                &meta,
+                headers,
+                head_only,
+                if revalidated { "HIT" } else { "MISS" },
+            )
+            .await
+        }
+        FillState::Passthrough { status } => match stale.filter(|_| status >= 500) {
+            Some(meta) => {
+                tracing::warn!(key = %key, status, "mirror failed; serving the cached copy");
+                stored(state, &key, &meta, headers, head_only, "HIT").await
+            }
+            None => {
+                let code = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+                let mut r = text(code, format!("upstream answered {status}"));
+                r.headers_mut()
+                    .insert("x-cache", http::HeaderValue::from_static("SKIP"));
+                r
+            }
+        },
+        FillState::Failed(error) => match stale {
+            Some(meta) => {
+                tracing::warn!(key = %key, error = %error, "mirror failed; serving the cached copy");
+                stored(state, &key, &meta, headers, head_only, "HIT").await
+            }
+            None => {
+                let status = match &*error {
+                    FillError::Upstream(UpstreamError::Timeout) => StatusCode::GATEWAY_TIMEOUT,
+                    FillError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                    _ => StatusCode::BAD_GATEWAY,
+                };
+                text(status, error.to_string())
+            }
+        },
+        FillState::Pending => text(StatusCode::BAD_GATEWAY, "fill abandoned"),
+    }
+}
+
+/// Serves a stored entry.
+async fn stored(
+    state: &AppState,
+    key: &CacheKey,
+    meta: &Arc<EntryMeta>,
+    headers: &HeaderMap,
+    head_only: bool,
+    cache_status: &'static str,
+) -> Response<Body> {
+    let rep = Representation {
+        status: meta.status,
+        len: Some(meta.len),
+        content_type: meta.content_type.as_deref(),
+        last_modified: meta.last_modified.as_deref(),
+        etag: meta.etag.as_deref(),
+    };
+    let plan = serve::plan(&rep, headers);
+    let builder = serve::head(&rep, plan, cache_status);
+    let body = match plan.body_range(Some(meta.len)) {
+        Some((start, end)) if !head_only && plan != Plan::NotModified => {
+            let cache = state.cache.clone();
+            let (k, m) = (key.clone(), meta.clone());
+            let open = move || {
+                cache
+                    .store()
+                    .open_body(&k, &m)
+                    .map_err(std::io::Error::other)
+            };
+            match body::open_stored(open, start, end.unwrap_or(meta.len)).await {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!(key = %key, error = %e, "cached body unreadable; entry dropped");
+                    state.cache.forget(key);
+                    return text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "cached file unreadable, try again",
+                    );
+                }
+            }
+        }
+        _ => body::empty(),
+    };
+    builder
+        .body(body)
+        .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "bad response head"))
+}

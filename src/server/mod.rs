@@ -1,0 +1,150 @@
+//! The listener: accepts HTTP/1.1 connections (keep-alive, pipelining, TCP_NODELAY), serves
+//! each request through [`handler`], and shuts down gracefully.
+
+pub mod handler;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, SystemTime};
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+
+use crate::cache::Cache;
+use crate::config::Config;
+use crate::distro::{DistroError, Registry};
+use crate::storage::StorageError;
+use crate::storage::disk::DiskStore;
+use crate::upstream::{Upstream, UpstreamError};
+
+/// What every request handler shares.
+#[derive(Debug)]
+pub struct AppState {
+    pub registry: Registry,
+    pub cache: Arc<Cache>,
+    /// Requests seen; the next request id.
+    pub requests: AtomicU64,
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Distro(#[from] DistroError),
+    #[error("cache directory: {0}")]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A bound, not yet running server.
+pub struct Server {
+    listener: TcpListener,
+    state: Arc<AppState>,
+    grace: Duration,
+}
+
+impl Server {
+    /// Checks the configuration, opens the cache and binds the listening socket.
+    pub async fn bind(config: &Config) -> Result<Server, StartError> {
+        let registry = Registry::builtin(config.mode, &config.mirrors)?;
+        for repo in registry.repos() {
+            let how = if repo.pinned {
+                "using specified"
+            } else {
+                "using default"
+            };
+            tracing::info!(repo = %repo.id, mirror = %repo.upstream, "{how} {} mirror", repo.id);
+        }
+        let store = DiskStore::open(&config.cache_dir)?;
+        let upstream = Upstream::new(
+            config.upstream_keep_alive,
+            config.tuning.connect_timeout,
+            config.tuning.read_timeout,
+        )?;
+        let cache = Arc::new(Cache::new(store, upstream, config.tuning.clone()));
+        let started = SystemTime::now();
+        let sweeper = cache.clone();
+        tokio::task::spawn_blocking(move || match sweeper.store().sweep_orphans(started) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, "removed bodies left by an interrupted run"),
+            Err(e) => tracing::warn!(error = %e, "sweeping the cache directory failed"),
+        });
+        let addr = format!("{}:{}", config.host, config.port);
+        let listener = TcpListener::bind((config.host.as_str(), config.port))
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: addr.clone(),
+                source,
+            })?;
+        let state = Arc::new(AppState {
+            registry,
+            cache,
+            requests: AtomicU64::new(0),
+        });
+        Ok(Server {
+            listener,
+            state,
+            grace: config.tuning.shutdown_grace,
+        })
+    }
+
+    /// The address the server listens on (the real port when bound to port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting and waits (at most the grace
+    /// period) for connections in flight to finish.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let graceful = GracefulShutdown::new();
+        let mut shutdown = std::pin::pin!(shutdown);
+        let mut builder = http1::Builder::new();
+        builder
+            .keep_alive(true)
+            .pipeline_flush(true)
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(30));
+        tracing::info!("server started successfully");
+        loop {
+            tokio::select! {
+                accepted = self.listener.accept() => match accepted {
+                    Ok((stream, _peer)) => {
+                        let _ = stream.set_nodelay(true);
+                        let state = self.state.clone();
+                        let service = service_fn(move |req| handler::handle(state.clone(), req));
+                        let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+                        tokio::spawn(async move {
+                            if let Err(e) = conn.await {
+                                tracing::debug!(error = %e, "connection ended with an error");
+                            }
+                        });
+                    }
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                _ = &mut shutdown => break,
+            }
+        }
+        drop(self.listener);
+        tracing::info!("shutting down: no new connections, waiting for transfers in flight");
+        tokio::select! {
+            _ = graceful.shutdown() => tracing::info!("all connections finished"),
+            _ = tokio::time::sleep(self.grace) => tracing::warn!(grace_s = self.grace.as_secs(), "grace period over, closing the remaining connections"),
+        }
+    }
+}

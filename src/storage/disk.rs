@@ -1,0 +1,259 @@
+//! The disk backend.
+//!
+//! Layout under the cache directory:
+//! - `tmp/`: bodies being downloaded and metadata being written. Emptied at start: whatever is
+//!   there was left by a process that died.
+//! - `data/<aa>/<digest>.meta`: an entry's metadata (JSON); `<aa>` is the first two hex digits
+//!   of the key's digest.
+//! - `data/<aa>/<digest>-<nonce>.body`: its body. Each commit gives the body a new name and the
+//!   metadata, renamed into place last, points at it: readers holding the old body keep reading
+//!   it, and a crash between the two renames leaves an orphan body that [`DiskStore::sweep_orphans`]
+//!   removes, never an entry whose metadata and body disagree.
+
+use std::collections::HashSet;
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use super::StorageError;
+use crate::cache::key::CacheKey;
+use crate::cache::meta::{EntryMeta, META_VERSION};
+
+/// A cache directory on local disk.
+#[derive(Debug)]
+pub struct DiskStore {
+    data: PathBuf,
+    tmp: PathBuf,
+    nonce: AtomicU64,
+}
+
+/// A body being written: the writer appends, `reader` reads what has been written so far
+/// (readers of a fill in progress share it). Dropped without [`DiskStore::commit`], the file
+/// is removed.
+#[derive(Debug)]
+pub struct TempBody {
+    path: PathBuf,
+    /// Append handle.
+    pub writer: tokio::fs::File,
+    /// Read handle on the same file; stays valid after the commit renames it.
+    pub reader: Arc<File>,
+    committed: bool,
+}
+
+impl Drop for TempBody {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StorageError + 'a {
+    move |source| StorageError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl DiskStore {
+    /// Opens (creating it if needed) the cache directory `root`, empties its `tmp/`, and checks
+    /// that it is writable. Blocking: call at start-up.
+    pub fn open(root: &Path) -> Result<DiskStore, StorageError> {
+        let data = root.join("data");
+        let tmp = root.join("tmp");
+        fs::create_dir_all(&data).map_err(io("create", &data))?;
+        if tmp.exists() {
+            fs::remove_dir_all(&tmp).map_err(io("clear", &tmp))?;
+        }
+        fs::create_dir_all(&tmp).map_err(io("create", &tmp))?;
+        let probe = tmp.join("write-check");
+        fs::write(&probe, b"ok").map_err(io("write", &probe))?;
+        fs::remove_file(&probe).map_err(io("remove", &probe))?;
+        let seed = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        Ok(DiskStore {
+            data,
+            tmp,
+            nonce: AtomicU64::new(seed ^ (u64::from(std::process::id()) << 40)),
+        })
+    }
+
+    fn shard(&self, digest: &str) -> PathBuf {
+        self.data.join(&digest[..2])
+    }
+
+    fn next_nonce(&self) -> String {
+        format!("{:016x}", self.nonce.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// The entry stored for `key`, if there is a complete one. A metadata file that does not
+    /// parse, belongs to another key or version, or whose body is missing or of the wrong size
+    /// is treated as absent.
+    pub async fn load(&self, key: &CacheKey) -> Result<Option<EntryMeta>, StorageError> {
+        let digest = key.digest();
+        let dir = self.shard(&digest);
+        let key_text = key.as_str().to_string();
+        tokio::task::spawn_blocking(move || {
+            let path = dir.join(format!("{digest}.meta"));
+            let bytes = match fs::read(&path) {
+                Ok(b) => b,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(io("read", &path)(e)),
+            };
+            let Ok(meta) = serde_json::from_slice::<EntryMeta>(&bytes) else {
+                tracing::warn!(path = %path.display(), "unreadable cache metadata ignored");
+                return Ok(None);
+            };
+            if meta.v != META_VERSION || meta.key != key_text {
+                return Ok(None);
+            }
+            match fs::metadata(dir.join(&meta.body)) {
+                Ok(m) if m.len() == meta.len => Ok(Some(meta)),
+                _ => {
+                    tracing::warn!(key = %key_text, "cache entry without a matching body ignored");
+                    Ok(None)
+                }
+            }
+        })
+        .await?
+    }
+
+    /// Opens the body of an entry returned by [`DiskStore::load`] or [`DiskStore::commit`].
+    pub fn open_body(&self, key: &CacheKey, meta: &EntryMeta) -> Result<File, StorageError> {
+        let path = self.shard(&key.digest()).join(&meta.body);
+        File::open(&path).map_err(io("open", &path))
+    }
+
+    /// Starts a new body in `tmp/`.
+    pub async fn create_temp(&self) -> Result<TempBody, StorageError> {
+        let path = self.tmp.join(format!("{}.part", self.next_nonce()));
+        let p = path.clone();
+        let (writer, reader) =
+            tokio::task::spawn_blocking(move || -> Result<(File, File), StorageError> {
+                let writer = File::options()
+                    .write(true)
+                    .create_new(true)
+                    .open(&p)
+                    .map_err(io("create", &p))?;
+                let reader = File::open(&p).map_err(io("open", &p))?;
+                Ok((writer, reader))
+            })
+            .await??;
+        Ok(TempBody {
+            path,
+            writer: tokio::fs::File::from_std(writer),
+            reader: Arc::new(reader),
+            committed: false,
+        })
+    }
+
+    /// Makes `temp` the body of `key`'s entry described by `meta` (whose `body` field is set
+    /// here): syncs the body, renames it into place, then writes the metadata atomically and
+    /// removes the body of the entry it replaces.
+    pub async fn commit(
+        &self,
+        key: &CacheKey,
+        mut temp: TempBody,
+        mut meta: EntryMeta,
+    ) -> Result<EntryMeta, StorageError> {
+        temp.writer
+            .sync_all()
+            .await
+            .map_err(io("sync", &temp.path))?;
+        let digest = key.digest();
+        let dir = self.shard(&digest);
+        meta.body = format!("{digest}-{}.body", self.next_nonce());
+        let from = temp.path.clone();
+        let to = dir.join(&meta.body);
+        let meta_tmp = self.tmp.join(format!("{}.meta", self.next_nonce()));
+        let meta_path = dir.join(format!("{digest}.meta"));
+        let written = meta.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), StorageError> {
+            fs::create_dir_all(&dir).map_err(io("create", &dir))?;
+            fs::rename(&from, &to).map_err(io("rename", &from))?;
+            let previous = read_body_name(&meta_path);
+            write_meta_file(&meta_tmp, &meta_path, &written)?;
+            sync_dir(&dir);
+            if let Some(old) = previous.filter(|old| *old != written.body) {
+                let _ = fs::remove_file(dir.join(old));
+            }
+            Ok(())
+        })
+        .await??;
+        temp.committed = true;
+        Ok(meta)
+    }
+
+    /// Replaces the metadata of an existing entry (after a 304 revalidation), body unchanged.
+    pub async fn update_meta(&self, key: &CacheKey, meta: &EntryMeta) -> Result<(), StorageError> {
+        let digest = key.digest();
+        let meta_path = self.shard(&digest).join(format!("{digest}.meta"));
+        let meta_tmp = self.tmp.join(format!("{}.meta", self.next_nonce()));
+        let meta = meta.clone();
+        tokio::task::spawn_blocking(move || write_meta_file(&meta_tmp, &meta_path, &meta)).await?
+    }
+
+    /// Removes bodies that no metadata points at and that are older than `before` (left by a
+    /// crash between a body's rename and its metadata's). Blocking; returns how many it removed.
+    pub fn sweep_orphans(&self, before: SystemTime) -> Result<usize, StorageError> {
+        let mut removed = 0;
+        for shard in fs::read_dir(&self.data)
+            .map_err(io("list", &self.data))?
+            .flatten()
+        {
+            let dir = shard.path();
+            let Ok(entries) = fs::read_dir(&dir) else {
+                continue;
+            };
+            let names: Vec<String> = entries
+                .flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .collect();
+            let referenced: HashSet<String> = names
+                .iter()
+                .filter(|n| n.ends_with(".meta"))
+                .filter_map(|n| read_body_name(&dir.join(n)))
+                .collect();
+            for name in names
+                .iter()
+                .filter(|n| n.ends_with(".body") && !referenced.contains(*n))
+            {
+                let path = dir.join(name);
+                let old = fs::metadata(&path)
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t < before);
+                if old && fs::remove_file(&path).is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
+    }
+}
+
+fn read_body_name(meta_path: &Path) -> Option<String> {
+    let bytes = fs::read(meta_path).ok()?;
+    serde_json::from_slice::<EntryMeta>(&bytes)
+        .ok()
+        .map(|m| m.body)
+}
+
+fn write_meta_file(tmp: &Path, dest: &Path, meta: &EntryMeta) -> Result<(), StorageError> {
+    let bytes =
+        serde_json::to_vec(meta).map_err(|e| io("encode", dest)(std::io::Error::other(e)))?;
+    let mut file = File::create(tmp).map_err(io("create", tmp))?;
+    file.write_all(&bytes).map_err(io("write", tmp))?;
+    file.sync_all().map_err(io("sync", tmp))?;
+    fs::rename(tmp, dest).map_err(io("rename", tmp))
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}

@@ -1,0 +1,3 @@
+//! Logs (and, later, metrics and traces).
+
+pub mod logging;

