@@ -168,6 +168,18 @@ secs() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.3f", (b - a) / 1e6}'; }
 # origin access log: nginx flushes its buffer every second
 origin_lines() { sleep 1.2; wc -l < "$STATE/nginx/access.log"; }
 
+# busy_pct SECONDS: how busy the whole machine is (all CPUs, %), over SECONDS
+busy_pct() {
+  local a b
+  a=$(head -n 1 /proc/stat); sleep "$1"; b=$(head -n 1 /proc/stat)
+  printf '%s\n%s\n' "$a" "$b" | awk '
+    { busy[NR] = $2 + $3 + $4 + $7 + $8 + $9; idle[NR] = $5 + $6 }
+    END { all = busy[2] - busy[1] + idle[2] - idle[1]
+          printf "%.0f", (all > 0 ? 100 * (busy[2] - busy[1]) / all : 0) }'
+}
+BUSY_BEFORE=$(busy_pct 2)
+(( BUSY_BEFORE < 15 )) || log "warning: the machine is already ${BUSY_BEFORE}% busy; figures will be disturbed"
+
 # ---- 1. data -------------------------------------------------------------------------------
 WWW=$STATE/www
 POOL=$WWW/debian/pool/main
@@ -429,6 +441,7 @@ row() { # row LABEL KEY
 echo
 echo "apt-proxy hit benchmark  $(date -u +%Y-%m-%dT%H:%M:%SZ)  $(nproc) CPUs  pin=$PIN  mode=$MODE"
 echo "binary: $BIN"
+echo "machine busy before start: ${BUSY_BEFORE}% of all CPUs (other jobs disturb the figures); load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
 printf '| %-40s | %12s | %12s | %20s |\n' metric "nginx direct" apt-proxy "ratio (proxy/direct)"
 printf '|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..42})" "$(printf -- '-%.0s' {1..14})" "$(printf -- '-%.0s' {1..14})" "$(printf -- '-%.0s' {1..22})"

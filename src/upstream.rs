@@ -12,23 +12,31 @@ use url::Url;
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     #[error("mirror timed out")]
-    Timeout,
+    Timeout { detail: String },
     #[error("cannot connect to mirror")]
-    Connect,
+    Connect { detail: String },
     #[error("mirror transfer failed")]
-    Transfer,
+    Transfer { detail: String },
     #[error("upstream client set-up failed: {0}")]
     Setup(String),
 }
 
 impl UpstreamError {
     fn from_reqwest(e: &reqwest::Error) -> UpstreamError {
+        // The whole chain, for the operator's log; clients get only the short Display text.
+        let mut detail = e.to_string();
+        let mut source = std::error::Error::source(e);
+        while let Some(s) = source {
+            detail.push_str(": ");
+            detail.push_str(&s.to_string());
+            source = s.source();
+        }
         if e.is_timeout() {
-            UpstreamError::Timeout
+            UpstreamError::Timeout { detail }
         } else if e.is_connect() {
-            UpstreamError::Connect
+            UpstreamError::Connect { detail }
         } else {
-            UpstreamError::Transfer
+            UpstreamError::Transfer { detail }
         }
     }
 

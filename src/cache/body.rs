@@ -113,12 +113,15 @@ fn short() -> io::Error {
 
 /// A body that follows a fill in progress from `start` to `end` (exclusive; `None`: to the end
 /// of the download, whatever its length). Ends with an error if the fill fails, so the client
-/// sees a cut transfer, never a short body taken for a whole one.
+/// sees a cut transfer, never a short body taken for a whole one. A body that runs to the end
+/// of the file (`to_end`) sends its last byte only once the fill is verified and committed:
+/// a client that got everything got a checked file, and its next request is a hit.
 pub fn growing(
     file: Arc<File>,
     rx: watch::Receiver<FillState>,
     start: u64,
     end: Option<u64>,
+    to_end: bool,
 ) -> Body {
     let s = stream::unfold(
         (file, rx, start, false),
@@ -130,8 +133,19 @@ pub fn growing(
                 let state = rx.borrow_and_update().clone();
                 let available = match state {
                     FillState::Streaming { written, .. } => {
-                        if written > pos || end.is_some_and(|e| pos >= e) {
-                            Some(written)
+                        // Until the fill is verified and committed, the last byte of a body
+                        // that runs to the end is held back: HTTP clients take the body as
+                        // complete at its last byte, not at the end of the stream.
+                        let cap = match end {
+                            Some(e) if to_end => e.saturating_sub(1),
+                            Some(e) => e,
+                            None => u64::MAX,
+                        };
+                        let available = written.min(cap);
+                        if available > pos {
+                            Some(available)
+                        } else if !to_end && end.is_some_and(|e| pos >= e) {
+                            Some(pos)
                         } else {
                             None
                         }

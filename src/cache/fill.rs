@@ -79,11 +79,14 @@ pub(super) async fn run(
 ) {
     let outcome = fetch(&cache, &request, stale.as_deref(), &tx).await;
     let state = outcome.unwrap_or_else(|e| {
-        tracing::warn!(key = %request.key, error = %e, source = ?std::error::Error::source(&e), "fill failed, nothing stored");
+        tracing::warn!(key = %request.key, error = %e, detail = ?e, "fill failed, nothing stored");
+
         FillState::Failed(Arc::new(e))
     });
-    tx.send_replace(state);
+    // Leave the table first: a request that comes after this fill's outcome must not join it
+    // (an entry that is stale at once, a failure) but look up again.
     cache.fill_finished(&request.key);
+    tx.send_replace(state);
 }
 
 async fn fetch(

@@ -138,7 +138,9 @@ async fn serve(
     };
     let outcome = match rx.wait_for(|s| !matches!(s, FillState::Pending)).await {
         Ok(state) => state.clone(),
-        Err(_) => FillState::Failed(Arc::new(FillError::Upstream(UpstreamError::Transfer))),
+        Err(_) => FillState::Failed(Arc::new(FillError::Upstream(UpstreamError::Transfer {
+            detail: "fill task ended".into(),
+        }))),
     };
     match outcome {
         FillState::Streaming { head, file, .. } => {
@@ -152,7 +154,9 @@ async fn serve(
             let plan = serve::plan(&rep, headers);
             let builder = serve::head(&rep, plan, "MISS");
             let body = match plan.body_range(rep.len) {
-                Some((start, end)) if !head_only => body::growing(file, rx, start, end),
+                Some((start, end)) if !head_only => {
+                    body::growing(file, rx, start, end, end == rep.len)
+                }
                 _ => body::empty(),
             };
             builder
@@ -176,8 +180,13 @@ async fn serve(
                 stored(state, &key, &meta, headers, head_only, "HIT").await
             }
             None => {
-                let code = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
-                let mut r = text(code, format!("upstream answered {status}"));
+                // A mirror's own failure is ours to report as a gateway error; its other answers
+                // (403, 410, …) are passed on.
+                let code = match StatusCode::from_u16(status) {
+                    Ok(code) if status < 500 => code,
+                    _ => StatusCode::BAD_GATEWAY,
+                };
+                let mut r = text(code, format!("mirror answered {status}"));
                 r.headers_mut()
                     .insert("x-cache", http::HeaderValue::from_static("SKIP"));
                 r
@@ -190,7 +199,9 @@ async fn serve(
             }
             None => {
                 let status = match &*error {
-                    FillError::Upstream(UpstreamError::Timeout) => StatusCode::GATEWAY_TIMEOUT,
+                    FillError::Upstream(UpstreamError::Timeout { .. }) => {
+                        StatusCode::GATEWAY_TIMEOUT
+                    }
                     FillError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
                     _ => StatusCode::BAD_GATEWAY,
                 };

@@ -15,6 +15,9 @@
 # fetched .apks compared byte for byte with the origin's; then the origin is stopped and a fresh
 # client (new root and cache) must update, fetch and add from the proxy's cache alone.
 # Both modes share one proxy: every .apk crosses the origin exactly once.
+# Stale phase (STALE_WAIT, lib.sh): origin still down, the proxy's index entries past their fresh
+# window: a fresh client must succeed again (stale served); then the origin returns and a fresh
+# client updates (whether the proxy revalidated is reported).
 #
 # DIRECT=1: no proxy, the client uses the origin (checks the repository and the client part).
 set -euo pipefail
@@ -113,7 +116,7 @@ for mode in $MODES; do
   client_round "[$mode]"
   run_step "[$mode] apk update (again)" "${APK[@]}" update
   check_fetched
-  expect_hit alpine "$BRANCH/x86_64/${APKS[0]}"
+  expect_hit alpine "$BRANCH/x86_64/e2e-hello-1.0-r0.apk"
   expect_hit alpine "$BRANCH/x86_64/e2e-big-1.0-r0.apk"
 
   [ "$DIRECT" = 1 ] && continue
@@ -122,6 +125,18 @@ for mode in $MODES; do
   client_round "[$mode] origin down, fresh client:"
   check_fetched
 done
+
+if stale_phase_start; then
+  fresh_client
+  client_round "[$mode] stale, origin down, fresh client:"
+  check_fetched
+  before=$(origin_gets "/alpine/$BRANCH/x86_64/APKINDEX.tar.gz")
+  origin_start
+  fresh_client
+  run_step "[$mode] origin back, fresh client: apk add --initdb" "${APK[@]}" add --initdb
+  run_step "[$mode] origin back, fresh client: apk update" "${APK[@]}" update
+  origin_revalidated "/alpine/$BRANCH/x86_64/APKINDEX.tar.gz" "$before"
+fi
 
 # Through the proxy every .apk crosses the origin once; direct, fetch and add each download the
 # installed ones.

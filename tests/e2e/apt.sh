@@ -12,8 +12,12 @@
 #   path:    sources name http://127.0.0.1:PROXY/debian/
 # Steps: update, install --download-only, update again, .debs compared byte for byte with the
 # origin; then the origin is stopped, the client's lists and archives wiped, and update +
-# install --download-only must succeed from the proxy's cache alone. Both modes share one proxy
-# and its cache, so at the end every .deb must have been fetched from the origin exactly once.
+# install --download-only (resuming a 5 MiB partial e2e-big) must succeed from the proxy's cache
+# alone. Both modes share one proxy and its cache, so at the end every .deb must have been
+# fetched from the origin exactly once.
+# Stale phase (STALE_WAIT, lib.sh): origin still down, the proxy's index entries past their fresh
+# window: a fresh client must succeed again (stale served); then the origin returns and a fresh
+# client updates (whether the proxy revalidated is reported).
 #
 # DIRECT=1: no proxy, the client uses the origin (checks the repository and the client part).
 set -euo pipefail
@@ -193,16 +197,33 @@ for mode in $MODES; do
   apt_download "[$mode] apt-get install --download-only ${INSTALL[*]}"
   apt_update "[$mode] apt-get update (again)"
   check_archives
-  expect_hit debian "${DEBS[0]}"
+  expect_hit debian "pool/main/e/e2e-tools/e2e-tools_0.9-3_all.deb"
   expect_hit debian "pool/main/e/e2e-big/e2e-big_1.0-1_all.deb"
 
   [ "$DIRECT" = 1 ] && continue
   origin_stop
   wipe_client_state
+  # An interrupted earlier download: apt resumes it with Range + If-Range (the partial's mtime,
+  # which apt had set from Last-Modified).
+  big=$REPO/pool/main/e/e2e-big/e2e-big_1.0-1_all.deb
+  head -c $((5 * 1024 * 1024)) "$big" >"$C/cache/archives/partial/e2e-big_1.0-1_all.deb"
+  touch -r "$big" "$C/cache/archives/partial/e2e-big_1.0-1_all.deb"
   apt_update "[$mode] origin down, fresh client: apt-get update"
-  apt_download "[$mode] origin down, fresh client: apt-get install --download-only"
+  apt_download "[$mode] origin down, fresh client (e2e-big 5 MiB partial): apt-get install --download-only"
   check_archives
 done
+
+if stale_phase_start; then
+  wipe_client_state
+  apt_update "[$mode] stale, origin down, fresh client: apt-get update"
+  apt_download "[$mode] stale, origin down, fresh client: apt-get install --download-only"
+  check_archives
+  before=$(origin_gets "/debian/dists/$DIST/InRelease")
+  origin_start
+  wipe_client_state
+  apt_update "[$mode] origin back, fresh client: apt-get update"
+  origin_revalidated "/debian/dists/$DIST/InRelease" "$before"
+fi
 unset APT_CONFIG
 
 # The origin's log covers every mode: each .deb crossed the origin exactly once, each by-hash

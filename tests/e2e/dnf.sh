@@ -14,6 +14,9 @@
 # rpms compared byte for byte with the origin's; then the origin is stopped and, with a fresh dnf
 # cache and installroot, makecache + download --resolve + install must succeed from the proxy's
 # cache alone. Both modes share one proxy: every rpm crosses the origin exactly once.
+# Stale phase (STALE_WAIT, lib.sh): origin still down, the proxy's index entries past their fresh
+# window: a fresh client must succeed again (stale served); then the origin returns and a fresh
+# client updates (whether the proxy revalidated is reported).
 #
 # DIRECT=1: no proxy, the client uses the origin (checks the repository and the client part).
 set -euo pipefail
@@ -172,7 +175,7 @@ for mode in $MODES; do
   client_round "[$mode]"
   run_step "[$mode] dnf makecache (again)" "${DNF[@]}" makecache
   check_downloads
-  expect_hit centos "e2e/${RPMS[0]}"
+  expect_hit centos "e2e/Packages/e2e-hello-1.0-1.noarch.rpm"
   expect_hit centos "e2e/Packages/e2e-big-1.0-1.noarch.rpm"
 
   [ "$DIRECT" = 1 ] && continue
@@ -181,6 +184,17 @@ for mode in $MODES; do
   client_round "[$mode] origin down, fresh client:"
   check_downloads
 done
+
+if stale_phase_start; then
+  fresh_client
+  client_round "[$mode] stale, origin down, fresh client:"
+  check_downloads
+  before=$(origin_gets /centos/e2e/repodata/repomd.xml)
+  origin_start
+  fresh_client
+  run_step "[$mode] origin back, fresh client: dnf makecache" "${DNF[@]}" makecache
+  origin_revalidated /centos/e2e/repodata/repomd.xml "$before"
+fi
 
 # Through the proxy every rpm crosses the origin once; direct, dnf download and dnf install each
 # fetch the installed ones.

@@ -11,11 +11,15 @@
 #
 # Environment knobs (all optional):
 #   APT_PROXY_BIN  proxy binary                 (default: <repo>/target/debug/apt-proxy)
+#   PROXY_ARGS     extra apt-proxy flags, e.g. "--debug" (other APT_PROXY_* variables are not passed)
 #   DIRECT=1       no proxy: clients talk to the origin directly (checks the repos and clients)
 #   MODES          client configurations to run: "forward path" (default; DIRECT=1 forces "direct")
 #   E2E_WORK       work root                    (default: /tmp/apt-proxy-e2e; one folder per suite)
 #   E2E_TOOLS      where setup.sh keeps tools   (default: ~/.cache/apt-proxy-e2e)
 #   STEP_TIMEOUT   seconds for one client command (default 300)
+#   STALE_WAIT     seconds to wait, origin down, until the proxy's index entries are stale (default 35:
+#                  the proxy keeps indexes fresh for 30 s); then a fresh client must still succeed
+#                  (stale served when the origin is unreachable). 0 skips that phase.
 #   KEEP=1         keep the work folder even when the suite passes
 #   VERBOSE=1      show every client command's output as it runs
 
@@ -27,6 +31,7 @@ E2E_TOOLS=${E2E_TOOLS:-${XDG_CACHE_HOME:-$HOME/.cache}/apt-proxy-e2e}
 APK_BIN=${APK_BIN:-$E2E_TOOLS/apk-tools/apk}
 DIRECT=${DIRECT:-0}
 STEP_TIMEOUT=${STEP_TIMEOUT:-300}
+STALE_WAIT=${STALE_WAIT:-35}
 if [ "$DIRECT" = 1 ]; then MODES=direct; else MODES=${MODES:-forward path}; fi
 
 # No proxy from the caller's environment may leak into a client: each suite sets its own.
@@ -69,7 +74,7 @@ dump_server_logs() {
 need_cmd() {
   local c
   for c in "$@"; do
-    command -v "$c" >/dev/null 2>&1 || die "required tool '$c' is missing: run tests/e2e/setup.sh"
+    command -v "$c" >/dev/null 2>&1 || die "required tool '$c' is missing (tests/e2e/setup.sh installs it)"
   done
 }
 
@@ -192,7 +197,11 @@ origin_start() {
   ORIGIN_LOG=$d/access.log
   mkdir -p "$d/tmp"
   chmod -R a+rX "$WWW"
+  # As root, workers would run as nobody and could not read a work folder under a private dir.
+  local user_line=
+  [ "$(id -u)" = 0 ] && user_line='user root;'
   cat >"$d/nginx.conf" <<EOF
+$user_line
 daemon off;
 master_process on;
 worker_processes 1;
@@ -269,7 +278,12 @@ proxy_start() {
   PROXY_LOG=$WORK/proxy.log
   rm -rf "$PROXY_CACHE"
   mkdir -p "$PROXY_CACHE"
-  spawn apt-proxy "$PROXY_LOG" "$APT_PROXY_BIN" --host 127.0.0.1 --port "$PROXY_PORT" --cachedir "$PROXY_CACHE" \
+  # The caller's APT_PROXY_* settings stay out (the CLI below is the whole configuration);
+  # extra flags, e.g. --debug, come from PROXY_ARGS.
+  local strip=() v
+  for v in $(compgen -e | grep '^APT_PROXY_' || true); do strip+=(-u "$v"); done
+  # shellcheck disable=SC2086
+  spawn apt-proxy "$PROXY_LOG" env "${strip[@]}" "$APT_PROXY_BIN" ${PROXY_ARGS:-} --host 127.0.0.1 --port "$PROXY_PORT" --cachedir "$PROXY_CACHE" \
     --debian "$ORIGIN_URL/debian/" --centos "$ORIGIN_URL/centos/" --alpine "$ORIGIN_URL/alpine/"
   PROXY_PID=$SPAWNED_PID
   wait_port "$PROXY_PORT" "$PROXY_PID" 30 || die "apt-proxy did not listen on 127.0.0.1:$PROXY_PORT"
@@ -311,6 +325,27 @@ expect_hit() {
   [ "$v" = HIT ] || die "forward-proxy GET $ORIGIN_URL/$1/$2: X-Cache '$v', expected HIT"
 }
 
+# stale_phase_start: true when the stale phase runs; then the origin is down and the proxy's
+# index entries have been unrefreshed for STALE_WAIT seconds.
+stale_phase_start() {
+  [ "$DIRECT" != 1 ] && [ "$STALE_WAIT" -gt 0 ] || return 1
+  say "=== stale indexes: origin down, waiting ${STALE_WAIT}s so the proxy's index entries go stale"
+  [ -z "$ORIGIN_PID" ] || origin_stop
+  sleep "$STALE_WAIT"
+  proxy_alive
+}
+
+# origin_revalidated PATH BEFORE: reports whether the origin saw PATH again since the count BEFORE.
+origin_revalidated() {
+  local n
+  n=$(origin_gets "$1")
+  if [ "$n" -gt "$2" ]; then
+    say "origin back: the proxy revalidated $1 ($(grep -F " $1 " "$ORIGIN_LOG" | tail -n 1 | cut -d' ' -f1))"
+  else
+    say "origin back: the proxy did not ask the origin for $1 again (served from cache)"
+  fi
+}
+
 # ---------------------------------------------------------------- client steps
 
 # run_step DESC cmd...: run a client command with a timeout; output in $LOGS/NN-*.log.
@@ -329,7 +364,7 @@ run_step() {
     printf '\n'
   } >"$STEP_LOG"
   if [ "${VERBOSE:-0}" = 1 ]; then
-    timeout -k 10 "$STEP_TIMEOUT" "$@" 2>&1 | tee -a "$STEP_LOG" || rc=${PIPESTATUS[0]}
+    timeout -k 10 "$STEP_TIMEOUT" "$@" > >(tee -a "$STEP_LOG") 2>&1 || rc=$?
   else
     timeout -k 10 "$STEP_TIMEOUT" "$@" >>"$STEP_LOG" 2>&1 || rc=$?
   fi

@@ -16,7 +16,7 @@ SUITE=setup
 QUICKSAND_VERSION=${QUICKSAND_VERSION:-0.10.1}
 
 DEB_PACKAGES=(
-  apt-utils dpkg-dev gnupg xz-utils gzip nginx-light curl ca-certificates procps
+  apt-utils dpkg-dev gnupg xz-utils gzip nginx-light curl ca-certificates
   rpm createrepo-c dnf dnf-plugins-core
   python3 python3-pip openssl qemu-utils e2fsprogs unzip binutils
 )

@@ -1,0 +1,174 @@
+//! The real binary killed with SIGKILL in mid-fill, and graceful shutdown: no torn entry is
+//! ever served, and transfers in flight finish.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+
+use crate::{Behavior, Origin, Proxy, cache_dir, data, x_cache};
+
+/// The binary, started on a free port; killed when dropped.
+struct Binary {
+    child: Child,
+    addr: String,
+}
+
+impl Binary {
+    fn start(origin: &Origin, cache: &Path) -> Binary {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_apt-proxy"))
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--mode",
+                "debian",
+                "--debian",
+                &origin.base("debian"),
+            ])
+            .arg("--cachedir")
+            .arg(cache)
+            .env("APT_PROXY_LOG_FORMAT", "json")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in stdout.lines().map_while(Result::ok) {
+                if !sent && line.contains("proxy listening") {
+                    let addr = line
+                        .split("\"listen\":\"")
+                        .nth(1)
+                        .and_then(|r| r.split('"').next())
+                        .unwrap_or_default()
+                        .to_string();
+                    sent = tx.send(addr).is_ok();
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the binary reports its address");
+        Binary { child, addr }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}/{path}", self.addr)
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn sigkill_in_mid_fill_leaves_no_torn_entry() {
+    let origin = Origin::start().await;
+    let small = "/debian/pool/main/s/small.deb";
+    let big = "/debian/pool/main/b/big.deb";
+    let big_body = data(8 << 20, 7);
+    origin.put(small, "small and complete");
+    origin.put(big, big_body.clone());
+    origin.set(
+        big,
+        Behavior::Slow {
+            chunk: 64 << 10,
+            delay: Duration::from_millis(20),
+        },
+    );
+    let dir = cache_dir();
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+
+    let mut first = Binary::start(&origin, dir.path());
+    assert_eq!(
+        client
+            .get(first.url(&small[1..]))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "small and complete"
+    );
+    // Several clients are reading the big file when the process dies.
+    let mut streams = Vec::new();
+    for _ in 0..3 {
+        let r = client.get(first.url(&big[1..])).send().await.unwrap();
+        let mut s = r.bytes_stream();
+        s.next().await.unwrap().unwrap();
+        streams.push(s);
+    }
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    for mut s in streams {
+        let mut failed = false;
+        while let Some(chunk) = s.next().await {
+            failed |= chunk.is_err();
+        }
+        assert!(failed, "a reader of a killed fill must see a cut transfer");
+    }
+
+    origin.set(big, Behavior::Normal);
+    let second = Binary::start(&origin, dir.path());
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("tmp")).unwrap().collect();
+    assert!(
+        leftovers.is_empty(),
+        "temporary files survive a restart: {leftovers:?}"
+    );
+    let r = client.get(second.url(&small[1..])).send().await.unwrap();
+    assert_eq!(x_cache(&r), "HIT");
+    assert_eq!(r.text().await.unwrap(), "small and complete");
+    let r = client.get(second.url(&big[1..])).send().await.unwrap();
+    assert_eq!(x_cache(&r), "MISS");
+    assert!(r.bytes().await.unwrap() == big_body);
+    let r = client.get(second.url(&big[1..])).send().await.unwrap();
+    assert_eq!(x_cache(&r), "HIT");
+    assert!(r.bytes().await.unwrap() == big_body);
+    assert_eq!(origin.hits(big), 2);
+}
+
+#[tokio::test]
+async fn graceful_shutdown_lets_transfers_finish() {
+    let origin = Origin::start().await;
+    let path = "/debian/pool/main/g/graceful.deb";
+    let body = data(1 << 20, 8);
+    origin.put(path, body.clone());
+    origin.set(
+        path,
+        Behavior::Slow {
+            chunk: 64 << 10,
+            delay: Duration::from_millis(20),
+        },
+    );
+    let dir = cache_dir();
+    let proxy = Proxy::start(&origin, dir.path(), |_| {}).await;
+    let addr = proxy.addr;
+    let r = proxy
+        .client()
+        .get(proxy.url(&path[1..]))
+        .send()
+        .await
+        .unwrap();
+    let mut stream = r.bytes_stream();
+    let mut got = stream.next().await.unwrap().unwrap().to_vec();
+    let stopping = tokio::spawn(proxy.stop());
+    while let Some(chunk) = stream.next().await {
+        got.extend_from_slice(&chunk.unwrap());
+    }
+    assert!(got == body, "the transfer in flight finished whole");
+    stopping.await.unwrap();
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "no new connections after shutdown"
+    );
+}

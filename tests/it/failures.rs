@@ -1,0 +1,201 @@
+//! A mirror that lies, breaks or disappears: nothing wrong is ever cached, and a cached copy
+//! is served when the mirror fails.
+
+use std::time::{Duration, Instant};
+
+use apt_proxy::config::Tuning;
+use futures_util::StreamExt;
+use sha2::{Digest, Sha256};
+
+use crate::{Behavior, Origin, Proxy, cache_dir, data, x_cache};
+
+/// Reads a whole response body; `Err` when the transfer was cut.
+async fn read_all(r: reqwest::Response) -> Result<Vec<u8>, reqwest::Error> {
+    let mut out = Vec::new();
+    let mut stream = r.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        out.extend_from_slice(&chunk?);
+    }
+    Ok(out)
+}
+
+fn leftover_bodies(dir: &std::path::Path) -> usize {
+    walk(&dir.join("data"))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "body"))
+        .count()
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn truncated_and_overlong_announcements_are_never_cached() {
+    let origin = Origin::start().await;
+    let body = data(600_000, 6);
+    let cut = "/debian/pool/main/c/cut.deb";
+    let long = "/debian/pool/main/l/long.deb";
+    origin.put(cut, body.clone());
+    origin.put(long, body.clone());
+    origin.set(cut, Behavior::CutAfter(200_000));
+    origin.set(long, Behavior::LongerThanSent(1000));
+    let dir = cache_dir();
+    let proxy = Proxy::start(&origin, dir.path(), |_| {}).await;
+    let client = proxy.client();
+
+    for path in [cut, long] {
+        let r = client.get(proxy.url(&path[1..])).send().await.unwrap();
+        // The failure shows as a gateway error, or as a cut transfer once bytes have flowed;
+        // never as a complete 200.
+        let status = r.status().as_u16();
+        let outcome = read_all(r).await;
+        assert!(
+            status == 502 || (status == 200 && outcome.is_err()),
+            "{path}: {status}, {:?} bytes",
+            outcome.map(|b| b.len())
+        );
+    }
+    assert_eq!(leftover_bodies(dir.path()), 0);
+
+    // Once the mirror behaves, the next request downloads again and gets the right bytes.
+    origin.set(cut, Behavior::Normal);
+    origin.set(long, Behavior::Normal);
+    for path in [cut, long] {
+        let r = client.get(proxy.url(&path[1..])).send().await.unwrap();
+        assert_eq!(x_cache(&r), "MISS", "{path}");
+        assert!(read_all(r).await.unwrap() == body);
+        assert_eq!(origin.hits(path), 2, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn by_hash_content_must_match_its_name() {
+    let origin = Origin::start().await;
+    let good = b"Package: hello\n".to_vec();
+    let hash = hex::encode(Sha256::digest(&good));
+    let path = format!("/debian/dists/stable/main/binary-amd64/by-hash/SHA256/{hash}");
+    origin.put(&path, b"Package: tampered\n".to_vec());
+    let dir = cache_dir();
+    let proxy = Proxy::start(&origin, dir.path(), |_| {}).await;
+    let client = proxy.client();
+    let r = client.get(proxy.url(&path[1..])).send().await.unwrap();
+    let status = r.status().as_u16();
+    let outcome = read_all(r).await;
+    assert!(
+        status == 502 || (status == 200 && outcome.is_err()),
+        "a body that does not match its by-hash name must not look complete"
+    );
+
+    assert_eq!(leftover_bodies(dir.path()), 0);
+
+    origin.put(&path, good.clone());
+    let r = client.get(proxy.url(&path[1..])).send().await.unwrap();
+    assert_eq!(read_all(r).await.unwrap(), good);
+    let r = client.get(proxy.url(&path[1..])).send().await.unwrap();
+    assert_eq!(x_cache(&r), "HIT");
+}
+
+#[tokio::test]
+async fn cached_copy_is_served_when_the_mirror_fails() {
+    let origin = Origin::start().await;
+    let index = "/debian/dists/stable/InRelease";
+    origin.put(index, "release");
+    let dir = cache_dir();
+    let tuning = Tuning {
+        index_fresh: Duration::ZERO,
+        read_timeout: Duration::from_millis(500),
+        ..Tuning::default()
+    };
+    let proxy = Proxy::start(&origin, dir.path(), |c| c.tuning = tuning.clone()).await;
+    let client = proxy.client();
+    assert_eq!(
+        client
+            .get(proxy.url(&index[1..]))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "release"
+    );
+
+    for behavior in [Behavior::Status(500), Behavior::Status(503), Behavior::Hang] {
+        origin.set(index, behavior.clone());
+        let started = Instant::now();
+        let r = client.get(proxy.url(&index[1..])).send().await.unwrap();
+        assert_eq!(
+            (r.status().as_u16(), x_cache(&r)),
+            (200, "HIT".into()),
+            "{behavior:?}"
+        );
+        assert_eq!(r.text().await.unwrap(), "release");
+        assert!(started.elapsed() < Duration::from_secs(10), "{behavior:?}");
+    }
+}
+
+#[tokio::test]
+async fn uncached_files_fail_fast_with_a_reason() {
+    let origin = Origin::start().await;
+    origin.set("/debian/pool/a.deb", Behavior::Status(500));
+    origin.set("/debian/pool/b.deb", Behavior::Hang);
+    origin.set("/debian/pool/c.deb", Behavior::Status(403));
+    let dir = cache_dir();
+    let tuning = Tuning {
+        read_timeout: Duration::from_millis(500),
+        ..Tuning::default()
+    };
+    let proxy = Proxy::start(&origin, dir.path(), |c| c.tuning = tuning.clone()).await;
+    let client = proxy.client();
+    for (path, status) in [
+        ("debian/pool/a.deb", 502),
+        ("debian/pool/b.deb", 504),
+        ("debian/pool/c.deb", 403),
+    ] {
+        let r = client.get(proxy.url(path)).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), status, "{path}");
+        assert!(
+            !r.text().await.unwrap().trim().is_empty(),
+            "{path}: a reason is given"
+        );
+    }
+    // Nothing was cached: the mirror is asked again.
+    client
+        .get(proxy.url("debian/pool/a.deb"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(origin.hits("/debian/pool/a.deb"), 2);
+
+    // A mirror that is gone entirely.
+    let port = {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        closed.local_addr().unwrap().port()
+    };
+    let gone = Origin::start().await;
+    let dir = cache_dir();
+    let proxy = Proxy::start(&gone, dir.path(), |c| {
+        c.mirrors
+            .insert("debian".into(), format!("http://127.0.0.1:{port}/debian/"));
+    })
+    .await;
+    let started = Instant::now();
+    let r = proxy
+        .client()
+        .get(proxy.url("debian/pool/a.deb"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    assert!(started.elapsed() < Duration::from_secs(5));
+}

@@ -1,0 +1,140 @@
+//! Integration tests: the real server on 127.0.0.1:0 in this process, in front of an in-process
+//! origin ([`origin::Origin`]) that counts requests and can misbehave, driven by real HTTP
+//! clients (reqwest, and raw TCP where the exact bytes matter).
+
+mod origin;
+
+mod crash;
+mod failures;
+mod fill;
+mod routing;
+mod semantics;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use apt_proxy::config::{Config, Tuning};
+use apt_proxy::server::Server;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+
+pub use origin::{Behavior, Origin};
+
+/// A proxy running in this process; shut down (gracefully) when dropped or by [`Proxy::stop`].
+pub struct Proxy {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Proxy {
+    /// Starts a proxy with its cache in `cache_dir`, every distribution's mirror on `origin`
+    /// (`/<id>/` there), and `tune` applied to the configuration.
+    pub async fn start(
+        origin: &Origin,
+        cache_dir: &std::path::Path,
+        tune: impl FnOnce(&mut Config),
+    ) -> Proxy {
+        if std::env::var_os("APT_PROXY_TEST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt()
+                .with_max_level(tracing::Level::DEBUG)
+                .with_test_writer()
+                .try_init();
+        }
+        let mut config = Config::new(cache_dir);
+        config.host = "127.0.0.1".into();
+        config.port = 0;
+        for id in ["ubuntu", "ubuntu-ports", "debian", "centos", "alpine"] {
+            config.mirrors.insert(id.into(), origin.base(id));
+        }
+        config.tuning = Tuning {
+            shutdown_grace: Duration::from_secs(5),
+            ..Tuning::default()
+        };
+        tune(&mut config);
+        let server = Server::bind(&config).await.expect("proxy starts");
+        let addr = server.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(server.run(async move {
+            let _ = rx.await;
+        }));
+        Proxy {
+            addr,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// `http://127.0.0.1:P/<path>` (path-prefixed form); `path` has no leading `/`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}/{path}", self.addr)
+    }
+
+    /// A client that talks to the proxy directly (path-prefixed form).
+    pub fn client(&self) -> reqwest::Client {
+        reqwest::Client::builder().no_proxy().build().unwrap()
+    }
+
+    /// A client that uses the proxy as its HTTP forward proxy (absolute-URI form).
+    pub fn forward_client(&self) -> reqwest::Client {
+        let proxy = reqwest::Proxy::http(format!("http://{}", self.addr)).unwrap();
+        reqwest::Client::builder().proxy(proxy).build().unwrap()
+    }
+
+    /// Shuts down gracefully and waits for the server to finish.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Sends `raw` bytes on a new connection and returns everything read until the server closes
+/// it or `within` passes.
+pub async fn raw_exchange(addr: SocketAddr, raw: &[u8], within: Duration) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(raw).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(within, stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Deterministic pseudo-random bytes (incompressible enough for transfer tests).
+pub fn data(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// The `X-Cache` header of a response.
+pub fn x_cache(response: &reqwest::Response) -> String {
+    response
+        .headers()
+        .get("x-cache")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
+}
+
+/// A temporary cache directory.
+pub fn cache_dir() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
