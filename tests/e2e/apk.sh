@@ -24,7 +24,7 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 e2e_init apk
 need_cmd python3 openssl nginx curl
-[ -x "$APK_BIN" ] && "$APK_BIN" --version >/dev/null 2>&1 || die "apk client $APK_BIN missing: run tests/e2e/setup.sh"
+if ! "$APK_BIN" --version >/dev/null 2>&1; then die "apk client $APK_BIN missing or broken (tests/e2e/setup.sh installs it)"; fi
 
 BIG_MIB=${BIG_MIB:-25}
 BRANCH=v3.23/main

@@ -6,7 +6,9 @@
 #   origin_start            -> nginx on a free 127.0.0.1 port serving $WWW (debian/ centos/ alpine/)
 #   proxy_start             -> apt-proxy (APT_PROXY_BIN) with a fresh cache dir, mirrors = origin
 #   run_step DESC cmd...    -> runs a client command with a timeout, output kept in $WORK/logs
-#   origin_gets URI         -> how many GETs for URI the origin logged
+#   origin_gets PATH        -> how many GETs for PATH the origin logged
+#   assert_origin_gets MIN MAX PATH...   (e.g. 1 1: each package crossed the origin exactly once)
+#   stale_phase_start       -> origin down + STALE_WAIT seconds, for the stale-index phase
 # and everything it started is stopped by the EXIT trap.
 #
 # Environment knobs (all optional):

@@ -11,6 +11,7 @@
 # Usage: bash tests/e2e/setup.sh      (needs root, or sudo, for apt-get)
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
+# shellcheck disable=SC2034  # read by say/die in lib.sh
 SUITE=setup
 
 QUICKSAND_VERSION=${QUICKSAND_VERSION:-0.10.1}

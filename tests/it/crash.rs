@@ -11,26 +11,28 @@ use futures_util::StreamExt;
 use crate::{Behavior, Origin, Proxy, cache_dir, data, x_cache};
 
 /// The binary, started on a free port; killed when dropped.
-struct Binary {
-    child: Child,
+pub struct Binary {
+    pub child: Child,
     addr: String,
 }
 
 impl Binary {
     fn start(origin: &Origin, cache: &Path) -> Binary {
+        Binary::start_with(
+            cache,
+            &["--mode", "debian", "--debian", &origin.base("debian")],
+            &[],
+        )
+    }
+
+    /// Starts the binary with its cache in `cache`, extra arguments and environment.
+    pub fn start_with(cache: &Path, args: &[&str], env: &[(&str, &str)]) -> Binary {
         let mut child = Command::new(env!("CARGO_BIN_EXE_apt-proxy"))
-            .args([
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--mode",
-                "debian",
-                "--debian",
-                &origin.base("debian"),
-            ])
+            .args(["--host", "127.0.0.1", "--port", "0"])
+            .args(args)
             .arg("--cachedir")
             .arg(cache)
+            .envs(env.iter().copied())
             .env("APT_PROXY_LOG_FORMAT", "json")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -58,7 +60,7 @@ impl Binary {
         Binary { child, addr }
     }
 
-    fn url(&self, path: &str) -> String {
+    pub fn url(&self, path: &str) -> String {
         format!("http://{}/{path}", self.addr)
     }
 }
@@ -171,4 +173,39 @@ async fn graceful_shutdown_lets_transfers_finish() {
         tokio::net::TcpStream::connect(addr).await.is_err(),
         "no new connections after shutdown"
     );
+}
+
+#[test]
+fn start_up_errors_name_what_is_wrong() {
+    let dir = cache_dir();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_apt-proxy"))
+            .args(["--host", "127.0.0.1", "--port", "0"])
+            .arg("--cachedir")
+            .arg(dir.path())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["--debian", "cn:nowhere"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cn:nowhere") && stderr.contains("debian"),
+        "{stderr}"
+    );
+
+    let out = run(&["--mode", "fedora"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("fedora"));
+
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, "x").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_apt-proxy"))
+        .args(["--host", "127.0.0.1", "--port", "0", "--cachedir"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not-a-dir"));
 }

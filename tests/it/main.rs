@@ -9,6 +9,7 @@ mod failures;
 mod fill;
 mod routing;
 mod semantics;
+mod tls;
 
 use std::net::SocketAddr;
 use std::time::Duration;
