@@ -16,3 +16,7 @@ cargo clippy --all-targets --all-features -- -D warnings
 
 step "unit and integration tests"
 cargo test --all-targets
+
+step "end-to-end suites: real apt-get, dnf and apk through the proxy"
+cargo build --bin apt-proxy
+APT_PROXY_BIN="$PWD/target/debug/apt-proxy" bash tests/e2e/run.sh
