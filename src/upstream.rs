@@ -8,6 +8,8 @@ use std::time::Duration;
 use reqwest::header::{HeaderMap, HeaderValue, IF_MODIFIED_SINCE, IF_NONE_MATCH, USER_AGENT};
 use url::Url;
 
+use crate::config::Tuning;
+
 /// Why a mirror could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -57,15 +59,12 @@ pub struct Validators {
 #[derive(Debug, Clone)]
 pub struct Upstream {
     client: reqwest::Client,
+    head_timeout: Duration,
 }
 
 impl Upstream {
     /// Builds the client. `keep_alive: false` closes each connection after its request.
-    pub fn new(
-        keep_alive: bool,
-        connect_timeout: Duration,
-        read_timeout: Duration,
-    ) -> Result<Upstream, UpstreamError> {
+    pub fn new(keep_alive: bool, tuning: &Tuning) -> Result<Upstream, UpstreamError> {
         // Several servers in one process (tests) share the provider; only the first install counts.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let mut headers = HeaderMap::new();
@@ -75,8 +74,8 @@ impl Upstream {
         );
         let mut builder = reqwest::Client::builder()
             .default_headers(headers)
-            .connect_timeout(connect_timeout)
-            .read_timeout(read_timeout)
+            .connect_timeout(tuning.connect_timeout)
+            .read_timeout(tuning.read_timeout)
             .redirect(reqwest::redirect::Policy::limited(5))
             .tcp_nodelay(true)
             .no_proxy();
@@ -90,7 +89,10 @@ impl Upstream {
         let client = builder
             .build()
             .map_err(|e| UpstreamError::Setup(e.to_string()))?;
-        Ok(Upstream { client })
+        Ok(Upstream {
+            client,
+            head_timeout: tuning.head_timeout,
+        })
     }
 
     /// Sends `GET url`, conditional when `validators` are given. Any status is returned;
@@ -117,9 +119,11 @@ impl Upstream {
                 request = request.header(IF_MODIFIED_SINCE, lm);
             }
         }
-        request
-            .send()
-            .await
-            .map_err(|e| UpstreamError::from_reqwest(&e))
+        match tokio::time::timeout(self.head_timeout, request.send()).await {
+            Ok(result) => result.map_err(|e| UpstreamError::from_reqwest(&e)),
+            Err(_) => Err(UpstreamError::Timeout {
+                detail: format!("no response head within {:?}", self.head_timeout),
+            }),
+        }
     }
 }

@@ -80,6 +80,11 @@ impl Cache {
         &self.store
     }
 
+    /// Timeouts and freshness windows in force.
+    pub fn tuning(&self) -> &Tuning {
+        &self.tuning
+    }
+
     fn indexed(&self, key: &CacheKey) -> Option<Arc<EntryMeta>> {
         self.index
             .lock()

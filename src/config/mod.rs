@@ -36,6 +36,11 @@ pub struct Tuning {
     pub connect_timeout: Duration,
     /// Longest silence while reading from a mirror; there is no total-transfer timeout.
     pub read_timeout: Duration,
+    /// Longest wait for a mirror's response head.
+    pub head_timeout: Duration,
+    /// Longest a request waits for a mirror to revalidate a stale copy before the copy is
+    /// served anyway (the revalidation goes on in the background).
+    pub stale_wait: Duration,
     /// How long a shutdown waits for transfers in flight.
     pub shutdown_grace: Duration,
 }
@@ -48,6 +53,9 @@ impl Default for Tuning {
             other_ttl: Duration::from_secs(3600),
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(60),
+            head_timeout: Duration::from_secs(20),
+            stale_wait: Duration::from_secs(3),
+
             shutdown_grace: Duration::from_secs(30),
         }
     }

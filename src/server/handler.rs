@@ -136,12 +136,32 @@ async fn serve(
         Lookup::Hit(meta) => return stored(state, &key, &meta, headers, head_only, "HIT").await,
         Lookup::Fill { rx, stale } => (rx, stale),
     };
-    let outcome = match rx.wait_for(|s| !matches!(s, FillState::Pending)).await {
-        Ok(state) => state.clone(),
-        Err(_) => FillState::Failed(Arc::new(FillError::Upstream(UpstreamError::Transfer {
+    // With a copy in hand, a slow or hung mirror costs the client a few seconds at most: the
+    // copy is served and the revalidation finishes in the background.
+    let wait = async {
+        rx.wait_for(|s| !matches!(s, FillState::Pending))
+            .await
+            .map(|s| s.clone())
+    };
+    let waited = match &stale {
+        Some(_) => tokio::time::timeout(state.cache.tuning().stale_wait, wait).await,
+        None => Ok(wait.await),
+    };
+    let outcome = match waited {
+        Ok(Ok(state)) => state,
+
+        Ok(Err(_)) => FillState::Failed(Arc::new(FillError::Upstream(UpstreamError::Transfer {
             detail: "fill task ended".into(),
         }))),
+        Err(_) => {
+            let waited_for = state.cache.tuning().stale_wait;
+            tracing::warn!(key = %key, ?waited_for, "mirror slow to revalidate; serving the cached copy");
+            FillState::Failed(Arc::new(FillError::Upstream(UpstreamError::Timeout {
+                detail: "revalidation still running".into(),
+            })))
+        }
     };
+
     match outcome {
         FillState::Streaming { head, file, .. } => {
             let rep = Representation {

@@ -68,11 +68,8 @@ impl Server {
             tracing::info!(repo = %repo.id, mirror = %repo.upstream, "{how} {} mirror", repo.id);
         }
         let store = DiskStore::open(&config.cache_dir)?;
-        let upstream = Upstream::new(
-            config.upstream_keep_alive,
-            config.tuning.connect_timeout,
-            config.tuning.read_timeout,
-        )?;
+        let upstream = Upstream::new(config.upstream_keep_alive, &config.tuning)?;
+
         let cache = Arc::new(Cache::new(store, upstream, config.tuning.clone()));
         let started = SystemTime::now();
         let sweeper = cache.clone();

@@ -199,3 +199,45 @@ async fn uncached_files_fail_fast_with_a_reason() {
     assert_eq!(r.status(), 502);
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+#[tokio::test]
+async fn a_hung_mirror_delays_a_stale_copy_by_seconds_not_minutes() {
+    let origin = Origin::start().await;
+    let index = "/debian/dists/stable/InRelease";
+    origin.put(index, "release");
+    let dir = cache_dir();
+    let tuning = Tuning {
+        index_fresh: Duration::ZERO,
+        stale_wait: Duration::from_millis(300),
+        ..Tuning::default()
+    };
+    let proxy = Proxy::start(&origin, dir.path(), |c| c.tuning = tuning.clone()).await;
+    let client = proxy.client();
+    assert_eq!(
+        client
+            .get(proxy.url(&index[1..]))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "release"
+    );
+
+    origin.set(index, Behavior::Hang);
+    for _ in 0..2 {
+        let started = Instant::now();
+        let r = client.get(proxy.url(&index[1..])).send().await.unwrap();
+        assert_eq!((r.status().as_u16(), x_cache(&r)), (200, "HIT".into()));
+        assert_eq!(r.text().await.unwrap(), "release");
+        // The default read timeout is a minute; the stale copy comes after the stale wait.
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    // The second request joined the revalidation still hanging; only one went upstream.
+    assert_eq!(origin.hits(index), 2);
+}
