@@ -6,14 +6,16 @@ use std::sync::Arc;
 
 use futures_util::StreamExt;
 use reqwest::header::{CONTENT_TYPE, ETAG, HeaderMap, LAST_MODIFIED};
-use sha2::{Digest, Sha256, Sha512};
+use sha2::{Digest as _, Sha256, Sha512};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
+use super::index::{Digest, Source};
 use super::meta::{EntryMeta, META_VERSION, unix_now};
 use super::{Cache, FillRequest, policy};
 use crate::distro::class::{HashAlgo, by_hash_digest};
 use crate::storage::StorageError;
+use crate::storage::disk::TempBody;
 use crate::upstream::{UpstreamError, Validators};
 
 /// Response head of a fill, known before its body.
@@ -60,6 +62,10 @@ pub enum FillError {
     Length { expected: u64, got: u64 },
     #[error("mirror sent content that does not match the hash in its URL")]
     Digest,
+    #[error("mirror sent a file whose hash differs from the one its index lists")]
+    Mismatch,
+    #[error("mirror is inconsistent (mid-sync?): the index does not match its Release")]
+    Inconsistent,
 }
 
 fn header(headers: &HeaderMap, name: reqwest::header::HeaderName) -> Option<String> {
@@ -90,7 +96,7 @@ pub(super) async fn run(
 }
 
 async fn fetch(
-    cache: &Cache,
+    cache: &Arc<Cache>,
     request: &FillRequest,
     stale: Option<&EntryMeta>,
     tx: &watch::Sender<FillState>,
@@ -105,13 +111,17 @@ async fn fetch(
         .get(request.url.clone(), validators.as_ref())
         .await?;
     let status = response.status().as_u16();
-    let headers = response.headers().clone();
     tracing::debug!(key = %request.key, status, ms = started.elapsed().as_millis() as u64, "upstream answered");
 
     if let (304, Some(old)) = (status, stale.filter(|m| m.status == 200)) {
         let mut meta = old.clone();
-        meta.fresh_until =
-            policy::fresh_until(request.class, 200, &headers, unix_now(), &cache.tuning);
+        meta.fresh_until = policy::fresh_until(
+            request.class,
+            200,
+            response.headers(),
+            unix_now(),
+            &cache.tuning,
+        );
         cache.store.update_meta(&request.key, &meta).await?;
         let meta = Arc::new(meta);
         cache.remember(request.key.clone(), meta.clone());
@@ -124,6 +134,89 @@ async fn fetch(
         return Ok(FillState::Passthrough { status });
     }
 
+    // An index whose hash its Release names is held back until verified: if the mirror serves
+    // another version (caught mid-sync), the right one is fetched by hash instead.
+    let hold = request
+        .expect
+        .as_ref()
+        .is_some_and(|e| e.source == Source::Release)
+        && status == 200;
+    let mut body = receive(cache, request, response, (!hold).then_some(tx)).await?;
+    if let Some(expect) = request.expect.as_ref().filter(|_| status == 200)
+        && !body.matches(&expect.digest)
+    {
+        match (&expect.source, &request.fallback_url) {
+            (Source::Release, Some(url)) => {
+                tracing::warn!(key = %request.key, "index does not match its Release; fetching it by hash");
+                let response = cache.upstream.get(url.clone(), None).await?;
+                if response.status().as_u16() != 200 {
+                    return Err(FillError::Inconsistent);
+                }
+                body = receive(cache, request, response, None).await?;
+                if !body.matches(&expect.digest) {
+                    return Err(FillError::Inconsistent);
+                }
+            }
+            _ => {
+                tracing::warn!(key = %request.key, want = %expect.digest.sha256, got = %body.sha256, "download does not match its index; not stored");
+                return Err(FillError::Mismatch);
+            }
+        }
+    }
+
+    let now = unix_now();
+    let meta = EntryMeta {
+        v: META_VERSION,
+        key: request.key.as_str().to_string(),
+        body: String::new(),
+        status,
+        len: body.written,
+        content_type: body.head.content_type.clone(),
+        last_modified: body.head.last_modified.clone(),
+        etag: body.head.etag.clone(),
+        sha256: body.sha256.clone(),
+        stored_at: now,
+        fresh_until: policy::fresh_until(request.class, status, &body.headers, now, &cache.tuning),
+    };
+    let meta = Arc::new(cache.store.commit(&request.key, body.temp, meta).await?);
+    cache.remember(request.key.clone(), meta.clone());
+    tracing::debug!(key = %request.key, bytes = meta.len, ms = started.elapsed().as_millis() as u64, "fill committed");
+    if status == 200 {
+        cache
+            .learn(&request.repo, &request.path, &request.key, &meta)
+            .await;
+    }
+    Ok(FillState::Done {
+        meta,
+        revalidated: false,
+    })
+}
+
+/// A body received into a temporary file, with its digest.
+struct Received {
+    head: Arc<Head>,
+    headers: HeaderMap,
+    temp: TempBody,
+    written: u64,
+    sha256: String,
+}
+
+impl Received {
+    fn matches(&self, digest: &Digest) -> bool {
+        self.written == digest.size && self.sha256 == digest.sha256
+    }
+}
+
+/// Streams `response` into a new temporary body, publishing progress on `tx` when given, and
+/// checks it against its announced length and the hash its URL pins.
+async fn receive(
+    cache: &Cache,
+    request: &FillRequest,
+    response: reqwest::Response,
+    tx: Option<&watch::Sender<FillState>>,
+) -> Result<Received, FillError> {
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
     let head = Arc::new(Head {
         status,
         len: response.content_length(),
@@ -132,12 +225,13 @@ async fn fetch(
         etag: header(&headers, ETAG),
     });
     let mut temp = cache.store.create_temp().await?;
-    tx.send_replace(FillState::Streaming {
-        head: head.clone(),
-        file: temp.reader.clone(),
-        written: 0,
-    });
-
+    if let Some(tx) = tx {
+        tx.send_replace(FillState::Streaming {
+            head: head.clone(),
+            file: temp.reader.clone(),
+            written: 0,
+        });
+    }
     let pinned = if status == 200 {
         by_hash_digest(&request.path)
     } else {
@@ -165,11 +259,13 @@ async fn fetch(
             .flush()
             .await
             .map_err(|e| storage_error("write", e))?;
-        tx.send_modify(|state| {
-            if let FillState::Streaming { written: w, .. } = state {
-                *w = written;
-            }
-        });
+        if let Some(tx) = tx {
+            tx.send_modify(|state| {
+                if let FillState::Streaming { written: w, .. } = state {
+                    *w = written;
+                }
+            });
+        }
     }
     if let Some(expected) = head.len.filter(|&n| n != written) {
         return Err(FillError::Length {
@@ -188,26 +284,12 @@ async fn fetch(
     if !digest_ok {
         return Err(FillError::Digest);
     }
-    let now = unix_now();
-    let meta = EntryMeta {
-        v: META_VERSION,
-        key: request.key.as_str().to_string(),
-        body: String::new(),
-        status,
-        len: written,
-        content_type: head.content_type.clone(),
-        last_modified: head.last_modified.clone(),
-        etag: head.etag.clone(),
+    Ok(Received {
+        head,
+        headers,
+        temp,
+        written,
         sha256,
-        stored_at: now,
-        fresh_until: policy::fresh_until(request.class, status, &headers, now, &cache.tuning),
-    };
-    let meta = Arc::new(cache.store.commit(&request.key, temp, meta).await?);
-    cache.remember(request.key.clone(), meta.clone());
-    tracing::debug!(key = %request.key, bytes = written, ms = started.elapsed().as_millis() as u64, "fill committed");
-    Ok(FillState::Done {
-        meta,
-        revalidated: false,
     })
 }
 

@@ -8,6 +8,7 @@
 
 pub mod body;
 pub mod fill;
+pub mod index;
 pub mod key;
 pub mod meta;
 pub mod policy;
@@ -25,6 +26,7 @@ use crate::storage::StorageError;
 use crate::storage::disk::DiskStore;
 use crate::upstream::Upstream;
 use fill::FillState;
+use index::{Expectation, IndexTables};
 use key::CacheKey;
 use meta::{EntryMeta, unix_now};
 
@@ -51,6 +53,8 @@ pub struct Cache {
     index: Mutex<HashMap<CacheKey, Arc<EntryMeta>>>,
     /// Fills in progress, by key.
     fills: Mutex<HashMap<CacheKey, watch::Receiver<FillState>>>,
+    /// What Release and Packages indexes say about other files.
+    indexes: IndexTables,
 }
 
 /// What a fill needs to know about the request that started it.
@@ -61,6 +65,12 @@ pub struct FillRequest {
     pub class: FileClass,
     /// The path inside the repo (the key without its namespace).
     pub path: String,
+    /// The repo id (the key's namespace).
+    pub repo: String,
+    /// What an index says the file must be.
+    pub expect: Option<Expectation>,
+    /// Where the same content lives by hash, tried when the file does not match its index.
+    pub fallback_url: Option<Url>,
 }
 
 impl Cache {
@@ -72,6 +82,7 @@ impl Cache {
             tuning,
             index: Mutex::default(),
             fills: Mutex::default(),
+            indexes: IndexTables::default(),
         }
     }
 
@@ -121,9 +132,87 @@ impl Cache {
         Ok(Some(meta))
     }
 
+    /// What an index says `path` in `repo` must be. After a restart, the Release of the path's
+    /// suite is read back from the cache the first time it is needed.
+    pub async fn expectation(&self, repo: &str, path: &str) -> Option<Expectation> {
+        if let Some(dir) = index::suite_dir(path)
+            && !self.indexes.knows_release(repo, dir)
+        {
+            let mut found = false;
+            for name in ["InRelease", "Release"] {
+                let release_path = format!("{dir}{name}");
+                if let Some(text) = self
+                    .read_stored_text(&CacheKey::new(repo, &release_path))
+                    .await
+                {
+                    self.indexes.learn_release(repo, &release_path, &text);
+                    found = true;
+                    break;
+                }
+            }
+            if !found {
+                self.indexes.set_release(repo, dir, None);
+            }
+        }
+        self.indexes.expected(repo, path)
+    }
+
+    /// The body of a stored 200 entry as text (for small index files).
+    async fn read_stored_text(&self, key: &CacheKey) -> Option<String> {
+        let meta = self.entry(key).await.ok()??;
+        if meta.status != 200 {
+            return None;
+        }
+        let file = self.store.open_body(key, &meta).ok()?;
+        tokio::task::spawn_blocking(move || index::read_text(file))
+            .await
+            .ok()?
+            .ok()
+    }
+
+    /// Learns from an index just stored, before its clients get their last byte: once a client
+    /// has a Release or Packages file, the proxy knows the hashes it lists.
+    pub(crate) async fn learn(
+        self: &Arc<Self>,
+        repo: &str,
+        path: &str,
+        key: &CacheKey,
+        meta: &EntryMeta,
+    ) {
+        if index::is_release(path) || index::is_repomd(path) {
+            if let Some(text) = self.read_stored_text(key).await {
+                if index::is_release(path) {
+                    self.indexes.learn_release(repo, path, &text);
+                } else {
+                    self.indexes.learn_repomd(repo, path, &text);
+                }
+            }
+            return;
+        }
+
+        let Some(compression) = self.indexes.packages_index(repo, path) else {
+            return;
+        };
+        let Ok(file) = self.store.open_body(key, meta) else {
+            return;
+        };
+        match tokio::task::spawn_blocking(move || index::parse_packages(file, compression)).await {
+            Ok(Ok(entries)) => self.indexes.learn_packages(repo, entries),
+            Ok(Err(e)) => tracing::warn!(repo, path, error = %e, "unreadable Packages index"),
+            Err(e) => tracing::warn!(repo, path, error = %e, "Packages index task failed"),
+        }
+    }
+
     /// A fresh entry, or the fill to follow (joined or started).
     pub async fn lookup(self: &Arc<Self>, request: FillRequest) -> Result<Lookup, StorageError> {
-        let stored = self.entry(&request.key).await?;
+        // A copy that an index contradicts is neither served nor kept as a fallback.
+        let agrees = |m: &Arc<EntryMeta>| {
+            request
+                .expect
+                .as_ref()
+                .is_none_or(|e| m.status != 200 || m.sha256 == e.digest.sha256)
+        };
+        let stored = self.entry(&request.key).await?.filter(agrees);
         if let Some(meta) = stored.as_ref().filter(|m| m.is_fresh(unix_now())) {
             return Ok(Lookup::Hit(meta.clone()));
         }
@@ -135,7 +224,8 @@ impl Cache {
             });
         }
         // A fill may have committed between the look-up above and taking the lock.
-        let current = self.indexed(&request.key).or(stored);
+        let current = self.indexed(&request.key).filter(agrees).or(stored);
+
         if let Some(meta) = current.as_ref().filter(|m| m.is_fresh(unix_now())) {
             return Ok(Lookup::Hit(meta.clone()));
         }

@@ -108,12 +108,24 @@ async fn answer(state: &AppState, request: Request<Incoming>) -> (Response<Body>
         Ok(url) => url,
         Err(_) => return (text(StatusCode::BAD_REQUEST, "malformed path"), repo),
     };
+    let expect = state
+        .cache
+        .expectation(&matched.repo.id, &matched.path)
+        .await;
+    let fallback_url = expect
+        .as_ref()
+        .and_then(|e| e.by_hash_path.as_deref())
+        .and_then(|p| matched.repo.upstream_url(p).ok());
     let fill = FillRequest {
         key: CacheKey::new(&matched.repo.id, &matched.path),
         url,
         class: classify(&matched.path),
         path: matched.path,
+        repo: matched.repo.id.clone(),
+        expect,
+        fallback_url,
     };
+
     let response = serve(state, fill, request.headers(), head_only).await;
     (response, repo)
 }

@@ -4,6 +4,7 @@
 
 mod origin;
 
+mod consistency;
 mod crash;
 mod failures;
 mod fill;

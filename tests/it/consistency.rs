@@ -1,0 +1,234 @@
+//! Index consistency: the proxy never hands out an index its Release contradicts, nor a
+//! package its Packages index contradicts.
+
+use sha2::{Digest, Sha256};
+
+use crate::{Origin, Proxy, cache_dir, x_cache};
+
+fn sha(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// An unsigned Release listing `files` (path relative to `dists/stable/`, content).
+fn release(files: &[(&str, &[u8])]) -> String {
+    let mut text = "Origin: Test\nSuite: stable\nAcquire-By-Hash: yes\nSHA256:\n".to_string();
+    for (path, body) in files {
+        text.push_str(&format!(" {} {} {}\n", sha(body), body.len(), path));
+    }
+    text
+}
+
+const PACKAGES: &str = "dists/stable/main/binary-amd64/Packages";
+
+#[tokio::test]
+async fn an_index_the_new_release_contradicts_is_refetched() {
+    let origin = Origin::start().await;
+    let v1: &[u8] = b"Package: a\nVersion: 1\n";
+    let v2: &[u8] = b"Package: a\nVersion: 2\n";
+    origin.put(
+        "/debian/dists/stable/InRelease",
+        release(&[("main/binary-amd64/Packages", v1)]),
+    );
+    origin.put(&format!("/debian/{PACKAGES}"), v1.to_vec());
+    let dir = cache_dir();
+    let proxy = Proxy::start(&origin, dir.path(), |_| {}).await;
+    let client = proxy.client();
+    let get = |path: String| {
+        let (client, url) = (client.clone(), proxy.url(&path));
+        async move {
+            let r = client.get(url).send().await.unwrap();
+            let cache = x_cache(&r);
+            (
+                r.status().as_u16(),
+                cache,
+                r.bytes().await.unwrap().to_vec(),
+            )
+        }
+    };
+    get("debian/dists/stable/InRelease".into()).await;
+    assert_eq!(get(format!("debian/{PACKAGES}")).await.2, v1);
+
+    // The mirror publishes a new version; the proxy learns it through the Release file while
+    // its cached Packages is still within its freshness window.
+    origin.put(
+        "/debian/dists/stable/Release",
+        release(&[("main/binary-amd64/Packages", v2)]),
+    );
+    origin.put(&format!("/debian/{PACKAGES}"), v2.to_vec());
+    get("debian/dists/stable/Release".into()).await;
+    let (status, cache, body) = get(format!("debian/{PACKAGES}")).await;
+    assert_eq!((status, cache.as_str(), body.as_slice()), (200, "MISS", v2));
+    assert_eq!(origin.hits(&format!("/debian/{PACKAGES}")), 2);
+}
+
+#[tokio::test]
+async fn a_mirror_caught_mid_sync_still_gives_a_set_that_verifies() {
+    let origin = Origin::start().await;
+    let old: &[u8] = b"Package: a\nVersion: 1\n";
+    let new: &[u8] = b"Package: a\nVersion: 2\n";
+    // New InRelease, old Packages under the plain name, the new one under its by-hash name.
+    origin.put(
+        "/debian/dists/stable/InRelease",
+        release(&[("main/binary-amd64/Packages", new)]),
+    );
+    origin.put(&format!("/debian/{PACKAGES}"), old.to_vec());
+    let by_hash = format!(
+        "/debian/dists/stable/main/binary-amd64/by-hash/SHA256/{}",
+        sha(new)
+    );
+    origin.put(&by_hash, new.to_vec());
+    // A second index whose by-hash copy is missing too: a clear error, not a wrong file.
+    let broken = "dists/stable/main/binary-i386/Packages";
+    let new_i386: &[u8] = b"Package: b\n";
+    origin.put(
+        "/debian/dists/stable/InRelease",
+        release(&[
+            ("main/binary-amd64/Packages", new),
+            ("main/binary-i386/Packages", new_i386),
+        ]),
+    );
+    origin.put(&format!("/debian/{broken}"), b"Package: old-b\n".to_vec());
+
+    let dir = cache_dir();
+    let proxy = Proxy::start(&origin, dir.path(), |_| {}).await;
+    let client = proxy.client();
+    client
+        .get(proxy.url("debian/dists/stable/InRelease"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let r = client
+        .get(proxy.url(&format!("debian/{PACKAGES}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap(), new);
+    assert_eq!(origin.hits(&by_hash), 1);
+    // And it is cached as the verified version.
+    let r = client
+        .get(proxy.url(&format!("debian/{PACKAGES}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(x_cache(&r), "HIT");
+    assert_eq!(r.bytes().await.unwrap(), new);
+
+    let r = client
+        .get(proxy.url(&format!("debian/{broken}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    assert!(r.text().await.unwrap().contains("Release"));
+}
+
+#[tokio::test]
+async fn packages_must_match_their_index() {
+    let origin = Origin::start().await;
+    let good: &[u8] = b"the real package";
+    let path = "pool/main/a/a_1_all.deb";
+    let packages = format!(
+        "Package: a\nFilename: {path}\nSize: {}\nSHA256: {}\n\n",
+        good.len(),
+        sha(good)
+    );
+    origin.put(
+        "/debian/dists/stable/InRelease",
+        release(&[("main/binary-amd64/Packages", packages.as_bytes())]),
+    );
+    origin.put(&format!("/debian/{PACKAGES}"), packages.clone());
+    origin.put(&format!("/debian/{path}"), b"a tampered package".to_vec());
+    let dir = cache_dir();
+    let proxy = Proxy::start(&origin, dir.path(), |_| {}).await;
+    let client = proxy.client();
+    for index in ["dists/stable/InRelease", PACKAGES] {
+        client
+            .get(proxy.url(&format!("debian/{index}")))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+    }
+    let r = client
+        .get(proxy.url(&format!("debian/{path}")))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let body = r.bytes().await;
+    assert!(
+        status == 502 || body.is_err(),
+        "a package that contradicts its index is never handed out whole"
+    );
+
+    // Once the mirror serves the right file, it is fetched again and kept.
+    origin.put(&format!("/debian/{path}"), good.to_vec());
+    let r = client
+        .get(proxy.url(&format!("debian/{path}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.bytes().await.unwrap(), good);
+    let r = client
+        .get(proxy.url(&format!("debian/{path}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(x_cache(&r), "HIT");
+    assert_eq!(origin.hits(&format!("/debian/{path}")), 2);
+}
+
+#[tokio::test]
+async fn a_republished_package_is_not_served_from_the_old_copy() {
+    let origin = Origin::start().await;
+    let path = "pool/main/a/a_1_all.deb";
+    let index = |body: &[u8]| {
+        format!(
+            "Package: a\nFilename: {path}\nSize: {}\nSHA256: {}\n",
+            body.len(),
+            sha(body)
+        )
+    };
+    let v1: &[u8] = b"first build";
+    let v2: &[u8] = b"second build, same name";
+    origin.put(&format!("/debian/{path}"), v1.to_vec());
+    let dir = cache_dir();
+    let proxy = Proxy::start(&origin, dir.path(), |_| {}).await;
+    let client = proxy.client();
+    assert_eq!(
+        client
+            .get(proxy.url(&format!("debian/{path}")))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap(),
+        v1
+    );
+
+    // The archive republishes the file; the new Packages names the new hash.
+    origin.put(&format!("/debian/{path}"), v2.to_vec());
+    origin.put(&format!("/debian/{PACKAGES}"), index(v2));
+    client
+        .get(proxy.url(&format!("debian/{PACKAGES}")))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let r = client
+        .get(proxy.url(&format!("debian/{path}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(x_cache(&r), "MISS");
+    assert_eq!(r.bytes().await.unwrap(), v2);
+}
