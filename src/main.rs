@@ -7,9 +7,20 @@ use apt_proxy::server::Server;
 
 fn main() -> ExitCode {
     let cli = Cli::parse_args();
-    let config = Config::from_cli(cli);
+    let env = |name: &str| std::env::var(name).ok();
+    let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
+    let (config, notes) = match Config::resolve(cli, &env, home.as_deref()) {
+        Ok(resolved) => resolved,
+        Err(e) => {
+            eprintln!("apt-proxy: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     if let Some(warning) = apt_proxy::telemetry::logging::init(config.debug) {
         tracing::warn!("{warning}");
+    }
+    for note in notes {
+        tracing::info!("{note}");
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -1,4 +1,7 @@
-//! Command-line flags, each with its `APT_PROXY_*` environment variable (clap derive).
+//! Command-line flags (clap derive). Every flag has an `APT_PROXY_*` environment variable and a
+//! YAML key; the environment and the file are read in [`super::resolve`], so that precedence
+//! (flag > environment > file > default) lives in one place and can be tested without touching
+//! the process environment.
 //!
 //! Flag names follow the interface we keep; Go-style single-dash long flags (`-port=3142`) are
 //! accepted as well as `--port=3142`, because users' scripts are written both ways.
@@ -11,79 +14,123 @@ use clap::{ArgAction, CommandFactory, Parser};
 use crate::distro::Mode;
 
 /// A caching proxy for APT, YUM/DNF and APK package managers.
-#[derive(Debug, Parser)]
+///
+/// Every flag can also be set by the environment variable shown, or in apt-proxy.yaml.
+/// Precedence: flag, then environment, then file, then default.
+#[derive(Debug, Default, Parser)]
 #[command(name = "apt-proxy", version, about, long_about = None)]
 pub struct Cli {
-    /// Network interface to bind to
-    #[arg(
-        long,
-        env = "APT_PROXY_HOST",
-        default_value = "0.0.0.0",
-        help_heading = "Server"
-    )]
-    pub host: String,
+    /// Network interface to bind to [env: APT_PROXY_HOST] [default: 0.0.0.0]
+    #[arg(long, help_heading = "Server")]
+    pub host: Option<String>,
+    /// Port to listen on [env: APT_PROXY_PORT] [default: 3142]
+    #[arg(long, help_heading = "Server")]
+    pub port: Option<u16>,
+    /// Distributions to serve [env: APT_PROXY_MODE] [default: all]
+    #[arg(long, value_enum, help_heading = "Server")]
+    pub mode: Option<Mode>,
+    /// Verbose debug logging [env: APT_PROXY_DEBUG] [default: false]
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", help_heading = "Server")]
+    pub debug: Option<bool>,
 
-    /// Port to listen on
-    #[arg(
-        long,
-        env = "APT_PROXY_PORT",
-        default_value_t = 3142,
-        help_heading = "Server"
-    )]
-    pub port: u16,
-
-    /// Distributions to serve
-    #[arg(
-        long,
-        env = "APT_PROXY_MODE",
-        value_enum,
-        default_value = "all",
-        help_heading = "Server"
-    )]
-    pub mode: Mode,
-
-    /// Enable verbose debug logging
-    #[arg(long, env = "APT_PROXY_DEBUG", action = ArgAction::Set, num_args = 0..=1,
-          default_value_t = false, default_missing_value = "true", help_heading = "Server")]
-    pub debug: bool,
-
-    /// Directory to store cached packages
-    #[arg(
-        long,
-        env = "APT_PROXY_CACHEDIR",
-        default_value = "./.aptcache",
-        help_heading = "Cache"
-    )]
-    pub cachedir: PathBuf,
-
-    /// Ubuntu mirror URL or shortcut (cn:tsinghua, ...)
-    #[arg(long, env = "APT_PROXY_UBUNTU", help_heading = "Mirrors")]
+    /// Ubuntu mirror URL or shortcut (cn:tsinghua, …) [env: APT_PROXY_UBUNTU]
+    #[arg(long, help_heading = "Mirrors")]
     pub ubuntu: Option<String>,
-
-    /// Ubuntu Ports mirror URL or shortcut
-    #[arg(
-        long = "ubuntu-ports",
-        env = "APT_PROXY_UBUNTU_PORTS",
-        help_heading = "Mirrors"
-    )]
+    /// Ubuntu Ports mirror URL or shortcut [env: APT_PROXY_UBUNTU_PORTS]
+    #[arg(long = "ubuntu-ports", help_heading = "Mirrors")]
     pub ubuntu_ports: Option<String>,
-
-    /// Debian mirror URL or shortcut (debian-security is taken from the same mirror)
-    #[arg(long, env = "APT_PROXY_DEBIAN", help_heading = "Mirrors")]
+    /// Debian mirror URL or shortcut; debian-security comes from the same mirror [env: APT_PROXY_DEBIAN]
+    #[arg(long, help_heading = "Mirrors")]
     pub debian: Option<String>,
-
-    /// CentOS mirror URL or shortcut
-    #[arg(long, env = "APT_PROXY_CENTOS", help_heading = "Mirrors")]
+    /// CentOS mirror URL or shortcut [env: APT_PROXY_CENTOS]
+    #[arg(long, help_heading = "Mirrors")]
     pub centos: Option<String>,
-
-    /// Alpine mirror URL or shortcut
-    #[arg(long, env = "APT_PROXY_ALPINE", help_heading = "Mirrors")]
+    /// Alpine mirror URL or shortcut [env: APT_PROXY_ALPINE]
+    #[arg(long, help_heading = "Mirrors")]
     pub alpine: Option<String>,
+    /// HTTP keep-alive to upstream mirrors [env: APT_PROXY_UPSTREAM_KEEP_ALIVE] [default: true]
+    #[arg(long = "upstream-keep-alive", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", help_heading = "Mirrors")]
+    pub upstream_keep_alive: Option<bool>,
+    /// Path to distributions.yaml [env: APT_PROXY_DISTRIBUTIONS_CONFIG]
+    #[arg(long = "distributions-config", help_heading = "Mirrors")]
+    pub distributions_config: Option<PathBuf>,
 
-    /// Enable HTTP keep-alive to upstream mirrors
-    #[arg(long = "upstream-keep-alive", env = "APT_PROXY_UPSTREAM_KEEP_ALIVE", action = ArgAction::Set,
-          num_args = 0..=1, default_value_t = true, default_missing_value = "true", help_heading = "Mirrors")]
-    pub upstream_keep_alive: bool,
+    /// Directory to store cached packages [env: APT_PROXY_CACHEDIR] [default: ./.aptcache]
+    #[arg(long, help_heading = "Cache")]
+    pub cachedir: Option<PathBuf>,
+    /// Maximum cache size in GB, 0 disables [env: APT_PROXY_CACHE_MAX_SIZE] [default: 10]
+    #[arg(long = "cache-max-size", help_heading = "Cache")]
+    pub cache_max_size: Option<f64>,
+    /// Cache TTL in hours, 0 disables [env: APT_PROXY_CACHE_TTL] [default: 168]
+    #[arg(long = "cache-ttl", help_heading = "Cache")]
+    pub cache_ttl: Option<u64>,
+    /// Cache cleanup interval in minutes, 0 disables [env: APT_PROXY_CACHE_CLEANUP_INTERVAL] [default: 60]
+    #[arg(long = "cache-cleanup-interval", help_heading = "Cache")]
+    pub cache_cleanup_interval: Option<u64>,
+
+    /// Serve HTTPS (needs --tls-cert and --tls-key) [env: APT_PROXY_TLS_ENABLED] [default: false]
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", help_heading = "TLS")]
+    pub tls: Option<bool>,
+    /// TLS certificate file (PEM) [env: APT_PROXY_TLS_CERT]
+    #[arg(long = "tls-cert", help_heading = "TLS")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key file (PEM) [env: APT_PROXY_TLS_KEY]
+    #[arg(long = "tls-key", help_heading = "TLS")]
+    pub tls_key: Option<PathBuf>,
+
+    /// API key for /api/* (enables API authentication) [env: APT_PROXY_API_KEY]
+    #[arg(long = "api-key", help_heading = "Security")]
+    pub api_key: Option<String>,
+    /// Force API authentication on or off [env: APT_PROXY_ENABLE_API_AUTH] [default: on when an API key is set]
+    #[arg(long = "enable-api-auth", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", help_heading = "Security")]
+    pub enable_api_auth: Option<bool>,
+    /// API requests per IP per minute, 0 disables [env: APT_PROXY_API_RATE_LIMIT_PER_MINUTE] [default: 60]
+    #[arg(long = "api-rate-limit", help_heading = "Security")]
+    pub api_rate_limit: Option<u32>,
+    /// Comma-separated CIDRs whose X-Forwarded-For is honoured [env: APT_PROXY_TRUSTED_PROXIES]
+    #[arg(long = "trusted-proxies", help_heading = "Security")]
+    pub trusted_proxies: Option<String>,
+
+    /// Cache storage backend: disk or s3 [env: APT_PROXY_STORAGE_BACKEND] [default: disk]
+    #[arg(long = "storage-backend", help_heading = "Storage")]
+    pub storage_backend: Option<String>,
+    /// S3 endpoint host[:port] [env: APT_PROXY_S3_ENDPOINT]
+    #[arg(long = "s3-endpoint", help_heading = "Storage")]
+    pub s3_endpoint: Option<String>,
+    /// S3 region [env: APT_PROXY_S3_REGION]
+    #[arg(long = "s3-region", help_heading = "Storage")]
+    pub s3_region: Option<String>,
+    /// S3 bucket (must exist) [env: APT_PROXY_S3_BUCKET]
+    #[arg(long = "s3-bucket", help_heading = "Storage")]
+    pub s3_bucket: Option<String>,
+    /// S3 object key prefix [env: APT_PROXY_S3_PREFIX] [default: apt-proxy/]
+    #[arg(long = "s3-prefix", help_heading = "Storage")]
+    pub s3_prefix: Option<String>,
+    /// S3 access key [env: APT_PROXY_S3_ACCESS_KEY]
+    #[arg(long = "s3-access-key", help_heading = "Storage")]
+    pub s3_access_key: Option<String>,
+    /// S3 secret key [env: APT_PROXY_S3_SECRET_KEY]
+    #[arg(long = "s3-secret-key", help_heading = "Storage")]
+    pub s3_secret_key: Option<String>,
+    /// S3 session token [env: APT_PROXY_S3_SESSION_TOKEN]
+    #[arg(long = "s3-session-token", help_heading = "Storage")]
+    pub s3_session_token: Option<String>,
+    /// Use HTTPS to the S3 endpoint [env: APT_PROXY_S3_USE_SSL] [default: true]
+    #[arg(long = "s3-use-ssl", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", help_heading = "Storage")]
+    pub s3_use_ssl: Option<bool>,
+    /// Path-style S3 URLs [env: APT_PROXY_S3_USE_PATH_STYLE] [default: false]
+    #[arg(long = "s3-use-path-style", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", help_heading = "Storage")]
+    pub s3_use_path_style: Option<bool>,
+    /// In-memory write threshold in MiB [env: APT_PROXY_S3_INLINE_MAX_MB] [default: 32]
+    #[arg(long = "s3-inline-max-mb", help_heading = "Storage")]
+    pub s3_inline_max_mb: Option<u64>,
+    /// Directory for spilled writes [env: APT_PROXY_S3_TEMP_DIR]
+    #[arg(long = "s3-temp-dir", help_heading = "Storage")]
+    pub s3_temp_dir: Option<PathBuf>,
+
+    /// Path to apt-proxy.yaml [env: APT_PROXY_CONFIG_FILE]
+    #[arg(long, help_heading = "Configuration files")]
+    pub config: Option<PathBuf>,
 }
 
 impl Cli {
@@ -127,7 +174,7 @@ pub fn normalize_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString>
 mod tests {
     use super::*;
 
-    fn parse(args: &[&str]) -> Cli {
+    pub fn parse(args: &[&str]) -> Cli {
         let argv = std::iter::once("apt-proxy")
             .chain(args.iter().copied())
             .map(OsString::from);
@@ -143,23 +190,25 @@ mod tests {
             "-debug",
             "--ubuntu-ports=cn:ustc",
             "-upstream-keep-alive=false",
+            "-tls",
         ]);
-        assert_eq!(cli.port, 8080);
-        assert_eq!(cli.host, "127.0.0.1");
-        assert!(cli.debug);
+        assert_eq!(cli.port, Some(8080));
+        assert_eq!(cli.host.as_deref(), Some("127.0.0.1"));
+        assert_eq!(cli.debug, Some(true));
         assert_eq!(cli.ubuntu_ports.as_deref(), Some("cn:ustc"));
-        assert!(!cli.upstream_keep_alive);
+        assert_eq!(cli.upstream_keep_alive, Some(false));
+        assert_eq!(cli.tls, Some(true));
     }
 
     #[test]
-    fn defaults() {
+    fn nothing_given_is_none() {
         let cli = parse(&[]);
-        assert_eq!(
-            (cli.host.as_str(), cli.port, cli.mode),
-            ("0.0.0.0", 3142, Mode::All)
+        assert!(
+            cli.host.is_none()
+                && cli.port.is_none()
+                && cli.debug.is_none()
+                && cli.cachedir.is_none()
         );
-        assert_eq!(cli.cachedir, PathBuf::from("./.aptcache"));
-        assert!(cli.upstream_keep_alive && !cli.debug);
     }
 
     #[test]

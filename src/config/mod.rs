@@ -1,12 +1,40 @@
-//! Resolved configuration: what the rest of the program reads, built from the command line
-//! and environment (and, later, the YAML files).
+//! Resolved configuration: flags, environment, apt-proxy.yaml and defaults merged into one
+//! [`Config`], in that order of precedence, with every value checked before the server starts.
 
 pub mod cli;
+pub mod file;
 
-use std::path::PathBuf;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::Duration;
 
+use ipnet::IpNet;
+
 use crate::distro::{MirrorPins, Mode};
+use cli::Cli;
+use file::FileConfig;
+
+/// Looks up an environment variable; injected so that precedence can be tested.
+pub type Env<'a> = dyn Fn(&str) -> Option<String> + 'a;
+
+/// A configuration that cannot be used. Each names the file, variable or flag at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}: {message}", path.display())]
+    File { path: PathBuf, message: String },
+    #[error("environment variable {var}={value:?}: {expected}")]
+    Env {
+        var: String,
+        value: String,
+        expected: String,
+    },
+    #[error("{setting}: {message}")]
+    Invalid {
+        setting: &'static str,
+        message: String,
+    },
+}
 
 /// Everything the server needs to start.
 #[derive(Debug, Clone)]
@@ -19,7 +47,45 @@ pub struct Config {
     pub mirrors: MirrorPins,
     pub upstream_keep_alive: bool,
     pub debug: bool,
+    /// The apt-proxy.yaml that was loaded, if any.
+    pub config_file: Option<PathBuf>,
+    /// The distributions.yaml to load (given, or found in the search path).
+    pub distributions_config: Option<PathBuf>,
+    pub cache_limits: CacheLimits,
+    /// Certificate and key when the listener serves HTTPS.
+    pub tls: Option<TlsFiles>,
+    pub security: Security,
     pub tuning: Tuning,
+}
+
+/// Cache capacity settings (`--cache-max-size`, `--cache-ttl`, `--cache-cleanup-interval`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheLimits {
+    /// `None`: no size limit.
+    pub max_size_bytes: Option<u64>,
+    /// `None`: entries do not expire by age.
+    pub ttl: Option<Duration>,
+    /// `None`: no periodic cleanup.
+    pub cleanup_interval: Option<Duration>,
+}
+
+/// PEM files of the HTTPS listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Management API protection.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Security {
+    pub api_key: Option<String>,
+    /// Whether `/api/*` requires the key.
+    pub api_auth: bool,
+    /// Requests per IP per minute; 0 disables the limit.
+    pub api_rate_limit_per_minute: u32,
+    /// Peers whose X-Forwarded-For is believed.
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 /// Timeouts and freshness windows. Defaults suit production; tests shorten them.
@@ -55,7 +121,6 @@ impl Default for Tuning {
             read_timeout: Duration::from_secs(60),
             head_timeout: Duration::from_secs(20),
             stale_wait: Duration::from_secs(3),
-
             shutdown_grace: Duration::from_secs(30),
         }
     }
@@ -72,31 +137,358 @@ impl Config {
             mirrors: MirrorPins::new(),
             upstream_keep_alive: true,
             debug: false,
+            config_file: None,
+            distributions_config: None,
+            cache_limits: CacheLimits {
+                max_size_bytes: Some(10 * GIB),
+                ttl: Some(Duration::from_secs(168 * 3600)),
+                cleanup_interval: Some(Duration::from_secs(3600)),
+            },
+            tls: None,
+            security: Security {
+                api_key: None,
+                api_auth: false,
+                api_rate_limit_per_minute: 60,
+                trusted_proxies: Vec::new(),
+            },
             tuning: Tuning::default(),
         }
     }
 
-    /// The configuration the command line and environment describe.
-    pub fn from_cli(cli: cli::Cli) -> Config {
-        let mirrors = [
-            ("ubuntu", cli.ubuntu),
-            ("ubuntu-ports", cli.ubuntu_ports),
-            ("debian", cli.debian),
-            ("centos", cli.centos),
-            ("alpine", cli.alpine),
-        ]
-        .into_iter()
-        .filter_map(|(id, spec)| spec.map(|s| (id.to_string(), s)))
-        .collect();
-        Config {
-            host: cli.host,
-            port: cli.port,
-            mode: cli.mode,
-            cache_dir: cli.cachedir,
-            mirrors,
-            upstream_keep_alive: cli.upstream_keep_alive,
-            debug: cli.debug,
-            tuning: Tuning::default(),
+    /// Merges flags, environment (`env`), the YAML file and defaults. `home` is the user's home
+    /// directory for the `~` search locations. Returns the configuration and notes for the log.
+    pub fn resolve(
+        cli: Cli,
+        env: &Env<'_>,
+        home: Option<&Path>,
+    ) -> Result<(Config, Vec<String>), ConfigError> {
+        let mut notes = Vec::new();
+        let given = pick(cli.config, env, "APT_PROXY_CONFIG_FILE", None)?;
+        let config_file = match given {
+            Some(path) if !path.is_file() => {
+                return Err(ConfigError::File {
+                    path,
+                    message: "no such file (from --config / APT_PROXY_CONFIG_FILE)".into(),
+                });
+            }
+            Some(path) => Some(path),
+            None => file::search(&file::main_candidates(home)),
+        };
+        let f: FileConfig = match &config_file {
+            Some(path) => {
+                notes.push(format!("loaded configuration file {}", path.display()));
+                file::load(path, env)?
+            }
+            None => FileConfig::default(),
+        };
+        let server = f.server.unwrap_or_default();
+        let cache = f.cache.unwrap_or_default();
+        let mirrors = f.mirrors.unwrap_or_default();
+        let tls = f.tls.unwrap_or_default();
+        let security = f.security.unwrap_or_default();
+        let storage = f.storage.unwrap_or_default();
+        let s3 = storage.s3.unwrap_or_default();
+        let mut config = Config::new(PathBuf::new());
+
+        config.host = pick(cli.host, env, "APT_PROXY_HOST", server.host)?.unwrap_or(config.host);
+        config.port = pick(cli.port, env, "APT_PROXY_PORT", server.port)?.unwrap_or(config.port);
+        config.mode = pick(cli.mode, env, "APT_PROXY_MODE", f.mode)?.unwrap_or(config.mode);
+        config.debug = pick_bool(cli.debug, env, "APT_PROXY_DEBUG", server.debug)?.unwrap_or(false);
+        config.upstream_keep_alive = pick_bool(
+            cli.upstream_keep_alive,
+            env,
+            "APT_PROXY_UPSTREAM_KEEP_ALIVE",
+            f.upstream_keep_alive,
+        )?
+        .unwrap_or(true);
+
+        let cache_dir = pick(cli.cachedir, env, "APT_PROXY_CACHEDIR", cache.dir)?;
+        config.cache_dir = cache_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("./.aptcache"));
+
+        for (id, flag, var, from_file) in [
+            ("ubuntu", cli.ubuntu, "APT_PROXY_UBUNTU", mirrors.ubuntu),
+            (
+                "ubuntu-ports",
+                cli.ubuntu_ports,
+                "APT_PROXY_UBUNTU_PORTS",
+                mirrors.ubuntu_ports,
+            ),
+            ("debian", cli.debian, "APT_PROXY_DEBIAN", mirrors.debian),
+            ("centos", cli.centos, "APT_PROXY_CENTOS", mirrors.centos),
+            ("alpine", cli.alpine, "APT_PROXY_ALPINE", mirrors.alpine),
+        ] {
+            if let Some(spec) = pick(flag, env, var, from_file)?.filter(|s| !s.trim().is_empty()) {
+                config.mirrors.insert(id.to_string(), spec);
+            }
         }
+
+        let dist_given = pick(
+            cli.distributions_config,
+            env,
+            "APT_PROXY_DISTRIBUTIONS_CONFIG",
+            f.distributions_config,
+        )?;
+        config.distributions_config = match dist_given {
+            Some(path) if !path.is_file() => {
+                return Err(ConfigError::File { path, message: "distributions config not found (from --distributions-config / APT_PROXY_DISTRIBUTIONS_CONFIG / distributions_config)".into() });
+            }
+            Some(path) => Some(path),
+            None => file::search(&file::distributions_candidates(home)),
+        };
+
+        let max_gb = pick(
+            cli.cache_max_size,
+            env,
+            "APT_PROXY_CACHE_MAX_SIZE",
+            cache.max_size_gb,
+        )?;
+        let ttl_h = pick(cli.cache_ttl, env, "APT_PROXY_CACHE_TTL", cache.ttl_hours)?;
+        let cleanup_min = pick(
+            cli.cache_cleanup_interval,
+            env,
+            "APT_PROXY_CACHE_CLEANUP_INTERVAL",
+            cache.cleanup_interval_min,
+        )?;
+        if let Some(gb) = max_gb
+            && (!gb.is_finite() || gb < 0.0)
+        {
+            return Err(ConfigError::Invalid {
+                setting: "cache max size (--cache-max-size, APT_PROXY_CACHE_MAX_SIZE, cache.max_size_gb)",
+                message: format!("{gb} is not a size in GB (0 disables the limit)"),
+            });
+        }
+        config.cache_limits = CacheLimits {
+            max_size_bytes: match max_gb {
+                Some(gb) if gb <= 0.0 => None,
+                Some(gb) => Some((gb * GIB as f64) as u64),
+                None => config.cache_limits.max_size_bytes,
+            },
+            ttl: match ttl_h {
+                Some(0) => None,
+                Some(h) => Some(Duration::from_secs(h.saturating_mul(3600))),
+                None => config.cache_limits.ttl,
+            },
+            cleanup_interval: match cleanup_min {
+                Some(0) => None,
+                Some(m) => Some(Duration::from_secs(m.saturating_mul(60))),
+                None => config.cache_limits.cleanup_interval,
+            },
+        };
+        if max_gb.is_some() || ttl_h.is_some() || cleanup_min.is_some() {
+            notes.push("cache size limit, TTL and cleanup interval are accepted but not enforced yet in this version".into());
+        }
+
+        let tls_on =
+            pick_bool(cli.tls, env, "APT_PROXY_TLS_ENABLED", tls.enabled)?.unwrap_or(false);
+        let cert = pick(cli.tls_cert, env, "APT_PROXY_TLS_CERT", tls.cert_file)?;
+        let key = pick(cli.tls_key, env, "APT_PROXY_TLS_KEY", tls.key_file)?;
+        if tls_on {
+            let cert = readable(
+                cert,
+                "TLS certificate (--tls-cert, APT_PROXY_TLS_CERT, tls.cert_file)",
+            )?;
+            let key = readable(key, "TLS key (--tls-key, APT_PROXY_TLS_KEY, tls.key_file)")?;
+            config.tls = Some(TlsFiles { cert, key });
+        }
+
+        let api_key = pick(cli.api_key, env, "APT_PROXY_API_KEY", security.api_key)?
+            .filter(|k| !k.is_empty());
+        let auth = pick_bool(
+            cli.enable_api_auth,
+            env,
+            "APT_PROXY_ENABLE_API_AUTH",
+            security.enable_api_auth,
+        )?;
+        let api_auth = auth.unwrap_or(api_key.is_some());
+        if api_auth && api_key.is_none() {
+            return Err(ConfigError::Invalid {
+                setting: "API authentication (--enable-api-auth)",
+                message:
+                    "is on but no API key is set (--api-key, APT_PROXY_API_KEY, security.api_key)"
+                        .into(),
+            });
+        }
+        let rate = pick(
+            cli.api_rate_limit,
+            env,
+            "APT_PROXY_API_RATE_LIMIT_PER_MINUTE",
+            security.api_rate_limit_per_minute,
+        )?
+        .unwrap_or(60);
+        let proxies_text = pick(cli.trusted_proxies, env, "APT_PROXY_TRUSTED_PROXIES", None)?;
+        let proxies: Vec<String> = match proxies_text {
+            Some(text) => text
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect(),
+            None => security.trusted_proxies.unwrap_or_default(),
+        };
+        let trusted_proxies = proxies
+            .iter()
+            .map(|p| parse_cidr(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        config.security = Security {
+            api_key,
+            api_auth,
+            api_rate_limit_per_minute: rate,
+            trusted_proxies,
+        };
+
+        let backend = pick(
+            cli.storage_backend,
+            env,
+            "APT_PROXY_STORAGE_BACKEND",
+            storage.backend,
+        )?
+        .unwrap_or_else(|| "disk".into());
+        match backend.to_ascii_lowercase().as_str() {
+            "disk" | "" => {}
+            "s3" => {
+                return Err(ConfigError::Invalid {
+                    setting: "storage backend (--storage-backend, APT_PROXY_STORAGE_BACKEND, storage.backend)",
+                    message: "s3 is not available in this version yet; use disk".into(),
+                });
+            }
+            other => {
+                return Err(ConfigError::Invalid {
+                    setting: "storage backend (--storage-backend, APT_PROXY_STORAGE_BACKEND, storage.backend)",
+                    message: format!("{other:?} is not one of disk, s3"),
+                });
+            }
+        }
+        // The S3 settings are read (so that a typo in them is still an error) but unused on disk.
+        let _ = (
+            pick(cli.s3_endpoint, env, "APT_PROXY_S3_ENDPOINT", s3.endpoint)?,
+            pick(cli.s3_region, env, "APT_PROXY_S3_REGION", s3.region)?,
+            pick(cli.s3_bucket, env, "APT_PROXY_S3_BUCKET", s3.bucket)?,
+            pick(cli.s3_prefix, env, "APT_PROXY_S3_PREFIX", s3.prefix)?,
+            pick(
+                cli.s3_access_key,
+                env,
+                "APT_PROXY_S3_ACCESS_KEY",
+                s3.access_key,
+            )?,
+            pick(
+                cli.s3_secret_key,
+                env,
+                "APT_PROXY_S3_SECRET_KEY",
+                s3.secret_key,
+            )?,
+            pick(
+                cli.s3_session_token,
+                env,
+                "APT_PROXY_S3_SESSION_TOKEN",
+                s3.session_token,
+            )?,
+            pick_bool(cli.s3_use_ssl, env, "APT_PROXY_S3_USE_SSL", s3.use_ssl)?,
+            pick_bool(
+                cli.s3_use_path_style,
+                env,
+                "APT_PROXY_S3_USE_PATH_STYLE",
+                s3.use_path_style,
+            )?,
+            pick(
+                cli.s3_inline_max_mb,
+                env,
+                "APT_PROXY_S3_INLINE_MAX_MB",
+                s3.inline_max_mb,
+            )?,
+            pick(cli.s3_temp_dir, env, "APT_PROXY_S3_TEMP_DIR", s3.temp_dir)?,
+        );
+        if config.security.api_auth
+            || config.security.api_rate_limit_per_minute != 60
+            || !config.security.trusted_proxies.is_empty()
+        {
+            notes.push("API key, rate limit and trusted proxies apply to /api/* endpoints".into());
+        }
+        Ok((config, notes))
     }
 }
+
+const GIB: u64 = 1024 * 1024 * 1024;
+
+/// Flag, else environment variable (empty counts as unset), else file.
+fn pick<T: FromStr>(
+    flag: Option<T>,
+    env: &Env<'_>,
+    var: &str,
+    from_file: Option<T>,
+) -> Result<Option<T>, ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    if flag.is_some() {
+        return Ok(flag);
+    }
+    if let Some(value) = env(var).filter(|v| !v.is_empty()) {
+        return value
+            .trim()
+            .parse::<T>()
+            .map(Some)
+            .map_err(|e| ConfigError::Env {
+                var: var.into(),
+                value: value.clone(),
+                expected: e.to_string(),
+            });
+    }
+    Ok(from_file)
+}
+
+/// Like [`pick`] for booleans, accepting the spellings Go's strconv.ParseBool does.
+fn pick_bool(
+    flag: Option<bool>,
+    env: &Env<'_>,
+    var: &str,
+    from_file: Option<bool>,
+) -> Result<Option<bool>, ConfigError> {
+    if flag.is_some() {
+        return Ok(flag);
+    }
+    if let Some(value) = env(var).filter(|v| !v.is_empty()) {
+        return match value.trim() {
+            "1" | "t" | "T" | "true" | "TRUE" | "True" | "yes" | "on" => Ok(Some(true)),
+            "0" | "f" | "F" | "false" | "FALSE" | "False" | "no" | "off" => Ok(Some(false)),
+            _ => Err(ConfigError::Env {
+                var: var.into(),
+                value,
+                expected: "expected true or false".into(),
+            }),
+        };
+    }
+    Ok(from_file)
+}
+
+fn readable(path: Option<PathBuf>, setting: &'static str) -> Result<PathBuf, ConfigError> {
+    let path = path.ok_or(ConfigError::Invalid {
+        setting,
+        message: "is required when TLS is enabled".into(),
+    })?;
+    std::fs::File::open(&path).map_err(|e| ConfigError::Invalid {
+        setting,
+        message: format!("{}: {e}", path.display()),
+    })?;
+    Ok(path)
+}
+
+fn parse_cidr(text: &str) -> Result<IpNet, ConfigError> {
+    text.parse::<IpNet>()
+        .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| ConfigError::Invalid { setting: "trusted proxies (--trusted-proxies, APT_PROXY_TRUSTED_PROXIES, security.trusted_proxies)", message: format!("{text:?} is not a CIDR or an IP address") })
+}
+
+impl FromStr for Mode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        <Mode as clap::ValueEnum>::from_str(s, true).map_err(|_| {
+            "expected one of all, ubuntu, ubuntu-ports, debian, centos, alpine".to_string()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

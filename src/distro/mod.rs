@@ -24,7 +24,8 @@ pub enum DistroKind {
 }
 
 /// Which distributions are served (`--mode`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Mode {
     All,
     Ubuntu,

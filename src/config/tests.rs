@@ -1,0 +1,365 @@
+//! Precedence (flag > environment > file > default) for every group of settings, and the
+//! errors a user sees for bad values.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::time::Duration;
+
+use clap::Parser;
+
+use super::cli::{Cli, normalize_args};
+use super::*;
+
+fn cli(args: &[&str]) -> Cli {
+    let argv = std::iter::once("apt-proxy")
+        .chain(args.iter().copied())
+        .map(OsString::from);
+    Cli::try_parse_from(normalize_args(argv)).unwrap()
+}
+
+struct Case {
+    dir: tempfile::TempDir,
+    env: HashMap<String, String>,
+}
+
+impl Case {
+    fn new(yaml: &str) -> Case {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("apt-proxy.yaml"), yaml).unwrap();
+        Case {
+            dir,
+            env: HashMap::new(),
+        }
+    }
+
+    fn env(mut self, k: &str, v: &str) -> Case {
+        self.env.insert(k.into(), v.into());
+        self
+    }
+
+    fn resolve(&self, args: &[&str]) -> Result<Config, ConfigError> {
+        let path = self.dir.path().join("apt-proxy.yaml");
+        let mut all = vec!["--config".to_string(), path.display().to_string()];
+        all.extend(args.iter().map(|s| s.to_string()));
+        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+        let env = |k: &str| self.env.get(k).cloned();
+        Config::resolve(cli(&refs), &env, Some(self.dir.path())).map(|(c, _)| c)
+    }
+}
+
+#[test]
+fn defaults_without_anything() {
+    let env = |_: &str| None;
+    let home = tempfile::tempdir().unwrap();
+    let (c, notes) = Config::resolve(cli(&[]), &env, Some(home.path())).unwrap();
+    assert_eq!(
+        (c.host.as_str(), c.port, c.mode, c.debug),
+        ("0.0.0.0", 3142, Mode::All, false)
+    );
+    assert_eq!(c.cache_dir, PathBuf::from("./.aptcache"));
+    assert!(c.upstream_keep_alive && c.mirrors.is_empty() && c.tls.is_none());
+    assert_eq!(c.cache_limits.max_size_bytes, Some(10 * GIB));
+    assert_eq!(c.cache_limits.ttl, Some(Duration::from_secs(168 * 3600)));
+    assert_eq!(
+        c.cache_limits.cleanup_interval,
+        Some(Duration::from_secs(3600))
+    );
+    assert_eq!(
+        c.security,
+        Security {
+            api_key: None,
+            api_auth: false,
+            api_rate_limit_per_minute: 60,
+            trusted_proxies: vec![]
+        }
+    );
+    assert!(notes.is_empty(), "{notes:?}");
+}
+
+#[test]
+fn server_group() {
+    let case = Case::new("server:\n  host: 10.1.1.1\n  port: 1111\n  debug: true\nmode: debian\n");
+    let c = case.resolve(&[]).unwrap();
+    assert_eq!(
+        (c.host.as_str(), c.port, c.debug, c.mode),
+        ("10.1.1.1", 1111, true, Mode::Debian)
+    );
+    let case = case
+        .env("APT_PROXY_HOST", "10.2.2.2")
+        .env("APT_PROXY_PORT", "2222")
+        .env("APT_PROXY_DEBUG", "0")
+        .env("APT_PROXY_MODE", "alpine");
+    let c = case.resolve(&[]).unwrap();
+    assert_eq!(
+        (c.host.as_str(), c.port, c.debug, c.mode),
+        ("10.2.2.2", 2222, false, Mode::Alpine)
+    );
+    let c = case
+        .resolve(&[
+            "--host=10.3.3.3",
+            "-port",
+            "3333",
+            "-debug",
+            "--mode",
+            "centos",
+        ])
+        .unwrap();
+    assert_eq!(
+        (c.host.as_str(), c.port, c.debug, c.mode),
+        ("10.3.3.3", 3333, true, Mode::Centos)
+    );
+}
+
+#[test]
+fn cache_group() {
+    let case = Case::new(
+        "cache:\n  dir: /from/file\n  max_size_gb: 20\n  ttl_hours: 24\n  cleanup_interval_min: 5\n",
+    );
+    let c = case.resolve(&[]).unwrap();
+    assert_eq!(c.cache_dir, PathBuf::from("/from/file"));
+    assert_eq!(c.cache_limits.max_size_bytes, Some(20 * GIB));
+    assert_eq!(c.cache_limits.ttl, Some(Duration::from_secs(24 * 3600)));
+    assert_eq!(
+        c.cache_limits.cleanup_interval,
+        Some(Duration::from_secs(300))
+    );
+    let case = case
+        .env("APT_PROXY_CACHEDIR", "/from/env")
+        .env("APT_PROXY_CACHE_MAX_SIZE", "0")
+        .env("APT_PROXY_CACHE_TTL", "0");
+    let c = case.resolve(&[]).unwrap();
+    assert_eq!(c.cache_dir, PathBuf::from("/from/env"));
+    assert_eq!(
+        (c.cache_limits.max_size_bytes, c.cache_limits.ttl),
+        (None, None)
+    );
+    let c = case
+        .resolve(&[
+            "--cachedir",
+            "/from/flag",
+            "--cache-max-size",
+            "0.5",
+            "--cache-cleanup-interval",
+            "0",
+        ])
+        .unwrap();
+    assert_eq!(c.cache_dir, PathBuf::from("/from/flag"));
+    assert_eq!(c.cache_limits.max_size_bytes, Some(GIB / 2));
+    assert_eq!(c.cache_limits.cleanup_interval, None);
+    assert!(case.resolve(&["--cache-max-size=-1"]).is_err());
+}
+
+#[test]
+fn mirrors_group() {
+    let case = Case::new(
+        "mirrors:\n  ubuntu: cn:tsinghua\n  debian: cn:ustc\n  centos: \"\"\nupstream_keep_alive: false\n",
+    );
+    let c = case.resolve(&[]).unwrap();
+    assert_eq!(
+        c.mirrors.get("ubuntu").map(String::as_str),
+        Some("cn:tsinghua")
+    );
+    assert_eq!(c.mirrors.get("debian").map(String::as_str), Some("cn:ustc"));
+    assert!(
+        !c.mirrors.contains_key("centos"),
+        "an empty mirror means the default"
+    );
+    assert!(!c.upstream_keep_alive);
+    let case = case
+        .env("APT_PROXY_DEBIAN", "cn:163")
+        .env("APT_PROXY_UPSTREAM_KEEP_ALIVE", "true");
+    let c = case.resolve(&[]).unwrap();
+    assert_eq!(c.mirrors.get("debian").map(String::as_str), Some("cn:163"));
+    assert!(c.upstream_keep_alive);
+    let c = case
+        .resolve(&[
+            "--debian=https://example.org/debian/",
+            "--upstream-keep-alive=false",
+            "--alpine",
+            "cn:aliyun",
+        ])
+        .unwrap();
+    assert_eq!(
+        c.mirrors.get("debian").map(String::as_str),
+        Some("https://example.org/debian/")
+    );
+    assert_eq!(
+        c.mirrors.get("alpine").map(String::as_str),
+        Some("cn:aliyun")
+    );
+    assert!(!c.upstream_keep_alive);
+}
+
+#[test]
+fn tls_group() {
+    let case = Case::new("");
+    let cert = case.dir.path().join("c.pem");
+    let key = case.dir.path().join("k.pem");
+    std::fs::write(&cert, "x").unwrap();
+    std::fs::write(&key, "x").unwrap();
+    std::fs::write(
+        case.dir.path().join("apt-proxy.yaml"),
+        format!(
+            "tls:\n  enabled: true\n  cert_file: {}\n  key_file: {}\n",
+            cert.display(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    let c = case.resolve(&[]).unwrap();
+    assert_eq!(
+        c.tls,
+        Some(TlsFiles {
+            cert: cert.clone(),
+            key: key.clone()
+        })
+    );
+    let case = case.env("APT_PROXY_TLS_ENABLED", "false");
+    assert_eq!(case.resolve(&[]).unwrap().tls, None);
+    assert!(case.resolve(&["--tls"]).unwrap().tls.is_some());
+    let err = case
+        .resolve(&["--tls", "--tls-key", "/nonexistent/key.pem"])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("/nonexistent/key.pem") && err.contains("tls-key"),
+        "{err}"
+    );
+}
+
+#[test]
+fn security_group() {
+    let case = Case::new(
+        "security:\n  api_key: from-file\n  api_rate_limit_per_minute: 10\n  trusted_proxies:\n    - 10.0.0.0/8\n",
+    );
+    let c = case.resolve(&[]).unwrap();
+    assert_eq!(c.security.api_key.as_deref(), Some("from-file"));
+    assert!(c.security.api_auth, "a key turns authentication on");
+    assert_eq!(c.security.api_rate_limit_per_minute, 10);
+    assert_eq!(
+        c.security.trusted_proxies,
+        vec!["10.0.0.0/8".parse::<IpNet>().unwrap()]
+    );
+    let case = case
+        .env("APT_PROXY_API_KEY", "from-env")
+        .env("APT_PROXY_API_RATE_LIMIT_PER_MINUTE", "0")
+        .env("APT_PROXY_TRUSTED_PROXIES", "192.168.0.0/16, 127.0.0.1");
+    let c = case.resolve(&[]).unwrap();
+    assert_eq!(c.security.api_key.as_deref(), Some("from-env"));
+    assert_eq!(c.security.api_rate_limit_per_minute, 0);
+    assert_eq!(c.security.trusted_proxies.len(), 2);
+    let c = case
+        .resolve(&[
+            "--api-key=from-flag",
+            "--enable-api-auth=false",
+            "--api-rate-limit",
+            "5",
+            "--trusted-proxies",
+            "172.16.0.0/12",
+        ])
+        .unwrap();
+    assert_eq!(c.security.api_key.as_deref(), Some("from-flag"));
+    assert!(
+        !c.security.api_auth,
+        "--enable-api-auth=false forces authentication off"
+    );
+    assert_eq!(c.security.api_rate_limit_per_minute, 5);
+    assert_eq!(
+        c.security.trusted_proxies,
+        vec!["172.16.0.0/12".parse::<IpNet>().unwrap()]
+    );
+    assert!(
+        case.resolve(&["--trusted-proxies", "not-a-net"])
+            .unwrap_err()
+            .to_string()
+            .contains("not-a-net")
+    );
+}
+
+#[test]
+fn storage_and_files_group() {
+    let case = Case::new("storage:\n  backend: disk\n  s3:\n    bucket: b\n");
+    assert!(case.resolve(&[]).is_ok());
+    let err = case
+        .resolve(&["--storage-backend", "s3"])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("s3"), "{err}");
+    let case = case.env("APT_PROXY_STORAGE_BACKEND", "tape");
+    assert!(case.resolve(&[]).unwrap_err().to_string().contains("tape"));
+
+    let dist = Case::new("");
+    let file = dist.dir.path().join("d.yaml");
+    std::fs::write(&file, "distributions: []\n").unwrap();
+    assert_eq!(
+        dist.resolve(&["--distributions-config", file.to_str().unwrap()])
+            .unwrap()
+            .distributions_config,
+        Some(file.clone())
+    );
+    let err = dist
+        .resolve(&["--distributions-config", "/nonexistent.yaml"])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("/nonexistent.yaml"), "{err}");
+}
+
+#[test]
+fn bad_values_name_their_source() {
+    let case = Case::new("server:\n  port: 99999\n");
+    let err = case.resolve(&[]).unwrap_err().to_string();
+    assert!(
+        err.contains("apt-proxy.yaml") && err.contains("port"),
+        "{err}"
+    );
+    let case = Case::new("").env("APT_PROXY_PORT", "eighty");
+    let err = case.resolve(&[]).unwrap_err().to_string();
+    assert!(
+        err.contains("APT_PROXY_PORT") && err.contains("eighty"),
+        "{err}"
+    );
+    let case = Case::new("").env("APT_PROXY_DEBUG", "maybe");
+    assert!(
+        case.resolve(&[])
+            .unwrap_err()
+            .to_string()
+            .contains("APT_PROXY_DEBUG")
+    );
+    let case = Case::new("").env("APT_PROXY_MODE", "fedora");
+    assert!(
+        case.resolve(&[])
+            .unwrap_err()
+            .to_string()
+            .contains("APT_PROXY_MODE")
+    );
+    let env = |_: &str| None;
+    let err = Config::resolve(
+        cli(&["--config", "/nonexistent/apt-proxy.yaml"]),
+        &env,
+        None,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("/nonexistent/apt-proxy.yaml"), "{err}");
+}
+
+#[test]
+fn search_order_finds_the_home_file() {
+    let home = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(home.path().join(".config/apt-proxy")).unwrap();
+    std::fs::write(home.path().join(".apt-proxy.yaml"), "server:\n  port: 2\n").unwrap();
+    let env = |_: &str| None;
+    let (c, notes) = Config::resolve(cli(&[]), &env, Some(home.path())).unwrap();
+    assert_eq!(c.port, 2);
+    assert!(notes[0].contains(".apt-proxy.yaml"));
+    std::fs::write(
+        home.path().join(".config/apt-proxy/apt-proxy.yaml"),
+        "server:\n  port: 1\n",
+    )
+    .unwrap();
+    let (c, _) = Config::resolve(cli(&[]), &env, Some(home.path())).unwrap();
+    assert_eq!(
+        c.port, 1,
+        "~/.config/apt-proxy/apt-proxy.yaml comes before ~/.apt-proxy.yaml"
+    );
+}
