@@ -9,6 +9,7 @@
 //! entry from the mirror through [`upstream`], one download per file however many clients wait.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod cache;
 pub mod config;
 pub mod distro;

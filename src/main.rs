@@ -44,9 +44,29 @@ fn main() -> ExitCode {
 
 async fn run(config: Config) -> anyhow::Result<()> {
     let listen = format!("{}:{}", config.host, config.port);
-    tracing::info!(version = apt_proxy::VERSION, listen = %listen, protocol = "http", "starting apt-proxy");
+    let protocol = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    tracing::info!(version = apt_proxy::VERSION, listen = %listen, protocol, "starting apt-proxy");
     let server = Server::bind(&config).await?;
-    tracing::info!(listen = %server.local_addr()?, "proxy listening");
+    tracing::info!(listen = %server.local_addr()?, protocol = server.protocol(), "proxy listening");
+    let reloader = server.reloader();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::hangup()) {
+            Ok(mut hup) => {
+                while hup.recv().await.is_some() {
+                    tracing::info!("SIGHUP received");
+                    reloader.request();
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGHUP; use POST /api/mirrors/refresh to reload")
+            }
+        }
+    });
     server.run(shutdown_signal()).await;
     Ok(())
 }

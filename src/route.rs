@@ -74,10 +74,11 @@ pub fn route(registry: &Registry, uri: &Uri) -> Result<RouteMatch, RouteError> {
                 by_host_in_path(registry, after)?
             } else {
                 let (first, tail) = rest.split_once('/').unwrap_or((rest, ""));
-                match registry.by_id(first) {
-                    Some(repo) => (repo, tail),
-                    None if first.contains('.') => by_host_in_path(registry, rest)?,
-                    None => {
+                match (registry.by_id(first), registry.by_pattern(path_and_query)) {
+                    (Some(repo), _) => (repo, tail),
+                    (None, Some(found)) => found,
+                    (None, None) if first.contains('.') => by_host_in_path(registry, rest)?,
+                    (None, None) => {
                         return Err(RouteError::UnknownPrefix(first.chars().take(64).collect()));
                     }
                 }

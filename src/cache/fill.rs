@@ -115,12 +115,13 @@ async fn fetch(
 
     if let (304, Some(old)) = (status, stale.filter(|m| m.status == 200)) {
         let mut meta = old.clone();
-        meta.fresh_until = policy::fresh_until(
+        meta.fresh_until = policy::fresh_until_with_rule(
             request.class,
             200,
             response.headers(),
             unix_now(),
             &cache.tuning,
+            request.rule_max_age,
         );
         cache.store.update_meta(&request.key, &meta).await?;
         let meta = Arc::new(meta);
@@ -176,7 +177,14 @@ async fn fetch(
         etag: body.head.etag.clone(),
         sha256: body.sha256.clone(),
         stored_at: now,
-        fresh_until: policy::fresh_until(request.class, status, &body.headers, now, &cache.tuning),
+        fresh_until: policy::fresh_until_with_rule(
+            request.class,
+            status,
+            &body.headers,
+            now,
+            &cache.tuning,
+            request.rule_max_age,
+        ),
     };
     let meta = Arc::new(cache.store.commit(&request.key, body.temp, meta).await?);
     cache.remember(request.key.clone(), meta.clone());

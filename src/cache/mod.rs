@@ -71,6 +71,8 @@ pub struct FillRequest {
     pub expect: Option<Expectation>,
     /// Where the same content lives by hash, tried when the file does not match its index.
     pub fallback_url: Option<Url>,
+    /// Lifetime set by a distributions.yaml cache rule matching the path.
+    pub rule_max_age: Option<u64>,
 }
 
 impl Cache {

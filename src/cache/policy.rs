@@ -60,6 +60,24 @@ fn other_lifetime(headers: &HeaderMap, now: u64, tuning: &Tuning) -> u64 {
     }
 }
 
+/// [`fresh_until`], unless a distributions.yaml cache rule sets the lifetime of the file:
+/// rules apply to every class but immutable files, which never change under their name.
+pub fn fresh_until_with_rule(
+    class: FileClass,
+    status: u16,
+    headers: &HeaderMap,
+    now: u64,
+    tuning: &Tuning,
+    rule_max_age: Option<u64>,
+) -> u64 {
+    match rule_max_age {
+        Some(age) if class != FileClass::Immutable && matches!(status, 200 | 404) => {
+            now.saturating_add(age)
+        }
+        _ => fresh_until(class, status, headers, now, tuning),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,8 +3,6 @@
 //! Host names here are the distributions' own official hosts (used to recognise forward-proxy
 //! requests) and the public mirrors the `cn:` shortcuts of the interface we keep refer to.
 
-use super::DistroKind;
-
 /// One upstream tree of a distribution as written in the built-in table.
 pub(super) struct RepoDef {
     /// Path prefix id, e.g. `debian-security`.
@@ -25,7 +23,12 @@ pub(super) struct RepoDef {
 pub(super) struct DistroDef {
     pub id: &'static str,
     pub name: &'static str,
-    pub kind: DistroKind,
+    /// Type number of the interface we keep.
+    pub kind: u8,
+    /// Path probed when benchmarking mirrors.
+    pub benchmark_url: &'static str,
+    /// List of geo-located mirrors, if the distribution publishes one.
+    pub geo_mirror_api: Option<&'static str>,
     pub repos: &'static [RepoDef],
 }
 
@@ -44,7 +47,9 @@ pub(super) const DISTROS: &[DistroDef] = &[
     DistroDef {
         id: "ubuntu",
         name: "Ubuntu",
-        kind: DistroKind::Ubuntu,
+        kind: 1,
+        benchmark_url: "dists/noble/main/binary-amd64/Release",
+        geo_mirror_api: Some("http://mirrors.ubuntu.com/mirrors.txt"),
         repos: &[RepoDef {
             id: "ubuntu",
             mirror_path: "/ubuntu/",
@@ -60,7 +65,9 @@ pub(super) const DISTROS: &[DistroDef] = &[
     DistroDef {
         id: "ubuntu-ports",
         name: "Ubuntu Ports",
-        kind: DistroKind::UbuntuPorts,
+        kind: 2,
+        benchmark_url: "dists/noble/main/binary-arm64/Release",
+        geo_mirror_api: None,
         repos: &[RepoDef {
             id: "ubuntu-ports",
             mirror_path: "/ubuntu-ports/",
@@ -72,7 +79,9 @@ pub(super) const DISTROS: &[DistroDef] = &[
     DistroDef {
         id: "debian",
         name: "Debian",
-        kind: DistroKind::Debian,
+        kind: 3,
+        benchmark_url: "dists/bookworm/main/binary-amd64/Release",
+        geo_mirror_api: None,
         repos: &[
             RepoDef {
                 id: "debian",
@@ -93,7 +102,9 @@ pub(super) const DISTROS: &[DistroDef] = &[
     DistroDef {
         id: "centos",
         name: "CentOS",
-        kind: DistroKind::Centos,
+        kind: 4,
+        benchmark_url: "7/os/x86_64/repodata/repomd.xml",
+        geo_mirror_api: None,
         repos: &[RepoDef {
             id: "centos",
             mirror_path: "/centos/",
@@ -105,7 +116,9 @@ pub(super) const DISTROS: &[DistroDef] = &[
     DistroDef {
         id: "alpine",
         name: "Alpine Linux",
-        kind: DistroKind::Alpine,
+        kind: 5,
+        benchmark_url: "latest-stable/main/x86_64/APKINDEX.tar.gz",
+        geo_mirror_api: None,
         repos: &[RepoDef {
             id: "alpine",
             mirror_path: "/alpine/",

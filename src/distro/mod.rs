@@ -7,21 +7,16 @@
 
 mod builtin;
 pub mod class;
+pub mod file;
+mod spec;
+
+pub use file::DistributionsFile;
+pub use spec::CacheRule;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use url::Url;
-
-/// Distribution type numbers as the interface we keep defines them (`type:` in distributions.yaml).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DistroKind {
-    Ubuntu = 1,
-    UbuntuPorts = 2,
-    Debian = 3,
-    Centos = 4,
-    Alpine = 5,
-}
 
 /// Which distributions are served (`--mode`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
@@ -62,6 +57,12 @@ pub enum DistroError {
     BadMirror {
         distro: String,
         spec: String,
+        reason: String,
+    },
+    #[error("distribution {distro:?}: {what} {reason}")]
+    Invalid {
+        distro: String,
+        what: String,
         reason: String,
     },
 }
@@ -110,8 +111,18 @@ pub struct Repo {
     pub distro: String,
     /// The distribution's display name, e.g. `Debian`.
     pub distro_name: String,
-    /// The distribution's type number.
-    pub kind: DistroKind,
+    /// The distribution's type number (1 Ubuntu, 2 Ubuntu Ports, 3 Debian, 4 CentOS, 5 Alpine).
+    pub kind: u8,
+    /// Mirror candidates of the distribution (base URLs of this tree), the upstream first.
+    pub mirrors: Vec<Url>,
+    /// Path probed when benchmarking mirrors.
+    pub benchmark_url: Option<String>,
+    /// URL of a list of geo-located mirrors.
+    pub geo_mirror_api: Option<String>,
+    /// Freshness overrides by path pattern.
+    pub cache_rules: Vec<CacheRule>,
+    /// A distributions.yaml `url_pattern` whose first group is the path in the repo.
+    pub url_pattern: Option<regex_lite::Regex>,
     /// Base URL of the mirror used for this tree; ends with `/`.
     pub upstream: Url,
     /// Whether the user chose the mirror (a flag) rather than the built-in default.
@@ -140,62 +151,97 @@ impl Registry {
     /// The built-in distributions served in `mode`, with mirrors pinned by `pins`
     /// (a full URL, `host/path`, or a shortcut such as `cn:tsinghua`).
     pub fn builtin(mode: Mode, pins: &MirrorPins) -> Result<Registry, DistroError> {
+        Registry::build(mode, pins, &spec::builtin_specs())
+    }
+
+    /// The built-in distributions changed and extended by a distributions.yaml.
+    pub fn with_file(
+        mode: Mode,
+        pins: &MirrorPins,
+        file: &DistributionsFile,
+    ) -> Result<Registry, DistroError> {
+        Registry::build(mode, pins, &spec::merge(spec::builtin_specs(), file)?)
+    }
+
+    fn build(
+        mode: Mode,
+        pins: &MirrorPins,
+        specs: &[spec::DistroSpec],
+    ) -> Result<Registry, DistroError> {
         let mut repos = Vec::new();
-        for def in builtin::DISTROS {
-            if !mode.serves(def.id) {
+        for def in specs {
+            if !mode.serves(&def.id) {
                 continue;
             }
-            let primary_path = def.repos[0].mirror_path;
-            let aliases: BTreeMap<String, String> = builtin::CN_MIRROR_HOSTS
+            let bad = |spec: &str, reason: String| DistroError::BadMirror {
+                distro: def.id.clone(),
+                spec: spec.into(),
+                reason,
+            };
+            let candidates: Vec<Url> = def
+                .mirrors
                 .iter()
-                .map(|host| {
-                    (
-                        format!("cn:{}", alias_name(host)),
-                        format!("{host}{primary_path}"),
-                    )
-                })
-                .collect();
-            let pinned = match pins.get(def.id) {
+                .map(|m| resolve_mirror(&def.id, m, &def.aliases))
+                .collect::<Result<_, _>>()?;
+            let pinned = match pins.get(&def.id) {
                 Some(spec) if !spec.trim().is_empty() => {
-                    Some(resolve_mirror(def.id, spec.trim(), &aliases)?)
+                    Some(resolve_mirror(&def.id, spec.trim(), &def.aliases)?)
                 }
                 _ => None,
             };
-            for rdef in def.repos {
-                let upstream = match (&pinned, rdef.sibling_of_mirror) {
-                    (Some(url), None) => url.clone(),
-                    (Some(url), Some(sibling)) => sibling_url(url, sibling),
-                    (None, _) => {
-                        Url::parse(rdef.default_upstream).map_err(|e| DistroError::BadMirror {
-                            distro: def.id.into(),
-                            spec: rdef.default_upstream.into(),
-                            reason: e.to_string(),
-                        })?
-                    }
+            let primary = pinned
+                .clone()
+                .or_else(|| candidates.first().cloned())
+                .ok_or_else(|| bad("", "no mirror is listed".into()))?;
+            for tree in &def.trees {
+                let derive = |url: &Url| match &tree.sibling_of_mirror {
+                    Some(sibling) => sibling_url(url, sibling),
+                    None => url.clone(),
                 };
-                let mut known: Vec<KnownPrefix> = rdef
+                let upstream = match (&pinned, &tree.default_upstream) {
+                    (None, Some(default)) => {
+                        Url::parse(default).map_err(|e| bad(default, e.to_string()))?
+                    }
+                    _ => derive(&primary),
+                };
+                let mut mirrors: Vec<Url> = vec![upstream.clone()];
+                mirrors.extend(candidates.iter().map(derive).filter(|u| *u != upstream));
+                let mut known: Vec<KnownPrefix> = tree
                     .official_hosts
                     .iter()
-                    .chain(builtin::CN_MIRROR_HOSTS)
                     .map(|h| KnownPrefix {
                         host: HostPattern::parse(h),
                         port: None,
-                        path: rdef.mirror_path.into(),
+                        path: tree.mirror_path.clone(),
                     })
                     .collect();
-                known.push(prefix_of_url(&upstream));
+                known.extend(mirrors.iter().map(prefix_of_url));
                 repos.push(Arc::new(Repo {
-                    id: rdef.id.into(),
-                    distro: def.id.into(),
-                    distro_name: def.name.into(),
+                    id: tree.id.clone(),
+                    distro: def.id.clone(),
+                    distro_name: def.name.clone(),
                     kind: def.kind,
                     upstream,
                     pinned: pinned.is_some(),
+                    mirrors,
+                    benchmark_url: def.benchmark_url.clone(),
+                    geo_mirror_api: def.geo_mirror_api.clone(),
+                    cache_rules: def.cache_rules.clone(),
+                    url_pattern: def.url_pattern.clone(),
                     known,
                 }));
             }
         }
         Ok(Registry { repos })
+    }
+
+    /// The repo whose `url_pattern` (from distributions.yaml) matches an origin-form `path`,
+    /// with the path inside the repo (the pattern's first group).
+    pub fn by_pattern<'p>(&self, path: &'p str) -> Option<(&Arc<Repo>, &'p str)> {
+        self.repos.iter().find_map(|repo| {
+            let group = repo.url_pattern.as_ref()?.captures(path)?.get(1)?;
+            Some((repo, &path[group.start()..group.end()]))
+        })
     }
 
     /// Every repo being served.
@@ -238,7 +284,7 @@ impl Registry {
 
 /// The `cn:<name>` shortcut name of a mirror host: the last label that is neither a generic
 /// prefix (`mirrors`, `repo`) nor a public suffix (`com`, `edu.cn`).
-fn alias_name(host: &str) -> String {
+pub(super) fn alias_name(host: &str) -> String {
     const GENERIC: &[&str] = &[
         "mirrors", "mirror", "repo", "com", "cn", "edu", "org", "net", "cloud",
     ];
@@ -267,6 +313,7 @@ fn resolve_mirror(
             .is_some_and(|(p, _)| p.chars().all(|c| c.is_ascii_alphabetic()))
     {
         match aliases.get(spec) {
+            Some(target) if target.contains("://") => target.clone(),
             Some(target) => format!("https://{target}"),
             None => {
                 return Err(DistroError::UnknownShortcut {
@@ -430,6 +477,136 @@ mod tests {
         assert!(
             reg.by_host_path("ppa.launchpadcontent.net", None, "/ubuntu/x")
                 .is_none()
+        );
+    }
+}
+
+#[cfg(test)]
+mod file_tests {
+    use super::*;
+    use crate::config::file;
+
+    fn load(text: &str) -> Result<Registry, DistroError> {
+        let env = |_: &str| None;
+        let parsed: DistributionsFile =
+            file::parse(text, std::path::Path::new("d.yaml"), &env).unwrap();
+        Registry::with_file(Mode::All, &MirrorPins::new(), &parsed)
+    }
+
+    #[test]
+    fn shipped_files_load_and_change_nothing() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        let env = |_: &str| None;
+        let parsed: DistributionsFile = file::load(&dir.join("distributions.yaml"), &env).unwrap();
+        let from_file = Registry::with_file(Mode::All, &MirrorPins::new(), &parsed).unwrap();
+        let builtin = Registry::builtin(Mode::All, &MirrorPins::new()).unwrap();
+        let summary = |r: &Registry| {
+            r.repos()
+                .iter()
+                .map(|r| {
+                    (
+                        r.id.clone(),
+                        r.upstream.to_string(),
+                        r.mirrors.len(),
+                        r.kind,
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(summary(&from_file), summary(&builtin));
+        let _: crate::config::file::FileConfig =
+            file::load(&dir.join("apt-proxy.yaml"), &env).unwrap();
+    }
+
+    #[test]
+    fn a_new_distribution_is_served_like_a_built_in_one() {
+        let reg = load("distributions:\n  - id: fedora\n    name: Fedora\n    url_pattern: \"^/fed/(.+)$\"\n    cache_rules:\n      - pattern: \"repomd\\\\.xml$\"\n        cache_control: \"max-age=300\"\n    mirrors:\n      official: [\"mirror.example.org/pub/fedora/\"]\n      custom: [\"http://127.0.0.1:9/fedora\"]\n    aliases:\n      local: \"http://127.0.0.1:9/fedora/\"\n").unwrap();
+        let fedora = reg.by_id("fedora").unwrap();
+        assert_eq!(
+            fedora.upstream.as_str(),
+            "https://mirror.example.org/pub/fedora/"
+        );
+        assert_eq!(fedora.cache_rules[0].max_age, 300);
+        let (repo, rest) = reg
+            .by_host_path("mirror.example.org", None, "/pub/fedora/releases/x")
+            .unwrap();
+        assert_eq!((repo.id.as_str(), rest), ("fedora", "releases/x"));
+        let (repo, rest) = reg.by_pattern("/fed/releases/y").unwrap();
+        assert_eq!((repo.id.as_str(), rest), ("fedora", "releases/y"));
+        assert!(reg.by_id("ubuntu").is_some(), "built-ins stay");
+        let env = |_: &str| None;
+        let parsed: DistributionsFile = file::parse("distributions:\n  - id: fedora\n    mirrors:\n      official: [\"mirror.example.org/pub/fedora/\"]\n    aliases:\n      local: \"http://127.0.0.1:9/fedora/\"\n", std::path::Path::new("d.yaml"), &env).unwrap();
+        let pins: MirrorPins = [("fedora".to_string(), "cn:local".to_string())].into();
+        let reg = Registry::with_file(Mode::All, &pins, &parsed).unwrap();
+        assert_eq!(
+            reg.by_id("fedora").unwrap().upstream.as_str(),
+            "http://127.0.0.1:9/fedora/"
+        );
+        // Only mode all serves distributions the modes do not name.
+        assert!(
+            Registry::with_file(Mode::Debian, &MirrorPins::new(), &parsed)
+                .unwrap()
+                .by_id("fedora")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn changing_a_built_in_keeps_its_hosts() {
+        let reg = load("distributions:\n  - id: debian\n    mirrors:\n      official: [\"http://127.0.0.1:9/debian/\"]\n").unwrap();
+        assert_eq!(
+            reg.by_id("debian").unwrap().upstream.as_str(),
+            "http://127.0.0.1:9/debian/"
+        );
+        assert_eq!(
+            reg.by_id("debian-security").unwrap().upstream.as_str(),
+            "http://security.debian.org/debian-security/"
+        );
+        assert!(
+            reg.by_host_path("ftp.debian.org", None, "/debian/x")
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn bad_entries_are_named() {
+        for (text, needle) in [
+            (
+                "distributions:\n  - id: api\n    mirrors: {official: [\"x/y/\"]}\n",
+                "reserved",
+            ),
+            ("distributions:\n  - id: new\n", "mirror"),
+            (
+                "distributions:\n  - id: a\n    url_pattern: \"(\"\n    mirrors: {official: [\"x/y/\"]}\n",
+                "url_pattern",
+            ),
+            (
+                "distributions:\n  - id: a\n    url_pattern: \"^/a/.+$\"\n    mirrors: {official: [\"x/y/\"]}\n",
+                "capture group",
+            ),
+            (
+                "distributions:\n  - id: a\n    mirrors: {official: [\"x/y/\"]}\n  - id: a\n    mirrors: {official: [\"x/y/\"]}\n",
+                "twice",
+            ),
+            (
+                "distributions:\n  - id: \"a/b\"\n    mirrors: {official: [\"x/y/\"]}\n",
+                "path segment",
+            ),
+        ] {
+            let err = load(text).unwrap_err().to_string();
+            assert!(err.contains(needle), "{text}: {err}");
+        }
+        let env = |_: &str| None;
+        let err = file::parse::<DistributionsFile>(
+            "distributions:\n  - id: a\n    mirrorz: []\n",
+            std::path::Path::new("/etc/apt-proxy/distributions.yaml"),
+            &env,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("/etc/apt-proxy/distributions.yaml") && err.contains("mirrorz"),
+            "{err}"
         );
     }
 }

@@ -86,7 +86,11 @@ async fn answer(state: &AppState, request: Request<Incoming>) -> (Response<Body>
             None,
         );
     }
-    let matched = match route(&state.registry, uri) {
+    if uri.authority().is_none() && (uri.path() == "/api" || uri.path().starts_with("/api/")) {
+        return (crate::admin::handle(state, &request).await, None);
+    }
+    let registry = state.reloader.registry.load();
+    let matched = match route(&registry, uri) {
         Ok(m) => m,
         Err(e) => return (text(e.status(), e.to_string()), None),
     };
@@ -116,6 +120,12 @@ async fn answer(state: &AppState, request: Request<Incoming>) -> (Response<Body>
         .as_ref()
         .and_then(|e| e.by_hash_path.as_deref())
         .and_then(|p| matched.repo.upstream_url(p).ok());
+    let rule_max_age = matched
+        .repo
+        .cache_rules
+        .iter()
+        .find(|r| r.pattern.is_match(&matched.path))
+        .map(|r| r.max_age);
     let fill = FillRequest {
         key: CacheKey::new(&matched.repo.id, &matched.path),
         url,
@@ -124,6 +134,7 @@ async fn answer(state: &AppState, request: Request<Incoming>) -> (Response<Body>
         repo: matched.repo.id.clone(),
         expect,
         fallback_url,
+        rule_max_age,
     };
 
     let response = serve(state, fill, request.headers(), head_only).await;

@@ -2,6 +2,8 @@
 //! each request through [`handler`], and shuts down gracefully.
 
 pub mod handler;
+pub mod reload;
+mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -14,19 +16,23 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 
 use crate::cache::Cache;
-use crate::config::Config;
-use crate::distro::{DistroError, Registry};
+use crate::config::{Config, Security};
+use crate::distro::DistroError;
 use crate::storage::StorageError;
 use crate::storage::disk::DiskStore;
 use crate::upstream::{Upstream, UpstreamError};
+use reload::{LoadError, RegistrySource, Reloader};
 
 /// What every request handler shares.
 #[derive(Debug)]
 pub struct AppState {
-    pub registry: Registry,
+    /// The live registry of distributions, swapped whole on reload.
+    pub reloader: Arc<Reloader>,
     pub cache: Arc<Cache>,
+    pub security: Security,
     /// Requests seen; the next request id.
     pub requests: AtomicU64,
 }
@@ -36,10 +42,14 @@ pub struct AppState {
 pub enum StartError {
     #[error(transparent)]
     Distro(#[from] DistroError),
+    #[error(transparent)]
+    Load(#[from] LoadError),
     #[error("cache directory: {0}")]
     Storage(#[from] StorageError),
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: String,
@@ -52,24 +62,24 @@ pub enum StartError {
 pub struct Server {
     listener: TcpListener,
     state: Arc<AppState>,
+    tls: Option<TlsAcceptor>,
     grace: Duration,
 }
 
 impl Server {
     /// Checks the configuration, opens the cache and binds the listening socket.
     pub async fn bind(config: &Config) -> Result<Server, StartError> {
-        let registry = Registry::builtin(config.mode, &config.mirrors)?;
-        for repo in registry.repos() {
-            let how = if repo.pinned {
-                "using specified"
-            } else {
-                "using default"
-            };
-            tracing::info!(repo = %repo.id, mirror = %repo.upstream, "{how} {} mirror", repo.id);
+        let reloader = Arc::new(Reloader::new(RegistrySource {
+            mode: config.mode,
+            pins: config.mirrors.clone(),
+            distributions_config: config.distributions_config.clone(),
+        })?);
+        if let Some(path) = &config.distributions_config {
+            tracing::info!(file = %path.display(), "loaded distributions config");
         }
+        let tls = config.tls.as_ref().map(tls::acceptor).transpose()?;
         let store = DiskStore::open(&config.cache_dir)?;
         let upstream = Upstream::new(config.upstream_keep_alive, &config.tuning)?;
-
         let cache = Arc::new(Cache::new(store, upstream, config.tuning.clone()));
         let started = SystemTime::now();
         let sweeper = cache.clone();
@@ -86,15 +96,27 @@ impl Server {
                 source,
             })?;
         let state = Arc::new(AppState {
-            registry,
+            reloader,
             cache,
+            security: config.security.clone(),
             requests: AtomicU64::new(0),
         });
         Ok(Server {
             listener,
             state,
+            tls,
             grace: config.tuning.shutdown_grace,
         })
+    }
+
+    /// The registry and its reloads (for SIGHUP).
+    pub fn reloader(&self) -> Arc<Reloader> {
+        self.state.reloader.clone()
+    }
+
+    /// `https` when the listener serves TLS, else `http`.
+    pub fn protocol(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
     }
 
     /// The address the server listens on (the real port when bound to port 0).
@@ -113,6 +135,7 @@ impl Server {
             .pipeline_flush(true)
             .timer(TokioTimer::new())
             .header_read_timeout(Duration::from_secs(30));
+        tokio::spawn(self.state.reloader.clone().run(Duration::from_millis(500)));
         tracing::info!("server started successfully");
         loop {
             tokio::select! {
@@ -121,12 +144,31 @@ impl Server {
                         let _ = stream.set_nodelay(true);
                         let state = self.state.clone();
                         let service = service_fn(move |req| handler::handle(state.clone(), req));
-                        let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
-                        tokio::spawn(async move {
-                            if let Err(e) = conn.await {
-                                tracing::debug!(error = %e, "connection ended with an error");
+                        let watcher = graceful.watcher();
+                        let builder = builder.clone();
+                        match self.tls.clone() {
+                            None => {
+                                let conn = watcher.watch(builder.serve_connection(TokioIo::new(stream), service));
+                                tokio::spawn(async move {
+                                    if let Err(e) = conn.await {
+                                        tracing::debug!(error = %e, "connection ended with an error");
+                                    }
+                                });
                             }
-                        });
+                            Some(acceptor) => {
+                                tokio::spawn(async move {
+                                    let handshake = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await;
+                                    let Ok(Ok(stream)) = handshake else {
+                                        tracing::debug!("TLS handshake failed or timed out");
+                                        return;
+                                    };
+                                    let conn = watcher.watch(builder.serve_connection(TokioIo::new(stream), service));
+                                    if let Err(e) = conn.await {
+                                        tracing::debug!(error = %e, "connection ended with an error");
+                                    }
+                                });
+                            }
+                        }
                     }
                     Err(e) => {
                         // Out of file descriptors and the like: back off instead of spinning.

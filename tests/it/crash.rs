@@ -4,6 +4,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -13,7 +14,9 @@ use crate::{Behavior, Origin, Proxy, cache_dir, data, x_cache};
 /// The binary, started on a free port; killed when dropped.
 pub struct Binary {
     pub child: Child,
-    addr: String,
+    pub addr: String,
+    /// Every log line printed so far.
+    pub lines: Arc<Mutex<Vec<String>>>,
 }
 
 impl Binary {
@@ -40,6 +43,8 @@ impl Binary {
             .unwrap();
         let stdout = BufReader::new(child.stdout.take().unwrap());
         let (tx, rx) = std::sync::mpsc::channel();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let log = lines.clone();
         std::thread::spawn(move || {
             let mut sent = false;
             for line in stdout.lines().map_while(Result::ok) {
@@ -52,12 +57,13 @@ impl Binary {
                         .to_string();
                     sent = tx.send(addr).is_ok();
                 }
+                log.lock().unwrap().push(line);
             }
         });
         let addr = rx
             .recv_timeout(Duration::from_secs(20))
             .expect("the binary reports its address");
-        Binary { child, addr }
+        Binary { child, addr, lines }
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -4,6 +4,7 @@
 
 mod origin;
 
+mod config;
 mod consistency;
 mod crash;
 mod failures;

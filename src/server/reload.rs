@@ -1,0 +1,120 @@
+//! Hot reload of distributions and mirrors (SIGHUP and `POST /api/mirrors/refresh`).
+//!
+//! Only distributions.yaml and mirror selection reload; apt-proxy.yaml needs a restart. A
+//! reload builds a new registry and swaps it in whole: requests in flight keep the repo they
+//! started with. A file that does not load keeps the old registry.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::sync::Notify;
+
+use crate::config::file;
+use crate::distro::{DistributionsFile, MirrorPins, Mode, Registry};
+
+/// How the registry is (re)built.
+#[derive(Debug)]
+pub struct RegistrySource {
+    pub mode: Mode,
+    pub pins: MirrorPins,
+    pub distributions_config: Option<PathBuf>,
+}
+
+/// Why a registry could not be built; the message names the file.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct LoadError(pub String);
+
+impl RegistrySource {
+    /// Reads distributions.yaml (if any) and builds the registry.
+    pub fn load(&self) -> Result<Registry, LoadError> {
+        match &self.distributions_config {
+            Some(path) => {
+                let env = |name: &str| std::env::var(name).ok();
+                let parsed: DistributionsFile =
+                    file::load(path, &env).map_err(|e| LoadError(e.to_string()))?;
+                Registry::with_file(self.mode, &self.pins, &parsed)
+                    .map_err(|e| LoadError(format!("{}: {e}", path.display())))
+            }
+            None => Registry::builtin(self.mode, &self.pins).map_err(|e| LoadError(e.to_string())),
+        }
+    }
+}
+
+/// The live registry and its reloads.
+#[derive(Debug)]
+pub struct Reloader {
+    pub registry: ArcSwap<Registry>,
+    source: RegistrySource,
+    /// One reload at a time.
+    running: tokio::sync::Mutex<()>,
+    /// A signal asked for a reload that has not started yet.
+    pending: AtomicBool,
+    wake: Notify,
+}
+
+impl Reloader {
+    /// Builds the first registry.
+    pub fn new(source: RegistrySource) -> Result<Reloader, LoadError> {
+        let registry = source.load()?;
+        log_mirrors(&registry);
+        Ok(Reloader {
+            registry: ArcSwap::from_pointee(registry),
+            source,
+            running: Default::default(),
+            pending: AtomicBool::new(false),
+            wake: Notify::new(),
+        })
+    }
+
+    /// Reloads now; returns the number of repos served.
+    pub async fn reload(&self) -> Result<usize, LoadError> {
+        let _one_at_a_time = self.running.lock().await;
+        tracing::info!(file = ?self.source.distributions_config, "reloading distributions and mirrors (changes to apt-proxy.yaml need a restart)");
+        match self.source.load() {
+            Ok(registry) => {
+                log_mirrors(&registry);
+                let n = registry.repos().len();
+                self.registry.store(Arc::new(registry));
+                tracing::info!(repos = n, "reload done");
+                Ok(n)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reload failed; keeping the previous configuration");
+                Err(e)
+            }
+        }
+    }
+
+    /// Asks for a reload from a signal: signals within the debounce window coalesce, and at most
+    /// one more reload is queued behind a running one.
+    pub fn request(&self) {
+        self.pending.store(true, Ordering::SeqCst);
+        self.wake.notify_one();
+    }
+
+    /// Serves [`Reloader::request`]s until the process ends.
+    pub async fn run(self: Arc<Self>, debounce: Duration) {
+        loop {
+            self.wake.notified().await;
+            tokio::time::sleep(debounce).await;
+            if self.pending.swap(false, Ordering::SeqCst) {
+                let _ = self.reload().await;
+            }
+        }
+    }
+}
+
+fn log_mirrors(registry: &Registry) {
+    for repo in registry.repos() {
+        let how = if repo.pinned {
+            "using specified"
+        } else {
+            "using default"
+        };
+        tracing::info!(repo = %repo.id, mirror = %repo.upstream, "{how} {} mirror", repo.id);
+    }
+}

@@ -1,0 +1,384 @@
+//! distributions.yaml served like built-ins, hot reload (API and SIGHUP), API keys, and the
+//! HTTPS listener.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::crash::Binary;
+use crate::{Origin, Proxy, cache_dir, x_cache};
+
+fn fedora_file(origin: &Origin, extra: &str) -> String {
+    format!(
+        "distributions:\n  - id: fedora\n    name: Fedora\n    cache_rules:\n      - pattern: \"repomd\\\\.xml$\"\n        cache_control: \"max-age=0\"\n    mirrors:\n      official: [\"{}\"]\n{extra}",
+        origin.base("fedora")
+    )
+}
+
+#[tokio::test]
+async fn a_distribution_from_the_file_is_routed_cached_and_ruled() {
+    let origin = Origin::start().await;
+    origin.put("/fedora/41/x86_64/os/Packages/a.rpm", "rpm");
+    origin.put("/fedora/41/x86_64/os/repodata/repomd.xml", "<repomd/>");
+    let dir = cache_dir();
+    let file = dir.path().join("distributions.yaml");
+    std::fs::write(&file, fedora_file(&origin, "")).unwrap();
+    let cache = dir.path().join("cache");
+    let proxy = Proxy::start(&origin, &cache, |c| {
+        c.distributions_config = Some(file.clone())
+    })
+    .await;
+    let client = proxy.client();
+    for expected in ["MISS", "HIT"] {
+        let r = client
+            .get(proxy.url("fedora/41/x86_64/os/Packages/a.rpm"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(x_cache(&r), expected);
+        assert_eq!(r.text().await.unwrap(), "rpm");
+    }
+    let r = proxy
+        .forward_client()
+        .get(format!(
+            "{}41/x86_64/os/Packages/a.rpm",
+            origin.base("fedora")
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(x_cache(&r), "HIT");
+    // The rule makes repomd.xml stale at once: every request revalidates.
+    for _ in 0..3 {
+        let r = client
+            .get(proxy.url("fedora/41/x86_64/os/repodata/repomd.xml"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.text().await.unwrap(), "<repomd/>");
+    }
+    assert_eq!(origin.hits("/fedora/41/x86_64/os/repodata/repomd.xml"), 3);
+    assert_eq!(origin.hits("/fedora/41/x86_64/os/Packages/a.rpm"), 1);
+}
+
+#[tokio::test]
+async fn reload_by_api_swaps_distributions_and_keeps_them_on_a_broken_file() {
+    let origin = Origin::start().await;
+    origin.put("/extra/x.apk", "extra");
+    let dir = cache_dir();
+    let file = dir.path().join("distributions.yaml");
+    std::fs::write(&file, fedora_file(&origin, "")).unwrap();
+    let cache = dir.path().join("cache");
+    let proxy = Proxy::start(&origin, &cache, |c| {
+        c.distributions_config = Some(file.clone())
+    })
+    .await;
+    let client = proxy.client();
+    assert_eq!(
+        client
+            .get(proxy.url("extra/x.apk"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+
+    std::fs::write(
+        &file,
+        fedora_file(
+            &origin,
+            &format!(
+                "  - id: extra\n    mirrors:\n      official: [\"{}\"]\n",
+                origin.base("extra")
+            ),
+        ),
+    )
+    .unwrap();
+    let r = client
+        .post(proxy.url("api/mirrors/refresh"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/json");
+    assert_eq!(
+        client
+            .get(proxy.url("extra/x.apk"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "extra"
+    );
+
+    std::fs::write(&file, "distributions:\n  - id: extra\n    mirrorz: []\n").unwrap();
+    let r = client
+        .post(proxy.url("api/mirrors/refresh"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 500);
+    let body: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("mirrorz"),
+        "{body}"
+    );
+    assert_eq!(
+        client
+            .get(proxy.url("extra/x.apk"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200,
+        "the previous configuration stays"
+    );
+    assert_eq!(
+        client
+            .get(proxy.url("api/mirrors/refresh"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        405
+    );
+}
+
+#[tokio::test]
+async fn an_api_key_guards_the_api_and_only_the_api() {
+    let origin = Origin::start().await;
+    origin.put("/debian/pool/a.deb", "a");
+    let dir = cache_dir();
+    let proxy = Proxy::start(&origin, dir.path(), |c| {
+        c.security.api_key = Some("s3cret".into());
+        c.security.api_auth = true;
+    })
+    .await;
+    let client = proxy.client();
+    let url = proxy.url("api/mirrors/refresh");
+    let r = client.post(&url).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let body: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    assert_eq!(body["error"]["code"], "ErrUnauthorized");
+    assert_eq!(
+        client
+            .post(&url)
+            .header("x-api-key", "wrong")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(
+        client
+            .post(&url)
+            .header("x-api-key", "s3cret")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        client
+            .post(&url)
+            .bearer_auth("s3cret")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        client
+            .get(proxy.url("debian/pool/a.deb"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    // A forward-proxy request for a path named /api/ is package traffic, never the API.
+    let r = proxy
+        .forward_client()
+        .get("http://ftp.debian.org/api/mirrors/refresh")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+}
+
+#[tokio::test]
+async fn sighup_reloads_and_coalesces() {
+    let origin = Origin::start().await;
+    origin.put("/extra/x.apk", "extra");
+    let dir = cache_dir();
+    let file = dir.path().join("distributions.yaml");
+    std::fs::write(&file, fedora_file(&origin, "")).unwrap();
+    let proxy = Binary::start_with(
+        &dir.path().join("cache"),
+        &["--distributions-config", file.to_str().unwrap()],
+        &[],
+    );
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    assert_eq!(
+        client
+            .get(proxy.url("extra/x.apk"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+
+    std::fs::write(
+        &file,
+        fedora_file(
+            &origin,
+            &format!(
+                "  - id: extra\n    mirrors:\n      official: [\"{}\"]\n",
+                origin.base("extra")
+            ),
+        ),
+    )
+    .unwrap();
+    let pid = proxy.child.id().to_string();
+    for _ in 0..4 {
+        assert!(
+            Command::new("kill")
+                .args(["-HUP", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if client
+            .get(proxy.url("extra/x.apk"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == 200
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "SIGHUP did not reload");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let reloads = proxy
+        .lines
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains("reload done"))
+        .count();
+    assert!(
+        (1..=2).contains(&reloads),
+        "4 quick SIGHUPs gave {reloads} reloads"
+    );
+    assert!(
+        proxy
+            .lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("need a restart"))
+    );
+}
+
+#[tokio::test]
+async fn https_listener_serves_with_its_certificate() {
+    let origin = Origin::start().await;
+    origin.put("/debian/pool/t.deb", "over https");
+    let dir = cache_dir();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_file, leaf.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+
+    let args = [
+        "--tls",
+        "--tls-cert",
+        cert_file.to_str().unwrap(),
+        "--tls-key",
+        key_file.to_str().unwrap(),
+        "--debian",
+        &origin.base("debian"),
+    ];
+    let proxy = Binary::start_with(&dir.path().join("cache"), &args, &[]);
+    let port = proxy.addr.rsplit(':').next().unwrap().to_string();
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .tls_certs_only([reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap()])
+        .build()
+        .unwrap();
+    let r = client
+        .get(format!("https://localhost:{port}/debian/pool/t.deb"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "over https");
+    assert!(
+        proxy
+            .lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("\"protocol\":\"https\""))
+    );
+
+    let out = Command::new(env!("CARGO_BIN_EXE_apt-proxy"))
+        .args([
+            "--port",
+            "0",
+            "--tls",
+            "--tls-key",
+            key_file.to_str().unwrap(),
+            "--tls-cert",
+            "/nonexistent/cert.pem",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/cert.pem"));
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "not a certificate").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_apt-proxy"))
+        .args([
+            "--port",
+            "0",
+            "--tls",
+            "--tls-key",
+            key_file.to_str().unwrap(),
+            "--tls-cert",
+            garbage.to_str().unwrap(),
+        ])
+        .arg("--cachedir")
+        .arg(dir.path().join("cache3"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("garbage.pem"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
