@@ -30,6 +30,10 @@ pub fn error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
     )
 }
 
+fn to_value(value: impl serde::Serialize) -> serde_json::Value {
+    serde_json::to_value(value).unwrap_or(serde_json::Value::Null)
+}
+
 /// Answers a request for `/api/...`.
 pub async fn handle(state: &AppState, request: &Request<Incoming>) -> Response<Body> {
     if let Some(denied) = auth::check(&state.security, request.headers()) {
@@ -47,10 +51,22 @@ pub async fn handle(state: &AppState, request: &Request<Incoming>) -> Response<B
                 &e.to_string(),
             ),
         },
-        (_, "/api/mirrors/refresh") => error(
+        (&Method::GET, "/api/cache/stats") => json(StatusCode::OK, to_value(state.cache.stats())),
+        (&Method::POST, "/api/cache/purge") => {
+            json(StatusCode::OK, to_value(state.cache.purge().await))
+        }
+        (&Method::POST, "/api/cache/cleanup") => {
+            json(StatusCode::OK, to_value(state.cache.cleanup().await))
+        }
+        (_, "/api/mirrors/refresh" | "/api/cache/purge" | "/api/cache/cleanup") => error(
             StatusCode::METHOD_NOT_ALLOWED,
             "ErrMethodNotAllowed",
             "use POST",
+        ),
+        (_, "/api/cache/stats") => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "ErrMethodNotAllowed",
+            "use GET",
         ),
         _ => error(StatusCode::NOT_FOUND, "ErrNotFound", "no such API endpoint"),
     }

@@ -16,6 +16,8 @@ use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use hyper::body::Frame;
 use tokio::sync::watch;
 
+use prometheus_client::metrics::counter::Counter;
+
 use super::fill::FillState;
 
 /// The body type of every response.
@@ -71,6 +73,7 @@ pub async fn open_stored(
     open: impl FnOnce() -> io::Result<File> + Send + 'static,
     start: u64,
     end: u64,
+    served: Counter,
 ) -> io::Result<Body> {
     let (file, first) = tokio::task::spawn_blocking(move || -> io::Result<(File, Bytes)> {
         let file = open()?;
@@ -84,20 +87,25 @@ pub async fn open_stored(
     .await
     .map_err(io::Error::other)??;
     let next = start + first.len() as u64;
+    served.inc_by(first.len() as u64);
     if next >= end {
         return Ok(full(first));
     }
-    let rest = stream::unfold((Arc::new(file), next), move |(file, pos)| async move {
-        if pos >= end {
-            return None;
-        }
-        match read_chunk(file.clone(), pos, end - pos).await {
-            Ok(bytes) if bytes.is_empty() => Some((Err(short()), (file, end))),
-            Ok(bytes) => {
-                let n = bytes.len() as u64;
-                Some((Ok(Frame::data(bytes)), (file, pos + n)))
+    let rest = stream::unfold((Arc::new(file), next), move |(file, pos)| {
+        let served = served.clone();
+        async move {
+            if pos >= end {
+                return None;
             }
-            Err(e) => Some((Err(e), (file, end))),
+            match read_chunk(file.clone(), pos, end - pos).await {
+                Ok(bytes) if bytes.is_empty() => Some((Err(short()), (file, end))),
+                Ok(bytes) => {
+                    let n = bytes.len() as u64;
+                    served.inc_by(n);
+                    Some((Ok(Frame::data(bytes)), (file, pos + n)))
+                }
+                Err(e) => Some((Err(e), (file, end))),
+            }
         }
     });
     let head = stream::once(async move { Ok(Frame::data(first)) });
@@ -122,69 +130,78 @@ pub fn growing(
     start: u64,
     end: Option<u64>,
     to_end: bool,
+    served: Counter,
 ) -> Body {
     let s = stream::unfold(
         (file, rx, start, false),
-        move |(file, mut rx, pos, done)| async move {
-            if done {
-                return None;
-            }
-            let limit = loop {
-                let state = rx.borrow_and_update().clone();
-                let available = match state {
-                    FillState::Streaming { written, .. } => {
-                        // Until the fill is verified and committed, the last byte of a body
-                        // that runs to the end is held back: HTTP clients take the body as
-                        // complete at its last byte, not at the end of the stream.
-                        let cap = match end {
-                            Some(e) if to_end => e.saturating_sub(1),
-                            Some(e) => e,
-                            None => u64::MAX,
-                        };
-                        let available = written.min(cap);
-                        if available > pos {
-                            Some(available)
-                        } else if !to_end && end.is_some_and(|e| pos >= e) {
-                            Some(pos)
-                        } else {
-                            None
+        move |(file, mut rx, pos, done)| {
+            let served = served.clone();
+            async move {
+                if done {
+                    return None;
+                }
+                let limit = loop {
+                    let state = rx.borrow_and_update().clone();
+                    let available = match state {
+                        FillState::Streaming { written, .. } => {
+                            // Until the fill is verified and committed, the last byte of a body
+                            // that runs to the end is held back: HTTP clients take the body as
+                            // complete at its last byte, not at the end of the stream.
+                            let cap = match end {
+                                Some(e) if to_end => e.saturating_sub(1),
+                                Some(e) => e,
+                                None => u64::MAX,
+                            };
+                            let available = written.min(cap);
+                            if available > pos {
+                                Some(available)
+                            } else if !to_end && end.is_some_and(|e| pos >= e) {
+                                Some(pos)
+                            } else {
+                                None
+                            }
                         }
-                    }
-                    FillState::Done { meta, .. } => Some(meta.len),
-                    FillState::Pending => None,
-                    FillState::Passthrough { .. } => {
-                        return Some((
-                            Err(io::Error::other("fill ended without a body")),
-                            (file, rx, pos, true),
-                        ));
-                    }
-                    FillState::Failed(e) => {
-                        return Some((Err(io::Error::other(e.to_string())), (file, rx, pos, true)));
-                    }
-                };
-                match available {
-                    Some(n) => break end.map_or(n, |e| e.min(n)),
-                    None => {
-                        if rx.changed().await.is_err() {
+                        FillState::Done { meta, .. } => Some(meta.len),
+                        FillState::Streamed { len, .. } => Some(len),
+                        FillState::Pending => None,
+                        FillState::Passthrough { .. } => {
                             return Some((
-                                Err(io::Error::other("fill abandoned")),
+                                Err(io::Error::other("fill ended without a body")),
                                 (file, rx, pos, true),
                             ));
                         }
+                        FillState::Failed(e) => {
+                            return Some((
+                                Err(io::Error::other(e.to_string())),
+                                (file, rx, pos, true),
+                            ));
+                        }
+                    };
+                    match available {
+                        Some(n) => break end.map_or(n, |e| e.min(n)),
+                        None => {
+                            if rx.changed().await.is_err() {
+                                return Some((
+                                    Err(io::Error::other("fill abandoned")),
+                                    (file, rx, pos, true),
+                                ));
+                            }
+                        }
                     }
+                };
+                if pos >= limit {
+                    // Everything wanted was sent, or the completed file is exhausted.
+                    return None;
                 }
-            };
-            if pos >= limit {
-                // Everything wanted was sent, or the completed file is exhausted.
-                return None;
-            }
-            match read_chunk(file.clone(), pos, limit - pos).await {
-                Ok(bytes) if bytes.is_empty() => Some((Err(short()), (file, rx, pos, true))),
-                Ok(bytes) => {
-                    let n = bytes.len() as u64;
-                    Some((Ok(Frame::data(bytes)), (file, rx, pos + n, false)))
+                match read_chunk(file.clone(), pos, limit - pos).await {
+                    Ok(bytes) if bytes.is_empty() => Some((Err(short()), (file, rx, pos, true))),
+                    Ok(bytes) => {
+                        let n = bytes.len() as u64;
+                        served.inc_by(n);
+                        Some((Ok(Frame::data(bytes)), (file, rx, pos + n, false)))
+                    }
+                    Err(e) => Some((Err(e), (file, rx, pos, true))),
                 }
-                Err(e) => Some((Err(e), (file, rx, pos, true))),
             }
         },
     );

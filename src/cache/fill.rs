@@ -16,6 +16,7 @@ use super::{Cache, FillRequest, policy};
 use crate::distro::class::{HashAlgo, by_hash_digest};
 use crate::storage::StorageError;
 use crate::storage::disk::TempBody;
+use crate::telemetry::metrics::{DistroLabel, UpstreamLabel};
 use crate::upstream::{UpstreamError, Validators};
 
 /// Response head of a fill, known before its body.
@@ -27,6 +28,8 @@ pub struct Head {
     pub content_type: Option<String>,
     pub last_modified: Option<String>,
     pub etag: Option<String>,
+    /// Whether the body will be stored (else it is only streamed: `X-Cache: SKIP`).
+    pub keep: bool,
 }
 
 /// Where a fill stands; clients watch it.
@@ -49,6 +52,13 @@ pub enum FillState {
     Passthrough { status: u16 },
     /// The fill failed; nothing was stored.
     Failed(Arc<FillError>),
+    /// The body arrived whole and verified but was not stored (larger than the cache, or the
+    /// disk nearly full); `file` still holds it for the clients that were following.
+    Streamed {
+        head: Arc<Head>,
+        file: Arc<File>,
+        len: u64,
+    },
 }
 
 /// Why a fill failed.
@@ -84,6 +94,18 @@ pub(super) async fn run(
     tx: watch::Sender<FillState>,
 ) {
     let outcome = fetch(&cache, &request, stale.as_deref(), &tx).await;
+    if let Err(e) = &outcome {
+        let label = DistroLabel {
+            distro: request.repo.clone(),
+        };
+        match e {
+            FillError::Upstream(_) => cache.metrics.upstream_errors.get_or_create(&label).inc(),
+            FillError::Digest | FillError::Mismatch | FillError::Inconsistent => {
+                cache.metrics.integrity_failures.get_or_create(&label).inc()
+            }
+            _ => 0,
+        };
+    }
     let state = outcome.unwrap_or_else(|e| {
         tracing::warn!(key = %request.key, error = %e, detail = ?e, "fill failed, nothing stored");
 
@@ -109,8 +131,21 @@ async fn fetch(
     let response = cache
         .upstream
         .get(request.url.clone(), validators.as_ref())
-        .await?;
+        .await;
+    let status_label = response
+        .as_ref()
+        .map_or_else(|_| "error".to_string(), |r| r.status().as_u16().to_string());
+    cache
+        .metrics
+        .upstream_duration
+        .get_or_create(&UpstreamLabel {
+            method: "GET",
+            status: status_label,
+        })
+        .observe(started.elapsed().as_secs_f64());
+    let response = response?;
     let status = response.status().as_u16();
+
     tracing::debug!(key = %request.key, status, ms = started.elapsed().as_millis() as u64, "upstream answered");
 
     if let (304, Some(old)) = (status, stale.filter(|m| m.status == 200)) {
@@ -165,6 +200,13 @@ async fn fetch(
         }
     }
 
+    if !body.head.keep {
+        return Ok(FillState::Streamed {
+            head: body.head.clone(),
+            file: body.temp.reader.clone(),
+            len: body.written,
+        });
+    }
     let now = unix_now();
     let meta = EntryMeta {
         v: META_VERSION,
@@ -231,6 +273,7 @@ async fn receive(
         content_type: header(&headers, CONTENT_TYPE),
         last_modified: header(&headers, LAST_MODIFIED),
         etag: header(&headers, ETAG),
+        keep: cache.may_keep(response.content_length()),
     });
     let mut temp = cache.store.create_temp().await?;
     if let Some(tx) = tx {

@@ -13,6 +13,11 @@ impl CacheKey {
         CacheKey(format!("{repo}/{path}"))
     }
 
+    /// The key whose full text (as stored in an entry's metadata) is `text`.
+    pub fn from_stored(text: String) -> CacheKey {
+        CacheKey(text)
+    }
+
     /// The full key text, as stored in the entry's metadata.
     pub fn as_str(&self) -> &str {
         &self.0

@@ -7,6 +7,8 @@
 //! the growing body file as bytes arrive.
 
 pub mod body;
+mod capacity;
+pub mod eviction;
 pub mod fill;
 pub mod index;
 pub mod key;
@@ -15,16 +17,19 @@ pub mod policy;
 pub mod serve;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::watch;
 use url::Url;
 
-use crate::config::Tuning;
+use crate::config::{CacheLimits, Tuning};
 use crate::distro::class::FileClass;
 use crate::storage::StorageError;
 use crate::storage::disk::DiskStore;
+use crate::telemetry::metrics::{DistroLabel, Metrics};
 use crate::upstream::Upstream;
+use eviction::Entries;
 use fill::FillState;
 use index::{Expectation, IndexTables};
 use key::CacheKey;
@@ -49,12 +54,20 @@ pub struct Cache {
     store: DiskStore,
     upstream: Upstream,
     tuning: Tuning,
-    /// Entries known to be stored; a miss here falls back to reading the metadata from disk.
-    index: Mutex<HashMap<CacheKey, Arc<EntryMeta>>>,
+    limits: CacheLimits,
+    metrics: Arc<Metrics>,
+    /// Entries known to be stored, with size and last access. Until the start-up scan is done
+    /// (`loaded`), a miss here falls back to reading the metadata from disk.
+    entries: Mutex<Entries>,
+    loaded: AtomicBool,
     /// Fills in progress, by key.
     fills: Mutex<HashMap<CacheKey, watch::Receiver<FillState>>>,
     /// What Release and Packages indexes say about other files.
     indexes: IndexTables,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    /// Last time (unix seconds) a full disk was reported, to log it once a minute.
+    space_warned: AtomicU64,
 }
 
 /// What a fill needs to know about the request that started it.
@@ -76,15 +89,27 @@ pub struct FillRequest {
 }
 
 impl Cache {
-    /// A cache over `store`, filling from `upstream`.
-    pub fn new(store: DiskStore, upstream: Upstream, tuning: Tuning) -> Cache {
+    /// A cache over `store`, filling from `upstream`, within `limits`.
+    pub fn new(
+        store: DiskStore,
+        upstream: Upstream,
+        tuning: Tuning,
+        limits: CacheLimits,
+        metrics: Arc<Metrics>,
+    ) -> Cache {
         Cache {
             store,
             upstream,
             tuning,
-            index: Mutex::default(),
+            limits,
+            metrics,
+            entries: Mutex::default(),
+            loaded: AtomicBool::new(false),
             fills: Mutex::default(),
             indexes: IndexTables::default(),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            space_warned: AtomicU64::new(0),
         }
     }
 
@@ -98,27 +123,58 @@ impl Cache {
         &self.tuning
     }
 
-    fn indexed(&self, key: &CacheKey) -> Option<Arc<EntryMeta>> {
-        self.index
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(key)
-            .cloned()
+    /// The metrics the cache keeps.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
-    fn remember(&self, key: CacheKey, meta: Arc<EntryMeta>) {
-        self.index
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(key, meta);
+    fn entries(&self) -> std::sync::MutexGuard<'_, Entries> {
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn indexed(&self, key: &CacheKey) -> Option<Arc<EntryMeta>> {
+        self.entries().peek(key).map(|slot| slot.meta.clone())
+    }
+
+    /// Records a stored entry (a commit or a revalidation) and makes room if needed.
+    fn remember(self: &Arc<Self>, key: CacheKey, meta: Arc<EntryMeta>) {
+        let now = unix_now();
+        self.entries().insert(key, meta, now, now);
+        self.enforce_limits(now);
     }
 
     /// Forgets an entry whose body could not be read, so that the next request refills it.
     pub fn forget(&self, key: &CacheKey) {
-        self.index
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(key);
+        self.entries().remove(key);
+        self.update_gauges();
+    }
+
+    /// Records that a stored entry was served (LRU order), and counts the hit.
+    pub fn served_from_cache(self: &Arc<Self>, key: &CacheKey) {
+        let touched = self.entries().touch(
+            key,
+            unix_now(),
+            self.tuning.access_persist_interval.as_secs(),
+        );
+        if let Some((meta, true)) = touched {
+            let cache = self.clone();
+            let key = key.clone();
+            tokio::spawn(async move { cache.store.touch(&key, &meta, unix_now()).await });
+        }
+    }
+
+    /// Counts a request answered from the cache (`hit`) or from a mirror.
+    pub fn count(&self, distro: &str, hit: bool) {
+        let label = DistroLabel {
+            distro: distro.to_string(),
+        };
+        if hit {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            self.metrics.cache_hits.get_or_create(&label).inc();
+        } else {
+            self.misses.fetch_add(1, Ordering::Relaxed);
+            self.metrics.cache_misses.get_or_create(&label).inc();
+        }
     }
 
     /// The stored entry for `key`, fresh or not.
@@ -126,11 +182,17 @@ impl Cache {
         if let Some(meta) = self.indexed(key) {
             return Ok(Some(meta));
         }
+        if self.loaded.load(Ordering::Acquire) {
+            return Ok(None);
+        }
         let Some(meta) = self.store.load(key).await? else {
             return Ok(None);
         };
         let meta = Arc::new(meta);
-        self.remember(key.clone(), meta.clone());
+        let now = unix_now();
+        self.entries()
+            .insert_scanned(key.clone(), meta.clone(), now);
+        self.update_gauges();
         Ok(Some(meta))
     }
 

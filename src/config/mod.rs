@@ -109,6 +109,11 @@ pub struct Tuning {
     pub stale_wait: Duration,
     /// How long a shutdown waits for transfers in flight.
     pub shutdown_grace: Duration,
+    /// How often a hit is written to disk as the entry's last access (LRU order after a restart).
+    pub access_persist_interval: Duration,
+    /// Free space under which new files are streamed but not stored; `None`: 5 % of the file
+    /// system, at most 5 GiB.
+    pub free_space_floor: Option<u64>,
 }
 
 impl Default for Tuning {
@@ -122,6 +127,8 @@ impl Default for Tuning {
             head_timeout: Duration::from_secs(20),
             stale_wait: Duration::from_secs(3),
             shutdown_grace: Duration::from_secs(30),
+            access_persist_interval: Duration::from_secs(3600),
+            free_space_floor: None,
         }
     }
 }
@@ -276,9 +283,6 @@ impl Config {
                 None => config.cache_limits.cleanup_interval,
             },
         };
-        if max_gb.is_some() || ttl_h.is_some() || cleanup_min.is_some() {
-            notes.push("cache size limit, TTL and cleanup interval are accepted but not enforced yet in this version".into());
-        }
 
         let tls_on =
             pick_bool(cli.tls, env, "APT_PROXY_TLS_ENABLED", tls.enabled)?.unwrap_or(false);

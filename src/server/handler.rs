@@ -11,14 +11,16 @@ use hyper::body::Incoming;
 
 use super::AppState;
 use crate::cache::body::{self, Body};
-use crate::cache::fill::{FillError, FillState};
+use crate::cache::fill::{FillError, FillState, Head};
 use crate::cache::key::CacheKey;
 use crate::cache::meta::EntryMeta;
 use crate::cache::serve::{self, Plan, Representation};
 use crate::cache::{FillRequest, Lookup};
 use crate::distro::class::classify;
 use crate::route::route;
+use crate::telemetry::metrics::SourceLabel;
 use crate::upstream::UpstreamError;
+use tokio::sync::watch;
 
 /// Answers one request. Never fails: every problem becomes an HTTP status with a short reason.
 pub async fn handle(
@@ -86,6 +88,16 @@ async fn answer(state: &AppState, request: Request<Incoming>) -> (Response<Body>
             None,
         );
     }
+    if uri.authority().is_none() && uri.path() == "/metrics" {
+        let mut r = Response::new(body::full(state.cache.metrics().encode()));
+        r.headers_mut().insert(
+            CONTENT_TYPE,
+            http::HeaderValue::from_static(
+                prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+            ),
+        );
+        return (r, None);
+    }
     if uri.authority().is_none() && (uri.path() == "/api" || uri.path().starts_with("/api/")) {
         return (crate::admin::handle(state, &request).await, None);
     }
@@ -137,11 +149,34 @@ async fn answer(state: &AppState, request: Request<Incoming>) -> (Response<Body>
         rule_max_age,
     };
 
-    let response = serve(state, fill, request.headers(), head_only).await;
+    let response = serve(
+        state,
+        fill,
+        &matched.repo.distro,
+        request.headers(),
+        head_only,
+    )
+    .await;
     (response, repo)
 }
 
 async fn serve(
+    state: &AppState,
+    fill: FillRequest,
+    distro: &str,
+    headers: &HeaderMap,
+    head_only: bool,
+) -> Response<Body> {
+    let response = answer_from_cache(state, fill, headers, head_only).await;
+    let hit = response
+        .headers()
+        .get("x-cache")
+        .is_some_and(|v| v == "HIT");
+    state.cache.count(distro, hit);
+    response
+}
+
+async fn answer_from_cache(
     state: &AppState,
     fill: FillRequest,
     headers: &HeaderMap,
@@ -186,25 +221,8 @@ async fn serve(
     };
 
     match outcome {
-        FillState::Streaming { head, file, .. } => {
-            let rep = Representation {
-                status: head.status,
-                len: head.len,
-                content_type: head.content_type.as_deref(),
-                last_modified: head.last_modified.as_deref(),
-                etag: head.etag.as_deref(),
-            };
-            let plan = serve::plan(&rep, headers);
-            let builder = serve::head(&rep, plan, "MISS");
-            let body = match plan.body_range(rep.len) {
-                Some((start, end)) if !head_only => {
-                    body::growing(file, rx, start, end, end == rep.len)
-                }
-                _ => body::empty(),
-            };
-            builder
-                .body(body)
-                .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "bad response head"))
+        FillState::Streaming { head, file, .. } | FillState::Streamed { head, file, .. } => {
+            following(state, &head, file, rx, headers, head_only)
         }
         FillState::Done { meta, revalidated } => {
             stored(
@@ -255,6 +273,41 @@ async fn serve(
     }
 }
 
+/// Serves the body of a fill in progress as it grows.
+fn following(
+    state: &AppState,
+    head: &Head,
+    file: Arc<std::fs::File>,
+    rx: watch::Receiver<FillState>,
+    headers: &HeaderMap,
+    head_only: bool,
+) -> Response<Body> {
+    let rep = Representation {
+        status: head.status,
+        len: head.len,
+        content_type: head.content_type.as_deref(),
+        last_modified: head.last_modified.as_deref(),
+        etag: head.etag.as_deref(),
+    };
+    let plan = serve::plan(&rep, headers);
+    let builder = serve::head(&rep, plan, if head.keep { "MISS" } else { "SKIP" });
+    let served = state
+        .cache
+        .metrics()
+        .bytes_served
+        .get_or_create(&SourceLabel { source: "upstream" })
+        .clone();
+    let body = match plan.body_range(rep.len) {
+        Some((start, end)) if !head_only => {
+            body::growing(file, rx, start, end, end == rep.len, served)
+        }
+        _ => body::empty(),
+    };
+    builder
+        .body(body)
+        .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "bad response head"))
+}
+
 /// Serves a stored entry.
 async fn stored(
     state: &AppState,
@@ -271,6 +324,9 @@ async fn stored(
         last_modified: meta.last_modified.as_deref(),
         etag: meta.etag.as_deref(),
     };
+    if cache_status == "HIT" {
+        state.cache.served_from_cache(key);
+    }
     let plan = serve::plan(&rep, headers);
     let builder = serve::head(&rep, plan, cache_status);
     let body = match plan.body_range(Some(meta.len)) {
@@ -283,7 +339,18 @@ async fn stored(
                     .open_body(&k, &m)
                     .map_err(std::io::Error::other)
             };
-            match body::open_stored(open, start, end.unwrap_or(meta.len)).await {
+            let source = if cache_status == "HIT" {
+                "cache"
+            } else {
+                "upstream"
+            };
+            let served = state
+                .cache
+                .metrics()
+                .bytes_served
+                .get_or_create(&SourceLabel { source })
+                .clone();
+            match body::open_stored(open, start, end.unwrap_or(meta.len), served).await {
                 Ok(b) => b,
                 Err(e) => {
                     tracing::error!(key = %key, error = %e, "cached body unreadable; entry dropped");

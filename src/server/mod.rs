@@ -23,6 +23,7 @@ use crate::config::{Config, Security};
 use crate::distro::DistroError;
 use crate::storage::StorageError;
 use crate::storage::disk::DiskStore;
+use crate::telemetry::metrics::Metrics;
 use crate::upstream::{Upstream, UpstreamError};
 use reload::{LoadError, RegistrySource, Reloader};
 
@@ -80,7 +81,17 @@ impl Server {
         let tls = config.tls.as_ref().map(tls::acceptor).transpose()?;
         let store = DiskStore::open(&config.cache_dir)?;
         let upstream = Upstream::new(config.upstream_keep_alive, &config.tuning)?;
-        let cache = Arc::new(Cache::new(store, upstream, config.tuning.clone()));
+        let metrics = Arc::new(Metrics::new());
+        let cache = Arc::new(Cache::new(
+            store,
+            upstream,
+            config.tuning.clone(),
+            config.cache_limits.clone(),
+            metrics,
+        ));
+        let loader = cache.clone();
+        tokio::spawn(async move { loader.load_index().await });
+        tokio::spawn(cache.clone().run_cleanups());
         let started = SystemTime::now();
         let sweeper = cache.clone();
         tokio::task::spawn_blocking(move || match sweeper.store().sweep_orphans(started) {
@@ -107,6 +118,11 @@ impl Server {
             tls,
             grace: config.tuning.shutdown_grace,
         })
+    }
+
+    /// The cache (for readiness checks).
+    pub fn cache(&self) -> Arc<Cache> {
+        self.state.cache.clone()
     }
 
     /// The registry and its reloads (for SIGHUP).

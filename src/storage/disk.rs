@@ -198,6 +198,90 @@ impl DiskStore {
         tokio::task::spawn_blocking(move || write_meta_file(&meta_tmp, &meta_path, &meta)).await?
     }
 
+    /// Removes an entry: its metadata first (the entry is gone from then on), then its body.
+    /// A client still reading the body keeps reading it: the file lives until it is closed.
+    pub async fn remove(&self, key: &CacheKey, meta: &EntryMeta) -> Result<(), StorageError> {
+        let digest = key.digest();
+        let dir = self.shard(&digest);
+        let meta_path = dir.join(format!("{digest}.meta"));
+        let body = dir.join(&meta.body);
+        let expected_body = meta.body.clone();
+        tokio::task::spawn_blocking(move || {
+            // Only if the metadata still describes this body: a newer commit must not be undone.
+            if read_body_name(&meta_path).is_some_and(|b| b == expected_body) {
+                fs::remove_file(&meta_path).map_err(io("remove", &meta_path))?;
+            }
+            match fs::remove_file(&body) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io("remove", &body)(e)),
+                _ => Ok(()),
+            }
+        })
+        .await?
+    }
+
+    /// Records `when` (unix seconds) as the entry's last access: the body's modification time,
+    /// read back by [`DiskStore::scan`] after a restart.
+    pub async fn touch(&self, key: &CacheKey, meta: &EntryMeta, when: u64) {
+        let body = self.shard(&key.digest()).join(&meta.body);
+        let _ = tokio::task::spawn_blocking(move || {
+            let time = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(when);
+            File::options()
+                .write(true)
+                .open(&body)
+                .and_then(|f| f.set_modified(time))
+        })
+        .await;
+    }
+
+    /// Every complete entry on disk with its last access (unix seconds). Blocking.
+    pub fn scan(&self) -> Result<Vec<(EntryMeta, u64)>, StorageError> {
+        let mut out = Vec::new();
+        for shard in fs::read_dir(&self.data)
+            .map_err(io("list", &self.data))?
+            .flatten()
+        {
+            let dir = shard.path();
+            let Ok(entries) = fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.extension().is_none_or(|e| e != "meta") {
+                    continue;
+                }
+                let Ok(bytes) = fs::read(&path) else { continue };
+                let Ok(meta) = serde_json::from_slice::<EntryMeta>(&bytes) else {
+                    continue;
+                };
+                if meta.v != META_VERSION {
+                    continue;
+                }
+                let Ok(body) = fs::metadata(dir.join(&meta.body)) else {
+                    continue;
+                };
+                if body.len() != meta.len {
+                    continue;
+                }
+                let accessed = body
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+                    .map_or(meta.stored_at, |d| d.as_secs());
+                out.push((meta, accessed));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Free and total bytes of the file system holding the cache.
+    pub fn space(&self) -> Option<(u64, u64)> {
+        let st = rustix::fs::statvfs(&self.data).ok()?;
+        Some((
+            st.f_bavail.saturating_mul(st.f_frsize),
+            st.f_blocks.saturating_mul(st.f_frsize),
+        ))
+    }
+
     /// Removes bodies that no metadata points at and that are older than `before` (left by a
     /// crash between a body's rename and its metadata's). Blocking; returns how many it removed.
     pub fn sweep_orphans(&self, before: SystemTime) -> Result<usize, StorageError> {

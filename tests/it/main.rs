@@ -4,6 +4,7 @@
 
 mod origin;
 
+mod capacity;
 mod config;
 mod consistency;
 mod crash;
@@ -58,6 +59,16 @@ impl Proxy {
         tune(&mut config);
         let server = Server::bind(&config).await.expect("proxy starts");
         let addr = server.local_addr().unwrap();
+        let cache = server.cache();
+        // The start-up scan of the cache directory runs in the background; tests start after it.
+        for _ in 0..1000 {
+            if cache.index_loaded() {
+                break;
+            }
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(cache.index_loaded(), "cache index loads");
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(server.run(async move {
             let _ = rx.await;

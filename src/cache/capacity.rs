@@ -1,0 +1,267 @@
+//! Keeping the cache within its limits: admission (file size, free space), eviction by size
+//! (LRU) and by TTL (from last access), cleanup, purge, the start-up index scan, and stats.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use super::Cache;
+use super::key::CacheKey;
+use super::meta::{EntryMeta, unix_now};
+
+/// The answer of `GET /api/cache/stats`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CacheStats {
+    pub total_size_bytes: u64,
+    pub total_size_human: String,
+    pub item_count: usize,
+    pub stale_count: usize,
+    pub hit_count: u64,
+    pub miss_count: u64,
+    pub hit_rate: f64,
+}
+
+/// What a cleanup or purge removed.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Removal {
+    pub removed_items: usize,
+    pub removed_bytes: u64,
+    pub duration_ms: u64,
+}
+
+/// Free space under which new entries are not stored: 5 % of the file system, at most 5 GiB.
+fn free_space_floor(total: u64) -> u64 {
+    (total / 20).min(5 << 30)
+}
+
+/// `1.00 GB`-style sizes (powers of 1024), as the interface we keep prints them.
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.2} {}", UNITS[unit])
+    }
+}
+
+impl Cache {
+    /// Whether a new entry of `len` bytes (when known) may be stored: not when it is larger
+    /// than the whole size limit, nor when the file system is nearly full. Either way the
+    /// file is still streamed to its clients.
+    pub(super) fn may_keep(&self, len: Option<u64>) -> bool {
+        if let (Some(len), Some(max)) = (len, self.limits.max_size_bytes)
+            && len > max
+        {
+            tracing::info!(
+                bytes = len,
+                limit = max,
+                "file larger than the whole cache: streamed, not kept"
+            );
+            return false;
+        }
+        let floor = |total| {
+            self.tuning
+                .free_space_floor
+                .unwrap_or_else(|| free_space_floor(total))
+        };
+        match self.store.space() {
+            Some((free, total)) if free < floor(total) => {
+                let now = unix_now();
+                if now.saturating_sub(self.space_warned.swap(now, Ordering::Relaxed)) >= 60 {
+                    tracing::warn!(
+                        free_bytes = free,
+                        floor_bytes = floor(total),
+                        "cache file system nearly full: new files are streamed, not stored"
+                    );
+                }
+                false
+            }
+            _ => true,
+        }
+    }
+
+    /// Removes what the size limit requires after an entry was added.
+    pub(super) fn enforce_limits(self: &Arc<Self>, now: u64) {
+        let evicted = self.entries().evict(now, self.limits.max_size_bytes, None);
+        self.update_gauges();
+        if !evicted.is_empty() {
+            self.metrics.cache_evictions.inc_by(evicted.len() as u64);
+            tracing::info!(
+                entries = evicted.len(),
+                "evicted least recently used entries to respect the size limit"
+            );
+            let cache = self.clone();
+            tokio::spawn(async move {
+                cache
+                    .delete(evicted.into_iter().map(|(k, s)| (k, s.meta)).collect())
+                    .await
+            });
+        }
+    }
+
+    async fn delete(&self, gone: Vec<(CacheKey, Arc<EntryMeta>)>) {
+        for (key, meta) in gone {
+            if let Err(e) = self.store.remove(&key, &meta).await {
+                tracing::warn!(key = %key, error = %e, "removing a cache entry failed");
+            }
+        }
+    }
+
+    pub(super) fn update_gauges(&self) {
+        let (bytes, items) = {
+            let entries = self.entries();
+            (entries.total_bytes(), entries.len())
+        };
+        self.metrics.cache_size_bytes.set(bytes as i64);
+        self.metrics.cache_items.set(items as i64);
+    }
+
+    /// Removes entries not used within the TTL, then what the size limit requires.
+    pub async fn cleanup(&self) -> Removal {
+        let started = Instant::now();
+        let ttl = self.limits.ttl.map(|d| d.as_secs());
+        let evicted = self
+            .entries()
+            .evict(unix_now(), self.limits.max_size_bytes, ttl);
+        self.update_gauges();
+        let removed_bytes = evicted.iter().map(|(_, s)| s.meta.len).sum();
+        let removed_items = evicted.len();
+        self.metrics.cache_evictions.inc_by(removed_items as u64);
+        self.delete(evicted.into_iter().map(|(k, s)| (k, s.meta)).collect())
+            .await;
+        self.metrics
+            .cleanup_duration
+            .observe(started.elapsed().as_secs_f64());
+        tracing::info!(removed_items, removed_bytes, "cache cleanup done");
+        Removal {
+            removed_items,
+            removed_bytes,
+            duration_ms: started.elapsed().as_millis() as u64,
+        }
+    }
+
+    /// Removes every entry. Transfers in flight finish: a body being read lives until closed.
+    pub async fn purge(&self) -> Removal {
+        let started = Instant::now();
+        let all = self.entries().drain();
+        self.update_gauges();
+        let removed_bytes = all.iter().map(|(_, s)| s.meta.len).sum();
+        let removed_items = all.len();
+        self.delete(all.into_iter().map(|(k, s)| (k, s.meta)).collect())
+            .await;
+        tracing::info!(removed_items, removed_bytes, "cache purged");
+        Removal {
+            removed_items,
+            removed_bytes,
+            duration_ms: started.elapsed().as_millis() as u64,
+        }
+    }
+
+    /// Counters and totals, from memory: never a walk of the directory.
+    pub fn stats(&self) -> CacheStats {
+        let (total, items, stale) = {
+            let entries = self.entries();
+            (
+                entries.total_bytes(),
+                entries.len(),
+                entries.stale_count(unix_now()),
+            )
+        };
+        let (hits, misses) = (
+            self.hits.load(Ordering::Relaxed),
+            self.misses.load(Ordering::Relaxed),
+        );
+        let rate = if hits + misses == 0 {
+            0.0
+        } else {
+            hits as f64 / (hits + misses) as f64
+        };
+        CacheStats {
+            total_size_bytes: total,
+            total_size_human: human_size(total),
+            item_count: items,
+            stale_count: stale,
+            hit_count: hits,
+            miss_count: misses,
+            hit_rate: (rate * 1000.0).round() / 1000.0,
+        }
+    }
+
+    /// Whether the start-up scan of the cache directory is done.
+    pub fn index_loaded(&self) -> bool {
+        self.loaded.load(Ordering::Acquire)
+    }
+
+    /// Reads every entry's metadata into the index (in the background at start), then applies
+    /// the limits. Entries stored meanwhile by this run are kept as they are.
+    pub async fn load_index(self: &Arc<Self>) {
+        let started = Instant::now();
+        let cache = self.clone();
+        let scanned = tokio::task::spawn_blocking(move || cache.store.scan()).await;
+        let found = match scanned {
+            Ok(Ok(found)) => found,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "scanning the cache directory failed; entries are read on demand");
+                return;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cache scan task failed");
+                return;
+            }
+        };
+        let n = found.len();
+        {
+            let mut entries = self.entries();
+            for (meta, accessed) in found {
+                let key = CacheKey::from_stored(meta.key.clone());
+                entries.insert_scanned(key, Arc::new(meta), accessed);
+            }
+        }
+        self.loaded.store(true, Ordering::Release);
+        let (bytes, items) = {
+            let e = self.entries();
+            (e.total_bytes(), e.len())
+        };
+        tracing::info!(
+            scanned = n,
+            items,
+            bytes,
+            ms = started.elapsed().as_millis() as u64,
+            "cache index loaded"
+        );
+        self.enforce_limits(unix_now());
+    }
+
+    /// Runs [`Cache::cleanup`] every cleanup interval (if one is set) until the process ends.
+    pub async fn run_cleanups(self: Arc<Self>) {
+        let Some(every) = self.limits.cleanup_interval else {
+            return;
+        };
+        let mut ticker = tokio::time::interval(every);
+        ticker.tick().await;
+        loop {
+            ticker.tick().await;
+            self.cleanup().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_read_like_the_interface() {
+        assert_eq!(human_size(1_073_741_824), "1.00 GB");
+        assert_eq!(human_size(512), "512 B");
+        assert_eq!(human_size(1536), "1.50 KB");
+        assert_eq!(free_space_floor(100 << 30), 5 << 30);
+        assert_eq!(free_space_floor(20 << 30), 1 << 30);
+    }
+}

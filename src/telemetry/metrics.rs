@@ -1,0 +1,145 @@
+//! Prometheus metrics, under the names of the interface we keep. Labels take only bounded
+//! values: distribution ids (from the configuration), cache status, method, status code,
+//! byte source. Never a host or a path.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// A distribution id.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DistroLabel {
+    pub distro: String,
+}
+
+/// Where served bytes came from.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabel {
+    pub source: &'static str,
+}
+
+/// An upstream request's method and status (`error` when there was no response).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabel {
+    pub method: &'static str,
+    pub status: String,
+}
+
+/// Every metric the proxy keeps.
+pub struct Metrics {
+    registry: Registry,
+    pub cache_hits: Family<DistroLabel, Counter>,
+    pub cache_misses: Family<DistroLabel, Counter>,
+    pub cache_size_bytes: Gauge,
+    pub cache_items: Gauge,
+    pub cache_evictions: Counter,
+    pub cleanup_duration: Histogram,
+    pub upstream_duration: Family<UpstreamLabel, Histogram>,
+    pub upstream_errors: Family<DistroLabel, Counter>,
+    pub bytes_served: Family<SourceLabel, Counter>,
+    pub integrity_failures: Family<DistroLabel, Counter>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let cache_hits = Family::<DistroLabel, Counter>::default();
+        let cache_misses = Family::<DistroLabel, Counter>::default();
+        let cache_size_bytes = Gauge::default();
+        let cache_items = Gauge::default();
+        let cache_evictions = Counter::default();
+        let cleanup_duration = Histogram::new(exponential_buckets(0.001, 4.0, 10));
+        let upstream_duration = Family::<UpstreamLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.005, 3.0, 10))
+        });
+        let upstream_errors = Family::<DistroLabel, Counter>::default();
+        let bytes_served = Family::<SourceLabel, Counter>::default();
+        let integrity_failures = Family::<DistroLabel, Counter>::default();
+        registry.register(
+            "apt_proxy_cache_hits",
+            "Requests answered from the cache",
+            cache_hits.clone(),
+        );
+        registry.register(
+            "apt_proxy_cache_misses",
+            "Requests that went to a mirror",
+            cache_misses.clone(),
+        );
+        registry.register(
+            "apt_proxy_cache_size_bytes",
+            "Bytes stored in the cache",
+            cache_size_bytes.clone(),
+        );
+        registry.register(
+            "apt_proxy_cache_items",
+            "Entries stored in the cache",
+            cache_items.clone(),
+        );
+        registry.register(
+            "apt_proxy_cache_evictions",
+            "Entries removed to respect the size limit or the TTL",
+            cache_evictions.clone(),
+        );
+        registry.register(
+            "apt_proxy_cache_cleanup_duration_seconds",
+            "Duration of cache cleanups",
+            cleanup_duration.clone(),
+        );
+        registry.register(
+            "apt_proxy_cache_upstream_request_duration_seconds",
+            "Time to a mirror's response head",
+            upstream_duration.clone(),
+        );
+        registry.register(
+            "apt_proxy_cache_upstream_errors",
+            "Mirror requests that failed",
+            upstream_errors.clone(),
+        );
+        registry.register(
+            "apt_proxy_bytes_served",
+            "Body bytes sent to clients, by where they came from",
+            bytes_served.clone(),
+        );
+        registry.register(
+            "apt_proxy_integrity_failures",
+            "Downloads refused because they did not match their index or URL hash",
+            integrity_failures.clone(),
+        );
+        Metrics {
+            registry,
+            cache_hits,
+            cache_misses,
+            cache_size_bytes,
+            cache_items,
+            cache_evictions,
+            cleanup_duration,
+            upstream_duration,
+            upstream_errors,
+            bytes_served,
+            integrity_failures,
+        }
+    }
+
+    /// The metrics in the Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry);
+        out
+    }
+}
