@@ -78,7 +78,7 @@ LOAD=("${NICE[@]}" "${ON_LOAD_CPU[@]}")   # prefix for every load generator
 # ---- state and cleanup ---------------------------------------------------------------------
 STATE=$(mktemp -d "${TMPDIR:-/tmp}/apt-proxy-hits.XXXXXX")
 chmod 755 "$STATE"   # nginx workers run as an unprivileged user when we are root
-NGINX_PID= PROXY_PID= SAMPLER_PID=
+NGINX_PID='' PROXY_PID='' SAMPLER_PID=''
 CLIENT_PIDS=()
 
 stop_pid() { # stop_pid PID NAME: TERM, up to 10 s, then KILL; only that pid
@@ -238,15 +238,21 @@ PROXY_PID=$!
 wait_listen "$PROXY_PORT" "$PROXY_PID" apt-proxy "$STATE/proxy.log"
 log "apt-proxy pid $PROXY_PID on 127.0.0.1:$PROXY_PORT (upstream $ORIGIN/debian/)"
 
-# VmRSS sampler: one line (KiB) per 0.2 s while the proxy lives
+# memory sampler: one line "VmRSS RssAnon" (KiB) per 0.2 s while the proxy lives
 sample_rss() {
-  local key val unit
+  local key val rss anon
   while kill -0 "$1" 2>/dev/null; do
-    { while read -r key val unit; do
-        if [[ $key == VmRSS: ]]; then echo "$val"; break; fi
-      done < "/proc/$1/status"; } 2>/dev/null >> "$2" || true
+    rss='' anon=''
+    { while read -r key val _; do
+        case $key in VmRSS:) rss=$val;; RssAnon:) anon=$val; break;; esac
+      done < "/proc/$1/status"; } 2>/dev/null || true
+    [[ -z $rss ]] || echo "$rss ${anon:-0}" >> "$2"
     sleep 0.2
   done
+}
+# mem_now: apt-proxy's current VmRSS / RssAnon / RssFile, for the progress log
+mem_now() {
+  awk '/^(VmRSS|RssAnon|RssFile):/ { printf "%s %.0f MiB  ", $1, $2 / 1024 }' "/proc/$PROXY_PID/status" 2>/dev/null || true
 }
 sample_rss "$PROXY_PID" "$STATE/rss.kib" &
 SAMPLER_PID=$!
@@ -285,7 +291,7 @@ if ! cmp -s "$STATE/warm.want" "$STATE/warm.out"; then
   head -n 5 "$STATE/warm.err" >&2
   die "apt-proxy did not return every file with status 200 and the right size during warm-up"
 fi
-log "warm-up done in $WARM_S s"
+log "warm-up done in $WARM_S s; apt-proxy $(mem_now)"
 
 hit_check() { # hit_check PATH -> "STATUS X-CACHE SHA256" of one request through the proxy
   local hdr=$STATE/hit.hdr sha status xc
@@ -373,11 +379,11 @@ measure() { # measure direct|proxy
   fi
   log "$who: big file, 1 client"
   read -r mibs good bad < <(big_run 1 "$url_prefix/debian/pool/main/big.deb" "${cargs[@]}")
-  R[$who.big1]=$mibs; R[$who.big1_bad]=$bad
+  R[$who.big1]=$mibs; R[$who.big1_good]=$good; R[$who.big1_bad]=$bad
   log "$who: big file, $BIG_CLIENTS clients"
   read -r mibs good bad < <(big_run "$BIG_CLIENTS" "$url_prefix/debian/pool/main/big.deb" "${cargs[@]}")
-  R[$who.bigN]=$mibs; R[$who.bigN_bad]=$bad
-  [[ $who == direct ]] || check_proxy "big-file hits"
+  R[$who.bigN]=$mibs; R[$who.bigN_good]=$good; R[$who.bigN_bad]=$bad
+  [[ $who == direct ]] || { check_proxy "big-file hits"; log "apt-proxy after the big-file hits: $(mem_now)"; }
   log "$who: wrk -t$WRK_THREADS -c$WRK_CONNS -d${WRK_SECS}s over $NSMALL small files"
   read -r rps p50 p99 err n < <(wrk_run "$NSMALL" "$WRK_CONNS" "$WRK_THREADS" "$WRK_SECS" "$base" "$abs" "$host")
   R[$who.small_rps]=$rps; R[$who.small_p99]=$p99; R[$who.small_err]=$err
@@ -386,6 +392,7 @@ measure() { # measure direct|proxy
   R[$who.c1_p50]=$p50; R[$who.c1_rps]=$rps; R[$who.c1_err]=$err
   [[ $who == direct ]] || check_proxy "small-file hits"
   pin_nginx "$LOAD_CPU"
+  [[ $who == direct ]] || log "apt-proxy after the hit tests: $(mem_now)"
 }
 
 measure direct
@@ -425,12 +432,14 @@ HERD_ALL_REQS=$(grep -cF "/debian/pool/main/herd/$HERD_NAME" "$ND/access.log" ||
 HERD_ORIGIN_MIB=$(grep -F "/debian/pool/main/herd/$HERD_NAME" "$ND/access.log" |
   awk '{ b += $5 } END { printf "%.1f", b / 1048576 }')
 read -r st xc sha < <(hit_check "/debian/pool/main/herd/$HERD_NAME")
+log "apt-proxy after the herd: $(mem_now)"
 HERD_STORED="status $st, X-Cache $xc, sha256 $([[ $sha == "$HERD_SHA" ]] && echo ok || echo WRONG)"
 
 # ---- 6. memory -----------------------------------------------------------------------------
 HWM_KIB=$(awk '/^VmHWM:/ { print $2 }' "/proc/$PROXY_PID/status" 2>/dev/null || echo 0)
 stop_pid "$SAMPLER_PID" rss-sampler; SAMPLER_PID=
-RSS_PEAK_KIB=$(sort -n "$STATE/rss.kib" | tail -n 1)
+RSS_PEAK_KIB=$(awk '$1 > m { m = $1 } END { print m + 0 }' "$STATE/rss.kib")
+ANON_PEAK_KIB=$(awk '$2 > m { m = $2 } END { print m + 0 }' "$STATE/rss.kib")
 RSS_SAMPLES=$(wc -l < "$STATE/rss.kib")
 
 # ---- report --------------------------------------------------------------------------------
@@ -452,12 +461,13 @@ row "small files, p99 latency (ms)" small_p99
 row "1 keep-alive conn, p50 latency (ms)" c1_p50
 row "1 keep-alive conn (req/s)" c1_rps
 echo
+echo "big-file fetches complete (1 client + $BIG_CLIENTS clients): nginx ${R[direct.big1_good]}+${R[direct.bigN_good]}, apt-proxy ${R[proxy.big1_good]}+${R[proxy.bigN_good]}"
 echo "errors (failed big fetches / wrk socket errors + non-2xx): nginx ${R[direct.big1_bad]}+${R[direct.bigN_bad]} / ${R[direct.small_err]}+${R[direct.c1_err]}, apt-proxy ${R[proxy.big1_bad]}+${R[proxy.bigN_bad]} / ${R[proxy.small_err]}+${R[proxy.c1_err]}"
 echo "origin requests during apt-proxy's hit tests: $HIT_ORIGIN_REQS (0 = all served from its cache)"
 echo "warm-up (big.deb + $NSMALL small files, one keep-alive curl, all misses): $WARM_S s"
 echo "after warm-up: big.deb sha256 ok, X-Cache $BIG_XCACHE; small-1.deb X-Cache $SMALL_XCACHE; $OTHER_FORM"
-awk -v p="$RSS_PEAK_KIB" -v h="$HWM_KIB" -v n="$RSS_SAMPLES" \
-  'BEGIN { printf "apt-proxy peak RSS: %.1f MiB (VmRSS, max of %d samples every 0.2 s); VmHWM at the end: %.1f MiB\n", p / 1024, n, h / 1024 }'
+awk -v p="$RSS_PEAK_KIB" -v a="$ANON_PEAK_KIB" -v h="$HWM_KIB" -v n="$RSS_SAMPLES" \
+  'BEGIN { printf "apt-proxy peak RSS: %.1f MiB (VmRSS, max of %d samples every 0.2 s; peak RssAnon %.1f MiB); VmHWM at the end: %.1f MiB\n", p / 1024, n, a / 1024, h / 1024 }'
 echo "herd: $HERD_N concurrent curls, new $HERD_MIB MiB file, origin sends $HERD_RATE per connection:"
 echo "  complete answers $HERD_OK/$HERD_N, origin GETs $HERD_GETS (all requests $HERD_ALL_REQS, $HERD_ORIGIN_MIB MiB sent)," \
      "slowest time to first byte $HERD_TTFB_MAX s, wall $HERD_WALL s"

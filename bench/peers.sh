@@ -62,11 +62,11 @@ PROXY_PID=
 STARTED_ORIGIN=0
 
 cleanup() {
-  local rc=$? i
+  local rc=$?
   trap - EXIT INT TERM
   if [[ -n $PROXY_PID ]] && kill -0 "$PROXY_PID" 2>/dev/null; then
     kill -TERM "$PROXY_PID" 2>/dev/null || true
-    for i in $(seq 1 50); do kill -0 "$PROXY_PID" 2>/dev/null || break; sleep 0.2; done
+    for _ in $(seq 1 50); do kill -0 "$PROXY_PID" 2>/dev/null || break; sleep 0.2; done
     kill -KILL "$PROXY_PID" 2>/dev/null || true
     wait "$PROXY_PID" 2>/dev/null || true
     log "stopped apt-proxy ($PROXY_PID)"
@@ -89,7 +89,7 @@ fi
 
 # 2. apt-proxy on a free port (below the ephemeral range, away from the harness's 18080-18105)
 PORT=
-for i in $(seq 1 500); do
+for _ in $(seq 1 500); do
   p=$(( 20000 + (RANDOM * 32768 + RANDOM) % 12000 ))
   if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then PORT=$p; break; fi
 done
@@ -98,7 +98,7 @@ mkdir -p "$WORK/cache"
 taskset -c "$LOAD_CPU" nice -n 0 "$BIN" --host 127.0.0.1 --port "$PORT" --cachedir "$WORK/cache" \
   --debian "http://127.0.0.1:$ORIGIN_PORT/debian/" "${EXTRA_ARGS[@]}" </dev/null >"$WORK/apt-proxy.log" 2>&1 &
 PROXY_PID=$!
-for i in $(seq 1 100); do
+for _ in $(seq 1 100); do
   kill -0 "$PROXY_PID" 2>/dev/null || { tail -n 30 "$WORK/apt-proxy.log" >&2; PROXY_PID=; die "apt-proxy exited during start-up"; }
   (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
   sleep 0.2

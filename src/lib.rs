@@ -21,3 +21,6 @@ pub mod upstream;
 
 /// The version string printed by `--version`, in logs and in the `X-Version` header.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The git commit the binary was built from (`unknown` outside a checkout).
+pub const COMMIT: &str = env!("APT_PROXY_COMMIT");

@@ -2,6 +2,12 @@
 //! no repository can be named `api`, so package traffic never arrives here.
 
 pub mod auth;
+pub mod client_ip;
+mod health;
+pub mod ratelimit;
+mod status_page;
+
+use std::net::IpAddr;
 
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -34,8 +40,86 @@ fn to_value(value: impl serde::Serialize) -> serde_json::Value {
     serde_json::to_value(value).unwrap_or(serde_json::Value::Null)
 }
 
-/// Answers a request for `/api/...`.
-pub async fn handle(state: &AppState, request: &Request<Incoming>) -> Response<Body> {
+fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut response = Response::new(body::full(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// Whether an origin-form path belongs to the management plane (and must not be logged as
+/// package traffic when it is a probe).
+pub fn is_probe(path: &str) -> bool {
+    matches!(path, "/healthz" | "/livez" | "/readyz")
+        || path == "/_/ping"
+        || path.starts_with("/_/ping/")
+}
+
+/// Answers management requests (origin-form paths only); `None` for package traffic.
+pub async fn management(
+    state: &AppState,
+    request: &Request<Incoming>,
+    peer: IpAddr,
+) -> Option<Response<Body>> {
+    let uri = request.uri();
+    if uri.authority().is_some() {
+        return None;
+    }
+    let path = uri.path();
+    let response = match path {
+        "/_/ping" => text(StatusCode::OK, "pong"),
+        p if p.starts_with("/_/ping/") => text(StatusCode::OK, "pong"),
+        "/livez" => text(StatusCode::OK, "ok"),
+        "/healthz" => health::healthz(state).await,
+        "/readyz" => health::readyz(state).await,
+        "/version" => json(
+            StatusCode::OK,
+            serde_json::json!({ "version": crate::VERSION, "commit": crate::COMMIT }),
+        ),
+        "/metrics" => {
+            let mut r = Response::new(body::full(state.cache.metrics().encode()));
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static(
+                    prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+                ),
+            );
+            r
+        }
+        "/" if request.method() == Method::GET || request.method() == Method::HEAD => {
+            let mut r = Response::new(body::full(status_page::render(state)));
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            r.headers_mut().insert(
+                http::header::CACHE_CONTROL,
+                http::HeaderValue::from_static("no-store"),
+            );
+            r
+        }
+        p if p == "/api" || p.starts_with("/api/") => api(state, request, peer).await,
+        _ => return None,
+    };
+    Some(response)
+}
+
+/// Answers a request for `/api/...`: rate limit, then authentication, then the endpoint.
+async fn api(state: &AppState, request: &Request<Incoming>, peer: IpAddr) -> Response<Body> {
+    let client = client_ip::client_ip(peer, request.headers(), &state.security.trusted_proxies);
+    if let Err(retry_after) = state.limiter.check(client, std::time::Instant::now()) {
+        let mut r = error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "ErrRateLimited",
+            "too many API requests; try again later",
+        );
+        r.headers_mut()
+            .insert(http::header::RETRY_AFTER, retry_after.into());
+        return r;
+    }
     if let Some(denied) = auth::check(&state.security, request.headers()) {
         return denied;
     }

@@ -26,6 +26,9 @@ pub type Body = UnsyncBoxBody<Bytes, io::Error>;
 /// Largest single read from a cache file.
 pub const CHUNK: u64 = 256 * 1024;
 
+/// Bodies up to this size are read without leaving the async worker.
+const INLINE_READ: u64 = 64 * 1024;
+
 /// An empty body.
 pub fn empty() -> Body {
     Empty::new().map_err(|never| match never {}).boxed_unsync()
@@ -75,7 +78,7 @@ pub async fn open_stored(
     end: u64,
     served: Counter,
 ) -> io::Result<Body> {
-    let (file, first) = tokio::task::spawn_blocking(move || -> io::Result<(File, Bytes)> {
+    let open_and_read = move || -> io::Result<(File, Bytes)> {
         let file = open()?;
         let first = if end > start {
             read_at(&file, start, (end - start).min(CHUNK))?
@@ -83,9 +86,16 @@ pub async fn open_stored(
             Bytes::new()
         };
         Ok((file, first))
-    })
-    .await
-    .map_err(io::Error::other)??;
+    };
+    // A small file is read on the spot: from the page cache that costs a few microseconds,
+    // less than a trip to the blocking pool and back. Larger reads go to the blocking pool.
+    let (file, first) = if end.saturating_sub(start) <= INLINE_READ {
+        open_and_read()?
+    } else {
+        tokio::task::spawn_blocking(open_and_read)
+            .await
+            .map_err(io::Error::other)??
+    };
     let next = start + first.len() as u64;
     served.inc_by(first.len() as u64);
     if next >= end {

@@ -94,6 +94,13 @@ pub(super) async fn run(
     tx: watch::Sender<FillState>,
 ) {
     let outcome = fetch(&cache, &request, stale.as_deref(), &tx).await;
+    match &outcome {
+        Err(FillError::Upstream(e)) => cache.record_mirror(&request.repo, Some(e.to_string())),
+        Ok(FillState::Passthrough { status }) if *status >= 500 => {
+            cache.record_mirror(&request.repo, Some(format!("mirror answered {status}")))
+        }
+        _ => cache.record_mirror(&request.repo, None),
+    }
     if let Err(e) = &outcome {
         let label = DistroLabel {
             distro: request.repo.clone(),

@@ -8,6 +8,7 @@
 
 pub mod body;
 mod capacity;
+pub use capacity::{CacheStats, Removal, human_size};
 pub mod eviction;
 pub mod fill;
 pub mod index;
@@ -19,6 +20,7 @@ pub mod serve;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
 
 use tokio::sync::watch;
 use url::Url;
@@ -45,6 +47,8 @@ pub enum Lookup {
     Fill {
         rx: watch::Receiver<FillState>,
         stale: Option<Arc<EntryMeta>>,
+        /// When the fill started (a joined fill may have been running for a while).
+        since: Instant,
     },
 }
 
@@ -61,13 +65,24 @@ pub struct Cache {
     entries: Mutex<Entries>,
     loaded: AtomicBool,
     /// Fills in progress, by key.
-    fills: Mutex<HashMap<CacheKey, watch::Receiver<FillState>>>,
+    fills: Mutex<HashMap<CacheKey, (watch::Receiver<FillState>, Instant)>>,
     /// What Release and Packages indexes say about other files.
     indexes: IndexTables,
     hits: AtomicU64,
     misses: AtomicU64,
     /// Last time (unix seconds) a full disk was reported, to log it once a minute.
     space_warned: AtomicU64,
+    /// Outcome of the last request to each repo's mirror.
+    mirror_health: Mutex<HashMap<String, MirrorHealth>>,
+}
+
+/// The last thing a mirror did, for health checks and the status page.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MirrorHealth {
+    pub ok: bool,
+    /// Unix seconds.
+    pub at: u64,
+    pub error: Option<String>,
 }
 
 /// What a fill needs to know about the request that started it.
@@ -110,6 +125,7 @@ impl Cache {
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             space_warned: AtomicU64::new(0),
+            mirror_health: Mutex::default(),
         }
     }
 
@@ -175,6 +191,27 @@ impl Cache {
             self.misses.fetch_add(1, Ordering::Relaxed);
             self.metrics.cache_misses.get_or_create(&label).inc();
         }
+    }
+
+    /// Records how a mirror request for `repo` went.
+    pub(crate) fn record_mirror(&self, repo: &str, error: Option<String>) {
+        let health = MirrorHealth {
+            ok: error.is_none(),
+            at: unix_now(),
+            error,
+        };
+        self.mirror_health
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(repo.to_string(), health);
+    }
+
+    /// The last outcome per repo.
+    pub fn mirror_health(&self) -> HashMap<String, MirrorHealth> {
+        self.mirror_health
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// The stored entry for `key`, fresh or not.
@@ -281,10 +318,11 @@ impl Cache {
             return Ok(Lookup::Hit(meta.clone()));
         }
         let mut fills = self.fills.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(rx) = fills.get(&request.key) {
+        if let Some((rx, since)) = fills.get(&request.key) {
             return Ok(Lookup::Fill {
                 rx: rx.clone(),
                 stale: stored,
+                since: *since,
             });
         }
         // A fill may have committed between the look-up above and taking the lock.
@@ -294,10 +332,15 @@ impl Cache {
             return Ok(Lookup::Hit(meta.clone()));
         }
         let (tx, rx) = watch::channel(FillState::Pending);
-        fills.insert(request.key.clone(), rx.clone());
+        let since = Instant::now();
+        fills.insert(request.key.clone(), (rx.clone(), since));
         drop(fills);
         tokio::spawn(fill::run(self.clone(), request, current.clone(), tx));
-        Ok(Lookup::Fill { rx, stale: current })
+        Ok(Lookup::Fill {
+            rx,
+            stale: current,
+            since,
+        })
     }
 
     fn fill_finished(&self, key: &CacheKey) {

@@ -5,6 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use std::net::IpAddr;
+
+use http::HeaderValue;
 use http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -14,10 +17,12 @@ use crate::cache::body::{self, Body};
 use crate::cache::fill::{FillError, FillState, Head};
 use crate::cache::key::CacheKey;
 use crate::cache::meta::EntryMeta;
+use crate::cache::meta::unix_now;
 use crate::cache::serve::{self, Plan, Representation};
 use crate::cache::{FillRequest, Lookup};
 use crate::distro::class::classify;
 use crate::route::route;
+use crate::telemetry::activity::Activity;
 use crate::telemetry::metrics::SourceLabel;
 use crate::upstream::UpstreamError;
 use tokio::sync::watch;
@@ -25,38 +30,65 @@ use tokio::sync::watch;
 /// Answers one request. Never fails: every problem becomes an HTTP status with a short reason.
 pub async fn handle(
     state: Arc<AppState>,
+    peer: IpAddr,
     request: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
     let id = state.requests.fetch_add(1, Ordering::Relaxed);
     let method = request.method().clone();
     let uri = request.uri().clone();
-    let (mut response, repo) = answer(&state, request).await;
-    response
-        .headers_mut()
-        .insert("x-version", http::HeaderValue::from_static(crate::VERSION));
-    let headers = response.headers();
-    if uri.authority().is_some() || !uri.path().starts_with("/_/ping") {
-        let cache = headers
-            .get("x-cache")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        let size = headers
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("-");
-        tracing::info!(
-            request_id = id,
-            method = %method,
-            uri = %uri,
-            repo = repo.as_deref().unwrap_or("-"),
-            status = response.status().as_u16(),
-            cache,
-            size,
-            ms = started.elapsed().as_secs_f64() * 1000.0,
-            "request"
+    let (mut response, repo) = answer(&state, request, peer).await;
+    let headers = response.headers_mut();
+    headers.insert("x-version", HeaderValue::from_static(crate::VERSION));
+    headers.insert("x-build-commit", HeaderValue::from_static(crate::COMMIT));
+    headers.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    headers.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    if state.tls {
+        headers.insert(
+            "strict-transport-security",
+            HeaderValue::from_static("max-age=31536000"),
         );
     }
+    if uri.authority().is_none() && crate::admin::is_probe(uri.path()) {
+        return Ok(response);
+    }
+    let headers = response.headers();
+    let cache = headers
+        .get("x-cache")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let size = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let ms = (started.elapsed().as_secs_f64() * 1_000_000.0).round() / 1000.0;
+    let status = response.status().as_u16();
+    tracing::info!(
+        request_id = id,
+        method = %method,
+        uri = %uri,
+        repo = repo.as_deref().unwrap_or("-"),
+        client = %peer,
+        status,
+        cache,
+        size,
+        ms,
+        "request"
+    );
+    state.activity.push(Activity {
+        at: unix_now(),
+        method: method.to_string(),
+        target: uri.to_string().chars().take(120).collect(),
+        repo,
+        status,
+        cache: cache.to_string(),
+        bytes: size,
+        ms,
+    });
     Ok(response)
 }
 
@@ -73,12 +105,15 @@ pub fn text(status: StatusCode, message: impl Into<String>) -> Response<Body> {
     response
 }
 
-async fn answer(state: &AppState, request: Request<Incoming>) -> (Response<Body>, Option<String>) {
-    let uri = request.uri();
-    if uri.authority().is_none() && (uri.path() == "/_/ping" || uri.path().starts_with("/_/ping/"))
-    {
-        return (text(StatusCode::OK, "pong"), None);
+async fn answer(
+    state: &AppState,
+    request: Request<Incoming>,
+    peer: IpAddr,
+) -> (Response<Body>, Option<String>) {
+    if let Some(response) = crate::admin::management(state, &request, peer).await {
+        return (response, None);
     }
+    let uri = request.uri();
     if request.method() == Method::CONNECT {
         return (
             text(
@@ -87,19 +122,6 @@ async fn answer(state: &AppState, request: Request<Incoming>) -> (Response<Body>
             ),
             None,
         );
-    }
-    if uri.authority().is_none() && uri.path() == "/metrics" {
-        let mut r = Response::new(body::full(state.cache.metrics().encode()));
-        r.headers_mut().insert(
-            CONTENT_TYPE,
-            http::HeaderValue::from_static(
-                prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
-            ),
-        );
-        return (r, None);
-    }
-    if uri.authority().is_none() && (uri.path() == "/api" || uri.path().starts_with("/api/")) {
-        return (crate::admin::handle(state, &request).await, None);
     }
     let registry = state.reloader.registry.load();
     let matched = match route(&registry, uri) {
@@ -190,9 +212,9 @@ async fn answer_from_cache(
             return text(StatusCode::INTERNAL_SERVER_ERROR, "cache storage failed");
         }
     };
-    let (mut rx, stale) = match lookup {
+    let (mut rx, stale, since) = match lookup {
         Lookup::Hit(meta) => return stored(state, &key, &meta, headers, head_only, "HIT").await,
-        Lookup::Fill { rx, stale } => (rx, stale),
+        Lookup::Fill { rx, stale, since } => (rx, stale, since),
     };
     // With a copy in hand, a slow or hung mirror costs the client a few seconds at most: the
     // copy is served and the revalidation finishes in the background.
@@ -202,7 +224,18 @@ async fn answer_from_cache(
             .map(|s| s.clone())
     };
     let waited = match &stale {
-        Some(_) => tokio::time::timeout(state.cache.tuning().stale_wait, wait).await,
+        // A revalidation that has already kept others waiting does not make this one wait too.
+        Some(_) => {
+            tokio::time::timeout(
+                state
+                    .cache
+                    .tuning()
+                    .stale_wait
+                    .saturating_sub(since.elapsed()),
+                wait,
+            )
+            .await
+        }
         None => Ok(wait.await),
     };
     let outcome = match waited {

@@ -18,11 +18,13 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+use crate::admin::ratelimit::RateLimiter;
 use crate::cache::Cache;
 use crate::config::{Config, Security};
 use crate::distro::DistroError;
 use crate::storage::StorageError;
 use crate::storage::disk::DiskStore;
+use crate::telemetry::activity::RecentActivity;
 use crate::telemetry::metrics::Metrics;
 use crate::upstream::{Upstream, UpstreamError};
 use reload::{LoadError, RegistrySource, Reloader};
@@ -36,6 +38,14 @@ pub struct AppState {
     pub security: Security,
     /// Requests seen; the next request id.
     pub requests: AtomicU64,
+    /// When the server started (uptime).
+    pub started: std::time::Instant,
+    /// The last requests, for the status page.
+    pub activity: RecentActivity,
+    /// Per-IP limit on `/api/*`.
+    pub limiter: RateLimiter,
+    /// Whether the listener serves HTTPS (HSTS header).
+    pub tls: bool,
 }
 
 /// Why the server could not start.
@@ -111,6 +121,10 @@ impl Server {
             cache,
             security: config.security.clone(),
             requests: AtomicU64::new(0),
+            started: std::time::Instant::now(),
+            activity: RecentActivity::default(),
+            limiter: RateLimiter::new(config.security.api_rate_limit_per_minute),
+            tls: tls.is_some(),
         });
         Ok(Server {
             listener,
@@ -148,7 +162,8 @@ impl Server {
         let mut builder = http1::Builder::new();
         builder
             .keep_alive(true)
-            .pipeline_flush(true)
+            // Not pipeline_flush: with it hyper buffers response bodies without limit, so a
+            // client that reads slowly would make the proxy hold a whole file in memory.
             .timer(TokioTimer::new())
             .header_read_timeout(Duration::from_secs(30));
         tokio::spawn(self.state.reloader.clone().run(Duration::from_millis(500)));
@@ -156,10 +171,11 @@ impl Server {
         loop {
             tokio::select! {
                 accepted = self.listener.accept() => match accepted {
-                    Ok((stream, _peer)) => {
+                    Ok((stream, peer)) => {
                         let _ = stream.set_nodelay(true);
                         let state = self.state.clone();
-                        let service = service_fn(move |req| handler::handle(state.clone(), req));
+                        let peer = peer.ip();
+                        let service = service_fn(move |req| handler::handle(state.clone(), peer, req));
                         let watcher = graceful.watcher();
                         let builder = builder.clone();
                         match self.tls.clone() {

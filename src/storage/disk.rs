@@ -273,6 +273,16 @@ impl DiskStore {
         Ok(out)
     }
 
+    /// Writes and removes a probe file: the health check of the storage.
+    pub async fn check_writable(&self) -> Result<(), StorageError> {
+        let probe = self.tmp.join(format!("health-{}", self.next_nonce()));
+        tokio::task::spawn_blocking(move || {
+            fs::write(&probe, b"ok").map_err(io("write", &probe))?;
+            fs::remove_file(&probe).map_err(io("remove", &probe))
+        })
+        .await?
+    }
+
     /// Free and total bytes of the file system holding the cache.
     pub fn space(&self) -> Option<(u64, u64)> {
         let st = rustix::fs::statvfs(&self.data).ok()?;

@@ -1,4 +1,5 @@
 //! Logs (and, later, metrics and traces).
 
+pub mod activity;
 pub mod logging;
 pub mod metrics;

@@ -15,8 +15,10 @@
 # fetched .apks compared byte for byte with the origin's; then the origin is stopped and a fresh
 # client (new root and cache) must update, fetch and add from the proxy's cache alone.
 # Both modes share one proxy: every .apk crosses the origin exactly once.
-# Stale phase (STALE_WAIT, lib.sh): origin still down, the proxy's index entries past their fresh
-# window: a fresh client must succeed again (stale served); then the origin returns and a fresh
+# Stale phase (STALE_WAIT, lib.sh): the proxy's index entries past their fresh window, the origin
+# down three ways in turn (stopped, hung, answering 500: upstream_down_phases in lib.sh): in each
+# mode a fresh client must succeed again (stale served) within DOWN_STEP_MAX seconds per step, and
+# a file the proxy never saw must fail fast with a 502/504; then the origin returns and a fresh
 # client updates (whether the proxy revalidated is reported).
 #
 # DIRECT=1: no proxy, the client uses the origin (checks the repository and the client part).
@@ -126,10 +128,15 @@ for mode in $MODES; do
   check_fetched
 done
 
-if stale_phase_start; then
-  fresh_client
-  client_round "[$mode] stale, origin down, fresh client:"
+# down_round MODE LABEL: a fresh client of MODE updates, downloads and installs (upstream_down_phases).
+down_round() {
+  client_setup "$1"
+  client_round "$2"
   check_fetched
+}
+
+if stale_phase_start; then
+  upstream_down_phases down_round alpine "$BRANCH/x86_64/e2e-uncached-1.0-@.apk"
   before=$(origin_gets "/alpine/$BRANCH/x86_64/APKINDEX.tar.gz")
   origin_start
   fresh_client

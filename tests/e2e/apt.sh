@@ -15,9 +15,19 @@
 # install --download-only (resuming a 5 MiB partial e2e-big) must succeed from the proxy's cache
 # alone. Both modes share one proxy and its cache, so at the end every .deb must have been
 # fetched from the origin exactly once.
-# Stale phase (STALE_WAIT, lib.sh): origin still down, the proxy's index entries past their fresh
-# window: a fresh client must succeed again (stale served); then the origin returns and a fresh
-# client updates (whether the proxy revalidated is reported).
+# Stale phase (STALE_WAIT, lib.sh): the proxy's index entries past their fresh window, the origin
+# down three ways in turn (stopped, hung, answering 500: upstream_down_phases in lib.sh): in each
+# mode a fresh client must update and download within DOWN_STEP_MAX seconds per step (stale
+# served), and a file the proxy never saw must fail fast with a 502/504; then the origin returns
+# and a fresh client updates (whether the proxy revalidated is reported).
+# Crash safety: the origin serves e2e-slow (24 MiB, not in the first downloads) at SLOW_RATE; three
+# concurrent downloads of it through the proxy, the proxy killed with SIGKILL part-way; restarted
+# on the same port and cache dir, its tmp/ must be empty and fresh clients must download e2e-slow
+# byte-identical to the origin's.
+# New repository version (NEW_VERSION_WAIT): clients update, then the origin publishes a new
+# version (new package e2e-extra, e2e-tools 0.9-3 -> 1.0-1; new Packages*, by-hash copies, Release,
+# InRelease, Release.gpg); past the proxy's fresh window the same clients update again: no error,
+# no "Hash Sum mismatch", apt-cache sees the new package and version, and it downloads.
 #
 # DIRECT=1: no proxy, the client uses the origin (checks the repository and the client part).
 set -euo pipefail
@@ -28,6 +38,9 @@ need_cmd apt-get apt-ftparchive dpkg-deb gpg gpgconf gzip xz nginx curl
 DIST=e2e
 REPO=$WWW/debian
 BIG_MIB=${BIG_MIB:-22}
+SLOW_MIB=${SLOW_MIB:-24}
+SLOW_RATE=${SLOW_RATE:-6m}                 # nginx limit_rate for e2e-slow (m = MiB/s)
+NEW_VERSION_WAIT=${NEW_VERSION_WAIT:-35}   # past the proxy's 30 s index fresh window; 0 skips
 INSTALL=(e2e-hello e2e-tools e2e-epoch e2e-plus e2e-big)   # e2e-libdep comes in as a dependency
 ALL_PKGS=(e2e-hello e2e-libdep e2e-tools e2e-epoch e2e-plus e2e-big)
 
@@ -70,47 +83,62 @@ mkdeb e2e-big 1.0-1 '' "$BIG_MIB"
 mapfile -t DEBS < <(cd "$REPO" && find pool -name '*.deb' | sort)
 [ "$(stat -c %s "$REPO/pool/main/e/e2e-big/e2e-big_1.0-1_all.deb")" -gt $((20 * 1024 * 1024)) ] ||
   die "e2e-big.deb is not over 20 MiB"
+# Only for the crash test (so not in DEBS: the proxy fetches it twice), served at SLOW_RATE.
+mkdeb e2e-slow 1.0-1 '' "$SLOW_MIB"
+SLOW_DEB=pool/main/e/e2e-slow/e2e-slow_1.0-1_all.deb
+# shellcheck disable=SC2034  # read by origin_start (lib.sh)
+ORIGIN_EXTRA_CONF="location = /debian/$SLOW_DEB { limit_rate $SLOW_RATE; }"
 
 # ---------------------------------------------------------------- indexes + signatures
 
-say "building indexes"
-BIN=dists/$DIST/main/binary-amd64
-(
-  cd "$REPO"
-  mkdir -p "$BIN"
-  apt-ftparchive packages pool >"$BIN/Packages"
-  gzip -9 -n -k "$BIN/Packages"
-  xz -k "$BIN/Packages"
-  printf 'Archive: %s\nComponent: main\nOrigin: apt-proxy-e2e\nLabel: apt-proxy-e2e\nArchitecture: amd64\n' \
-    "$DIST" >"$BIN/Release"
-  for algo in MD5Sum:md5sum SHA256:sha256sum SHA512:sha512sum; do
-    mkdir -p "$BIN/by-hash/${algo%%:*}"
-    for f in Packages Packages.gz Packages.xz; do
-      cp "$BIN/$f" "$BIN/by-hash/${algo%%:*}/$(${algo#*:} "$BIN/$f" | cut -d' ' -f1)"
+# publish_indexes: (re)writes Packages/.gz/.xz and their by-hash copies (earlier copies are kept,
+# as archives keep them for clients that hold the previous Release), then Release, signed as
+# InRelease and Release.gpg by the throwaway key in $WORK/gnupg.
+publish_indexes() {
+  (
+    cd "$REPO"
+    mkdir -p "$BIN"
+    apt-ftparchive packages pool >"$BIN/Packages"
+    rm -f "$BIN/Packages.gz" "$BIN/Packages.xz"
+    gzip -9 -n -k "$BIN/Packages"
+    xz -k "$BIN/Packages"
+    printf 'Archive: %s\nComponent: main\nOrigin: apt-proxy-e2e\nLabel: apt-proxy-e2e\nArchitecture: amd64\n' \
+      "$DIST" >"$BIN/Release"
+    for algo in MD5Sum:md5sum SHA256:sha256sum SHA512:sha512sum; do
+      mkdir -p "$BIN/by-hash/${algo%%:*}"
+      for f in Packages Packages.gz Packages.xz; do
+        cp "$BIN/$f" "$BIN/by-hash/${algo%%:*}/$(${algo#*:} "$BIN/$f" | cut -d' ' -f1)"
+      done
     done
-  done
-  apt-ftparchive \
-    -o APT::FTPArchive::Release::Origin=apt-proxy-e2e \
-    -o APT::FTPArchive::Release::Label=apt-proxy-e2e \
-    -o APT::FTPArchive::Release::Suite="$DIST" \
-    -o APT::FTPArchive::Release::Codename="$DIST" \
-    -o APT::FTPArchive::Release::Architectures=amd64 \
-    -o APT::FTPArchive::Release::Components=main \
-    -o APT::FTPArchive::Release::Acquire-By-Hash=yes \
-    release "dists/$DIST" >"$WORK/Release"
-  mv "$WORK/Release" "dists/$DIST/Release"
-)
+    apt-ftparchive \
+      -o APT::FTPArchive::Release::Origin=apt-proxy-e2e \
+      -o APT::FTPArchive::Release::Label=apt-proxy-e2e \
+      -o APT::FTPArchive::Release::Suite="$DIST" \
+      -o APT::FTPArchive::Release::Codename="$DIST" \
+      -o APT::FTPArchive::Release::Architectures=amd64 \
+      -o APT::FTPArchive::Release::Components=main \
+      -o APT::FTPArchive::Release::Acquire-By-Hash=yes \
+      release "dists/$DIST" >"$WORK/Release"
+    mv "$WORK/Release" "dists/$DIST/Release"
+  )
+  local home=$WORK/gnupg
+  GNUPGHOME=$home gpg --batch --quiet --yes --clearsign --output "$REPO/dists/$DIST/InRelease" "$REPO/dists/$DIST/Release"
+  GNUPGHOME=$home gpg --batch --quiet --yes --armor --detach-sign --output "$REPO/dists/$DIST/Release.gpg" "$REPO/dists/$DIST/Release"
+  GNUPGHOME=$home gpgconf --kill gpg-agent
+}
 
-say "signing Release with a throwaway key"
+say "throwaway signing key"
 export GNUPGHOME=$WORK/gnupg
 mkdir -m 700 "$GNUPGHOME"
 gpg --batch --quiet --passphrase '' --quick-gen-key 'apt-proxy e2e <apt@test.invalid>' ed25519 sign 1d
-gpg --batch --quiet --yes --clearsign --output "$REPO/dists/$DIST/InRelease" "$REPO/dists/$DIST/Release"
-gpg --batch --quiet --yes --armor --detach-sign --output "$REPO/dists/$DIST/Release.gpg" "$REPO/dists/$DIST/Release"
 KEYRING=$WORK/repo-keyring.gpg
 gpg --batch --quiet --export >"$KEYRING"
 gpgconf --kill gpg-agent
 unset GNUPGHOME
+
+say "building indexes, signing Release"
+BIN=dists/$DIST/main/binary-amd64
+publish_indexes
 
 # immutable files the proxy must fetch at most once: the .debs and the by-hash indexes
 mapfile -t BYHASH < <(cd "$REPO" && find "$BIN/by-hash" -type f | sort)
@@ -158,6 +186,13 @@ Acquire::http::Timeout "30";
 Acquire::http::Proxy "$proxy";
 Acquire::https::Proxy "DIRECT";
 EOF
+  export APT_CONFIG=$C/apt.conf
+}
+
+# client_use MODE: the client of MODE as client_setup left it (lists and archives kept).
+client_use() {
+  C=$WORK/client-$1
+  [ -f "$C/apt.conf" ] || die "no $1 client in $C"
   export APT_CONFIG=$C/apt.conf
 }
 
@@ -213,21 +248,138 @@ for mode in $MODES; do
   check_archives
 done
 
-if stale_phase_start; then
-  wipe_client_state
-  apt_update "[$mode] stale, origin down, fresh client: apt-get update"
-  apt_download "[$mode] stale, origin down, fresh client: apt-get install --download-only"
+# down_round MODE LABEL: a fresh client of MODE updates and downloads (upstream_down_phases).
+down_round() {
+  client_setup "$1"
+  apt_update "$2 apt-get update"
+  apt_download "$2 apt-get install --download-only"
   check_archives
+}
+
+if stale_phase_start; then
+  upstream_down_phases down_round debian "pool/main/e/e2e-uncached/e2e-uncached_1.0-@_all.deb"
   before=$(origin_gets "/debian/dists/$DIST/InRelease")
   origin_start
   wipe_client_state
   apt_update "[$mode] origin back, fresh client: apt-get update"
   origin_revalidated "/debian/dists/$DIST/InRelease" "$before"
 fi
+
+# ---------------------------------------------------------------- crash safety
+
+# tmp_files: what is in the proxy's cache tmp/ folder (bodies being downloaded, metadata being written).
+tmp_files() { find "$PROXY_CACHE/tmp" -mindepth 1 2>/dev/null || true; }
+
+crash_phase() {
+  [ "$DIRECT" != 1 ] || return 0
+  [ -n "$ORIGIN_PID" ] || origin_start
+  local d=$WORK/crash size url i n before deadline min got parts rcs=() pids=() sizes=()
+  size=$(stat -c %s "$REPO/$SLOW_DEB")
+  url=http://127.0.0.1:$PROXY_PORT/debian/$SLOW_DEB
+  say "=== crash safety: 3 concurrent downloads of e2e-slow ($((size / 1048576)) MiB, origin limit_rate $SLOW_RATE), proxy killed part-way"
+  mkdir -p "$d"
+  before=$(origin_gets "/debian/$SLOW_DEB")
+  for i in 1 2 3; do
+    curl -sS -o "$d/dl$i" --max-time 120 "$url" 2>"$d/curl$i.err" &
+    pids+=($!)
+  done
+  # part-way: every client has a quarter of the file, none has all of it
+  deadline=$(($(_now_ms) + 30000))
+  while :; do
+    min=$size
+    for i in 1 2 3; do
+      got=$(stat -c %s "$d/dl$i" 2>/dev/null || echo 0)
+      [ "$got" -ge "$min" ] || min=$got
+    done
+    [ "$min" -lt $((size / 4)) ] || break
+    [ "$(_now_ms)" -lt "$deadline" ] || die "the 3 downloads of $SLOW_DEB did not all reach $((size / 4)) bytes within 30 s (smallest: $min)"
+    sleep 0.05
+  done
+  parts=$(tmp_files | wc -l)
+  proxy_kill9
+  for i in 1 2 3; do
+    n=0
+    wait "${pids[$((i - 1))]}" || n=$?
+    rcs+=("$n")
+    got=$(stat -c %s "$d/dl$i")
+    sizes+=("$got")
+    [ "$got" -lt "$size" ] || die "download $i of $SLOW_DEB completed before the kill (raise SLOW_MIB or lower SLOW_RATE)"
+    cmp -s -n "$got" "$d/dl$i" "$REPO/$SLOW_DEB" || die "the first $got bytes download $i received before the kill differ from the origin's"
+  done
+  say "clients cut at ${sizes[*]} of $size bytes (curl exit ${rcs[*]}; bytes received match the origin's); the proxy's tmp/ held $parts file(s) at the kill"
+  # nginx logs a request when it ends: when it notices that the proxy's connection is gone
+  deadline=$(($(_now_ms) + 10000))
+  while [ "$(origin_gets "/debian/$SLOW_DEB")" -le "$before" ] && [ "$(_now_ms)" -lt "$deadline" ]; do sleep 0.1; done
+  sleep 0.5
+  n=$(($(origin_gets "/debian/$SLOW_DEB") - before))
+  [ "$n" = 1 ] || { grep -F "$SLOW_DEB" "$ORIGIN_LOG" >&2; die "3 concurrent downloads made $n origin GETs of $SLOW_DEB, expected 1 (single-flight)"; }
+  say "the 3 concurrent downloads made 1 origin GET: $(grep -F " /debian/$SLOW_DEB " "$ORIGIN_LOG" | tail -n 1)"
+
+  proxy_restart
+  local left
+  left=$(tmp_files)
+  [ -z "$left" ] || die "after the restart the proxy's tmp/ still holds: $(echo "$left" | tr '\n' ' ')"
+  say "after the restart the proxy's tmp/ is empty"
+  for m in $MODES; do
+    client_setup "$m"
+    apt_update "[$m] after the crash, fresh client: apt-get update"
+    run_step "[$m] after the crash, fresh client: apt-get install --download-only e2e-slow" apt-get install --download-only e2e-slow
+    same_bytes "$C/cache/archives/$(basename "$SLOW_DEB")" "$REPO/$SLOW_DEB"
+    say "[$m] e2e-slow.deb equals the origin's"
+  done
+}
+crash_phase
+
+# ---------------------------------------------------------------- new repository version
+
+new_version_phase() {
+  [ "$NEW_VERSION_WAIT" -gt 0 ] || return 0
+  [ -n "$ORIGIN_PID" ] || origin_start
+  local m got deb wait=$NEW_VERSION_WAIT
+  say "=== new repository version between two updates"
+  for m in $MODES; do
+    client_use "$m"   # the client as the earlier steps left it
+    apt_update "[$m] before the new version: apt-get update"
+    ! apt-cache show e2e-extra >/dev/null 2>&1 || die "e2e-extra is known before it was published"
+  done
+  sleep 1   # a new Last-Modified second, or an If-Modified-Since of the old InRelease could match it
+  mkdeb e2e-tools 1.0-1
+  mkdeb e2e-extra 1.0-1 'e2e-tools (>= 1.0)'
+  NEW_DEBS=(pool/main/e/e2e-tools/e2e-tools_1.0-1_all.deb pool/main/e/e2e-extra/e2e-extra_1.0-1_all.deb)
+  publish_indexes
+  say "origin: new version published (e2e-extra 1.0-1, e2e-tools 1.0-1; InRelease $(sha256sum "$REPO/dists/$DIST/InRelease" | cut -c1-12))"
+  [ "$DIRECT" = 1 ] && wait=0
+  if [ "$wait" -gt 0 ]; then
+    say "waiting ${wait}s (NEW_VERSION_WAIT) so the proxy's index entries go stale"
+    sleep "$wait"
+  fi
+  for m in $MODES; do
+    client_use "$m"
+    apt_update "[$m] new version: apt-get update"
+    if grep -i 'hash sum mismatch' "$STEP_LOG" >&2; then die "[$m] apt-get update: Hash Sum mismatch"; fi
+    apt-cache policy e2e-tools >"$LOGS/policy-e2e-tools-$m.log"
+    grep -q 'Candidate: 1.0-1' "$LOGS/policy-e2e-tools-$m.log" ||
+      { cat "$LOGS/policy-e2e-tools-$m.log" >&2; die "[$m] after the update apt-cache policy does not offer e2e-tools 1.0-1"; }
+    apt-cache show e2e-extra >"$LOGS/show-e2e-extra-$m.log" 2>&1 ||
+      { cat "$LOGS/show-e2e-extra-$m.log" >&2; die "[$m] after the update apt-cache show does not know e2e-extra"; }
+    grep -q '^Version: 1.0-1' "$LOGS/show-e2e-extra-$m.log" || die "[$m] apt-cache show e2e-extra: no Version 1.0-1"
+    say "[$m] apt-cache: e2e-extra 1.0-1 known, e2e-tools candidate 1.0-1"
+    run_step "[$m] new version: apt-get install --download-only e2e-extra" apt-get install --download-only e2e-extra
+    for deb in "${NEW_DEBS[@]}"; do
+      got=$C/cache/archives/$(basename "$deb")
+      same_bytes "$got" "$REPO/$deb"
+    done
+    say "[$m] e2e-extra and e2e-tools 1.0-1 downloaded, equal to the origin's"
+  done
+}
+NEW_DEBS=()
+new_version_phase
 unset APT_CONFIG
 
 # The origin's log covers every mode: each .deb crossed the origin exactly once, each by-hash
-# index (immutable too) at most once.
+# index (immutable too) at most once (those of the new version included).
 assert_origin_gets 1 1 "${DEBS[@]/#//debian/}"
+[ "${#NEW_DEBS[@]}" = 0 ] || assert_origin_gets 1 1 "${NEW_DEBS[@]/#//debian/}"
+mapfile -t BYHASH < <(cd "$REPO" && find "$BIN/by-hash" -type f | sort)
 assert_origin_gets 0 1 "${BYHASH[@]/#//debian/}"
 say PASS

@@ -14,8 +14,10 @@
 # rpms compared byte for byte with the origin's; then the origin is stopped and, with a fresh dnf
 # cache and installroot, makecache + download --resolve + install must succeed from the proxy's
 # cache alone. Both modes share one proxy: every rpm crosses the origin exactly once.
-# Stale phase (STALE_WAIT, lib.sh): origin still down, the proxy's index entries past their fresh
-# window: a fresh client must succeed again (stale served); then the origin returns and a fresh
+# Stale phase (STALE_WAIT, lib.sh): the proxy's index entries past their fresh window, the origin
+# down three ways in turn (stopped, hung, answering 500: upstream_down_phases in lib.sh): in each
+# mode a fresh client must succeed again (stale served) within DOWN_STEP_MAX seconds per step, and
+# a file the proxy never saw must fail fast with a 502/504; then the origin returns and a fresh
 # client updates (whether the proxy revalidated is reported).
 #
 # DIRECT=1: no proxy, the client uses the origin (checks the repository and the client part).
@@ -109,6 +111,7 @@ proxy_start
 client_setup() {
   local mode=$1
   C=$WORK/client-$mode
+  _kill_gpg_agents "$C"   # librepo's, from repo_gpgcheck in an earlier round
   rm -rf "$C"
   mkdir -p "$C/repos.d" "$C/cache" "$C/root" "$C/dl" "$C/persist" "$C/log"
   {
@@ -185,10 +188,15 @@ for mode in $MODES; do
   check_downloads
 done
 
-if stale_phase_start; then
-  fresh_client
-  client_round "[$mode] stale, origin down, fresh client:"
+# down_round MODE LABEL: a fresh client of MODE updates, downloads and installs (upstream_down_phases).
+down_round() {
+  client_setup "$1"
+  client_round "$2"
   check_downloads
+}
+
+if stale_phase_start; then
+  upstream_down_phases down_round centos "e2e/Packages/e2e-uncached-1.0-@.noarch.rpm"
   before=$(origin_gets /centos/e2e/repodata/repomd.xml)
   origin_start
   fresh_client

@@ -9,6 +9,12 @@
 #   origin_gets PATH        -> how many GETs for PATH the origin logged
 #   assert_origin_gets MIN MAX PATH...   (e.g. 1 1: each package crossed the origin exactly once)
 #   stale_phase_start       -> origin down + STALE_WAIT seconds, for the stale-index phase
+#   upstream_down_phases ROUND DISTRO PATH_FMT
+#                           -> the origin down three ways (stopped, hung, answering 500): per way and
+#                              mode, ROUND (a fresh client's update + download of cached packages)
+#                              with each step bounded by DOWN_STEP_MAX; uncached files must fail fast
+#   origin_start error500 / origin_hang_start  -> the origin's port answering 500 / never answering
+#   proxy_kill9, proxy_restart                 -> SIGKILL the proxy; restart it on the same port+cache
 # and everything it started is stopped by the EXIT trap.
 #
 # Environment knobs (all optional):
@@ -22,6 +28,9 @@
 #   STALE_WAIT     seconds to wait, origin down, until the proxy's index entries are stale (default 35:
 #                  the proxy keeps indexes fresh for 30 s); then a fresh client must still succeed
 #                  (stale served when the origin is unreachable). 0 skips that phase.
+#   DOWN_WAYS      how the origin is down in the stale phase (default "stopped hung error500")
+#   DOWN_STEP_MAX  seconds one client step may take while the origin is down (default 60)
+#   ORIGIN_EXTRA_CONF  extra nginx directives for the origin's server block (e.g. a throttled location)
 #   KEEP=1         keep the work folder even when the suite passes
 #   VERBOSE=1      show every client command's output as it runs
 
@@ -34,6 +43,9 @@ APK_BIN=${APK_BIN:-$E2E_TOOLS/apk-tools/apk}
 DIRECT=${DIRECT:-0}
 STEP_TIMEOUT=${STEP_TIMEOUT:-300}
 STALE_WAIT=${STALE_WAIT:-35}
+DOWN_WAYS=${DOWN_WAYS:-stopped hung error500}
+DOWN_STEP_MAX=${DOWN_STEP_MAX:-60}
+STEP_MAX=        # when set, run_step fails a step that takes more than STEP_MAX seconds
 if [ "$DIRECT" = 1 ]; then MODES=direct; else MODES=${MODES:-forward path}; fi
 
 # No proxy from the caller's environment may leak into a client: each suite sets its own.
@@ -132,7 +144,7 @@ _kill_gpg_agents() {
 spawn() {
   local name=$1 log=$2
   shift 2
-  "$@" >"$log" 2>&1 &
+  "$@" >>"$log" 2>&1 &   # appended: a restarted server's log goes on after the previous one's
   SPAWNED_PID=$!
   _E2E_PIDS+=("$SPAWNED_PID")
   _E2E_NAMES+=("$name")
@@ -152,7 +164,7 @@ stop_pid() {
     echo "${SUITE}: $name ($pid) ignored TERM for 10 s: KILL" >&2
     kill -KILL "$pid" 2>/dev/null
   fi
-  wait "$pid" 2>/dev/null
+  wait "$pid" 2>/dev/null || true   # its exit status (143 when TERM ended it) is no failure here
   return 0
 }
 
@@ -188,12 +200,21 @@ wait_port_closed() {
 ORIGIN_PORT=
 ORIGIN_URL=
 
-# origin_start: nginx serving $WWW on 127.0.0.1:$ORIGIN_PORT (the same port on every restart,
-# so URLs the proxy and clients hold stay valid). Access log: one line per request,
+# origin_start [serve|error500]: nginx serving $WWW on 127.0.0.1:$ORIGIN_PORT (the same port on
+# every restart, so URLs the proxy and clients hold stay valid), with $ORIGIN_EXTRA_CONF in its
+# server block; error500: the same port answering 500 to every request instead.
+# Access log: one line per request,
 #   <status> <method> <decoded path> <bytes sent> raw=<request URI as sent> range=<Range header>
 # (counting by the decoded path: 'a+b' and 'a%2bb' are the same file)
 origin_start() {
-  local d=$WORK/nginx
+  local d=$WORK/nginx how=${1:-serve} body
+  case $how in
+    serve) body="root $WWW;
+    autoindex on;
+    ${ORIGIN_EXTRA_CONF:-}" ;;
+    error500) body='return 500;' ;;
+    *) die "origin_start: unknown mode $how" ;;
+  esac
   [ -n "$ORIGIN_PORT" ] || ORIGIN_PORT=$(free_port)
   ORIGIN_URL=http://127.0.0.1:$ORIGIN_PORT
   ORIGIN_LOG=$d/access.log
@@ -226,8 +247,7 @@ http {
   server {
     listen 127.0.0.1:$ORIGIN_PORT;
     server_name origin;
-    root $WWW;
-    autoindex on;
+    $body
   }
 }
 EOF
@@ -237,8 +257,41 @@ EOF
   ORIGIN_PID=$SPAWNED_PID
   wait_port "$ORIGIN_PORT" "$ORIGIN_PID" 20 ||
     { cat "$d/stdout.log" "$d/error.log" >&2 2>/dev/null; die "origin nginx did not listen on 127.0.0.1:$ORIGIN_PORT"; }
-  say "origin up: $ORIGIN_URL (root $WWW)"
+  if [ "$how" = serve ]; then say "origin up: $ORIGIN_URL (root $WWW)"; else say "origin up, answering 500 to everything: $ORIGIN_URL"; fi
 }
+
+# origin_hang_start: in place of nginx, a server on the origin's port that accepts connections,
+# reads what it is sent and never answers (a hung mirror). One line per accepted connection in
+# $HANG_LOG. Stopped by origin_stop.
+origin_hang_start() {
+  HANG_LOG=$WORK/hang.log
+  cat >"$WORK/hang.py" <<'EOF'
+import socket, sys, threading, time
+port = int(sys.argv[1])
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("127.0.0.1", port))
+srv.listen(128)
+print("listening", flush=True)
+def drain(conn):
+    try:
+        while conn.recv(65536):
+            pass
+    except OSError:
+        pass
+while True:
+    conn, peer = srv.accept()
+    print("%.3f accepted %s:%d" % (time.time(), peer[0], peer[1]), flush=True)
+    threading.Thread(target=drain, args=(conn,), daemon=True).start()
+EOF
+  spawn origin-hung "$HANG_LOG" python3 "$WORK/hang.py" "$ORIGIN_PORT"
+  ORIGIN_PID=$SPAWNED_PID
+  wait_port "$ORIGIN_PORT" "$ORIGIN_PID" 20 || { cat "$HANG_LOG" >&2; die "hung origin did not listen on 127.0.0.1:$ORIGIN_PORT"; }
+  say "origin hung: $ORIGIN_URL accepts connections and never answers"
+}
+
+# hang_connections: how many connections the hung origin accepted (the port probe included).
+hang_connections() { grep -c ' accepted ' "$HANG_LOG" 2>/dev/null || true; }
 
 origin_stop() {
   stop_pid "$ORIGIN_PID" origin
@@ -280,6 +333,12 @@ proxy_start() {
   PROXY_LOG=$WORK/proxy.log
   rm -rf "$PROXY_CACHE"
   mkdir -p "$PROXY_CACHE"
+  _proxy_spawn
+  say "apt-proxy up: 127.0.0.1:$PROXY_PORT, cache $PROXY_CACHE, log $PROXY_LOG"
+}
+
+# _proxy_spawn: starts apt-proxy on $PROXY_PORT with $PROXY_CACHE, its output appended to $PROXY_LOG.
+_proxy_spawn() {
   # The caller's APT_PROXY_* settings stay out (the CLI below is the whole configuration);
   # extra flags, e.g. --debug, come from PROXY_ARGS.
   local strip=() v
@@ -289,7 +348,22 @@ proxy_start() {
     --debian "$ORIGIN_URL/debian/" --centos "$ORIGIN_URL/centos/" --alpine "$ORIGIN_URL/alpine/"
   PROXY_PID=$SPAWNED_PID
   wait_port "$PROXY_PORT" "$PROXY_PID" 30 || die "apt-proxy did not listen on 127.0.0.1:$PROXY_PORT"
-  say "apt-proxy up: 127.0.0.1:$PROXY_PORT, cache $PROXY_CACHE, log $PROXY_LOG"
+}
+
+# proxy_kill9: SIGKILL the proxy (no chance to clean up), as a crash or an OOM kill would.
+proxy_kill9() {
+  kill -KILL "$PROXY_PID" 2>/dev/null || die "apt-proxy (pid $PROXY_PID) was not running when it was to be killed"
+  wait "$PROXY_PID" 2>/dev/null || true
+  echo "----- e2e: apt-proxy (pid $PROXY_PID) killed with SIGKILL -----" >>"$PROXY_LOG"
+  say "apt-proxy (pid $PROXY_PID) killed with SIGKILL"
+}
+
+# proxy_restart: a new apt-proxy on the same port with the same cache dir (log appended).
+proxy_restart() {
+  ! kill -0 "$PROXY_PID" 2>/dev/null || die "proxy_restart: apt-proxy (pid $PROXY_PID) is still running"
+  echo "----- e2e: apt-proxy restarted on the same port and cache -----" >>"$PROXY_LOG"
+  _proxy_spawn
+  say "apt-proxy restarted: 127.0.0.1:$PROXY_PORT, same cache $PROXY_CACHE (pid $PROXY_PID)"
 }
 
 proxy_alive() {
@@ -337,6 +411,99 @@ stale_phase_start() {
   proxy_alive
 }
 
+# uncached_start DISTRO PATH: asks the proxy, in the background and in both URL forms, for a file it
+# never saw (DISTRO/PATH, '@' replaced by the form: the second request must not join the first
+# one's fill). uncached_check: each answer must be 502 or 504, within DOWN_STEP_MAX seconds, with a
+# non-empty one-line reason as its body.
+_UNCACHED_PIDS=()
+uncached_start() {
+  local distro=$1 path=$2 form url d=$WORK/uncached
+  mkdir -p "$d"
+  _UNCACHED_PIDS=()
+  for form in path forward; do
+    local args=(-sS -o "$d/$form.body" -w '%{http_code} %{time_total}' --max-time $((DOWN_STEP_MAX + 15)))
+    if [ "$form" = path ]; then
+      url=http://127.0.0.1:$PROXY_PORT/$distro/${path//@/$form}
+    else
+      url=$ORIGIN_URL/$distro/${path//@/$form}
+      args+=(--proxy "$(proxy_url)")
+    fi
+    echo "$url" >"$d/$form.url"
+    rm -f "$d/$form.body"
+    curl "${args[@]}" "$url" >"$d/$form.out" 2>"$d/$form.err" &
+    _UNCACHED_PIDS+=($!)
+  done
+}
+
+uncached_check() {
+  local d=$WORK/uncached form url code secs reason i
+  for i in "${_UNCACHED_PIDS[@]}"; do wait "$i" || true; done
+  _UNCACHED_PIDS=()
+  for form in path forward; do
+    code='' secs=''
+    read -r code secs <"$d/$form.out" || true
+    url=$(cat "$d/$form.url")
+    reason=$(head -c 300 "$d/$form.body" 2>/dev/null || true)
+    case $code in
+      502 | 504) ;;
+      *) die "uncached $url with the origin down: status '${code:-none}' after ${secs:-?}s ($(cat "$d/$form.err")), expected 502 or 504" ;;
+    esac
+    awk -v t="$secs" -v m="$DOWN_STEP_MAX" 'BEGIN { exit !(t <= m) }' ||
+      die "uncached $url with the origin down: $code after ${secs}s, more than the ${DOWN_STEP_MAX}s bound"
+    [ -n "$(tr -d ' \t\r\n' <"$d/$form.body")" ] || die "uncached $url: $code with an empty body (no reason given)"
+    [ "$(grep -c '' "$d/$form.body")" = 1 ] || die "uncached $url: $code whose body is not one line: '$reason'"
+    say "uncached file ($form form): $code after ${secs}s: $(echo "$reason" | tr -d '\r\n')"
+  done
+}
+
+# upstream_down_phases ROUND DISTRO PATH: the proxy's indexes are stale (after stale_phase_start)
+# and the origin is down, in turn, each way in DOWN_WAYS:
+#   stopped   nothing listens on its port (connection refused)
+#   hung      connections accepted, never answered (origin_hang_start)
+#   error500  every request answered 500 (origin_start error500)
+# For each way and each mode: ROUND MODE LABEL, which sets up a fresh client for MODE and updates
+# and downloads packages the proxy has cached; every client step is bounded by DOWN_STEP_MAX
+# seconds. Meanwhile a file the proxy never saw, DISTRO/PATH with '@' replaced by a unique tag,
+# must fail fast (uncached_start/uncached_check; asked for while the clients run, so a hung
+# origin's timeout is not waited for twice). Ends with the origin stopped.
+upstream_down_phases() {
+  [ "$DIRECT" != 1 ] || return 0
+  local round=$1 distro=$2 path=$3 way m n0 t0 el
+  for way in $DOWN_WAYS; do
+    [ -z "$ORIGIN_PID" ] || origin_stop
+    say "=== stale indexes, origin $way"
+    case $way in
+      stopped) ;;
+      hung) origin_hang_start ;;
+      error500) origin_start error500 ;;
+      *) die "unknown way down '$way' in DOWN_WAYS" ;;
+    esac
+    n0=$(_origin_contacts "$way")
+    t0=$(_now_ms)
+    uncached_start "$distro" "${path//@/$way-@}"
+    STEP_MAX=$DOWN_STEP_MAX
+    for m in $MODES; do
+      "$round" "$m" "[$m] stale, origin $way, fresh client:"
+    done
+    STEP_MAX=
+    el=$(($(_now_ms) - t0))
+    say "origin $way: clients done in $((el / 1000)).$((el % 1000 / 100))s"
+    uncached_check
+    [ "$way" = stopped ] ||
+      say "origin $way: it saw $(($(_origin_contacts "$way") - n0)) $([ "$way" = hung ] && echo connections || echo requests) from the proxy (2 for the uncached file)"
+    [ "$way" = stopped ] || origin_stop
+  done
+}
+
+# _origin_contacts WAY: requests (error500) or connections (hung) the origin has seen so far.
+_origin_contacts() {
+  case $1 in
+    hung) hang_connections ;;
+    error500) awk '$1 == 500 { n++ } END { print n + 0 }' "$ORIGIN_LOG" ;;
+    *) echo 0 ;;
+  esac
+}
+
 # origin_revalidated PATH BEFORE: reports whether the origin saw PATH again since the count BEFORE.
 origin_revalidated() {
   local n
@@ -351,13 +518,15 @@ origin_revalidated() {
 # ---------------------------------------------------------------- client steps
 
 # run_step DESC cmd...: run a client command with a timeout; output in $LOGS/NN-*.log.
+# With STEP_MAX set, the step also fails when it takes more than STEP_MAX seconds.
 # On failure: the command, its output's tail, the proxy's log tail, then exit 1.
 run_step() {
   local desc=$1
   shift
   _E2E_STEP=$((_E2E_STEP + 1))
   STEP_LOG=$LOGS/$(printf '%02d' "$_E2E_STEP")-$(echo "$desc" | tr -c 'A-Za-z0-9_.-' '_' | cut -c1-60).log
-  local t0 rc=0
+  local t0 rc=0 limit=$STEP_TIMEOUT
+  if [ -n "${STEP_MAX:-}" ] && [ "$STEP_MAX" -lt "$limit" ]; then limit=$STEP_MAX; fi
   t0=$(_now_ms)
   say "$desc"
   {
@@ -366,18 +535,27 @@ run_step() {
     printf '\n'
   } >"$STEP_LOG"
   if [ "${VERBOSE:-0}" = 1 ]; then
-    timeout -k 10 "$STEP_TIMEOUT" "$@" > >(tee -a "$STEP_LOG") 2>&1 || rc=$?
+    timeout -k 10 "$limit" "$@" > >(tee -a "$STEP_LOG") 2>&1 || rc=$?
   else
-    timeout -k 10 "$STEP_TIMEOUT" "$@" >>"$STEP_LOG" 2>&1 || rc=$?
+    timeout -k 10 "$limit" "$@" >>"$STEP_LOG" 2>&1 || rc=$?
   fi
+  local el=$(($(_now_ms) - t0))
   if [ "$rc" != 0 ]; then
-    [ "$rc" = 124 ] && echo "${SUITE}: timed out after ${STEP_TIMEOUT}s" >&2
-    echo "----- $desc failed (exit $rc); last 40 lines of $STEP_LOG -----" >&2
+    if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
+      if [ "$limit" = "${STEP_MAX:-}" ]; then
+        echo "${SUITE}: still running after ${limit}s, the bound for one client step while the origin is down (DOWN_STEP_MAX)" >&2
+      else
+        echo "${SUITE}: timed out after ${limit}s" >&2
+      fi
+    fi
+    echo "----- $desc failed (exit $rc, after $((el / 1000)).$((el % 1000 / 100))s); last 40 lines of $STEP_LOG -----" >&2
     tail -n 40 "$STEP_LOG" >&2
     die "$desc"
   fi
-  local el=$(($(_now_ms) - t0))
   say "  ok ($((el / 1000)).$((el % 1000 / 100))s)"
+  if [ -n "${STEP_MAX:-}" ] && [ "$el" -gt $((STEP_MAX * 1000)) ]; then
+    die "$desc took $((el / 1000)).$((el % 1000 / 100))s, more than the ${STEP_MAX}s bound"
+  fi
   proxy_alive
 }
 

@@ -1,0 +1,172 @@
+//! `GET /`: a status page for people. Plain HTML with inline CSS, no script and no external
+//! asset, readable on a phone, refreshing itself every 10 seconds.
+
+use std::fmt::Write;
+
+use crate::cache::human_size as human;
+use crate::cache::meta::unix_now;
+use crate::server::AppState;
+use crate::telemetry::metrics::SourceLabel;
+
+/// Escapes text for HTML (request targets come from clients).
+fn esc(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+fn duration(secs: u64) -> String {
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m {}s", s / 60, s % 60),
+        s if s < 86_400 => format!("{}h {}m", s / 3600, s % 3600 / 60),
+        s => format!("{}d {}h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
+const STYLE: &str = r#"
+:root{--bg:#f6f7f9;--card:#fff;--fg:#1d2330;--muted:#677085;--line:#e3e6ec;--ok:#1f8a4c;--bad:#c0392b;--accent:#3b5bdb}
+@media (prefers-color-scheme:dark){:root{--bg:#12151c;--card:#1b2030;--fg:#e8ebf2;--muted:#9aa3b5;--line:#2a3145;--accent:#7b93ff}}
+*{box-sizing:border-box}body{margin:0;font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;background:var(--bg);color:var(--fg)}
+main{max-width:1100px;margin:0 auto;padding:16px}
+header{display:flex;flex-wrap:wrap;align-items:baseline;gap:8px 16px;margin-bottom:16px}
+h1{font-size:22px;margin:0}h2{font-size:16px;margin:24px 0 8px}.muted{color:var(--muted)}
+.cards{display:grid;grid-template-columns:repeat(auto-fit,minmax(160px,1fr));gap:12px}
+.card{background:var(--card);border:1px solid var(--line);border-radius:10px;padding:12px 14px}
+.card .label{color:var(--muted);font-size:13px}.card .value{font-size:24px;font-weight:600;margin-top:2px}
+.bar{height:8px;border-radius:4px;background:var(--line);overflow:hidden;margin-top:8px}.bar>span{display:block;height:100%;background:var(--accent)}
+.table{overflow-x:auto;background:var(--card);border:1px solid var(--line);border-radius:10px}
+table{border-collapse:collapse;width:100%;font-size:14px}th,td{text-align:left;padding:7px 10px;border-bottom:1px solid var(--line);white-space:nowrap}
+th{color:var(--muted);font-weight:500}tr:last-child td{border-bottom:0}td.path{white-space:normal;word-break:break-all;min-width:220px}
+.ok{color:var(--ok)}.bad{color:var(--bad)}code{font-size:13px}
+"#;
+
+/// Renders the page.
+pub fn render(state: &AppState) -> String {
+    let stats = state.cache.stats();
+    let metrics = state.cache.metrics();
+    let from_cache = metrics
+        .bytes_served
+        .get_or_create(&SourceLabel { source: "cache" })
+        .get();
+    let from_upstream = metrics
+        .bytes_served
+        .get_or_create(&SourceLabel { source: "upstream" })
+        .get();
+    let total_served = from_cache + from_upstream;
+    let saved_pct = if total_served == 0 {
+        0.0
+    } else {
+        from_cache as f64 * 100.0 / total_served as f64
+    };
+    let hit_pct = stats.hit_rate * 100.0;
+    let uptime = state.started.elapsed().as_secs();
+    let now = unix_now();
+
+    let mut page = String::with_capacity(16 * 1024);
+    let _ = write!(
+        page,
+        r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1"><meta http-equiv="refresh" content="10"><title>apt-proxy</title><style>{STYLE}</style></head><body><main>
+<header><h1>apt-proxy</h1><span class="muted">version {version} · up <span id="uptime">{uptime}</span> · {requests} requests · cache index {index}</span></header>
+<section class="cards">
+<div class="card"><div class="label">Cache size</div><div class="value" id="cache-size">{size}</div><div class="muted"><span id="items">{items}</span> files, {stale} due for a check</div></div>
+<div class="card"><div class="label">Hit rate</div><div class="value" id="hit-rate">{hit_pct:.1}%</div><div class="muted"><span id="hits">{hits}</span> hits · <span id="misses">{misses}</span> misses</div><div class="bar"><span style="width:{hit_pct:.1}%"></span></div></div>
+<div class="card"><div class="label">Served from cache</div><div class="value" id="bytes-cache">{cache_h}</div><div class="muted">bandwidth saved: <span id="saved">{saved_pct:.1}%</span> of {served_h}</div><div class="bar"><span style="width:{saved_pct:.1}%"></span></div></div>
+<div class="card"><div class="label">Fetched from mirrors</div><div class="value" id="bytes-upstream">{upstream_h}</div><div class="muted">since start</div></div>
+</section>
+"#,
+        version = esc(crate::VERSION),
+        uptime = duration(uptime),
+        requests = state.requests.load(std::sync::atomic::Ordering::Relaxed),
+        index = if state.cache.index_loaded() {
+            "loaded"
+        } else {
+            "loading"
+        },
+        size = esc(&stats.total_size_human),
+        items = stats.item_count,
+        stale = stats.stale_count,
+        hits = stats.hit_count,
+        misses = stats.miss_count,
+        cache_h = human(from_cache),
+        upstream_h = human(from_upstream),
+        served_h = human(total_served),
+    );
+
+    let health = state.cache.mirror_health();
+    page.push_str(r#"<h2>Distributions</h2><div class="table"><table><tr><th>Path</th><th>Distribution</th><th>Mirror</th><th>Mirror status</th></tr>"#);
+    for repo in state.reloader.registry.load().repos() {
+        let status = match health.get(&repo.id) {
+            Some(h) if h.ok => format!(
+                r#"<span class="ok">ok</span> <span class="muted">{} ago</span>"#,
+                duration(now.saturating_sub(h.at))
+            ),
+            Some(h) => format!(
+                r#"<span class="bad">{}</span> <span class="muted">{} ago</span>"#,
+                esc(h.error.as_deref().unwrap_or("error")),
+                duration(now.saturating_sub(h.at))
+            ),
+            None => r#"<span class="muted">not used yet</span>"#.to_string(),
+        };
+        let _ = write!(
+            page,
+            r#"<tr class="repo"><td><code>/{id}/</code></td><td>{name}</td><td><code>{mirror}</code>{pinned}</td><td>{status}</td></tr>"#,
+            id = esc(&repo.id),
+            name = esc(&repo.distro_name),
+            mirror = esc(repo.upstream.as_str()),
+            pinned = if repo.pinned {
+                r#" <span class="muted">(pinned)</span>"#
+            } else {
+                ""
+            },
+        );
+    }
+    page.push_str("</table></div>");
+
+    page.push_str(r#"<h2>Recent requests</h2><div class="table"><table><tr><th>When</th><th>Request</th><th>Status</th><th>Cache</th><th>Size</th><th>Time</th></tr>"#);
+    let recent = state.activity.snapshot();
+    if recent.is_empty() {
+        page.push_str(r#"<tr><td colspan="6" class="muted">No requests yet.</td></tr>"#);
+    }
+    for a in recent {
+        let class = if a.status >= 400 { "bad" } else { "" };
+        let _ = write!(
+            page,
+            r#"<tr class="activity"><td class="muted">{ago} ago</td><td class="path">{method} {target}</td><td class="{class}">{status}</td><td>{cache}</td><td>{size}</td><td>{ms:.1} ms</td></tr>"#,
+            ago = duration(now.saturating_sub(a.at)),
+            method = esc(&a.method),
+            target = esc(&a.target),
+            status = a.status,
+            cache = esc(&a.cache),
+            size = a.bytes.map(human).unwrap_or_else(|| "-".into()),
+            ms = a.ms,
+        );
+    }
+    page.push_str(r#"</table></div><p class="muted">Refreshes every 10 seconds · <a href="/metrics">metrics</a> · <a href="/healthz">health</a></p></main></body></html>"#);
+    page
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escaping_and_durations() {
+        assert_eq!(
+            esc("<a href='x'>&\"</a>"),
+            "&lt;a href=&#39;x&#39;&gt;&amp;&quot;&lt;/a&gt;"
+        );
+        assert_eq!(duration(59), "59s");
+        assert_eq!(duration(3661), "1h 1m");
+        assert_eq!(duration(90_000), "1d 1h");
+    }
+}
