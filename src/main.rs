@@ -32,14 +32,16 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(run(config)) {
+    let code = match runtime.block_on(run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("apt-proxy: {e:#}");
             ExitCode::from(2)
         }
-    }
+    };
+    apt_proxy::telemetry::logging::flush();
+    code
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {

@@ -69,6 +69,12 @@ async fn read_chunk(file: Arc<File>, offset: u64, len: u64) -> io::Result<Bytes>
         .map_err(io::Error::other)?
 }
 
+/// Opens a small stored body and reads all of it (`len` bytes), on the spot.
+pub fn read_whole(open: impl FnOnce() -> io::Result<File>, len: u64) -> io::Result<Bytes> {
+    let file = open()?;
+    read_at(&file, 0, len)
+}
+
 /// Opens a stored body and reads its first chunk from `start`, in one trip to the blocking
 /// pool, so a small file costs one hop and a vanished body is found before the response head
 /// is sent.

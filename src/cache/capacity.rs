@@ -150,6 +150,7 @@ impl Cache {
     pub async fn purge(&self) -> Removal {
         let started = Instant::now();
         let all = self.entries().drain();
+        self.hot.clear();
         self.update_gauges();
         let removed_bytes = all.iter().map(|(_, s)| s.meta.len).sum();
         let removed_items = all.len();

@@ -11,6 +11,7 @@ mod capacity;
 pub use capacity::{CacheStats, Removal, human_size};
 pub mod eviction;
 pub mod fill;
+pub mod hot;
 pub mod index;
 pub mod key;
 pub mod meta;
@@ -74,6 +75,8 @@ pub struct Cache {
     space_warned: AtomicU64,
     /// Outcome of the last request to each repo's mirror.
     mirror_health: Mutex<HashMap<String, MirrorHealth>>,
+    /// Small bodies in memory.
+    pub hot: hot::HotBodies,
 }
 
 /// The last thing a mirror did, for health checks and the status page.
@@ -126,6 +129,7 @@ impl Cache {
             misses: AtomicU64::new(0),
             space_warned: AtomicU64::new(0),
             mirror_health: Mutex::default(),
+            hot: hot::HotBodies::new(16 << 20),
         }
     }
 

@@ -19,7 +19,7 @@ use crate::cache::key::CacheKey;
 use crate::cache::meta::EntryMeta;
 use crate::cache::meta::unix_now;
 use crate::cache::serve::{self, Plan, Representation};
-use crate::cache::{FillRequest, Lookup};
+use crate::cache::{FillRequest, Lookup, hot};
 use crate::distro::class::classify;
 use crate::route::route;
 use crate::telemetry::activity::Activity;
@@ -383,7 +383,33 @@ async fn stored(
                 .bytes_served
                 .get_or_create(&SourceLabel { source })
                 .clone();
-            match body::open_stored(open, start, end.unwrap_or(meta.len), served).await {
+            let end = end.unwrap_or(meta.len);
+            if meta.len <= hot::MAX_BODY {
+                // Small bodies are answered from memory once read.
+                let bytes = match state.cache.hot.get(&meta.body) {
+                    Some(bytes) => Ok(bytes),
+                    None => body::read_whole(open, meta.len)
+                        .inspect(|b| state.cache.hot.insert(&meta.body, b.clone())),
+                };
+                match bytes {
+                    Ok(bytes) if bytes.len() as u64 == meta.len => {
+                        served.inc_by(end - start);
+                        let body = body::full(bytes.slice(start as usize..end as usize));
+                        return builder.body(body).unwrap_or_else(|_| {
+                            text(StatusCode::INTERNAL_SERVER_ERROR, "bad response head")
+                        });
+                    }
+                    result => {
+                        tracing::error!(key = %key, error = ?result.err(), "cached body unreadable; entry dropped");
+                        state.cache.forget(key);
+                        return text(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "cached file unreadable, try again",
+                        );
+                    }
+                }
+            }
+            match body::open_stored(open, start, end, served).await {
                 Ok(b) => b,
                 Err(e) => {
                     tracing::error!(key = %key, error = %e, "cached body unreadable; entry dropped");

@@ -9,7 +9,7 @@
 # see lib.sh; apt.sh also reads NEW_VERSION_WAIT, SLOW_MIB and SLOW_RATE.
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
-SUITES=${SUITES:-apt dnf apk}
+SUITES=${SUITES:-apt dnf apk status}
 SUITE_TIMEOUT=${SUITE_TIMEOUT:-1800}
 
 now_ms() { local t; t=$(date +%s%N); echo $((t / 1000000)); }

@@ -20,6 +20,7 @@ DEB_PACKAGES=(
   apt-utils dpkg-dev gnupg xz-utils gzip nginx-light curl ca-certificates
   rpm createrepo-c dnf dnf-plugins-core
   python3 python3-pip openssl qemu-utils e2fsprogs unzip binutils
+  chromium
 )
 
 SUDO=()
