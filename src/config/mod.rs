@@ -55,6 +55,8 @@ pub struct Config {
     /// Certificate and key when the listener serves HTTPS.
     pub tls: Option<TlsFiles>,
     pub security: Security,
+    /// Where spans go (OTEL_EXPORTER_OTLP_ENDPOINT / OTEL_EXPORTER_OTLP_TRACES_ENDPOINT).
+    pub otlp_traces_url: Option<String>,
     pub tuning: Tuning,
 }
 
@@ -158,6 +160,7 @@ impl Config {
                 api_rate_limit_per_minute: 60,
                 trusted_proxies: Vec::new(),
             },
+            otlp_traces_url: None,
             tuning: Tuning::default(),
         }
     }
@@ -409,6 +412,7 @@ impl Config {
         {
             notes.push("API key, rate limit and trusted proxies apply to /api/* endpoints".into());
         }
+        config.otlp_traces_url = crate::telemetry::tracing::endpoint_from_env(env);
         Ok((config, notes))
     }
 }

@@ -24,6 +24,7 @@ use crate::distro::class::classify;
 use crate::route::route;
 use crate::telemetry::activity::Activity;
 use crate::telemetry::metrics::SourceLabel;
+use crate::telemetry::tracing::SpanRecord;
 use crate::upstream::UpstreamError;
 use tokio::sync::watch;
 
@@ -37,7 +38,14 @@ pub async fn handle(
     let id = state.requests.fetch_add(1, Ordering::Relaxed);
     let method = request.method().clone();
     let uri = request.uri().clone();
-    let (mut response, repo) = answer(&state, request, peer).await;
+    let traceparent = request
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let wall_start = std::time::SystemTime::now();
+    let (mut response, routed) = answer(&state, request, peer).await;
+    let repo = routed.as_ref().map(|r| r.repo.clone());
     let headers = response.headers_mut();
     headers.insert("x-version", HeaderValue::from_static(crate::VERSION));
     headers.insert("x-build-commit", HeaderValue::from_static(crate::COMMIT));
@@ -79,6 +87,34 @@ pub async fn handle(
         ms,
         "request"
     );
+    if let Some(tracer) = &state.tracer {
+        let (trace_id, span_id, parent_span_id) = tracer.ids(traceparent.as_deref());
+        let mut attributes = vec![
+            ("http.request.method", method.to_string()),
+            ("url.full", uri.to_string()),
+            ("http.response.status_code", status.to_string()),
+            ("client.address", peer.to_string()),
+            ("apt_proxy.cache", cache.to_string()),
+        ];
+        if let Some(r) = &routed {
+            attributes.push(("apt_proxy.distro", r.distro.clone()));
+            attributes.push(("apt_proxy.repo", r.repo.clone()));
+            attributes.push(("apt_proxy.mirror", r.mirror.clone()));
+        }
+        tracer.record(SpanRecord {
+            trace_id,
+            span_id,
+            parent_span_id,
+            name: format!(
+                "{method} {}",
+                routed.as_ref().map_or("apt-proxy", |r| r.repo.as_str())
+            ),
+            start: wall_start,
+            end: std::time::SystemTime::now(),
+            attributes,
+            error: status >= 500,
+        });
+    }
     state.activity.push(Activity {
         at: unix_now(),
         method: method.to_string(),
@@ -90,6 +126,13 @@ pub async fn handle(
         ms,
     });
     Ok(response)
+}
+
+/// Where a package request was routed (for logs and traces).
+struct Routed {
+    repo: String,
+    distro: String,
+    mirror: String,
 }
 
 /// A one-line plain-text answer.
@@ -109,7 +152,7 @@ async fn answer(
     state: &AppState,
     request: Request<Incoming>,
     peer: IpAddr,
-) -> (Response<Body>, Option<String>) {
+) -> (Response<Body>, Option<Routed>) {
     if let Some(response) = crate::admin::management(state, &request, peer).await {
         return (response, None);
     }
@@ -128,7 +171,16 @@ async fn answer(
         Ok(m) => m,
         Err(e) => return (text(e.status(), e.to_string()), None),
     };
-    let repo = Some(matched.repo.id.clone());
+    let repo = Some(Routed {
+        repo: matched.repo.id.clone(),
+        distro: matched.repo.distro.clone(),
+        mirror: matched
+            .repo
+            .upstream
+            .host_str()
+            .unwrap_or_default()
+            .to_string(),
+    });
     let head_only = match *request.method() {
         Method::GET => false,
         Method::HEAD => true,

@@ -26,6 +26,7 @@ use crate::storage::StorageError;
 use crate::storage::disk::DiskStore;
 use crate::telemetry::activity::RecentActivity;
 use crate::telemetry::metrics::Metrics;
+use crate::telemetry::tracing::Tracer;
 use crate::upstream::{Upstream, UpstreamError};
 use reload::{LoadError, RegistrySource, Reloader};
 
@@ -46,6 +47,8 @@ pub struct AppState {
     pub limiter: RateLimiter,
     /// Whether the listener serves HTTPS (HSTS header).
     pub tls: bool,
+    /// The OTLP span exporter, when tracing is on.
+    pub tracer: Option<Tracer>,
 }
 
 /// Why the server could not start.
@@ -125,6 +128,10 @@ impl Server {
             activity: RecentActivity::default(),
             limiter: RateLimiter::new(config.security.api_rate_limit_per_minute),
             tls: tls.is_some(),
+            tracer: config.otlp_traces_url.clone().map(|url| {
+                tracing::info!(url, "exporting traces over OTLP/HTTP");
+                Tracer::start(url)
+            }),
         });
         Ok(Server {
             listener,
@@ -216,6 +223,9 @@ impl Server {
         tokio::select! {
             _ = graceful.shutdown() => tracing::info!("all connections finished"),
             _ = tokio::time::sleep(self.grace) => tracing::warn!(grace_s = self.grace.as_secs(), "grace period over, closing the remaining connections"),
+        }
+        if let Some(tracer) = &self.state.tracer {
+            tracer.flush(Duration::from_secs(5)).await;
         }
     }
 }

@@ -3,3 +3,4 @@
 pub mod activity;
 pub mod logging;
 pub mod metrics;
+pub mod tracing;

@@ -1,0 +1,250 @@
+//! OpenTelemetry traces over OTLP/HTTP with JSON encoding, written by hand: one span per
+//! request (method, path, status, cache status, distribution, repo, mirror), batched and sent
+//! by a background task, flushed on graceful shutdown. Enabled by OTEL_EXPORTER_OTLP_ENDPOINT
+//! (spans go to `<endpoint>/v1/traces`) or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT (used as is).
+//! A W3C `traceparent` header on the request makes the span a child of the caller's.
+//!
+//! No OpenTelemetry SDK: the protocol is small, and the SDK with its exporter would add about
+//! a megabyte and its own runtime plumbing to a binary whose size is a promise.
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot};
+
+/// Spans waiting to be sent at most; beyond, new spans are dropped (and counted in the log).
+const QUEUE: usize = 8192;
+/// Spans per export request.
+const BATCH: usize = 512;
+
+/// One finished request.
+#[derive(Debug, Clone)]
+pub struct SpanRecord {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub parent_span_id: Option<[u8; 8]>,
+    pub name: String,
+    pub start: SystemTime,
+    pub end: SystemTime,
+    pub attributes: Vec<(&'static str, String)>,
+    pub error: bool,
+}
+
+enum Message {
+    Span(Box<SpanRecord>),
+    Flush(oneshot::Sender<()>),
+}
+
+/// The exporter's handle.
+#[derive(Debug)]
+pub struct Tracer {
+    tx: mpsc::Sender<Message>,
+    dropped: std::sync::atomic::AtomicU64,
+    ids: Mutex<u64>,
+    random: RandomState,
+}
+
+impl std::fmt::Debug for Message {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Message")
+    }
+}
+
+/// The traces URL the environment asks for, if any.
+pub fn endpoint_from_env(env: &dyn Fn(&str) -> Option<String>) -> Option<String> {
+    if let Some(url) = env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").filter(|v| !v.is_empty()) {
+        return Some(url);
+    }
+    env("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .filter(|v| !v.is_empty())
+        .map(|base| format!("{}/v1/traces", base.trim_end_matches('/')))
+}
+
+impl Tracer {
+    /// Starts the exporter task sending to `url` (must run inside the tokio runtime).
+    pub fn start(url: String) -> Tracer {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(export_loop(url, rx));
+        Tracer {
+            tx,
+            dropped: Default::default(),
+            ids: Mutex::new(0),
+            random: RandomState::new(),
+        }
+    }
+
+    fn random_u64(&self) -> u64 {
+        let mut counter = self
+            .ids
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *counter += 1;
+        let mut h = self.random.build_hasher();
+        h.write_u64(*counter);
+        h.write_u128(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        h.finish()
+    }
+
+    /// New trace and span ids, or the caller's trace from a `traceparent` header.
+    pub fn ids(&self, traceparent: Option<&str>) -> ([u8; 16], [u8; 8], Option<[u8; 8]>) {
+        let span_id = self.random_u64().to_be_bytes();
+        if let Some((trace, parent)) = traceparent.and_then(parse_traceparent) {
+            return (trace, span_id, Some(parent));
+        }
+        let mut trace = [0u8; 16];
+        trace[..8].copy_from_slice(&self.random_u64().to_be_bytes());
+        trace[8..].copy_from_slice(&self.random_u64().to_be_bytes());
+        (trace, span_id, None)
+    }
+
+    /// Queues a finished span; never waits.
+    pub fn record(&self, span: SpanRecord) {
+        if self.tx.try_send(Message::Span(Box::new(span))).is_err() {
+            let n = self
+                .dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if n.is_multiple_of(1000) {
+                tracing::warn!(dropped = n + 1, "trace export queue full: spans dropped");
+            }
+        }
+    }
+
+    /// Sends every queued span (at most `within`).
+    pub async fn flush(&self, within: Duration) {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Message::Flush(done)).await.is_ok() {
+            let _ = tokio::time::timeout(within, wait).await;
+        }
+    }
+}
+
+/// `00-<32 hex trace id>-<16 hex parent id>-<flags>`.
+fn parse_traceparent(value: &str) -> Option<([u8; 16], [u8; 8])> {
+    let mut parts = value.trim().split('-');
+    let (version, trace, parent) = (parts.next()?, parts.next()?, parts.next()?);
+    if version.len() != 2 || trace.len() != 32 || parent.len() != 16 {
+        return None;
+    }
+    let mut t = [0u8; 16];
+    let mut p = [0u8; 8];
+    hex::decode_to_slice(trace, &mut t).ok()?;
+    hex::decode_to_slice(parent, &mut p).ok()?;
+    (t != [0; 16] && p != [0; 8]).then_some((t, p))
+}
+
+fn nanos(t: SystemTime) -> String {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+        .to_string()
+}
+
+/// The OTLP/JSON body for `spans`.
+pub fn encode(spans: &[SpanRecord]) -> Value {
+    let spans: Vec<Value> = spans
+        .iter()
+        .map(|s| {
+            json!({
+                "traceId": hex::encode(s.trace_id),
+                "spanId": hex::encode(s.span_id),
+                "parentSpanId": s.parent_span_id.map(hex::encode).unwrap_or_default(),
+                "name": s.name,
+                "kind": 2,
+                "startTimeUnixNano": nanos(s.start),
+                "endTimeUnixNano": nanos(s.end),
+                "attributes": s.attributes.iter().map(|(k, v)| json!({ "key": k, "value": { "stringValue": v } })).collect::<Vec<_>>(),
+                "status": { "code": if s.error { 2 } else { 1 } },
+            })
+        })
+        .collect();
+    json!({
+        "resourceSpans": [{
+            "resource": { "attributes": [
+                { "key": "service.name", "value": { "stringValue": "apt-proxy" } },
+                { "key": "service.version", "value": { "stringValue": crate::VERSION } },
+            ]},
+            "scopeSpans": [{ "scope": { "name": "apt-proxy", "version": crate::VERSION }, "spans": spans }],
+        }]
+    })
+}
+
+async fn export_loop(url: String, mut rx: mpsc::Receiver<Message>) {
+    let client = match reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .no_proxy()
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "trace exporter disabled");
+            return;
+        }
+    };
+    let mut batch: Vec<SpanRecord> = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let flush_done = tokio::select! {
+            message = rx.recv() => match message {
+                Some(Message::Span(span)) => {
+                    batch.push(*span);
+                    if batch.len() < BATCH {
+                        continue;
+                    }
+                    None
+                }
+                Some(Message::Flush(done)) => Some(done),
+                None => None,
+            },
+            _ = tick.tick() => None,
+        };
+        if !batch.is_empty() {
+            let body = encode(&batch).to_string();
+            batch.clear();
+            match client
+                .post(&url)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+            {
+                Ok(r) if r.status().is_success() => {}
+                Ok(r) => tracing::warn!(status = r.status().as_u16(), url, "trace export refused"),
+                Err(e) => tracing::warn!(error = %e, url, "trace export failed"),
+            }
+        }
+        if let Some(done) = flush_done {
+            let _ = done.send(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_and_endpoints() {
+        let (t, p) =
+            parse_traceparent("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01").unwrap();
+        assert_eq!(hex::encode(t), "0af7651916cd43dd8448eb211c80319c");
+        assert_eq!(hex::encode(p), "b7ad6b7169203331");
+        assert!(
+            parse_traceparent("00-00000000000000000000000000000000-b7ad6b7169203331-01").is_none()
+        );
+        assert!(parse_traceparent("garbage").is_none());
+        let env = |k: &str| {
+            (k == "OTEL_EXPORTER_OTLP_ENDPOINT").then(|| "http://collector:4318/".to_string())
+        };
+        assert_eq!(
+            endpoint_from_env(&env).as_deref(),
+            Some("http://collector:4318/v1/traces")
+        );
+        assert_eq!(endpoint_from_env(&|_| None), None);
+    }
+}

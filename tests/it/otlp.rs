@@ -1,0 +1,120 @@
+//! Traces: spans exported over OTLP/HTTP to a receiver on loopback, flushed on shutdown.
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use crate::{Origin, Proxy, cache_dir};
+
+/// An OTLP/HTTP receiver that keeps every JSON body posted to /v1/traces.
+async fn receiver() -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1/traces", listener.local_addr().unwrap());
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let store = got.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let store = store.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let store = store.clone();
+                    async move {
+                        assert_eq!(req.uri().path(), "/v1/traces");
+                        assert_eq!(req.headers()["content-type"], "application/json");
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        store
+                            .lock()
+                            .unwrap()
+                            .push(serde_json::from_slice(&body).unwrap());
+                        Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from_static(
+                            b"{}",
+                        ))))
+                    }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (url, got)
+}
+
+#[tokio::test]
+async fn spans_reach_the_collector_and_flush_on_shutdown() {
+    let (url, got) = receiver().await;
+    let origin = Origin::start().await;
+    origin.put("/debian/pool/t.deb", "traced");
+    let dir = cache_dir();
+    let proxy = Proxy::start(&origin, dir.path(), |c| {
+        c.otlp_traces_url = Some(url.clone())
+    })
+    .await;
+    let client = proxy.client();
+    client
+        .get(proxy.url("debian/pool/t.deb"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    client
+        .get(proxy.url("debian/pool/t.deb"))
+        .header(
+            "traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        )
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    proxy.stop().await;
+
+    let spans: Vec<serde_json::Value> = got
+        .lock()
+        .unwrap()
+        .iter()
+        .flat_map(|body| {
+            body["resourceSpans"][0]["scopeSpans"][0]["spans"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(spans.len(), 2, "{spans:?}");
+    let attr = |span: &serde_json::Value, key: &str| {
+        span["attributes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["key"] == key)
+            .map(|a| a["value"]["stringValue"].as_str().unwrap().to_string())
+    };
+    assert_eq!(attr(&spans[0], "apt_proxy.cache").as_deref(), Some("MISS"));
+    assert_eq!(attr(&spans[1], "apt_proxy.cache").as_deref(), Some("HIT"));
+    for span in &spans {
+        assert_eq!(attr(span, "apt_proxy.distro").as_deref(), Some("debian"));
+        assert_eq!(attr(span, "apt_proxy.mirror").as_deref(), Some("127.0.0.1"));
+        assert_eq!(
+            attr(span, "http.response.status_code").as_deref(),
+            Some("200")
+        );
+        assert_eq!(span["kind"], 2);
+        assert_eq!(span["spanId"].as_str().unwrap().len(), 16);
+    }
+    assert_eq!(spans[1]["traceId"], "0af7651916cd43dd8448eb211c80319c");
+    assert_eq!(spans[1]["parentSpanId"], "b7ad6b7169203331");
+    assert_ne!(spans[0]["traceId"], spans[1]["traceId"]);
+}
