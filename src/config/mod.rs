@@ -406,12 +406,6 @@ impl Config {
             )?,
             pick(cli.s3_temp_dir, env, "APT_PROXY_S3_TEMP_DIR", s3.temp_dir)?,
         );
-        if config.security.api_auth
-            || config.security.api_rate_limit_per_minute != 60
-            || !config.security.trusted_proxies.is_empty()
-        {
-            notes.push("API key, rate limit and trusted proxies apply to /api/* endpoints".into());
-        }
         config.otlp_traces_url = crate::telemetry::tracing::endpoint_from_env(env);
         Ok((config, notes))
     }

@@ -1,0 +1,203 @@
+//! The operations plane: probes, version, headers, status page, API rate limit and the
+//! client address behind trusted proxies.
+
+use std::time::Duration;
+
+use crate::{Behavior, Origin, Proxy, cache_dir, raw_exchange};
+
+async fn json(r: reqwest::Response) -> serde_json::Value {
+    serde_json::from_str(&r.text().await.unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn probes_version_and_headers() {
+    let origin = Origin::start().await;
+    origin.put("/debian/pool/a.deb", "a");
+    let dir = cache_dir();
+    let proxy = Proxy::start(&origin, dir.path(), |_| {}).await;
+    let client = proxy.client();
+
+    for method in ["GET", "POST", "DELETE"] {
+        let raw = raw_exchange(proxy.addr, format!("{method} /_/ping/anything HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes(), Duration::from_secs(5)).await;
+        assert!(
+            raw.starts_with("HTTP/1.1 200") && raw.ends_with("pong"),
+            "{raw}"
+        );
+    }
+    assert_eq!(
+        client
+            .get(proxy.url("livez"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "ok"
+    );
+    let ready = client.get(proxy.url("readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    assert_eq!(json(ready).await["index_loaded"], true);
+    let version = json(client.get(proxy.url("version")).send().await.unwrap()).await;
+    assert_eq!(version["version"], env!("CARGO_PKG_VERSION"));
+
+    let health = client.get(proxy.url("healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let health = json(health).await;
+    assert_eq!(health["status"], "ok");
+    assert_eq!(health["checks"]["storage"]["status"], "ok");
+    assert_eq!(health["checks"]["upstream"]["debian"]["status"], "unknown");
+    // A mirror failure shows as degraded, and the probe stays 200.
+    origin.set("/debian/pool/b.deb", Behavior::Status(503));
+    client
+        .get(proxy.url("debian/pool/b.deb"))
+        .send()
+        .await
+        .unwrap();
+    let health = json(client.get(proxy.url("healthz")).send().await.unwrap()).await;
+    assert_eq!(health["status"], "degraded");
+    assert_eq!(health["checks"]["upstream"]["debian"]["status"], "error");
+
+    for path in [
+        "debian/pool/a.deb",
+        "healthz",
+        "",
+        "api/cache/stats",
+        "nosuch/x",
+    ] {
+        let r = client.get(proxy.url(path)).send().await.unwrap();
+        let h = r.headers();
+        assert_eq!(h["x-version"], env!("CARGO_PKG_VERSION"), "{path}");
+        assert!(h.contains_key("x-build-commit"), "{path}");
+        assert_eq!(h["x-content-type-options"], "nosniff", "{path}");
+        assert_eq!(h["x-frame-options"], "DENY", "{path}");
+        assert_eq!(h["referrer-policy"], "no-referrer", "{path}");
+        assert!(
+            !h.contains_key("strict-transport-security"),
+            "no HSTS without TLS"
+        );
+    }
+}
+
+#[tokio::test]
+async fn status_page_shows_the_figures_and_escapes_paths() {
+    let origin = Origin::start().await;
+    origin.put("/debian/pool/a.deb", "aaaa");
+    let dir = cache_dir();
+    let proxy = Proxy::start(&origin, dir.path(), |_| {}).await;
+    let client = proxy.client();
+    for _ in 0..2 {
+        client
+            .get(proxy.url("debian/pool/a.deb"))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+    }
+    client
+        .get(proxy.url("debian/pool/%3Cscript%3Ex.deb"))
+        .send()
+        .await
+        .unwrap();
+    let r = client.get(proxy.url("")).send().await.unwrap();
+    assert_eq!(r.headers()["content-type"], "text/html; charset=utf-8");
+    let page = r.text().await.unwrap();
+    for needle in [
+        "id=\"items\">1<",
+        "id=\"hits\">1<",
+        "id=\"misses\">2<",
+        "id=\"hit-rate\">33.3%<",
+        "<code>/debian-security/</code>",
+        "http-equiv=\"refresh\"",
+        "name=\"viewport\"",
+    ] {
+        assert!(page.contains(needle), "{needle} missing");
+    }
+    assert!(!page.contains("<script"), "client paths are escaped");
+    assert!(
+        !page.contains("src=\"http") && !page.contains("href=\"http"),
+        "no external asset"
+    );
+}
+
+#[tokio::test]
+async fn api_rate_limit_per_client_and_forwarded_for() {
+    let origin = Origin::start().await;
+    origin.put("/debian/pool/a.deb", "a");
+    let dir = cache_dir();
+    let proxy = Proxy::start(&origin, dir.path(), |c| {
+        c.security.api_rate_limit_per_minute = 3;
+        c.security.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
+    })
+    .await;
+    let client = proxy.client();
+    let stats = |xff: &'static str| {
+        client
+            .get(proxy.url("api/cache/stats"))
+            .header("x-forwarded-for", xff)
+            .send()
+    };
+    for _ in 0..3 {
+        assert_eq!(stats("198.51.100.1").await.unwrap().status(), 200);
+    }
+    let limited = stats("198.51.100.1").await.unwrap();
+    assert_eq!(limited.status(), 429);
+    assert!(
+        limited.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            >= 1
+    );
+    assert_eq!(json(limited).await["error"]["code"], "ErrRateLimited");
+    // Another client behind the same trusted proxy has its own budget; a forged leftmost hop
+    // does not buy a new one.
+    assert_eq!(stats("198.51.100.2").await.unwrap().status(), 200);
+    assert_eq!(stats("10.9.9.9, 198.51.100.1").await.unwrap().status(), 429);
+    // Package traffic and probes are never limited.
+    for _ in 0..10 {
+        assert_eq!(
+            client
+                .get(proxy.url("debian/pool/a.deb"))
+                .header("x-forwarded-for", "198.51.100.1")
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+        assert_eq!(
+            client
+                .get(proxy.url("healthz"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+
+    // Without trusted proxies, X-Forwarded-For is ignored: the peer is the client.
+    let dir = cache_dir();
+    let untrusting = Proxy::start(&origin, dir.path(), |c| {
+        c.security.api_rate_limit_per_minute = 2
+    })
+    .await;
+    let client = untrusting.client();
+    for (xff, want) in [
+        ("198.51.100.7", 200),
+        ("198.51.100.8", 200),
+        ("198.51.100.9", 429),
+    ] {
+        let r = client
+            .get(untrusting.url("api/cache/stats"))
+            .header("x-forwarded-for", xff)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), want, "{xff}");
+    }
+}
