@@ -60,8 +60,8 @@ rss=$(awk '/VmRSS/ {print int($2/1024)}' "/proc/$PID/status")
 items=$(grep '"cache index loaded"' "$WORK/log" | sed -n 's/.*"items":\([0-9]*\).*/\1/p')
 printf '| metric | value |\n|---|---|\n'
 printf '| entries on disk | %s |\n' "$N"
-printf '| first answer after start | %.3f s |\n' "$(echo "$answered - $start" | bc)"
-printf '| index loaded after start | %.3f s |\n' "$(echo "$loaded - $start" | bc)"
+printf '| first answer after start | %.3f s |\n' "$(awk -v a="$answered" -v b="$start" 'BEGIN{print a-b}')"
+printf '| index loaded after start | %.3f s |\n' "$(awk -v a="$loaded" -v b="$start" 'BEGIN{print a-b}')"
 printf '| entries indexed | %s |\n' "$items"
 printf '| a cached file after restart | %s |\n' "$hit"
 printf '| RSS with the index loaded | %s MiB |\n' "$rss"

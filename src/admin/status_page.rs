@@ -79,7 +79,7 @@ pub fn render(state: &AppState) -> String {
 <header><h1>apt-proxy</h1><span class="muted">version {version} · up <span id="uptime">{uptime}</span> · {requests} requests · cache index {index}</span></header>
 <section class="cards">
 <div class="card"><div class="label">Cache size</div><div class="value" id="cache-size">{size}</div><div class="muted"><span id="items">{items}</span> files, {stale} due for a check</div></div>
-<div class="card"><div class="label">Hit rate</div><div class="value" id="hit-rate">{hit_pct:.1}%</div><div class="muted"><span id="hits">{hits}</span> hits · <span id="misses">{misses}</span> misses</div><div class="bar"><span style="width:{hit_pct:.1}%"></span></div></div>
+<div class="card"><div class="label">Hit rate</div><div class="value" id="hit-rate">{hit_pct:.1}%</div><div class="muted">hits <span id="hits">{hits}</span> · misses <span id="misses">{misses}</span></div><div class="bar"><span style="width:{hit_pct:.1}%"></span></div></div>
 <div class="card"><div class="label">Served from cache</div><div class="value" id="bytes-cache">{cache_h}</div><div class="muted">bandwidth saved: <span id="saved">{saved_pct:.1}%</span> of {served_h}</div><div class="bar"><span style="width:{saved_pct:.1}%"></span></div></div>
 <div class="card"><div class="label">Fetched from mirrors</div><div class="value" id="bytes-upstream">{upstream_h}</div><div class="muted">since start</div></div>
 </section>

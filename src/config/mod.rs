@@ -126,7 +126,7 @@ impl Default for Tuning {
             other_ttl: Duration::from_secs(3600),
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(60),
-            head_timeout: Duration::from_secs(20),
+            head_timeout: Duration::from_secs(10),
             stale_wait: Duration::from_secs(3),
             shutdown_grace: Duration::from_secs(30),
             access_persist_interval: Duration::from_secs(3600),

@@ -63,7 +63,8 @@ pub fn init(debug: bool) -> Option<String> {
     let builder = tracing_subscriber::fmt()
         .with_writer(BufferedStdout)
         .with_max_level(level)
-        .with_target(false);
+        .with_target(false)
+        .with_ansi(std::io::stdout().is_terminal());
     if json {
         builder.json().flatten_event(true).init();
     } else {

@@ -30,7 +30,9 @@ chrome() {
     --user-data-dir="$profile" "$@" 2>>"$LOGS/chromium.log"
 }
 
-SHOTS=${SHOTS_DIR:-$WORK}
+# Screenshots are kept after the run (the work folder is not), under target/ by default.
+SHOTS=${SHOTS_DIR:-$(cd "$E2E_DIR/../.." && pwd)/target/e2e-screenshots}
+mkdir -p "$SHOTS"
 chrome --window-size=390,1400 --screenshot="$SHOTS/status-phone.png" "$P/" >/dev/null
 chrome --window-size=1280,1000 --screenshot="$SHOTS/status-desktop.png" "$P/" >/dev/null
 chrome --dump-dom "$P/" >"$WORK/status.html"

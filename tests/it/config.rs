@@ -226,7 +226,7 @@ async fn sighup_reloads_and_coalesces() {
         &["--distributions-config", file.to_str().unwrap()],
         &[],
     );
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let client = crate::client_builder().build().unwrap();
     assert_eq!(
         client
             .get(proxy.url("extra/x.apk"))
@@ -325,7 +325,7 @@ async fn https_listener_serves_with_its_certificate() {
     ];
     let proxy = Binary::start_with(&dir.path().join("cache"), &args, &[]);
     let port = proxy.addr.rsplit(':').next().unwrap().to_string();
-    let client = reqwest::Client::builder()
+    let client = crate::client_builder()
         .no_proxy()
         .tls_certs_only([reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap()])
         .build()

@@ -94,7 +94,7 @@ async fn sigkill_in_mid_fill_leaves_no_torn_entry() {
         },
     );
     let dir = cache_dir();
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let client = crate::client_builder().build().unwrap();
 
     let mut first = Binary::start(&origin, dir.path());
     assert_eq!(
@@ -214,4 +214,160 @@ fn start_up_errors_name_what_is_wrong() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not-a-dir"));
+}
+
+#[tokio::test]
+async fn logging_follows_its_variables_and_leaves_probes_out() {
+    let origin = Origin::start().await;
+    origin.put("/debian/pool/l.deb", "logged");
+    let dir = cache_dir();
+    let client = crate::client_builder().build().unwrap();
+
+    let proxy = Binary::start_with(
+        &dir.path().join("c1"),
+        &["--debian", &origin.base("debian")],
+        &[],
+    );
+    client
+        .get(proxy.url("debian/pool/l.deb"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    client.get(proxy.url("healthz")).send().await.unwrap();
+    client.get(proxy.url("_/ping")).send().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let lines = proxy.lines.lock().unwrap().clone();
+    let requests: Vec<serde_json::Value> = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["message"] == "request")
+        .collect();
+    assert_eq!(requests.len(), 1, "probes are not logged: {lines:?}");
+    let r = &requests[0];
+    assert_eq!(r["cache"], "MISS");
+    assert_eq!(r["size"], 6);
+    assert_eq!(r["status"], 200);
+    assert_eq!(r["repo"], "debian");
+    assert!(r["request_id"].is_u64() && r["ms"].is_f64(), "{r}");
+    assert!(lines.iter().any(|l| l.contains("\"level\":\"INFO\"")));
+    drop(proxy);
+
+    // Legacy names apply when the new ones are unset; warn hides the access log (and the
+    // start-up lines: the port is chosen here and probed).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_apt-proxy"))
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--debian",
+            &origin.base("debian"),
+            "--cachedir",
+        ])
+        .arg(dir.path().join("c2"))
+        .env("LOG_LEVEL", "warn")
+        .env("APT_PROXY_LOG_FORMAT", "json")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut up = false;
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let served = if up {
+        client
+            .get(format!("http://127.0.0.1:{port}/debian/pool/l.deb"))
+            .send()
+            .await
+            .ok()
+    } else {
+        None
+    };
+    let _ = child.kill();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        up && served.is_some_and(|r| r.status() == 200),
+        "the binary serves at warn level"
+    );
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        !text.contains("\"message\":\"request\"") && !text.contains("starting apt-proxy"),
+        "{text}"
+    );
+
+    // --debug forces debug whatever the level says; console format is not JSON.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_apt-proxy"))
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--debug",
+            "--debian",
+            &origin.base("debian"),
+            "--cachedir",
+        ])
+        .arg(dir.path().join("c3"))
+        .env("APT_PROXY_LOG_LEVEL", "error")
+        .env("APT_PROXY_LOG_FORMAT", "console")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let log = lines.clone();
+    std::thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            log.lock().unwrap().push(line);
+        }
+    });
+    let mut addr = None;
+    for _ in 0..200 {
+        addr = lines.lock().unwrap().iter().find_map(|l| {
+            l.split("listen=")
+                .nth(1)
+                .filter(|_| l.contains("proxy listening"))
+                .map(|r| r.split_whitespace().next().unwrap_or("").to_string())
+        });
+        if addr.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let addr = addr.expect("console log shows the address");
+    client
+        .get(format!("http://{addr}/debian/pool/l.deb"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let lines = lines.lock().unwrap().clone();
+    assert!(
+        lines.iter().all(|l| !l.trim_start().starts_with('{')),
+        "console format: {lines:?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("DEBUG")),
+        "--debug forces debug: {lines:?}"
+    );
 }

@@ -89,7 +89,7 @@ impl Proxy {
 
     /// A client that talks to the proxy directly (path-prefixed form).
     pub fn client(&self) -> reqwest::Client {
-        reqwest::Client::builder().no_proxy().build().unwrap()
+        crate::client_builder().build().unwrap()
     }
 
     /// A client that uses the proxy as its HTTP forward proxy (absolute-URI form).
@@ -153,4 +153,11 @@ pub fn x_cache(response: &reqwest::Response) -> String {
 /// A temporary cache directory.
 pub fn cache_dir() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
+}
+
+/// A reqwest client builder that talks to the proxy directly. Installs the process's rustls
+/// crypto provider first, as the proxy does, for tests that start only the binary.
+pub fn client_builder() -> reqwest::ClientBuilder {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder().no_proxy()
 }

@@ -89,7 +89,7 @@ async fn https_mirror_through_rustls() {
         ],
         &[("SSL_CERT_FILE", ca_file.to_str().unwrap())],
     );
-    let client = reqwest::Client::builder()
+    let client = crate::client_builder()
         .no_proxy()
         .timeout(Duration::from_secs(20))
         .build()
