@@ -24,7 +24,8 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
-    fn from_reqwest(e: &reqwest::Error) -> UpstreamError {
+    /// Classifies a request or body error, keeping the whole chain for the log.
+    pub fn from_reqwest(e: &reqwest::Error) -> UpstreamError {
         // The whole chain, for the operator's log; clients get only the short Display text.
         let mut detail = e.to_string();
         let mut source = std::error::Error::source(e);
@@ -40,11 +41,6 @@ impl UpstreamError {
         } else {
             UpstreamError::Transfer { detail }
         }
-    }
-
-    /// Classifies an error met while reading a body.
-    pub fn from_body(e: &reqwest::Error) -> UpstreamError {
-        Self::from_reqwest(e)
     }
 }
 

@@ -302,7 +302,7 @@ async fn receive(
     let mut chunks = response.bytes_stream().ready_chunks(64);
     while let Some(batch) = chunks.next().await {
         for item in batch {
-            let chunk = item.map_err(|e| UpstreamError::from_body(&e))?;
+            let chunk = item.map_err(|e| UpstreamError::from_reqwest(&e))?;
             sha256.update(&chunk);
             if let Some(h) = sha512.as_mut() {
                 h.update(&chunk);

@@ -393,6 +393,17 @@ fn following(
         .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "bad response head"))
 }
 
+/// A stored body that cannot be read: the entry is forgotten (the next request refills it)
+/// and this one is told to retry.
+fn unreadable(state: &AppState, key: &CacheKey, error: &str) -> Response<Body> {
+    tracing::error!(key = %key, error, "cached body unreadable; entry dropped");
+    state.cache.forget(key);
+    text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "cached file unreadable, try again",
+    )
+}
+
 /// Serves a stored entry.
 async fn stored(
     state: &AppState,
@@ -451,26 +462,19 @@ async fn stored(
                             text(StatusCode::INTERNAL_SERVER_ERROR, "bad response head")
                         });
                     }
-                    result => {
-                        tracing::error!(key = %key, error = ?result.err(), "cached body unreadable; entry dropped");
-                        state.cache.forget(key);
-                        return text(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "cached file unreadable, try again",
+                    Ok(bytes) => {
+                        return unreadable(
+                            state,
+                            key,
+                            &format!("{} bytes, expected {}", bytes.len(), meta.len),
                         );
                     }
+                    Err(e) => return unreadable(state, key, &e.to_string()),
                 }
             }
             match body::open_stored(open, start, end, served).await {
                 Ok(b) => b,
-                Err(e) => {
-                    tracing::error!(key = %key, error = %e, "cached body unreadable; entry dropped");
-                    state.cache.forget(key);
-                    return text(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "cached file unreadable, try again",
-                    );
-                }
+                Err(e) => return unreadable(state, key, &e.to_string()),
             }
         }
         _ => body::empty(),

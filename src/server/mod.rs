@@ -21,7 +21,6 @@ use tokio_rustls::TlsAcceptor;
 use crate::admin::ratelimit::RateLimiter;
 use crate::cache::Cache;
 use crate::config::{Config, Security};
-use crate::distro::DistroError;
 use crate::storage::StorageError;
 use crate::storage::disk::DiskStore;
 use crate::telemetry::activity::RecentActivity;
@@ -54,8 +53,6 @@ pub struct AppState {
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error(transparent)]
-    Distro(#[from] DistroError),
     #[error(transparent)]
     Load(#[from] LoadError),
     #[error("cache directory: {0}")]
