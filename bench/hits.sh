@@ -22,7 +22,7 @@
 #
 # Environment (all optional):
 #   APT_PROXY_BIN   binary to measure (default <repo>/target/release/apt-proxy)
-#   APT_PROXY_ARGS  extra arguments for it (word-split), e.g. "--mode debian"
+#   APT_PROXY_ARGS  extra arguments for it (word-split), e.g. "--debug"
 #   MODE=path       how the hit tests address apt-proxy: path ("GET /debian/...") or
 #                   proxy (forward proxy, "GET http://127.0.0.1:ORIGINPORT/debian/...")
 #   PIN=1           apt-proxy -- and nginx while it is measured directly -- on CPU PROXY_CPU=0;
@@ -233,7 +233,7 @@ log "origin nginx pid $NGINX_PID on $ORIGIN"
 
 mkdir -p "$STATE/cache"
 "${NICE[@]}" "${ON_PROXY_CPU[@]}" "$BIN" --host 127.0.0.1 --port "$PROXY_PORT" --cachedir "$STATE/cache" \
-  --debian "$ORIGIN/debian/" "${EXTRA_ARGS[@]}" </dev/null >"$STATE/proxy.log" 2>&1 &
+  --mode debian --debian "$ORIGIN/debian/" "${EXTRA_ARGS[@]}" </dev/null >"$STATE/proxy.log" 2>&1 &
 PROXY_PID=$!
 wait_listen "$PROXY_PORT" "$PROXY_PID" apt-proxy "$STATE/proxy.log"
 log "apt-proxy pid $PROXY_PID on 127.0.0.1:$PROXY_PORT (upstream $ORIGIN/debian/)"

@@ -96,7 +96,7 @@ done
 [[ -n $PORT ]] || die "found no free port"
 mkdir -p "$WORK/cache"
 taskset -c "$LOAD_CPU" nice -n 0 "$BIN" --host 127.0.0.1 --port "$PORT" --cachedir "$WORK/cache" \
-  --debian "http://127.0.0.1:$ORIGIN_PORT/debian/" "${EXTRA_ARGS[@]}" </dev/null >"$WORK/apt-proxy.log" 2>&1 &
+  --mode debian --debian "http://127.0.0.1:$ORIGIN_PORT/debian/" "${EXTRA_ARGS[@]}" </dev/null >"$WORK/apt-proxy.log" 2>&1 &
 PROXY_PID=$!
 for _ in $(seq 1 100); do
   kill -0 "$PROXY_PID" 2>/dev/null || { tail -n 30 "$WORK/apt-proxy.log" >&2; PROXY_PID=; die "apt-proxy exited during start-up"; }

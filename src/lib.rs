@@ -13,6 +13,7 @@ pub mod admin;
 pub mod cache;
 pub mod config;
 pub mod distro;
+pub mod mirror;
 pub mod route;
 pub mod server;
 pub mod storage;

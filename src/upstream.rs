@@ -5,7 +5,9 @@
 
 use std::time::Duration;
 
-use reqwest::header::{HeaderMap, HeaderValue, IF_MODIFIED_SINCE, IF_NONE_MATCH, USER_AGENT};
+use reqwest::header::{
+    HeaderMap, HeaderValue, IF_MODIFIED_SINCE, IF_NONE_MATCH, RANGE, USER_AGENT,
+};
 use url::Url;
 
 use crate::config::Tuning;
@@ -91,14 +93,19 @@ impl Upstream {
         })
     }
 
-    /// Sends `GET url`, conditional when `validators` are given. Any status is returned;
-    /// only failures to get a response are errors.
+    /// Sends `GET url`, conditional when `validators` are given, for the bytes from
+    /// `range_from` on when given. Any status is returned; only failures to get a response
+    /// are errors.
     pub async fn get(
         &self,
         url: Url,
         validators: Option<&Validators>,
+        range_from: Option<u64>,
     ) -> Result<reqwest::Response, UpstreamError> {
         let mut request = self.client.get(url);
+        if let Some(from) = range_from {
+            request = request.header(RANGE, format!("bytes={from}-"));
+        }
         if let Some(v) = validators {
             if let Some(etag) = v
                 .etag

@@ -26,15 +26,17 @@ pub async fn healthz(state: &AppState) -> Response<Body> {
     let mut mirrors = serde_json::Map::new();
     let mut degraded = false;
     for repo in state.reloader.registry.load().repos() {
+        let current = repo.mirror_set.current();
+        let mirror = current.base.as_str();
         let entry = match health.get(&repo.id) {
             Some(h) if h.ok => {
-                json!({ "status": "ok", "mirror": repo.upstream.as_str(), "checked_at": h.at })
+                json!({ "status": "ok", "mirror": mirror, "checked_at": h.at })
             }
             Some(h) => {
                 degraded = true;
-                json!({ "status": "error", "mirror": repo.upstream.as_str(), "checked_at": h.at, "error": h.error })
+                json!({ "status": "error", "mirror": mirror, "checked_at": h.at, "error": h.error })
             }
-            None => json!({ "status": "unknown", "mirror": repo.upstream.as_str() }),
+            None => json!({ "status": "unknown", "mirror": mirror }),
         };
         mirrors.insert(repo.id.clone(), entry);
     }

@@ -135,6 +135,15 @@ async fn api(state: &AppState, request: &Request<Incoming>, peer: IpAddr) -> Res
                 &e.to_string(),
             ),
         },
+        (&Method::GET, "/api/mirrors") => {
+            let sets: Vec<_> = state
+                .reloader
+                .mirror_sets()
+                .iter()
+                .map(|s| s.view())
+                .collect();
+            json(StatusCode::OK, to_value(sets))
+        }
         (&Method::GET, "/api/cache/stats") => json(StatusCode::OK, to_value(state.cache.stats())),
         (&Method::POST, "/api/cache/purge") => {
             json(StatusCode::OK, to_value(state.cache.purge().await))
@@ -147,7 +156,7 @@ async fn api(state: &AppState, request: &Request<Incoming>, peer: IpAddr) -> Res
             "ErrMethodNotAllowed",
             "use POST",
         ),
-        (_, "/api/cache/stats") => error(
+        (_, "/api/cache/stats" | "/api/mirrors") => error(
             StatusCode::METHOD_NOT_ALLOWED,
             "ErrMethodNotAllowed",
             "use GET",

@@ -122,7 +122,7 @@ pub fn render(state: &AppState) -> String {
             r#"<tr class="repo"><td><code>/{id}/</code></td><td>{name}</td><td><code>{mirror}</code>{pinned}</td><td>{status}</td></tr>"#,
             id = esc(&repo.id),
             name = esc(&repo.distro_name),
-            mirror = esc(repo.upstream.as_str()),
+            mirror = esc(repo.mirror_set.current().base.as_str()),
             pinned = if repo.pinned {
                 r#" <span class="muted">(pinned)</span>"#
             } else {
@@ -131,6 +131,7 @@ pub fn render(state: &AppState) -> String {
         );
     }
     page.push_str("</table></div>");
+    mirrors_table(&mut page, state, now);
 
     page.push_str(r#"<h2>Recent requests</h2><div class="table"><table><tr><th>When</th><th>Request</th><th>Status</th><th>Cache</th><th>Size</th><th>Time</th></tr>"#);
     let recent = state.activity.snapshot();
@@ -153,6 +154,63 @@ pub fn render(state: &AppState) -> String {
     }
     page.push_str(r#"</table></div><p class="muted">Refreshes every 10 seconds · <a href="/metrics">metrics</a> · <a href="/healthz">health</a></p></main></body></html>"#);
     page
+}
+
+/// Each repo's mirrors in the order requests try them, with health and the last benchmark.
+fn mirrors_table(page: &mut String, state: &AppState, now: u64) {
+    page.push_str(r#"<h2>Mirrors</h2><div class="table"><table><tr><th>Path</th><th>#</th><th>Mirror</th><th>Health</th><th>Speed</th><th>Latency</th></tr>"#);
+    for repo in state.reloader.registry.load().repos() {
+        let view = repo.mirror_set.view();
+        let ranking = match (&view.last_benchmark, view.benchmarking, view.pinned) {
+            (_, _, true) => "pinned, in the order given".to_string(),
+            (_, true, _) => "benchmark running".to_string(),
+            (Some(r), _, _) => match (r.finished_at, &r.error) {
+                (_, Some(e)) => format!("last benchmark: {e}"),
+                (Some(at), None) => format!(
+                    "ranked {} ago ({} probed, {} left out)",
+                    duration(now.saturating_sub(at)),
+                    r.probed,
+                    r.dropped.len()
+                ),
+                (None, None) => String::new(),
+            },
+            (None, false, false) if repo.mirror_set.is_benchmarked() => {
+                "not benchmarked yet".to_string()
+            }
+            (None, false, false) => "configuration order".to_string(),
+        };
+        for m in &view.mirrors {
+            let health = match (m.healthy, &m.last_error, m.demoted_for_secs) {
+                (false, e, Some(secs)) => format!(
+                    r#"<span class="bad">demoted {}</span> <span class="muted">{}</span>"#,
+                    duration(secs),
+                    esc(e.as_deref().unwrap_or(""))
+                ),
+                (_, _, _) if m.last_success.is_some() => r#"<span class="ok">ok</span>"#.into(),
+                _ => r#"<span class="muted">not used yet</span>"#.into(),
+            };
+            let (speed, latency) = match &m.measure {
+                Some(x) => (
+                    format!("{}/s", human(x.bytes_per_sec)),
+                    format!("{} ms", x.latency_ms),
+                ),
+                None => ("-".into(), "-".into()),
+            };
+            let _ = write!(
+                page,
+                r#"<tr class="mirror"><td><code>/{id}/</code>{note}</td><td>{rank}</td><td><code>{url}</code></td><td>{health}</td><td>{speed}</td><td>{latency}</td></tr>"#,
+                id = esc(&repo.id),
+                note = if m.rank == 1 {
+                    format!(r#" <span class="muted">{}</span>"#, esc(&ranking))
+                } else {
+                    String::new()
+                },
+                rank = m.rank,
+                url = esc(&m.url),
+            );
+        }
+    }
+    page.push_str("</table></div>");
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use std::fs::File;
 use std::sync::Arc;
 
 use futures_util::StreamExt;
-use reqwest::header::{CONTENT_TYPE, ETAG, HeaderMap, LAST_MODIFIED};
+use reqwest::header::{CONTENT_RANGE, CONTENT_TYPE, ETAG, HeaderMap, LAST_MODIFIED};
 use sha2::{Digest as _, Sha256, Sha512};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
@@ -14,6 +14,7 @@ use super::index::{Digest, Source};
 use super::meta::{EntryMeta, META_VERSION, unix_now};
 use super::{Cache, FillRequest, policy};
 use crate::distro::class::{HashAlgo, by_hash_digest};
+use crate::mirror::{MAX_ATTEMPTS, Mirror};
 use crate::storage::StorageError;
 use crate::storage::disk::TempBody;
 use crate::telemetry::metrics::{DistroLabel, UpstreamLabel};
@@ -135,27 +136,20 @@ async fn fetch(
         last_modified: m.last_modified.clone(),
     });
     let started = std::time::Instant::now();
-    let response = cache
-        .upstream
-        .get(request.url.clone(), validators.as_ref())
-        .await;
-    let status_label = response
-        .as_ref()
-        .map_or_else(|_| "error".to_string(), |r| r.status().as_u16().to_string());
-    cache
-        .metrics
-        .upstream_duration
-        .get_or_create(&UpstreamLabel {
-            method: "GET",
-            status: status_label,
-        })
-        .observe(started.elapsed().as_secs_f64());
-    let response = response?;
+    let mut mirrors = Attempts::new(cache, request);
+    let (mirror, response) = match mirrors
+        .first_answer(&request.path, validators.as_ref())
+        .await?
+    {
+        Answer::Response(mirror, response) => (mirror, response),
+        Answer::Failed(status) => return Ok(FillState::Passthrough { status }),
+    };
     let status = response.status().as_u16();
 
-    tracing::debug!(key = %request.key, status, ms = started.elapsed().as_millis() as u64, "upstream answered");
+    tracing::debug!(key = %request.key, status, mirror = %mirror.base, ms = started.elapsed().as_millis() as u64, "upstream answered");
 
     if let (304, Some(old)) = (status, stale.filter(|m| m.status == 200)) {
+        mirror.succeeded();
         let mut meta = old.clone();
         meta.fresh_until = policy::fresh_until_with_rule(
             request.class,
@@ -174,6 +168,7 @@ async fn fetch(
         });
     }
     if status != 200 && status != 404 {
+        mirror.succeeded();
         return Ok(FillState::Passthrough { status });
     }
 
@@ -184,18 +179,29 @@ async fn fetch(
         .as_ref()
         .is_some_and(|e| e.source == Source::Release)
         && status == 200;
-    let mut body = receive(cache, request, response, (!hold).then_some(tx)).await?;
+    let mut body = receive(
+        cache,
+        request,
+        &request.path,
+        (mirror, response),
+        &mut mirrors,
+        (!hold).then_some(tx),
+    )
+    .await?;
     if let Some(expect) = request.expect.as_ref().filter(|_| status == 200)
         && !body.matches(&expect.digest)
     {
-        match (&expect.source, &request.fallback_url) {
-            (Source::Release, Some(url)) => {
+        match (&expect.source, &request.fallback_path) {
+            (Source::Release, Some(path)) => {
                 tracing::warn!(key = %request.key, "index does not match its Release; fetching it by hash");
-                let response = cache.upstream.get(url.clone(), None).await?;
-                if response.status().as_u16() != 200 {
-                    return Err(FillError::Inconsistent);
-                }
-                body = receive(cache, request, response, None).await?;
+                let mut mirrors = Attempts::new(cache, request);
+                let answer = match mirrors.first_answer(path, None).await? {
+                    Answer::Response(mirror, response) if response.status().as_u16() == 200 => {
+                        (mirror, response)
+                    }
+                    _ => return Err(FillError::Inconsistent),
+                };
+                body = receive(cache, request, path, answer, &mut mirrors, None).await?;
                 if !body.matches(&expect.digest) {
                     return Err(FillError::Inconsistent);
                 }
@@ -249,6 +255,179 @@ async fn fetch(
     })
 }
 
+/// What asking the mirrors in turn gave.
+enum Answer {
+    /// A mirror answered with something other than a server error.
+    Response(Arc<Mirror>, reqwest::Response),
+    /// Every mirror tried answered with a server error; this is the last status.
+    Failed(u16),
+}
+
+/// The mirrors one fill may still try, in order; each is tried once.
+struct Attempts<'a> {
+    cache: &'a Cache,
+    request: &'a FillRequest,
+    order: std::vec::IntoIter<Arc<Mirror>>,
+    tried: usize,
+}
+
+impl<'a> Attempts<'a> {
+    fn new(cache: &'a Cache, request: &'a FillRequest) -> Attempts<'a> {
+        let mut order = request.mirrors.attempt_order();
+        order.truncate(MAX_ATTEMPTS);
+        Attempts {
+            cache,
+            request,
+            order: order.into_iter(),
+            tried: 0,
+        }
+    }
+
+    /// The next mirror to try; counts a failover when it is not the first.
+    fn next(&mut self, after: Option<&str>) -> Option<Arc<Mirror>> {
+        let mirror = self.order.next()?;
+        if self.tried > 0 {
+            self.cache
+                .metrics
+                .mirror_failovers
+                .get_or_create(&DistroLabel {
+                    distro: self.request.repo.clone(),
+                })
+                .inc();
+            tracing::warn!(key = %self.request.key, to = %mirror.base, reason = after.unwrap_or("failed"), "mirror failed; trying the next one");
+        }
+        self.tried += 1;
+        Some(mirror)
+    }
+
+    /// Sends `GET path` to mirror after mirror until one answers without a server error.
+    async fn first_answer(
+        &mut self,
+        path: &str,
+        validators: Option<&Validators>,
+    ) -> Result<Answer, FillError> {
+        let mut last: Option<Result<u16, UpstreamError>> = None;
+        let mut reason: Option<String> = None;
+        while let Some(mirror) = self.next(reason.as_deref()) {
+            let started = std::time::Instant::now();
+            let result = match mirror.url(path) {
+                Ok(url) => self.cache.upstream.get(url, validators, None).await,
+                Err(e) => Err(UpstreamError::Transfer {
+                    detail: format!("bad URL: {e}"),
+                }),
+            };
+            self.observe(&result, started);
+            match result {
+                Ok(response) if response.status().is_server_error() => {
+                    let status = response.status().as_u16();
+                    let why = format!("mirror answered {status}");
+                    mirror.failed(&why);
+                    reason = Some(why);
+                    last = Some(Ok(status));
+                }
+                Ok(response) => return Ok(Answer::Response(mirror, response)),
+                Err(e) => {
+                    mirror.failed(&e.to_string());
+                    reason = Some(e.to_string());
+                    last = Some(Err(e));
+                }
+            }
+        }
+        match last {
+            Some(Ok(status)) => Ok(Answer::Failed(status)),
+            Some(Err(e)) => Err(e.into()),
+            None => Err(UpstreamError::Connect {
+                detail: "no mirror to try".into(),
+            }
+            .into()),
+        }
+    }
+
+    /// After a mirror failed mid-body with `written` bytes received: a mirror that sends the
+    /// rest, with whether it resends from the start (`true`: the first `written` bytes come
+    /// again and are compared with those received).
+    async fn resume(
+        &mut self,
+        path: &str,
+        head: &Head,
+        written: u64,
+        why: &str,
+    ) -> Option<(Arc<Mirror>, reqwest::Response, bool)> {
+        // Without a length, a new transfer cannot be checked against the one cut.
+        if head.len.is_none() && written > 0 {
+            return None;
+        }
+        // Byte ranges are asked only where the bytes cannot differ between mirrors.
+        let ranged = written > 0 && self.request.resumable();
+        let mut reason = why.to_string();
+        while let Some(mirror) = self.next(Some(&reason)) {
+            let started = std::time::Instant::now();
+            let Ok(url) = mirror.url(path) else { continue };
+            let result = self
+                .cache
+                .upstream
+                .get(url, None, ranged.then_some(written))
+                .await;
+            self.observe(&result, started);
+            let response = match result {
+                Ok(r) => r,
+                Err(e) => {
+                    mirror.failed(&e.to_string());
+                    reason = e.to_string();
+                    continue;
+                }
+            };
+            let status = response.status().as_u16();
+            let total = |r: &reqwest::Response| match status {
+                206 => content_range(r)
+                    .filter(|&(from, _)| from == written)
+                    .and_then(|(_, t)| t),
+                _ => r.content_length(),
+            };
+            match status {
+                206 | 200 if head.len.is_none() || total(&response) == head.len => {
+                    tracing::info!(key = %self.request.key, mirror = %mirror.base, from = if status == 206 { written } else { 0 }, "download continues on another mirror");
+                    return Some((mirror, response, status == 200 && written > 0));
+                }
+                s if s >= 500 => {
+                    reason = format!("mirror answered {s}");
+                    mirror.failed(&reason);
+                }
+                s => {
+                    reason = format!("mirror answered {s}; cannot continue the download there");
+                }
+            }
+        }
+        None
+    }
+
+    fn observe(
+        &self,
+        result: &Result<reqwest::Response, UpstreamError>,
+        started: std::time::Instant,
+    ) {
+        let status = result
+            .as_ref()
+            .map_or_else(|_| "error".to_string(), |r| r.status().as_u16().to_string());
+        self.cache
+            .metrics
+            .upstream_duration
+            .get_or_create(&UpstreamLabel {
+                method: "GET",
+                status,
+            })
+            .observe(started.elapsed().as_secs_f64());
+    }
+}
+
+/// `Content-Range: bytes FROM-TO/TOTAL` as (FROM, TOTAL).
+fn content_range(response: &reqwest::Response) -> Option<(u64, Option<u64>)> {
+    let value = response.headers().get(CONTENT_RANGE)?.to_str().ok()?;
+    let (range, total) = value.strip_prefix("bytes ")?.split_once('/')?;
+    let (from, _) = range.split_once('-')?;
+    Some((from.trim().parse().ok()?, total.trim().parse().ok()))
+}
+
 /// A body received into a temporary file, with its digest.
 struct Received {
     head: Arc<Head>,
@@ -264,12 +443,15 @@ impl Received {
     }
 }
 
-/// Streams `response` into a new temporary body, publishing progress on `tx` when given, and
-/// checks it against its announced length and the hash its URL pins.
+/// Streams a mirror's response into a new temporary body, publishing progress on `tx` when
+/// given; when the mirror fails mid-body the transfer continues on the next mirror. Checks
+/// the whole against its announced length and the hash its URL pins.
 async fn receive(
     cache: &Cache,
     request: &FillRequest,
-    response: reqwest::Response,
+    path: &str,
+    (mut mirror, response): (Arc<Mirror>, reqwest::Response),
+    mirrors: &mut Attempts<'_>,
     tx: Option<&watch::Sender<FillState>>,
 ) -> Result<Received, FillError> {
     let status = response.status().as_u16();
@@ -291,27 +473,60 @@ async fn receive(
         });
     }
     let pinned = if status == 200 {
-        by_hash_digest(&request.path)
+        by_hash_digest(path)
     } else {
         None
     };
     let mut sha256 = Sha256::new();
     let mut sha512 = matches!(pinned, Some((HashAlgo::Sha512, _))).then(Sha512::new);
     let mut written = 0u64;
+    // While another mirror resends the start: the offset of its next byte.
+    let mut replay: Option<u64> = None;
     // Chunks that are already there are written together: one flush and one wake-up per batch.
     let mut chunks = response.bytes_stream().ready_chunks(64);
-    while let Some(batch) = chunks.next().await {
+    loop {
+        let Some(batch) = chunks.next().await else {
+            break;
+        };
+        let mut failure: Option<(String, bool)> = None;
         for item in batch {
-            let chunk = item.map_err(|e| UpstreamError::from_reqwest(&e))?;
-            sha256.update(&chunk);
+            let chunk = match item {
+                Ok(chunk) => chunk,
+                Err(e) => {
+                    let e = UpstreamError::from_reqwest(&e);
+                    tracing::warn!(key = %request.key, mirror = %mirror.base, written, error = %e, detail = ?e, "mirror failed mid-body");
+                    failure = Some((e.to_string(), true));
+                    break;
+                }
+            };
+            let mut data = &chunk[..];
+            if let Some(at) = replay.as_mut() {
+                let n = (data.len() as u64).min(written - *at) as usize;
+                if !same_as_received(&temp.reader, *at, &data[..n]) {
+                    failure = Some((
+                        "the mirror's copy differs from the first one's".into(),
+                        false,
+                    ));
+                    break;
+                }
+                *at += n as u64;
+                data = &data[n..];
+                if *at == written {
+                    replay = None;
+                }
+            }
+            if data.is_empty() {
+                continue;
+            }
+            sha256.update(data);
             if let Some(h) = sha512.as_mut() {
-                h.update(&chunk);
+                h.update(data);
             }
             temp.writer
-                .write_all(&chunk)
+                .write_all(data)
                 .await
                 .map_err(|e| storage_error("write", e))?;
-            written += chunk.len() as u64;
+            written += data.len() as u64;
         }
         temp.writer
             .flush()
@@ -324,6 +539,24 @@ async fn receive(
                 }
             });
         }
+        if let Some((why, unhealthy)) = failure {
+            if unhealthy {
+                mirror.failed(&why);
+            }
+            let Some((next, response, again)) = mirrors.resume(path, &head, written, &why).await
+            else {
+                return Err(UpstreamError::Transfer { detail: why }.into());
+            };
+            mirror = next;
+            replay = again.then_some(0);
+            chunks = response.bytes_stream().ready_chunks(64);
+        }
+    }
+    if replay.is_some() {
+        return Err(UpstreamError::Transfer {
+            detail: "the next mirror sent less than was already received".into(),
+        }
+        .into());
     }
     if let Some(expected) = head.len.filter(|&n| n != written) {
         return Err(FillError::Length {
@@ -331,6 +564,7 @@ async fn receive(
             got: written,
         });
     }
+    mirror.succeeded();
     let sha256 = hex::encode(sha256.finalize());
     let digest_ok = match &pinned {
         Some((HashAlgo::Sha256, want)) => *want == sha256,
@@ -349,6 +583,13 @@ async fn receive(
         written,
         sha256,
     })
+}
+
+/// Whether `data` equals the bytes received at `offset` of the temporary body.
+fn same_as_received(file: &File, offset: u64, data: &[u8]) -> bool {
+    use std::os::unix::fs::FileExt;
+    let mut stored = vec![0; data.len()];
+    file.read_exact_at(&mut stored, offset).is_ok() && stored == data
 }
 
 fn storage_error(op: &'static str, source: std::io::Error) -> FillError {

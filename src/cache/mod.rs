@@ -24,10 +24,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use tokio::sync::watch;
-use url::Url;
 
 use crate::config::{CacheLimits, Tuning};
 use crate::distro::class::FileClass;
+use crate::mirror::MirrorSet;
 use crate::storage::StorageError;
 use crate::storage::disk::DiskStore;
 use crate::telemetry::metrics::{DistroLabel, Metrics};
@@ -92,7 +92,8 @@ pub struct MirrorHealth {
 #[derive(Debug, Clone)]
 pub struct FillRequest {
     pub key: CacheKey,
-    pub url: Url,
+    /// The repo's mirrors, tried in turn.
+    pub mirrors: Arc<MirrorSet>,
     pub class: FileClass,
     /// The path inside the repo (the key without its namespace).
     pub path: String,
@@ -100,10 +101,22 @@ pub struct FillRequest {
     pub repo: String,
     /// What an index says the file must be.
     pub expect: Option<Expectation>,
-    /// Where the same content lives by hash, tried when the file does not match its index.
-    pub fallback_url: Option<Url>,
+    /// Where the same content lives by hash (a path in the repo), tried when the file does
+    /// not match its index.
+    pub fallback_path: Option<String>,
     /// Lifetime set by a distributions.yaml cache rule matching the path.
     pub rule_max_age: Option<u64>,
+}
+
+impl FillRequest {
+    /// Whether a transfer cut on one mirror may continue on another from where it stopped:
+    /// the file cannot differ between mirrors (its name never changes meaning, or an index
+    /// or the URL pins its hash, checked at the end).
+    pub fn resumable(&self) -> bool {
+        self.class == FileClass::Immutable
+            || self.expect.is_some()
+            || crate::distro::class::by_hash_digest(&self.path).is_some()
+    }
 }
 
 impl Cache {

@@ -54,6 +54,9 @@ pub struct Cli {
     /// Path to distributions.yaml [env: APT_PROXY_DISTRIBUTIONS_CONFIG]
     #[arg(long = "distributions-config", help_heading = "Mirrors")]
     pub distributions_config: Option<PathBuf>,
+    /// Minutes between mirror benchmarks, 0 benchmarks only at start and on reload [env: APT_PROXY_MIRROR_REFRESH_INTERVAL] [default: 60]
+    #[arg(long = "mirror-refresh-interval", help_heading = "Mirrors")]
+    pub mirror_refresh_interval: Option<u64>,
 
     /// Directory to store cached packages [env: APT_PROXY_CACHEDIR] [default: ./.aptcache]
     #[arg(long, help_heading = "Cache")]

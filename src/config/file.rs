@@ -71,6 +71,7 @@ pub struct MirrorsSection {
     pub debian: Option<String>,
     pub centos: Option<String>,
     pub alpine: Option<String>,
+    pub refresh_interval_min: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

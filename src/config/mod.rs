@@ -116,6 +116,10 @@ pub struct Tuning {
     /// Free space under which new files are streamed but not stored; `None`: 5 % of the file
     /// system, at most 5 GiB.
     pub free_space_floor: Option<u64>,
+    /// Time between mirror benchmarks; `None`: only at start and on reload.
+    pub mirror_refresh: Option<Duration>,
+    /// Bounds of a mirror benchmark.
+    pub benchmark: crate::mirror::benchmark::Limits,
 }
 
 impl Default for Tuning {
@@ -131,6 +135,8 @@ impl Default for Tuning {
             shutdown_grace: Duration::from_secs(30),
             access_persist_interval: Duration::from_secs(3600),
             free_space_floor: None,
+            mirror_refresh: Some(Duration::from_secs(3600)),
+            benchmark: crate::mirror::benchmark::Limits::default(),
         }
     }
 }
@@ -233,6 +239,18 @@ impl Config {
                 config.mirrors.insert(id.to_string(), spec);
             }
         }
+
+        let refresh_min = pick(
+            cli.mirror_refresh_interval,
+            env,
+            "APT_PROXY_MIRROR_REFRESH_INTERVAL",
+            mirrors.refresh_interval_min,
+        )?;
+        config.tuning.mirror_refresh = match refresh_min {
+            Some(0) => None,
+            Some(m) => Some(Duration::from_secs(m.saturating_mul(60))),
+            None => config.tuning.mirror_refresh,
+        };
 
         let dist_given = pick(
             cli.distributions_config,

@@ -18,6 +18,8 @@ use std::sync::Arc;
 
 use url::Url;
 
+use crate::mirror::{Candidate, MirrorSet};
+
 /// Which distributions are served (`--mode`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -113,26 +115,22 @@ pub struct Repo {
     pub distro_name: String,
     /// The distribution's type number (1 Ubuntu, 2 Ubuntu Ports, 3 Debian, 4 CentOS, 5 Alpine).
     pub kind: u8,
-    /// Mirror candidates of the distribution (base URLs of this tree), the upstream first.
-    pub mirrors: Vec<Url>,
-    /// Path probed when benchmarking mirrors.
-    pub benchmark_url: Option<String>,
-    /// URL of a list of geo-located mirrors.
-    pub geo_mirror_api: Option<String>,
+    /// The tree's mirrors: candidates, ranking and health.
+    pub mirror_set: Arc<MirrorSet>,
     /// Freshness overrides by path pattern.
     pub cache_rules: Vec<CacheRule>,
     /// A distributions.yaml `url_pattern` whose first group is the path in the repo.
     pub url_pattern: Option<regex_lite::Regex>,
-    /// Base URL of the mirror used for this tree; ends with `/`.
+    /// Base URL of the configured first mirror of this tree (before any ranking); ends with `/`.
     pub upstream: Url,
-    /// Whether the user chose the mirror (a flag) rather than the built-in default.
+    /// Whether the user chose the mirrors (a flag) rather than the built-in candidates.
     pub pinned: bool,
     known: Vec<KnownPrefix>,
 }
 
 impl Repo {
-    /// The upstream URL for a path inside the repo, kept byte for byte as the client sent it
-    /// (percent-encoding included: apt asks for `%253a` and means it).
+    /// The URL for a path inside the repo on the configured first mirror, kept byte for byte as
+    /// the client sent it (percent-encoding included: apt asks for `%253a` and means it).
     pub fn upstream_url(&self, path_in_repo: &str) -> Result<Url, url::ParseError> {
         Url::parse(&format!("{}{}", self.upstream.as_str(), path_in_repo))
     }
@@ -178,34 +176,63 @@ impl Registry {
                 spec: spec.into(),
                 reason,
             };
-            let candidates: Vec<Url> = def
+            let candidates: Vec<Candidate> = def
                 .mirrors
                 .iter()
-                .map(|m| resolve_mirror(&def.id, m, &def.aliases))
-                .collect::<Result<_, _>>()?;
-            let pinned = match pins.get(&def.id) {
-                Some(spec) if !spec.trim().is_empty() => {
-                    Some(resolve_mirror(&def.id, spec.trim(), &def.aliases)?)
-                }
-                _ => None,
+                .map(|m| {
+                    Ok(Candidate {
+                        url: resolve_mirror(&def.id, m, &def.aliases)?,
+                        any_scheme: !m.contains("://"),
+                    })
+                })
+                .collect::<Result<_, DistroError>>()?;
+            // A pin may list several mirrors, comma-separated: tried in that order.
+            let pinned: Vec<Url> = match pins.get(&def.id) {
+                Some(spec) => spec
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| resolve_mirror(&def.id, s, &def.aliases))
+                    .collect::<Result<_, _>>()?,
+                None => Vec::new(),
             };
             let primary = pinned
-                .clone()
-                .or_else(|| candidates.first().cloned())
+                .first()
+                .or_else(|| candidates.first().map(|c| &c.url))
+                .cloned()
                 .ok_or_else(|| bad("", "no mirror is listed".into()))?;
-            for tree in &def.trees {
+            for (index, tree) in def.trees.iter().enumerate() {
                 let derive = |url: &Url| match &tree.sibling_of_mirror {
                     Some(sibling) => sibling_url(url, sibling),
                     None => url.clone(),
                 };
-                let upstream = match (&pinned, &tree.default_upstream) {
-                    (None, Some(default)) => {
+                let upstream = match (pinned.is_empty(), &tree.default_upstream) {
+                    (true, Some(default)) => {
                         Url::parse(default).map_err(|e| bad(default, e.to_string()))?
                     }
                     _ => derive(&primary),
                 };
-                let mut mirrors: Vec<Url> = vec![upstream.clone()];
-                mirrors.extend(candidates.iter().map(derive).filter(|u| *u != upstream));
+                let tree_candidates: Vec<Candidate> = if pinned.is_empty() {
+                    let first = Candidate {
+                        any_scheme: tree.default_upstream.is_none()
+                            && candidates.first().is_some_and(|c| c.any_scheme),
+                        url: upstream.clone(),
+                    };
+                    std::iter::once(first)
+                        .chain(candidates.iter().map(|c| Candidate {
+                            url: derive(&c.url),
+                            any_scheme: c.any_scheme,
+                        }))
+                        .collect()
+                } else {
+                    pinned
+                        .iter()
+                        .map(|u| Candidate {
+                            url: derive(u),
+                            any_scheme: false,
+                        })
+                        .collect()
+                };
                 let mut known: Vec<KnownPrefix> = tree
                     .official_hosts
                     .iter()
@@ -215,17 +242,25 @@ impl Registry {
                         path: tree.mirror_path.clone(),
                     })
                     .collect();
-                known.extend(mirrors.iter().map(prefix_of_url));
+                known.extend(tree_candidates.iter().map(|c| prefix_of_url(&c.url)));
+                // Only the distribution's main tree is benchmarked: the benchmark file lives
+                // there.
+                let mirror_set = Arc::new(MirrorSet::new(
+                    &tree.id,
+                    &def.id,
+                    !pinned.is_empty(),
+                    tree_candidates,
+                    def.benchmark_url.clone().filter(|_| index == 0),
+                    def.geo_mirror_api.clone().filter(|_| index == 0),
+                ));
                 repos.push(Arc::new(Repo {
                     id: tree.id.clone(),
                     distro: def.id.clone(),
                     distro_name: def.name.clone(),
                     kind: def.kind,
                     upstream,
-                    pinned: pinned.is_some(),
-                    mirrors,
-                    benchmark_url: def.benchmark_url.clone(),
-                    geo_mirror_api: def.geo_mirror_api.clone(),
+                    pinned: !pinned.is_empty(),
+                    mirror_set,
                     cache_rules: def.cache_rules.clone(),
                     url_pattern: def.url_pattern.clone(),
                     known,
@@ -507,7 +542,7 @@ mod file_tests {
                     (
                         r.id.clone(),
                         r.upstream.to_string(),
-                        r.mirrors.len(),
+                        r.mirror_set.candidates.len(),
                         r.kind,
                     )
                 })

@@ -176,7 +176,9 @@ async fn answer(
         distro: matched.repo.distro.clone(),
         mirror: matched
             .repo
-            .upstream
+            .mirror_set
+            .current()
+            .base
             .host_str()
             .unwrap_or_default()
             .to_string(),
@@ -194,18 +196,14 @@ async fn answer(
             return (r, repo);
         }
     };
-    let url = match matched.repo.upstream_url(&matched.path) {
-        Ok(url) => url,
-        Err(_) => return (text(StatusCode::BAD_REQUEST, "malformed path"), repo),
-    };
+    if matched.repo.upstream_url(&matched.path).is_err() {
+        return (text(StatusCode::BAD_REQUEST, "malformed path"), repo);
+    }
     let expect = state
         .cache
         .expectation(&matched.repo.id, &matched.path)
         .await;
-    let fallback_url = expect
-        .as_ref()
-        .and_then(|e| e.by_hash_path.as_deref())
-        .and_then(|p| matched.repo.upstream_url(p).ok());
+    let fallback_path = expect.as_ref().and_then(|e| e.by_hash_path.clone());
     let rule_max_age = matched
         .repo
         .cache_rules
@@ -214,12 +212,12 @@ async fn answer(
         .map(|r| r.max_age);
     let fill = FillRequest {
         key: CacheKey::new(&matched.repo.id, &matched.path),
-        url,
+        mirrors: matched.repo.mirror_set.clone(),
         class: classify(&matched.path),
         path: matched.path,
         repo: matched.repo.id.clone(),
         expect,
-        fallback_url,
+        fallback_path,
         rule_max_age,
     };
 

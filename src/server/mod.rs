@@ -21,6 +21,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::admin::ratelimit::RateLimiter;
 use crate::cache::Cache;
 use crate::config::{Config, Security};
+use crate::mirror::selector::Selector;
 use crate::storage::StorageError;
 use crate::storage::disk::DiskStore;
 use crate::telemetry::activity::RecentActivity;
@@ -80,18 +81,27 @@ pub struct Server {
 impl Server {
     /// Checks the configuration, opens the cache and binds the listening socket.
     pub async fn bind(config: &Config) -> Result<Server, StartError> {
-        let reloader = Arc::new(Reloader::new(RegistrySource {
-            mode: config.mode,
-            pins: config.mirrors.clone(),
-            distributions_config: config.distributions_config.clone(),
-        })?);
+        let metrics = Arc::new(Metrics::new());
+        let selector = Arc::new(Selector::new(
+            config.tuning.benchmark.clone(),
+            config.tuning.mirror_refresh,
+            metrics.clone(),
+        ));
+        let reloader = Arc::new(Reloader::new(
+            RegistrySource {
+                mode: config.mode,
+                pins: config.mirrors.clone(),
+                distributions_config: config.distributions_config.clone(),
+            },
+            selector.clone(),
+        )?);
+
         if let Some(path) = &config.distributions_config {
             tracing::info!(file = %path.display(), "loaded distributions config");
         }
         let tls = config.tls.as_ref().map(tls::acceptor).transpose()?;
         let store = DiskStore::open(&config.cache_dir)?;
         let upstream = Upstream::new(config.upstream_keep_alive, &config.tuning)?;
-        let metrics = Arc::new(Metrics::new());
         let cache = Arc::new(Cache::new(
             store,
             upstream,
@@ -130,6 +140,10 @@ impl Server {
                 Tracer::start(url)
             }),
         });
+        // Mirrors are ranked in the background: the proxy serves at once, in configuration
+        // order, and switches when a ranking is ready.
+        let sets = state.reloader.clone();
+        tokio::spawn(selector.run(move || sets.mirror_sets()));
         Ok(Server {
             listener,
             state,

@@ -14,6 +14,8 @@ use tokio::sync::Notify;
 
 use crate::config::file;
 use crate::distro::{DistributionsFile, MirrorPins, Mode, Registry};
+use crate::mirror::MirrorSet;
+use crate::mirror::selector::Selector;
 
 /// How the registry is (re)built.
 #[derive(Debug)]
@@ -48,6 +50,8 @@ impl RegistrySource {
 #[derive(Debug)]
 pub struct Reloader {
     pub registry: ArcSwap<Registry>,
+    /// Ranks the mirrors; a reload asks it for a new benchmark.
+    pub selector: Arc<Selector>,
     source: RegistrySource,
     /// One reload at a time.
     running: tokio::sync::Mutex<()>,
@@ -58,11 +62,12 @@ pub struct Reloader {
 
 impl Reloader {
     /// Builds the first registry.
-    pub fn new(source: RegistrySource) -> Result<Reloader, LoadError> {
+    pub fn new(source: RegistrySource, selector: Arc<Selector>) -> Result<Reloader, LoadError> {
         let registry = source.load()?;
         log_mirrors(&registry);
         Ok(Reloader {
             registry: ArcSwap::from_pointee(registry),
+            selector,
             source,
             running: Default::default(),
             pending: AtomicBool::new(false),
@@ -77,8 +82,16 @@ impl Reloader {
         match self.source.load() {
             Ok(registry) => {
                 log_mirrors(&registry);
+                // Unchanged mirror lists keep their ranking and health until the new benchmark.
+                let old = self.registry.load();
+                for repo in registry.repos() {
+                    if let Some(before) = old.by_id(&repo.id) {
+                        repo.mirror_set.inherit(&before.mirror_set);
+                    }
+                }
                 let n = registry.repos().len();
                 self.registry.store(Arc::new(registry));
+                self.selector.refresh();
                 tracing::info!(repos = n, "reload done");
                 Ok(n)
             }
@@ -106,15 +119,26 @@ impl Reloader {
             }
         }
     }
+
+    /// Every repo's mirror set in the live registry.
+    pub fn mirror_sets(&self) -> Vec<Arc<MirrorSet>> {
+        self.registry
+            .load()
+            .repos()
+            .iter()
+            .map(|r| r.mirror_set.clone())
+            .collect()
+    }
 }
 
 fn log_mirrors(registry: &Registry) {
     for repo in registry.repos() {
-        let how = if repo.pinned {
-            "using specified"
+        let set = &repo.mirror_set;
+        if repo.pinned {
+            let mirrors: Vec<&str> = set.candidates.iter().map(|c| c.url.as_str()).collect();
+            tracing::info!(repo = %repo.id, mirror = %repo.upstream, failover = ?&mirrors[1..], "using specified {} mirror", repo.id);
         } else {
-            "using default"
-        };
-        tracing::info!(repo = %repo.id, mirror = %repo.upstream, "{how} {} mirror", repo.id);
+            tracing::info!(repo = %repo.id, mirror = %repo.upstream, candidates = set.candidates.len(), benchmarked = set.is_benchmarked(), "using default {} mirror until the benchmark ranks the candidates", repo.id);
+        }
     }
 }

@@ -41,6 +41,8 @@ pub struct Metrics {
     pub upstream_errors: Family<DistroLabel, Counter>,
     pub bytes_served: Family<SourceLabel, Counter>,
     pub integrity_failures: Family<DistroLabel, Counter>,
+    pub mirror_failovers: Family<DistroLabel, Counter>,
+    pub mirror_benchmarks: Family<DistroLabel, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -71,6 +73,8 @@ impl Metrics {
         let upstream_errors = Family::<DistroLabel, Counter>::default();
         let bytes_served = Family::<SourceLabel, Counter>::default();
         let integrity_failures = Family::<DistroLabel, Counter>::default();
+        let mirror_failovers = Family::<DistroLabel, Counter>::default();
+        let mirror_benchmarks = Family::<DistroLabel, Counter>::default();
         registry.register(
             "apt_proxy_cache_hits",
             "Requests answered from the cache",
@@ -121,6 +125,16 @@ impl Metrics {
             "Downloads refused because they did not match their index or URL hash",
             integrity_failures.clone(),
         );
+        registry.register(
+            "apt_proxy_mirror_failovers",
+            "Requests that moved on to the next mirror after one failed",
+            mirror_failovers.clone(),
+        );
+        registry.register(
+            "apt_proxy_mirror_benchmarks",
+            "Mirror benchmarks run",
+            mirror_benchmarks.clone(),
+        );
         Metrics {
             registry,
             cache_hits,
@@ -133,6 +147,8 @@ impl Metrics {
             upstream_errors,
             bytes_served,
             integrity_failures,
+            mirror_failovers,
+            mirror_benchmarks,
         }
     }
 

@@ -345,7 +345,8 @@ _proxy_spawn() {
   for v in $(compgen -e | grep '^APT_PROXY_' || true); do strip+=(-u "$v"); done
   # shellcheck disable=SC2086
   spawn apt-proxy "$PROXY_LOG" env "${strip[@]}" "$APT_PROXY_BIN" ${PROXY_ARGS:-} --host 127.0.0.1 --port "$PROXY_PORT" --cachedir "$PROXY_CACHE" \
-    --debian "$ORIGIN_URL/debian/" --centos "$ORIGIN_URL/centos/" --alpine "$ORIGIN_URL/alpine/"
+    --debian "$ORIGIN_URL/debian/" --centos "$ORIGIN_URL/centos/" --alpine "$ORIGIN_URL/alpine/" \
+    --ubuntu "$ORIGIN_URL/ubuntu/" --ubuntu-ports "$ORIGIN_URL/ubuntu-ports/"
   PROXY_PID=$SPAWNED_PID
   wait_port "$PROXY_PORT" "$PROXY_PID" 30 || die "apt-proxy did not listen on 127.0.0.1:$PROXY_PORT"
 }

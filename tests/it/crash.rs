@@ -225,7 +225,7 @@ async fn logging_follows_its_variables_and_leaves_probes_out() {
 
     let proxy = Binary::start_with(
         &dir.path().join("c1"),
-        &["--debian", &origin.base("debian")],
+        &["--mode", "debian", "--debian", &origin.base("debian")],
         &[],
     );
     client
@@ -268,6 +268,8 @@ async fn logging_follows_its_variables_and_leaves_probes_out() {
             "127.0.0.1",
             "--port",
             &port.to_string(),
+            "--mode",
+            "debian",
             "--debian",
             &origin.base("debian"),
             "--cachedir",
@@ -318,6 +320,8 @@ async fn logging_follows_its_variables_and_leaves_probes_out() {
             "--port",
             "0",
             "--debug",
+            "--mode",
+            "debian",
             "--debian",
             &origin.base("debian"),
             "--cachedir",

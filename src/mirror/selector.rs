@@ -1,0 +1,152 @@
+//! The selector: benchmarks the mirror sets that are not pinned, in the background, at start,
+//! periodically and on request (a reload), and swaps each ranking in when it is ready. The
+//! proxy never waits for it: until a ranking exists, sets use their configuration order.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+use super::benchmark::{self, Limits};
+use super::{Mirror, MirrorSet, Report};
+use crate::cache::meta::unix_now;
+use crate::telemetry::metrics::{DistroLabel, Metrics};
+
+/// Runs benchmarks; one per set at a time.
+#[derive(Debug)]
+pub struct Selector {
+    limits: Limits,
+    /// Time between benchmarks; `None`: only at start and on request.
+    interval: Option<Duration>,
+    wake: Notify,
+    metrics: Arc<Metrics>,
+}
+
+impl Selector {
+    pub fn new(limits: Limits, interval: Option<Duration>, metrics: Arc<Metrics>) -> Selector {
+        Selector {
+            limits,
+            interval,
+            wake: Notify::new(),
+            metrics,
+        }
+    }
+
+    /// Asks for a new benchmark of every set now (after a reload).
+    pub fn refresh(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Benchmarks the sets `sets()` returns, at once and then whenever it is time or asked,
+    /// until the process ends.
+    pub async fn run(self: Arc<Self>, sets: impl Fn() -> Vec<Arc<MirrorSet>> + Send + 'static) {
+        loop {
+            self.benchmark_all(sets()).await;
+            match self.interval {
+                Some(every) => {
+                    let _ = tokio::time::timeout(every, self.wake.notified()).await;
+                }
+                None => self.wake.notified().await,
+            }
+        }
+    }
+
+    /// Benchmarks every set that is neither pinned nor without a benchmark file, concurrently.
+    pub async fn benchmark_all(&self, sets: Vec<Arc<MirrorSet>>) {
+        let runs = sets
+            .into_iter()
+            .filter(|s| s.is_benchmarked())
+            .map(|set| async move { self.benchmark(&set).await });
+        futures_util::future::join_all(runs).await;
+    }
+
+    /// Benchmarks one set and swaps its ranking in (unless nothing answered).
+    pub async fn benchmark(&self, set: &MirrorSet) {
+        let Some(path) = set.benchmark_path.as_deref() else {
+            return;
+        };
+        if set.set_benchmarking(true) {
+            return;
+        }
+        let started = Instant::now();
+        tracing::info!(distro = %set.distro, repo = %set.repo, "Starting benchmark for mirrors");
+        self.metrics
+            .mirror_benchmarks
+            .get_or_create(&DistroLabel {
+                distro: set.repo.clone(),
+            })
+            .inc();
+        let report = match benchmark::client(&self.limits) {
+            Ok(client) => self.measure(set, &client, path, started).await,
+            Err(e) => Report {
+                error: Some(format!("benchmark client: {e}")),
+                ..Report::default()
+            },
+        };
+        if let Some(error) = &report.error {
+            tracing::warn!(repo = %set.repo, error = %error, "no mirror ranking; keeping the current order");
+        }
+        set.set_report(report);
+        set.set_benchmarking(false);
+    }
+
+    async fn measure(
+        &self,
+        set: &MirrorSet,
+        client: &reqwest::Client,
+        path: &str,
+        started: Instant,
+    ) -> Report {
+        let mut candidates = set.candidates.clone();
+        if let Some(list) = &set.geo_list {
+            match benchmark::geo_list(client, list, self.limits.geo_timeout).await {
+                Ok(found) => {
+                    tracing::info!(repo = %set.repo, url = %list, mirrors = found.len(), "read the geo mirror list");
+                    candidates.extend(found);
+                }
+                Err(e) => {
+                    tracing::warn!(repo = %set.repo, url = %list, error = %e, "geo mirror list unavailable; ignored")
+                }
+            }
+        }
+        let urls = benchmark::probe_urls(&candidates);
+        let probed = urls.len();
+        let probes = benchmark::run(client, urls, path, &self.limits).await;
+        let (ranked, dropped) = benchmark::rank(probes);
+        for d in &dropped {
+            tracing::debug!(repo = %set.repo, mirror = %d.url, reason = %d.reason, "mirror left out of the ranking");
+        }
+        tracing::info!(
+            distro = %set.distro,
+            repo = %set.repo,
+            ranked = ranked.len(),
+            dropped = dropped.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "Finished benchmarking mirrors"
+        );
+        let mut report = Report {
+            finished_at: Some(unix_now()),
+            took_ms: started.elapsed().as_millis() as u64,
+            probed,
+            dropped,
+            error: None,
+        };
+        if ranked.is_empty() {
+            report.error = Some("no mirror answered the benchmark".into());
+            return report;
+        }
+        let mirrors: Vec<Arc<Mirror>> = ranked
+            .into_iter()
+            .map(|(url, measure)| {
+                let mirror = set.find(&url).unwrap_or_else(|| Mirror::new(url));
+                mirror.measured(measure);
+                mirror.succeeded();
+                mirror
+            })
+            .collect();
+        let fastest = mirrors[0].base.clone();
+        set.set_ranking(mirrors);
+        tracing::info!(repo = %set.repo, mirror = %fastest, "using fastest mirror");
+        report
+    }
+}
