@@ -43,7 +43,7 @@ echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || echo "(could not drop the page 
 port=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
 start=$(date +%s.%N)
 APT_PROXY_LOG_FORMAT=json "$BIN" --host 127.0.0.1 --port "$port" --cachedir "$WORK/cache" \
-  --debian http://127.0.0.1:9/debian/ --cache-max-size 0 > "$WORK/log" 2>&1 &
+  --mode debian --debian http://127.0.0.1:9/debian/ --cache-max-size 0 > "$WORK/log" 2>&1 &
 PID=$!
 answered=
 for _ in $(seq 1 6000); do
