@@ -15,7 +15,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, watch};
 
 type Body = BoxBody<Bytes, std::io::Error>;
 
@@ -60,6 +60,8 @@ struct Inner {
     files: Mutex<HashMap<String, File>>,
     seen: Mutex<Vec<Seen>>,
     gate: Semaphore,
+    /// Set by [`Origin::kill`].
+    killed: watch::Sender<bool>,
 }
 
 /// The origin server; stops when dropped.
@@ -86,19 +88,30 @@ impl Origin {
             files: Mutex::default(),
             seen: Mutex::default(),
             gate: Semaphore::new(0),
+            killed: watch::Sender::new(false),
         });
         let served = inner.clone();
         let task = tokio::spawn(async move {
+            let mut killed = served.killed.subscribe();
             loop {
-                let Ok((stream, _)) = listener.accept().await else {
+                let accepted = tokio::select! {
+                    a = listener.accept() => a,
+                    _ = killed.wait_for(|k| *k) => return,
+                };
+                let Ok((stream, _)) = accepted else {
                     continue;
                 };
                 let inner = served.clone();
+                let mut killed = served.killed.subscribe();
                 tokio::spawn(async move {
                     let service = service_fn(move |req| answer(inner.clone(), req));
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let connection =
+                        http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+                    // A kill drops the connection mid-response.
+                    tokio::select! {
+                        _ = connection => {}
+                        _ = killed.wait_for(|k| *k) => {}
+                    }
                 });
             }
         });
@@ -143,6 +156,12 @@ impl Origin {
             last_modified: httpdate::fmt_http_date(std::time::SystemTime::now()),
         });
         file.behavior = behavior;
+    }
+
+    /// Kills the origin: every open connection is dropped, mid-body or not, and new ones are
+    /// refused.
+    pub fn kill(&self) {
+        self.inner.killed.send_replace(true);
     }
 
     /// Lets every gated response send the rest of its body.
@@ -233,8 +252,35 @@ fn build(inner: &Arc<Inner>, file: &File, headers: &HeaderMap) -> (u16, Response
         },
         _ => false,
     };
+    let range_from = headers
+        .get("range")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("bytes=")?
+                .strip_suffix('-')?
+                .parse::<usize>()
+                .ok()
+        })
+        .filter(|&from| from < file.body.len())
+        .filter(|_| matches!(file.behavior, Behavior::Normal | Behavior::Slow { .. }));
     let mut response = if not_modified {
         respond(304, full(""))
+    } else if let Some(from) = range_from {
+        // Byte ranges are served for whole files only: `bytes=N-`.
+        let len = file.body.len();
+        let rest = file.body.slice(from..);
+        let body = match &file.behavior {
+            Behavior::Slow { chunk, delay } => paced(rest, *chunk, *delay, None, None),
+            _ => full(rest),
+        };
+        let mut r = respond(206, body);
+        r.headers_mut()
+            .insert("content-length", ((len - from) as u64).into());
+        r.headers_mut().insert(
+            "content-range",
+            format!("bytes {from}-{}/{len}", len - 1).parse().unwrap(),
+        );
+        r
     } else {
         let len = file.body.len() as u64;
         let (body, announced) = match &file.behavior {

@@ -1,0 +1,437 @@
+//! Mirror selection and failover, with several in-process origins: a dead one, one that
+//! answers 503, one that hangs, one killed mid-transfer, a slow one, a stale one; the
+//! benchmark ranks them in the background while the proxy serves.
+
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use sha2::{Digest, Sha256};
+
+use crate::{Behavior, Origin, Proxy, cache_dir, data, x_cache};
+
+/// A loopback address nothing listens on (connections are refused).
+async fn dead_base(tree: &str) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    format!("http://{addr}/{tree}/")
+}
+
+async fn api_mirrors(proxy: &Proxy) -> serde_json::Value {
+    let text = proxy
+        .client()
+        .get(proxy.url("api/mirrors"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn set<'a>(sets: &'a serde_json::Value, repo: &str) -> &'a serde_json::Value {
+    sets.as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["repo"] == repo)
+        .unwrap_or_else(|| panic!("no mirror set for {repo} in {sets}"))
+}
+
+async fn metrics(proxy: &Proxy) -> String {
+    proxy
+        .client()
+        .get(proxy.url("metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn refused_and_failing_mirrors_are_skipped_and_demoted() {
+    let err = Origin::start().await;
+    let good = Origin::start().await;
+    for o in [&err, &good] {
+        o.put("/debian/pool/main/a/a.deb", data(100_000, 1));
+        o.put("/debian/pool/main/b/b.deb", data(50_000, 2));
+    }
+    err.set("/debian/pool/main/a/a.deb", Behavior::Status(503));
+    let dead = dead_base("debian").await;
+    let dir = cache_dir();
+    let pins = format!("{dead},{},{}", err.base("debian"), good.base("debian"));
+    let proxy = Proxy::start(&good, dir.path(), |c| {
+        c.mirrors.insert("debian".into(), pins);
+    })
+    .await;
+    let client = proxy.client();
+
+    let r = client
+        .get(proxy.url("debian/pool/main/a/a.deb"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(x_cache(&r), "MISS");
+    assert_eq!(r.bytes().await.unwrap(), data(100_000, 1));
+    assert_eq!(err.hits("/debian/pool/main/a/a.deb"), 1);
+    assert_eq!(good.hits("/debian/pool/main/a/a.deb"), 1);
+    assert!(
+        metrics(&proxy)
+            .await
+            .contains(r#"apt_proxy_mirror_failovers_total{distro="debian"} 2"#)
+    );
+
+    // Both failed mirrors are demoted: the next file goes straight to the good one.
+    let r = client
+        .get(proxy.url("debian/pool/main/b/b.deb"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.bytes().await.unwrap(), data(50_000, 2));
+    assert_eq!(err.hits("/debian/pool/main/b/b.deb"), 0);
+    assert_eq!(good.hits("/debian/pool/main/b/b.deb"), 1);
+
+    let sets = api_mirrors(&proxy).await;
+    let debian = set(&sets, "debian");
+    assert_eq!(debian["pinned"], true);
+    let mirrors = debian["mirrors"].as_array().unwrap();
+    assert_eq!(mirrors.len(), 3, "{debian}");
+    assert_eq!(mirrors[0]["url"], dead.as_str());
+    assert_eq!(mirrors[0]["healthy"], false);
+    assert!(
+        mirrors[0]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("connect"),
+        "{debian}"
+    );
+    assert_eq!(mirrors[1]["healthy"], false);
+    assert_eq!(mirrors[1]["last_error"], "mirror answered 503");
+    assert_eq!(mirrors[2]["healthy"], true);
+    // debian-security follows the same pins, on its sibling path.
+    let security = set(&sets, "debian-security");
+    assert!(
+        security["mirrors"][2]["url"]
+            .as_str()
+            .unwrap()
+            .ends_with("/debian-security/")
+    );
+    let page = client
+        .get(proxy.url(""))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("<h2>Mirrors</h2>") && page.contains("demoted"),
+        "{page}"
+    );
+}
+
+#[tokio::test]
+async fn a_hung_mirror_costs_one_head_timeout_then_the_next_answers() {
+    let hung = Origin::start().await;
+    let good = Origin::start().await;
+    hung.set("/debian/pool/main/h/h.deb", Behavior::Hang);
+    good.put("/debian/pool/main/h/h.deb", data(10_000, 3));
+    let dir = cache_dir();
+    let pins = format!("{},{}", hung.base("debian"), good.base("debian"));
+    let proxy = Proxy::start(&good, dir.path(), |c| {
+        c.mirrors.insert("debian".into(), pins);
+        c.tuning.head_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let started = Instant::now();
+    let r = proxy
+        .client()
+        .get(proxy.url("debian/pool/main/h/h.deb"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap(), data(10_000, 3));
+    let took = started.elapsed();
+    assert!(took >= Duration::from_secs(1), "{took:?}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+}
+
+#[tokio::test]
+async fn a_mirror_killed_during_a_50_mib_download_is_invisible_to_the_client() {
+    const LEN: usize = 50 << 20;
+    let path = "/debian/pool/main/b/big_1.0_amd64.deb";
+    let body = data(LEN, 50);
+    let dying = Origin::start().await;
+    let good = Origin::start().await;
+    dying.put(path, body.clone());
+    dying.set(
+        path,
+        Behavior::Slow {
+            chunk: 256 << 10,
+            delay: Duration::from_millis(10),
+        },
+    );
+    good.put(path, body.clone());
+    let dir = cache_dir();
+    let pins = format!("{},{}", dying.base("debian"), good.base("debian"));
+    let proxy = Proxy::start(&good, dir.path(), |c| {
+        c.mirrors.insert("debian".into(), pins);
+    })
+    .await;
+
+    let r = proxy
+        .client()
+        .get(proxy.url(&path[1..]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.content_length(), Some(LEN as u64));
+    let mut stream = r.bytes_stream();
+    let mut got = Vec::with_capacity(LEN);
+    let mut killed = false;
+    while let Some(chunk) = stream.next().await {
+        got.extend_from_slice(&chunk.expect("the client sees no error"));
+        if !killed && got.len() >= 8 << 20 {
+            dying.kill();
+            killed = true;
+        }
+    }
+    assert!(killed);
+    assert_eq!(got.len(), LEN);
+    assert!(got == body, "bytes differ after the failover");
+
+    // The good mirror was asked for the rest only.
+    let seen = good.seen();
+    let asked: Vec<_> = seen.iter().filter(|s| s.path == path).collect();
+    assert_eq!(asked.len(), 1);
+    let range = asked[0].headers["range"].to_str().unwrap().to_string();
+    let from: usize = range
+        .strip_prefix("bytes=")
+        .and_then(|r| r.strip_suffix('-'))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((8 << 20..LEN).contains(&from), "{range}");
+
+    // Stored whole: the next client gets a hit with the same bytes.
+    let r = proxy
+        .client()
+        .get(proxy.url(&path[1..]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(x_cache(&r), "HIT");
+    let again = r.bytes().await.unwrap();
+    assert_eq!(
+        Sha256::digest(&again).as_slice(),
+        Sha256::digest(&body).as_slice()
+    );
+    assert!(
+        metrics(&proxy)
+            .await
+            .contains(r#"apt_proxy_mirror_failovers_total{distro="debian"} 1"#)
+    );
+}
+
+#[tokio::test]
+async fn a_file_that_may_differ_between_mirrors_restarts_and_is_compared() {
+    // Not a package: no byte range is asked; the next mirror sends it again from the start
+    // and the part already sent must match.
+    let path = "/debian/doc/notes.txt";
+    let body = data(4 << 20, 7);
+    let cut = Origin::start().await;
+    let same = Origin::start().await;
+    cut.put(path, body.clone());
+    cut.set(path, Behavior::CutAfter(1 << 20));
+    same.put(path, body.clone());
+    let dir = cache_dir();
+    let pins = format!("{},{}", cut.base("debian"), same.base("debian"));
+    let proxy = Proxy::start(&same, dir.path(), |c| {
+        c.mirrors.insert("debian".into(), pins);
+    })
+    .await;
+    let r = proxy
+        .client()
+        .get(proxy.url(&path[1..]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.bytes().await.unwrap(), body);
+    let seen = same.seen();
+    assert!(seen.iter().all(|s| !s.headers.contains_key("range")));
+
+    // A mirror whose copy differs cannot finish the transfer: the client sees a cut, and
+    // nothing is stored.
+    let other_path = "/debian/doc/other.txt";
+    let other = Origin::start().await;
+    let differs = Origin::start().await;
+    other.put(other_path, body.clone());
+    other.set(other_path, Behavior::CutAfter(1 << 20));
+    let mut changed = body.clone();
+    changed[1000] ^= 0xff;
+    differs.put(other_path, changed);
+    let dir = cache_dir();
+    let pins = format!("{},{}", other.base("debian"), differs.base("debian"));
+    let proxy = Proxy::start(&differs, dir.path(), |c| {
+        c.mirrors.insert("debian".into(), pins);
+    })
+    .await;
+    let r = proxy
+        .client()
+        .get(proxy.url(&other_path[1..]))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.bytes().await.is_err(), "a mixed body is never completed");
+    let r = proxy
+        .client()
+        .get(proxy.url(&other_path[1..]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(x_cache(&r), "MISS", "nothing was stored");
+    drop(r);
+}
+
+/// A Release file dated `age` ago, padded to about 256 KiB.
+fn release(age: Duration) -> Vec<u8> {
+    let date = httpdate::fmt_http_date(std::time::SystemTime::now() - age).replace("GMT", "UTC");
+    let mut text = format!("Origin: Test\nSuite: noble\nDate: {date}\n");
+    while text.len() < 256 << 10 {
+        text.push_str(" 0123456789abcdef0123456789abcdef 1234 main/binary-amd64/Packages\n");
+    }
+    text.into_bytes()
+}
+
+#[tokio::test]
+async fn the_benchmark_ranks_in_the_background_and_picks_the_fast_fresh_mirror() {
+    const BENCH: &str = "/ubuntu/dists/noble/Release";
+    let fast = Origin::start().await;
+    let slow = Origin::start().await;
+    let stale = Origin::start().await;
+    let cutter = Origin::start().await;
+    let lists = Origin::start().await;
+    let dead = dead_base("ubuntu").await;
+    let fresh = release(Duration::from_secs(60));
+    for o in [&fast, &slow, &stale, &cutter] {
+        o.put("/ubuntu/pool/main/x/x.deb", data(20_000, 11));
+        o.put("/ubuntu/pool/main/y/y.deb", data(30_000, 12));
+        o.put(BENCH, fresh.clone());
+    }
+    stale.put(BENCH, release(Duration::from_secs(2 * 86_400)));
+    cutter.set(BENCH, Behavior::CutAfter(64 << 10));
+    // The slow mirror holds its benchmark file back until the test has been served.
+    slow.set(BENCH, Behavior::Gated(16 << 10));
+    // The fast mirror is only in the geo list, without a scheme (https fails, http works).
+    lists.put(
+        "/mirrors.txt",
+        format!(
+            "# geo list\n{}\n\nnot a url\n",
+            fast.base("ubuntu").trim_start_matches("http://")
+        ),
+    );
+    let yaml = format!(
+        "distributions:\n  - id: ubuntu\n    benchmark_url: \"dists/noble/Release\"\n    geo_mirror_api: \"http://{}/mirrors.txt\"\n    mirrors:\n      official: [\"{}\"]\n      custom: [\"{dead}\", \"{}\", \"{}\"]\n",
+        lists.addr,
+        slow.base("ubuntu"),
+        stale.base("ubuntu"),
+        cutter.base("ubuntu"),
+    );
+    let dir = cache_dir();
+    let file = dir.path().join("distributions.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let proxy = Proxy::start(&fast, &dir.path().join("cache"), |c| {
+        c.mode = apt_proxy::distro::Mode::Ubuntu;
+        c.mirrors.clear();
+        c.distributions_config = Some(file.clone());
+        c.tuning.benchmark.probe_timeout = Duration::from_secs(5);
+        c.tuning.benchmark.deadline = Duration::from_secs(20);
+    })
+    .await;
+    let client = proxy.client();
+
+    // Served at once, from the first configured mirror, while the benchmark runs.
+    let r = client
+        .get(proxy.url("ubuntu/pool/main/x/x.deb"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap(), data(20_000, 11));
+    assert_eq!(slow.hits("/ubuntu/pool/main/x/x.deb"), 1);
+    let sets = api_mirrors(&proxy).await;
+    let ubuntu = set(&sets, "ubuntu");
+    assert_eq!(ubuntu["benchmarking"], true, "{ubuntu}");
+    assert!(ubuntu["last_benchmark"].is_null(), "{ubuntu}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    slow.release();
+
+    let started = Instant::now();
+    let ubuntu = loop {
+        let sets = api_mirrors(&proxy).await;
+        let ubuntu = set(&sets, "ubuntu").clone();
+        if !ubuntu["last_benchmark"].is_null() {
+            break ubuntu;
+        }
+        assert!(started.elapsed() < Duration::from_secs(25), "{ubuntu}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let urls: Vec<&str> = ubuntu["mirrors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["url"].as_str().unwrap())
+        .collect();
+    assert_eq!(urls, [fast.base("ubuntu"), slow.base("ubuntu")], "{ubuntu}");
+    let fastest = &ubuntu["mirrors"][0]["measure"];
+    let slower = &ubuntu["mirrors"][1]["measure"];
+    assert!(
+        fastest["bytes_per_sec"].as_u64() > slower["bytes_per_sec"].as_u64(),
+        "{ubuntu}"
+    );
+    let dropped = ubuntu["last_benchmark"]["dropped"].as_array().unwrap();
+    let reason = |url: &str| {
+        dropped
+            .iter()
+            .find(|d| d["url"] == url)
+            .map(|d| d["reason"].as_str().unwrap().to_string())
+            .unwrap_or_else(|| panic!("{url} not dropped: {ubuntu}"))
+    };
+    assert!(reason(&dead).contains("connect"), "{}", reason(&dead));
+    assert!(reason(&stale.base("ubuntu")).starts_with("stale"));
+    assert!(reason(&cutter.base("ubuntu")).contains("transfer failed"));
+    let https_fast = fast.base("ubuntu").replace("http://", "https://");
+    reason(&https_fast);
+
+    // The next download goes to the fastest mirror.
+    let r = client
+        .get(proxy.url("ubuntu/pool/main/y/y.deb"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.bytes().await.unwrap(), data(30_000, 12));
+    assert_eq!(fast.hits("/ubuntu/pool/main/y/y.deb"), 1);
+    assert_eq!(slow.hits("/ubuntu/pool/main/y/y.deb"), 0);
+
+    // A refresh benchmarks again.
+    let r = client
+        .post(proxy.url("api/mirrors/refresh"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let started = Instant::now();
+    while !metrics(&proxy)
+        .await
+        .contains(r#"apt_proxy_mirror_benchmarks_total{distro="ubuntu"} 2"#)
+    {
+        assert!(started.elapsed() < Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(lists.hits("/mirrors.txt"), 2);
+}
