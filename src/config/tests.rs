@@ -150,6 +150,24 @@ fn cache_group() {
 }
 
 #[test]
+fn mirror_refresh_interval() {
+    let case = Case::new("mirrors:\n  refresh_interval_min: 15\n");
+    assert_eq!(
+        case.resolve(&[]).unwrap().tuning.mirror_refresh,
+        Some(Duration::from_secs(900))
+    );
+    let case = case.env("APT_PROXY_MIRROR_REFRESH_INTERVAL", "0");
+    assert_eq!(case.resolve(&[]).unwrap().tuning.mirror_refresh, None);
+    let c = case.resolve(&["--mirror-refresh-interval", "120"]).unwrap();
+    assert_eq!(c.tuning.mirror_refresh, Some(Duration::from_secs(7200)));
+    assert_eq!(
+        Case::new("").resolve(&[]).unwrap().tuning.mirror_refresh,
+        Some(Duration::from_secs(3600)),
+        "hourly by default"
+    );
+}
+
+#[test]
 fn mirrors_group() {
     let case = Case::new(
         "mirrors:\n  ubuntu: cn:tsinghua\n  debian: cn:ustc\n  centos: \"\"\nupstream_keep_alive: false\n",

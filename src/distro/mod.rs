@@ -454,6 +454,66 @@ mod tests {
     }
 
     #[test]
+    fn pins_may_list_several_mirrors_and_candidates_keep_their_scheme_rule() {
+        let reg = Registry::builtin(
+            Mode::All,
+            &pins(&[(
+                "debian",
+                "http://127.0.0.1:1/debian/, cn:ustc ,http://127.0.0.1:2/d/debian",
+            )]),
+        )
+        .unwrap();
+        let urls = |id: &str| -> Vec<String> {
+            reg.by_id(id)
+                .unwrap()
+                .mirror_set
+                .candidates
+                .iter()
+                .map(|c| c.url.to_string())
+                .collect()
+        };
+        assert_eq!(
+            urls("debian"),
+            [
+                "http://127.0.0.1:1/debian/",
+                "https://mirrors.ustc.edu.cn/debian/",
+                "http://127.0.0.1:2/d/debian/"
+            ]
+        );
+        assert_eq!(
+            urls("debian-security"),
+            [
+                "http://127.0.0.1:1/debian-security/",
+                "https://mirrors.ustc.edu.cn/debian-security/",
+                "http://127.0.0.1:2/d/debian-security/"
+            ]
+        );
+        let debian = &reg.by_id("debian").unwrap().mirror_set;
+        assert!(debian.pinned && !debian.is_benchmarked());
+        // A pinned mirror is reachable in forward-proxy form too.
+        assert!(
+            reg.by_host_path("127.0.0.1", Some(2), "/d/debian/pool/x.deb")
+                .is_some()
+        );
+
+        let ubuntu = &reg.by_id("ubuntu").unwrap().mirror_set;
+        assert!(!ubuntu.pinned && ubuntu.is_benchmarked());
+        assert_eq!(
+            ubuntu.current().base.as_str(),
+            "http://archive.ubuntu.com/ubuntu/"
+        );
+        assert!(
+            !ubuntu.candidates[0].any_scheme,
+            "the official URL has its scheme"
+        );
+        assert!(ubuntu.candidates[1..].iter().all(|c| c.any_scheme));
+        assert!(ubuntu.geo_list.is_some());
+        // Only a distribution's main tree carries the benchmark file.
+        let security = &reg.by_id("debian-security").unwrap().mirror_set;
+        assert!(security.benchmark_path.is_none());
+    }
+
+    #[test]
     fn unknown_shortcut_is_named() {
         let err = Registry::builtin(Mode::All, &pins(&[("debian", "cn:nowhere")])).unwrap_err();
         assert!(err.to_string().contains("cn:nowhere"), "{err}");

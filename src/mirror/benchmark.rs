@@ -38,6 +38,9 @@ impl Default for Limits {
     }
 }
 
+/// Below this many bytes, a transfer rate is not measured but guessed from noise.
+const RATE_MIN_BYTES: u64 = 64 << 10;
+
 /// Most mirrors taken from a geo list.
 const GEO_LIST_MAX: usize = 64;
 
@@ -234,11 +237,18 @@ async fn probe(
         published = suite_date(client, base, suite, deadline).await;
     }
     let latency_ms = latency.as_millis() as u64;
+    // A small file's transfer time is noise: such mirrors are compared on their whole time.
+    // Every candidate fetches the same file, so all are scored the same way.
+    let score_ms = if bytes >= RATE_MIN_BYTES {
+        latency_ms + (1_048_576.0 / bytes_per_sec * 1000.0) as u64
+    } else {
+        (latency + transfer).as_millis() as u64
+    };
     Ok(Measure {
         latency_ms,
         bytes_per_sec: bytes_per_sec as u64,
         bytes,
-        score_ms: latency_ms + (1_048_576.0 / bytes_per_sec * 1000.0) as u64,
+        score_ms,
         published,
         at: unix_now(),
     })

@@ -43,7 +43,8 @@ pub struct Measure {
     pub bytes_per_sec: u64,
     /// Bytes of the benchmark file received.
     pub bytes: u64,
-    /// Estimated milliseconds to fetch 1 MiB (latency plus transfer); lower ranks higher.
+    /// Estimated milliseconds to fetch 1 MiB (latency plus transfer at the measured rate; for
+    /// a benchmark file under 64 KiB, the time to fetch it); lower ranks higher.
     pub score_ms: u64,
     /// When the mirror's index was published (unix seconds), if it says.
     pub published: Option<i64>,
@@ -193,7 +194,7 @@ pub struct MirrorSet {
     pub distro: String,
     /// The user chose the mirrors: they are used in the order given, never benchmarked.
     pub pinned: bool,
-    /// Candidates from the configuration, the default first.
+    /// Candidates from the configuration, the default first, each once.
     pub candidates: Vec<Candidate>,
     /// Path probed by the benchmark (only the distribution's main tree has one).
     pub benchmark_path: Option<String>,
@@ -214,12 +215,17 @@ impl MirrorSet {
         benchmark_path: Option<String>,
         geo_list: Option<String>,
     ) -> MirrorSet {
-        let mut first: Vec<Arc<Mirror>> = Vec::new();
-        for c in &candidates {
-            if !first.iter().any(|m| m.base == c.url) {
-                first.push(Mirror::new(c.url.clone()));
+        let mut unique: Vec<Candidate> = Vec::new();
+        for c in candidates {
+            if !unique.iter().any(|u| u.url == c.url) {
+                unique.push(c);
             }
         }
+        let candidates = unique;
+        let first: Vec<Arc<Mirror>> = candidates
+            .iter()
+            .map(|c| Mirror::new(c.url.clone()))
+            .collect();
         MirrorSet {
             repo: repo.into(),
             distro: distro.into(),
