@@ -77,14 +77,14 @@ pub async fn geo_list(
     timeout: Duration,
 ) -> Result<Vec<Candidate>, String> {
     let fetch = async {
-        let response = client.get(url).send().await.map_err(|e| e.to_string())?;
+        let response = client.get(url).send().await.map_err(|e| describe(&e))?;
         if !response.status().is_success() {
             return Err(format!("answered {}", response.status().as_u16()));
         }
         let mut text = Vec::new();
         let mut body = response.bytes_stream();
         while let Some(chunk) = body.next().await {
-            text.extend_from_slice(&chunk.map_err(|e| e.to_string())?);
+            text.extend_from_slice(&chunk.map_err(|e| describe(&e))?);
             if text.len() > 256 << 10 {
                 return Err("list longer than 256 KiB".into());
             }

@@ -382,4 +382,52 @@ assert_origin_gets 1 1 "${DEBS[@]/#//debian/}"
 [ "${#NEW_DEBS[@]}" = 0 ] || assert_origin_gets 1 1 "${NEW_DEBS[@]/#//debian/}"
 mapfile -t BYHASH < <(cd "$REPO" && find "$BIN/by-hash" -type f | sort)
 assert_origin_gets 0 1 "${BYHASH[@]/#//debian/}"
+
+# ---------------------------------------------------------------- failover
+
+# failover_phase: the first of two pinned Debian mirrors refuses connections; with an empty
+# cache, every client still updates and downloads, byte for byte.
+failover_phase() {
+  [ "$DIRECT" != 1 ] || return 0
+  [ -n "$ORIGIN_PID" ] || origin_start
+  local dead m n
+  dead=$(free_port)
+  say "=== failover: the first pinned Debian mirror (127.0.0.1:$dead) refuses connections; empty cache"
+  stop_pid "$PROXY_PID" apt-proxy
+  PROXY_CACHE=$WORK/proxy-cache-failover
+  mkdir -p "$PROXY_CACHE"
+  DEBIAN_MIRRORS="http://127.0.0.1:$dead/debian/,$ORIGIN_URL/debian/"
+  proxy_restart
+  for m in $MODES; do
+    client_setup "$m"
+    apt_update "[$m] first mirror dead: apt-get update"
+    apt_download "[$m] first mirror dead: apt-get install --download-only ${INSTALL[*]}"
+    # The repository has moved on (new version phase): compare each .deb with its namesake
+    # (apt writes an epoch into the file name: `_3%3a1.0-1_`).
+    local got name count=0
+    for got in "$C"/cache/archives/*.deb; do
+      name=$(basename "$got" | sed -E 's/_[0-9]+%3a/_/')
+      same_bytes "$got" "$(find "$REPO/pool" -name "$name" | head -n 1)"
+      count=$((count + 1))
+    done
+    [ "$count" -ge "${#ALL_PKGS[@]}" ] || die "[$m] $count .debs downloaded, expected ${#ALL_PKGS[@]}"
+    say "[$m] all $count downloaded .debs equal the origin's"
+  done
+  n=$(curl -fsS "$(proxy_url)/metrics" | awk '$1 == "apt_proxy_mirror_failovers_total{distro=\"debian\"}" { print $2 }')
+  [ "${n:-0}" -ge 1 ] || die "the dead mirror caused no counted failover"
+  curl -fsS "$(proxy_url)/api/mirrors" >"$LOGS/mirrors-failover.json"
+  python3 - "$LOGS/mirrors-failover.json" "$dead" <<'PY' || die "/api/mirrors does not show the dead mirror's failures (see $LOGS/mirrors-failover.json)"
+import json, sys
+sets = json.load(open(sys.argv[1]))
+debian = next(s for s in sets if s["repo"] == "debian")
+first = debian["mirrors"][0]
+assert first["url"].endswith(":%s/debian/" % sys.argv[2]), first
+# Failures are counted until a success; the demotion itself may have run out by now.
+assert first["consecutive_failures"] >= 1 and first["last_error"], first
+assert debian["mirrors"][1]["healthy"] is True, debian
+PY
+  say "failovers counted: $n; /api/mirrors shows the dead mirror's failures ($(python3 -c 'import json,sys; s=[x for x in json.load(open(sys.argv[1])) if x["repo"]=="debian"][0]; print(s["mirrors"][0]["last_error"])' "$LOGS/mirrors-failover.json"))"
+  unset DEBIAN_MIRRORS APT_CONFIG
+}
+failover_phase
 say PASS

@@ -338,6 +338,7 @@ proxy_start() {
 }
 
 # _proxy_spawn: starts apt-proxy on $PROXY_PORT with $PROXY_CACHE, its output appended to $PROXY_LOG.
+# DEBIAN_MIRRORS, when set, replaces the Debian pin (a comma-separated failover list).
 _proxy_spawn() {
   # The caller's APT_PROXY_* settings stay out (the CLI below is the whole configuration);
   # extra flags, e.g. --debug, come from PROXY_ARGS.
@@ -345,7 +346,7 @@ _proxy_spawn() {
   for v in $(compgen -e | grep '^APT_PROXY_' || true); do strip+=(-u "$v"); done
   # shellcheck disable=SC2086
   spawn apt-proxy "$PROXY_LOG" env "${strip[@]}" "$APT_PROXY_BIN" ${PROXY_ARGS:-} --host 127.0.0.1 --port "$PROXY_PORT" --cachedir "$PROXY_CACHE" \
-    --debian "$ORIGIN_URL/debian/" --centos "$ORIGIN_URL/centos/" --alpine "$ORIGIN_URL/alpine/" \
+    --debian "${DEBIAN_MIRRORS:-$ORIGIN_URL/debian/}" --centos "$ORIGIN_URL/centos/" --alpine "$ORIGIN_URL/alpine/" \
     --ubuntu "$ORIGIN_URL/ubuntu/" --ubuntu-ports "$ORIGIN_URL/ubuntu-ports/"
   PROXY_PID=$SPAWNED_PID
   wait_port "$PROXY_PORT" "$PROXY_PID" 30 || die "apt-proxy did not listen on 127.0.0.1:$PROXY_PORT"
