@@ -251,6 +251,15 @@ impl MirrorSet {
 
     /// The mirror a request tries first now.
     pub fn current(&self) -> Arc<Mirror> {
+        let now = Instant::now();
+        if let Some(healthy) = self
+            .ranked
+            .load()
+            .iter()
+            .find(|m| m.demoted_until(now).is_none())
+        {
+            return healthy.clone();
+        }
         self.attempt_order()
             .into_iter()
             .next()

@@ -99,7 +99,11 @@ pub async fn handle(
         if let Some(r) = &routed {
             attributes.push(("apt_proxy.distro", r.distro.clone()));
             attributes.push(("apt_proxy.repo", r.repo.clone()));
-            attributes.push(("apt_proxy.mirror", r.mirror.clone()));
+            let mirror = r.mirrors.current();
+            attributes.push((
+                "apt_proxy.mirror",
+                mirror.base.host_str().unwrap_or_default().to_string(),
+            ));
         }
         tracer.record(SpanRecord {
             trace_id,
@@ -132,7 +136,8 @@ pub async fn handle(
 struct Routed {
     repo: String,
     distro: String,
-    mirror: String,
+    /// The repo's mirrors (the one in use is looked up only for a trace).
+    mirrors: std::sync::Arc<crate::mirror::MirrorSet>,
 }
 
 /// A one-line plain-text answer.
@@ -174,14 +179,7 @@ async fn answer(
     let repo = Some(Routed {
         repo: matched.repo.id.clone(),
         distro: matched.repo.distro.clone(),
-        mirror: matched
-            .repo
-            .mirror_set
-            .current()
-            .base
-            .host_str()
-            .unwrap_or_default()
-            .to_string(),
+        mirrors: matched.repo.mirror_set.clone(),
     });
     let head_only = match *request.method() {
         Method::GET => false,
