@@ -13,18 +13,20 @@
 #   killed     --debian=A,B                  A sends the big file at KILL_RATE and is killed
 #                                            with SIGKILL after KILL_AFTER s: the download
 #                                            continues on B with a byte range; sha256 checked
-#   benchmark  no pin, distributions.yaml    candidates A, B (A rate-limited), DEAD, HUNG, each
-#                                            without a scheme (https and http are probed):
+#   benchmark  no pin, distributions.yaml    candidates A (http, first; its benchmark file sent
+#                                            at BENCH_RATE), DEAD, HUNG, B (these without a
+#                                            scheme: https and http are probed):
 #                                            time to "Finished benchmarking mirrors", the ranking
 #
 # Environment (all optional): APT_PROXY_BIN (default <repo>/target/release/apt-proxy),
-#   BIG_MIB=200 NSMALL=20 KILL_RATE=100m KILL_AFTER=1 KEEP=1 (keep the temp dir)
+#   BIG_MIB=200 NSMALL=20 KILL_RATE=100m KILL_AFTER=1 BENCH_RATE=100k (A's rate for the benchmark
+#   file) KEEP=1 (keep the temp dir)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BIN=${APT_PROXY_BIN:-$ROOT/target/release/apt-proxy}
 BIG_MIB=${BIG_MIB:-200}; NSMALL=${NSMALL:-20}
-KILL_RATE=${KILL_RATE:-100m}; KILL_AFTER=${KILL_AFTER:-1}
+KILL_RATE=${KILL_RATE:-100m}; KILL_AFTER=${KILL_AFTER:-1}; BENCH_RATE=${BENCH_RATE:-100k}
 KEEP=${KEEP:-0}
 unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY all_proxy ALL_PROXY no_proxy NO_PROXY
 
@@ -81,13 +83,14 @@ for i in $(seq 1 "$NSMALL"); do head -c 8192 /dev/urandom >"$POOL/small-$i.deb";
 chmod -R a+rX "$WWW"
 
 # ---- origins ---------------------------------------------------------------------------------
-# start_nginx NAME PORT RATE: an origin serving $WWW (RATE: per-connection limit for big.deb and
-# the benchmark file; 0: none)
+# start_nginx NAME PORT BIG_RATE BENCH_RATE: an origin serving $WWW, with per-connection limits
+# for big.deb and for the benchmark file (0: none)
 start_nginx() {
   local d=$STATE/$1
   mkdir -p "$d"
   cat >"$d/nginx.conf" <<CONF
-worker_processes 1;
+# One process, no master: SIGKILL on it kills the server that holds the connections.
+master_process off;
 pid $d/nginx.pid;
 error_log $d/error.log;
 events { worker_connections 1024; }
@@ -97,7 +100,8 @@ http {
   server {
     listen 127.0.0.1:$2;
     root $WWW;
-    location ~ ^/debian/(pool/main/big\.deb|dists/bench/Release)\$ { limit_rate $3; }
+    location = /debian/pool/main/big.deb { limit_rate $3; }
+    location = /debian/dists/bench/Release { limit_rate $4; }
   }
 }
 CONF
@@ -107,8 +111,8 @@ CONF
   wait_listen "$2" "$!" "nginx $1" "$d/error.log"
 }
 A_PORT=$(free_port); B_PORT=$(free_port); DEAD_PORT=$(free_port); HUNG_PORT=$(free_port)
-start_nginx A "$A_PORT" "$KILL_RATE"
-start_nginx B "$B_PORT" 0
+start_nginx A "$A_PORT" "$KILL_RATE" "$BENCH_RATE"
+start_nginx B "$B_PORT" 0 0
 python3 - "$HUNG_PORT" >"$STATE/hung.log" 2>&1 <<'PY' &
 import socket, sys, time
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -150,7 +154,7 @@ big_get() {
   out=$(curl -s -D "$STATE/h" -o "$STATE/big.out" -w '%{time_total}' "$P/pool/main/big.deb")
   t=$out
   local ok=no; [[ $(sha256sum <"$STATE/big.out" | cut -c1-64) == "$BIG_SHA" ]] && ok=yes
-  awk -v t="$t" -v m="$BIG_MIB" -v ok="$ok" 'BEGIN { printf "%.2f %.0f %s", t, m / t, ok }'
+  awk -v t="$t" -v m="$BIG_MIB" -v ok="$ok" 'BEGIN { printf "%.2f %.0f %s\n", t, m / t, ok }'
 }
 
 declare -A R
@@ -179,11 +183,11 @@ KILLER=$!
 read -r R[kill.big_s] R[kill.big_rate] R[kill.big_ok] < <(big_get)
 wait "$KILLER" || true
 R[kill.cache]=$(tr -d '\r' <"$STATE/h" | awk -F': ' 'tolower($1) == "x-cache" { print $2 }')
-R[kill.range]=$(awk '$7 ~ /big.deb/' "$STATE/B/access.log" | wc -l)
+R[kill.range]=$(awk '$7 ~ /big.deb/ && $9 == 206' "$STATE/B/access.log" | wc -l)
 R[kill.failovers]=$(curl -s "http://127.0.0.1:$PROXY_PORT/metrics" | awk '$1 ~ /^apt_proxy_mirror_failovers_total/ { n += $2 } END { print n + 0 }')
-R[kill.resumed_at]=$(grep -o '"from":[0-9]*' "$PROXY_LOG" | head -n 1 | cut -d: -f2)
+R[kill.resumed_at]=$(grep -o '"from":[0-9]*' "$PROXY_LOG" | head -n 1 | cut -d: -f2 || true)
 proxy_stop
-start_nginx A "$A_PORT" "$KILL_RATE"   # back for the benchmark
+start_nginx A "$A_PORT" "$KILL_RATE" "$BENCH_RATE"   # back for the benchmark
 
 log "benchmark: candidates A (rate-limited), B, refusing, hung; no pin"
 cat >"$STATE/distributions.yaml" <<YAML
@@ -191,7 +195,7 @@ distributions:
   - id: debian
     benchmark_url: "dists/bench/Release"
     mirrors:
-      official: ["127.0.0.1:$A_PORT/debian/"]
+      official: ["http://127.0.0.1:$A_PORT/debian/"]
       custom: ["127.0.0.1:$DEAD_PORT/debian/", "127.0.0.1:$HUNG_PORT/debian/", "127.0.0.1:$B_PORT/debian/"]
 YAML
 started=${EPOCHREALTIME/./}
@@ -225,8 +229,8 @@ apt-proxy failover figures (loopback; $BIG_MIB MiB big file, $NSMALL small 8 KiB
 | first mirror hangs | first cold file TTFB (one head timeout) | ${R[hung.first]} ms |
 | first mirror hangs | next cold files TTFB, median (mirror demoted) | ${R[hung.small]} ms |
 | mirror killed mid-download | big file through the kill | ${R[kill.big_s]} s, ${R[kill.big_rate]} MiB/s, sha256 ok: ${R[kill.big_ok]}, X-Cache ${R[kill.cache]} |
-| mirror killed mid-download | resumed at byte / GETs to B / failovers | ${R[kill.resumed_at]:-?} / ${R[kill.range]} / ${R[kill.failovers]} |
-| benchmark (4 candidates, 8 probes) | first answer while it runs | ${R[bench.first]} ms |
+| mirror killed mid-download | resumed at byte / 206 answers from B / failovers | ${R[kill.resumed_at]:-?} / ${R[kill.range]} / ${R[kill.failovers]} |
+| benchmark (4 candidates) | first answer while it runs | ${R[bench.first]} ms |
 | benchmark | start to ranking | ${R[bench.secs]} s |
 | benchmark | ranking | ${R[bench.rank]} |
 EOF
