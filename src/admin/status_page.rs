@@ -180,13 +180,16 @@ fn mirrors_table(page: &mut String, state: &AppState, now: u64) {
             (None, false, false) => "configuration order".to_string(),
         };
         for m in &view.mirrors {
-            let health = match (m.healthy, &m.last_error, m.demoted_for_secs) {
-                (false, e, Some(secs)) => format!(
-                    r#"<span class="bad">demoted {}</span> <span class="muted">{}</span>"#,
-                    duration(secs),
-                    esc(e.as_deref().unwrap_or(""))
+            let error = esc(m.last_error.as_deref().unwrap_or(""));
+            let health = match (m.state, m.demoted_for_secs) {
+                ("demoted", Some(secs)) => format!(
+                    r#"<span class="bad">demoted {}</span> <span class="muted">{error}</span>"#,
+                    duration(secs)
                 ),
-                (_, _, _) if m.last_success.is_some() => r#"<span class="ok">ok</span>"#.into(),
+                ("recovering", _) => format!(
+                    r#"<span class="bad">recovering</span> <span class="muted">{error}</span>"#
+                ),
+                _ if m.last_success.is_some() => r#"<span class="ok">ok</span>"#.into(),
                 _ => r#"<span class="muted">not used yet</span>"#.into(),
             };
             let (speed, latency) = match &m.measure {

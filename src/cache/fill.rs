@@ -321,13 +321,13 @@ impl<'a> Attempts<'a> {
                 Ok(response) if response.status().is_server_error() => {
                     let status = response.status().as_u16();
                     let why = format!("mirror answered {status}");
-                    mirror.failed(&why);
+                    mirror.failed(&why, self.cache.tuning.mirror_demotion);
                     reason = Some(why);
                     last = Some(Ok(status));
                 }
                 Ok(response) => return Ok(Answer::Response(mirror, response)),
                 Err(e) => {
-                    mirror.failed(&e.to_string());
+                    mirror.failed(&e.to_string(), self.cache.tuning.mirror_demotion);
                     reason = Some(e.to_string());
                     last = Some(Err(e));
                 }
@@ -372,7 +372,7 @@ impl<'a> Attempts<'a> {
             let response = match result {
                 Ok(r) => r,
                 Err(e) => {
-                    mirror.failed(&e.to_string());
+                    mirror.failed(&e.to_string(), self.cache.tuning.mirror_demotion);
                     reason = e.to_string();
                     continue;
                 }
@@ -391,7 +391,7 @@ impl<'a> Attempts<'a> {
                 }
                 s if s >= 500 => {
                     reason = format!("mirror answered {s}");
-                    mirror.failed(&reason);
+                    mirror.failed(&reason, self.cache.tuning.mirror_demotion);
                 }
                 s => {
                     reason = format!("mirror answered {s}; cannot continue the download there");
@@ -541,7 +541,7 @@ async fn receive(
         }
         if let Some((why, unhealthy)) = failure {
             if unhealthy {
-                mirror.failed(&why);
+                mirror.failed(&why, cache.tuning.mirror_demotion);
             }
             let Some((next, response, again)) = mirrors.resume(path, &head, written, &why).await
             else {

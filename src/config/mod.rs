@@ -118,6 +118,8 @@ pub struct Tuning {
     pub free_space_floor: Option<u64>,
     /// Time between mirror benchmarks; `None`: only at start and on reload.
     pub mirror_refresh: Option<Duration>,
+    /// First pause of a failing mirror (doubled per consecutive failure, at most 10 min).
+    pub mirror_demotion: Duration,
     /// Bounds of a mirror benchmark.
     pub benchmark: crate::mirror::benchmark::Limits,
 }
@@ -136,6 +138,7 @@ impl Default for Tuning {
             access_persist_interval: Duration::from_secs(3600),
             free_space_floor: None,
             mirror_refresh: Some(Duration::from_secs(3600)),
+            mirror_demotion: Duration::from_secs(30),
             benchmark: crate::mirror::benchmark::Limits::default(),
         }
     }

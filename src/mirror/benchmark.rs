@@ -24,6 +24,8 @@ pub struct Limits {
     pub max_bytes: u64,
     /// Longest wait for the geo mirror list.
     pub geo_timeout: Duration,
+    /// How often failed mirrors whose pause is over are probed (a HEAD of their base URL).
+    pub recovery_every: Duration,
 }
 
 impl Default for Limits {
@@ -34,6 +36,7 @@ impl Default for Limits {
             deadline: Duration::from_secs(30),
             max_bytes: 4 << 20,
             geo_timeout: Duration::from_secs(5),
+            recovery_every: Duration::from_secs(5),
         }
     }
 }
@@ -255,7 +258,7 @@ async fn probe(
 }
 
 /// The error with its causes, short.
-fn describe(e: &reqwest::Error) -> String {
+pub fn describe(e: &reqwest::Error) -> String {
     let mut text = e.to_string();
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {

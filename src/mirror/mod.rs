@@ -5,7 +5,9 @@
 //! [`selector`] benchmarks the candidates in the background and swaps in a ranking. A fill
 //! asks [`MirrorSet::attempt_order`] and moves to the next mirror when one fails; a failure
 //! demotes the mirror for a while (a circuit breaker whose pause doubles with each consecutive
-//! failure), a success restores it.
+//! failure). When the pause is over the mirror is "recovering": tried only after the healthy
+//! ones, until a background probe (or a request that reaches it) succeeds and restores it. So
+//! a hung mirror costs clients nothing once it has failed.
 
 pub mod benchmark;
 pub mod selector;
@@ -18,9 +20,8 @@ use url::Url;
 
 use crate::cache::meta::unix_now;
 
-/// First pause of a failing mirror; it doubles with each consecutive failure.
-const FIRST_DEMOTION: Duration = Duration::from_secs(30);
-/// Longest pause of a failing mirror.
+/// Longest pause of a failing mirror (the first is `Tuning::mirror_demotion`, doubled with each
+/// consecutive failure).
 const LONGEST_DEMOTION: Duration = Duration::from_secs(600);
 /// Most mirrors one request tries (the first included).
 pub const MAX_ATTEMPTS: usize = 3;
@@ -96,13 +97,14 @@ impl Mirror {
         h.last_success = Some(unix_now());
     }
 
-    /// Records a failure and demotes the mirror; returns for how long.
-    pub fn failed(&self, error: &str) -> Duration {
+    /// Records a failure and demotes the mirror for `first` doubled per earlier consecutive
+    /// failure; returns for how long.
+    pub fn failed(&self, error: &str, first: Duration) -> Duration {
         let mut h = self.health();
         h.failures = h.failures.saturating_add(1);
-        let pause = FIRST_DEMOTION
+        let pause = first
             .saturating_mul(1 << (h.failures - 1).min(8))
-            .min(LONGEST_DEMOTION);
+            .min(LONGEST_DEMOTION.max(first));
         h.demoted_until = Some(Instant::now() + pause);
         h.last_error = Some(error.to_string());
         h.last_failure = Some(unix_now());
@@ -114,18 +116,40 @@ impl Mirror {
         self.health().measure = Some(measure);
     }
 
-    /// Until when the mirror is demoted, if it is now.
-    fn demoted_until(&self, now: Instant) -> Option<Instant> {
-        self.health().demoted_until.filter(|&t| t > now)
+    /// How the mirror stands now, for ordering.
+    fn standing(&self, now: Instant) -> Standing {
+        let h = self.health();
+        match h.demoted_until {
+            Some(until) if until > now => Standing::Demoted(until),
+            _ if h.failures > 0 => Standing::Recovering,
+            _ => Standing::Healthy,
+        }
+    }
+
+    /// Whether a recovery probe is due (the mirror failed and its pause is over); if so, the
+    /// pause is extended by `hold`, so that no second probe starts while this one runs.
+    pub fn claim_probe(&self, now: Instant, hold: Duration) -> bool {
+        let mut h = self.health();
+        let due = h.failures > 0 && h.demoted_until.is_none_or(|t| t <= now);
+        if due {
+            h.demoted_until = Some(now + hold);
+        }
+        due
     }
 
     fn view(&self, rank: usize, now: Instant) -> MirrorView {
+        let standing = self.standing(now);
         let h = self.health();
         let demoted = h.demoted_until.filter(|&t| t > now);
         MirrorView {
             rank: rank + 1,
             url: self.base.to_string(),
-            healthy: demoted.is_none(),
+            healthy: standing == Standing::Healthy,
+            state: match standing {
+                Standing::Healthy => "healthy",
+                Standing::Recovering => "recovering",
+                Standing::Demoted(_) => "demoted",
+            },
             demoted_for_secs: demoted.map(|t| (t - now).as_secs().max(1)),
             consecutive_failures: h.failures,
             last_error: h.last_error.clone(),
@@ -136,14 +160,28 @@ impl Mirror {
     }
 }
 
+/// How a mirror stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Standing {
+    /// No failure since its last success.
+    Healthy,
+    /// Failed, pause over: tried after the healthy mirrors until something succeeds on it.
+    Recovering,
+    /// Failed, paused until then: tried last.
+    Demoted(Instant),
+}
+
 /// A mirror as the status page and `/api/mirrors` show it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct MirrorView {
-    /// 1 is tried first.
+    /// 1 is tried first when every mirror is healthy.
     pub rank: usize,
     pub url: String,
-    /// Not demoted by recent failures.
+    /// No failure since its last success.
     pub healthy: bool,
+    /// `healthy`, `recovering` (failed, pause over: tried after the healthy ones until a
+    /// success) or `demoted` (failed, paused: tried last).
+    pub state: &'static str,
     pub demoted_for_secs: Option<u64>,
     pub consecutive_failures: u32,
     pub last_error: Option<String>,
@@ -256,7 +294,7 @@ impl MirrorSet {
             .ranked
             .load()
             .iter()
-            .find(|m| m.demoted_until(now).is_none())
+            .find(|m| m.standing(now) == Standing::Healthy)
         {
             return healthy.clone();
         }
@@ -266,18 +304,29 @@ impl MirrorSet {
             .expect("a mirror set is never empty")
     }
 
-    /// The order a request tries mirrors in: healthy ones by rank, then demoted ones, the one
-    /// that recovers first first (when every mirror failed lately, one of them is still tried).
+    /// The order a request tries mirrors in: healthy ones by rank, then recovering ones by
+    /// rank, then demoted ones, the one whose pause ends first first (when every mirror failed
+    /// lately, one of them is still tried).
     pub fn attempt_order(&self) -> Vec<Arc<Mirror>> {
         let now = Instant::now();
-        let ranked = self.ranked.load();
-        let (mut healthy, mut demoted): (Vec<_>, Vec<_>) = ranked
+        // (group, end of pause, rank): sorting by it gives the order.
+        type Key = (u8, Option<Instant>, usize);
+        let mut order: Vec<(Key, Arc<Mirror>)> = self
+            .ranked
+            .load()
             .iter()
-            .map(|m| (m.demoted_until(now), m.clone()))
-            .partition(|(until, _)| until.is_none());
-        demoted.sort_by_key(|(until, _)| *until);
-        healthy.extend(demoted);
-        healthy.into_iter().map(|(_, m)| m).collect()
+            .enumerate()
+            .map(|(rank, m)| {
+                let key = match m.standing(now) {
+                    Standing::Healthy => (0, None, rank),
+                    Standing::Recovering => (1, None, rank),
+                    Standing::Demoted(until) => (2, Some(until), rank),
+                };
+                (key, m.clone())
+            })
+            .collect();
+        order.sort_by_key(|(key, _)| *key);
+        order.into_iter().map(|(_, m)| m).collect()
     }
 
     /// Swaps in a ranking (never an empty one).
@@ -360,6 +409,8 @@ mod tests {
         MirrorSet::new("debian", "debian", false, candidates, None, None)
     }
 
+    const PAUSE: Duration = Duration::from_secs(30);
+
     fn order(s: &MirrorSet) -> Vec<String> {
         s.attempt_order()
             .iter()
@@ -372,25 +423,50 @@ mod tests {
         let s = set(&["http://a/d/", "http://b/d/", "http://c/d/", "http://a/d/"]);
         assert_eq!(order(&s), ["a", "b", "c"], "duplicates collapse");
         let a = s.current();
-        assert_eq!(a.failed("refused"), FIRST_DEMOTION);
+        assert_eq!(a.failed("refused", PAUSE), PAUSE);
         assert_eq!(order(&s), ["b", "c", "a"]);
-        s.attempt_order()[0].failed("timeout");
+        s.attempt_order()[0].failed("timeout", PAUSE);
         assert_eq!(
             order(&s),
             ["c", "a", "b"],
             "the earliest to recover is tried first"
         );
-        assert_eq!(
-            a.failed("refused again"),
-            FIRST_DEMOTION * 2,
-            "pauses double"
-        );
+        assert_eq!(a.failed("refused again", PAUSE), PAUSE * 2, "pauses double");
         assert_eq!(order(&s), ["c", "b", "a"]);
         a.succeeded();
         assert_eq!(order(&s), ["a", "c", "b"]);
         let view = s.view();
         assert!(view.mirrors[0].healthy && !view.mirrors[1].healthy);
+        assert_eq!(view.mirrors[1].state, "demoted");
         assert_eq!(view.mirrors[1].last_error.as_deref(), Some("timeout"));
+    }
+
+    #[test]
+    fn a_mirror_whose_pause_is_over_waits_behind_healthy_ones_for_its_probe() {
+        let s = set(&["http://a/d/", "http://b/d/", "http://c/d/"]);
+        let a = s.current();
+        a.failed("hung", Duration::ZERO);
+        let now = Instant::now();
+        assert_eq!(
+            order(&s),
+            ["b", "c", "a"],
+            "recovering: after the healthy ones"
+        );
+        assert_eq!(s.view().mirrors[0].state, "recovering");
+        assert!(a.claim_probe(now, PAUSE), "a probe is due");
+        assert!(!a.claim_probe(now, PAUSE), "one probe at a time");
+        assert!(
+            !s.ranked()[1].claim_probe(now, PAUSE),
+            "healthy mirrors are not probed"
+        );
+        assert_eq!(order(&s), ["b", "c", "a"]);
+        a.succeeded();
+        assert_eq!(order(&s), ["a", "b", "c"]);
+        // Every mirror failed: recovering ones before demoted ones.
+        s.ranked()[1].failed("x", PAUSE);
+        s.ranked()[2].failed("x", Duration::ZERO);
+        a.failed("x", PAUSE * 4);
+        assert_eq!(order(&s), ["c", "b", "a"]);
     }
 
     #[test]
@@ -399,7 +475,7 @@ mod tests {
         let a = s.current();
         let mut last = Duration::ZERO;
         for _ in 0..40 {
-            last = a.failed("x");
+            last = a.failed("x", PAUSE);
         }
         assert_eq!(last, LONGEST_DEMOTION);
         assert_eq!(order(&s), ["a"], "a lone mirror is still tried");

@@ -18,15 +18,23 @@ pub struct Selector {
     limits: Limits,
     /// Time between benchmarks; `None`: only at start and on request.
     interval: Option<Duration>,
+    /// First pause of a mirror that fails its recovery probe.
+    demotion: Duration,
     wake: Notify,
     metrics: Arc<Metrics>,
 }
 
 impl Selector {
-    pub fn new(limits: Limits, interval: Option<Duration>, metrics: Arc<Metrics>) -> Selector {
+    pub fn new(
+        limits: Limits,
+        interval: Option<Duration>,
+        demotion: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Selector {
         Selector {
             limits,
             interval,
+            demotion,
             wake: Notify::new(),
             metrics,
         }
@@ -38,8 +46,15 @@ impl Selector {
     }
 
     /// Benchmarks the sets `sets()` returns, at once and then whenever it is time or asked,
-    /// until the process ends.
-    pub async fn run(self: Arc<Self>, sets: impl Fn() -> Vec<Arc<MirrorSet>> + Send + 'static) {
+    /// and probes their failed mirrors when their pause is over, until the process ends.
+    pub async fn run(
+        self: Arc<Self>,
+        sets: impl Fn() -> Vec<Arc<MirrorSet>> + Send + Sync + 'static,
+    ) {
+        let sets = Arc::new(sets);
+        let prober = self.clone();
+        let probed = sets.clone();
+        tokio::spawn(async move { prober.recover(&*probed).await });
         loop {
             self.benchmark_all(sets()).await;
             match self.interval {
@@ -47,6 +62,57 @@ impl Selector {
                     let _ = tokio::time::timeout(every, self.wake.notified()).await;
                 }
                 None => self.wake.notified().await,
+            }
+        }
+    }
+
+    /// Every `recovery_every`: a HEAD of the base URL of each failed mirror whose pause is over.
+    /// Any answer below 500 restores it; a failure pauses it again, for longer.
+    async fn recover(&self, sets: &(dyn Fn() -> Vec<Arc<MirrorSet>> + Send + Sync)) {
+        let client = match benchmark::client(&self.limits) {
+            Ok(client) => client,
+            Err(e) => {
+                tracing::warn!(error = %e, "no recovery probes for failed mirrors");
+                return;
+            }
+        };
+        loop {
+            tokio::time::sleep(self.limits.recovery_every).await;
+            let now = Instant::now();
+            for set in sets() {
+                for mirror in set.ranked().iter() {
+                    if mirror.claim_probe(now, self.limits.probe_timeout) {
+                        let client = client.clone();
+                        let mirror = mirror.clone();
+                        let (timeout, demotion) = (self.limits.probe_timeout, self.demotion);
+                        let repo = set.repo.clone();
+                        tokio::spawn(async move {
+                            let answer = tokio::time::timeout(
+                                timeout,
+                                client.head(mirror.base.clone()).send(),
+                            )
+                            .await;
+                            let error = match answer {
+                                Ok(Ok(r)) if r.status().as_u16() < 500 => None,
+                                Ok(Ok(r)) => {
+                                    Some(format!("mirror answered {}", r.status().as_u16()))
+                                }
+                                Ok(Err(e)) => Some(benchmark::describe(&e)),
+                                Err(_) => Some(format!("no answer within {timeout:?}")),
+                            };
+                            match error {
+                                None => {
+                                    mirror.succeeded();
+                                    tracing::info!(repo = %repo, mirror = %mirror.base, "mirror answers again; restored");
+                                }
+                                Some(e) => {
+                                    let pause = mirror.failed(&e, demotion);
+                                    tracing::debug!(repo = %repo, mirror = %mirror.base, error = %e, ?pause, "mirror still failing");
+                                }
+                            }
+                        });
+                    }
+                }
             }
         }
     }

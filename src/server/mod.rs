@@ -85,6 +85,7 @@ impl Server {
         let selector = Arc::new(Selector::new(
             config.tuning.benchmark.clone(),
             config.tuning.mirror_refresh,
+            config.tuning.mirror_demotion,
             metrics.clone(),
         ));
         let reloader = Arc::new(Reloader::new(

@@ -134,6 +134,80 @@ async fn refused_and_failing_mirrors_are_skipped_and_demoted() {
 }
 
 #[tokio::test]
+async fn a_failed_mirror_is_probed_in_the_background_and_restored_when_it_answers() {
+    let flaky = Origin::start().await;
+    let good = Origin::start().await;
+    for o in [&flaky, &good] {
+        for name in ["a", "b", "c"] {
+            o.put(
+                &format!("/debian/pool/main/{name}/{name}.deb"),
+                data(5_000, 20),
+            );
+        }
+    }
+    flaky.set("/debian/pool/main/a/a.deb", Behavior::Status(503));
+    // The recovery probe asks for the mirror's base URL.
+    flaky.set("/debian/", Behavior::Status(503));
+    let dir = cache_dir();
+    let pins = format!("{},{}", flaky.base("debian"), good.base("debian"));
+    let proxy = Proxy::start(&good, dir.path(), |c| {
+        c.mirrors.insert("debian".into(), pins);
+        c.tuning.mirror_demotion = Duration::from_millis(100);
+        c.tuning.benchmark.recovery_every = Duration::from_millis(1500);
+    })
+    .await;
+    let client = proxy.client();
+    let get = |name: &str| {
+        let url = proxy.url(&format!("debian/pool/main/{name}/{name}.deb"));
+        let client = client.clone();
+        async move {
+            let r = client.get(url).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            r.bytes().await.unwrap()
+        }
+    };
+    get("a").await;
+    assert_eq!(good.hits("/debian/pool/main/a/a.deb"), 1);
+
+    // Its pause is over, no probe has run yet: it is recovering, tried after the good mirror.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sets = api_mirrors(&proxy).await;
+    assert_eq!(set(&sets, "debian")["mirrors"][0]["state"], "recovering");
+    get("b").await;
+    assert_eq!(flaky.hits("/debian/pool/main/b/b.deb"), 0);
+
+    // The probe fails: paused again, for longer.
+    let started = Instant::now();
+    while flaky.hits("/debian/") == 0 {
+        assert!(started.elapsed() < Duration::from_secs(5), "no probe");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let sets = api_mirrors(&proxy).await;
+    let first = &set(&sets, "debian")["mirrors"][0];
+    assert_ne!(first["state"], "healthy", "{first}");
+    assert_eq!(first["consecutive_failures"], 2, "{first}");
+    assert_eq!(first["last_error"], "mirror answered 503", "{first}");
+
+    // It answers again: a probe restores it, and it is first again.
+    flaky.put("/debian/", "index");
+    let started = Instant::now();
+    loop {
+        let sets = api_mirrors(&proxy).await;
+        let first = set(&sets, "debian")["mirrors"][0].clone();
+        if first["state"] == "healthy" {
+            assert_eq!(first["consecutive_failures"], 0);
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{first}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    get("c").await;
+    assert_eq!(flaky.hits("/debian/pool/main/c/c.deb"), 1);
+    assert_eq!(good.hits("/debian/pool/main/c/c.deb"), 0);
+}
+
+#[tokio::test]
 async fn a_hung_mirror_costs_one_head_timeout_then_the_next_answers() {
     let hung = Origin::start().await;
     let good = Origin::start().await;
