@@ -313,6 +313,40 @@ async fn a_mirror_killed_during_a_50_mib_download_is_invisible_to_the_client() {
 }
 
 #[tokio::test]
+async fn a_mirror_that_stalls_mid_body_is_left_after_the_read_timeout() {
+    let path = "/debian/pool/main/s/stall_1.0_amd64.deb";
+    let body = data(4 << 20, 9);
+    let stalling = Origin::start().await;
+    let good = Origin::start().await;
+    stalling.put(path, body.clone());
+    // Sends the first MiB, then nothing (the gate is never opened).
+    stalling.set(path, Behavior::Gated(1 << 20));
+    good.put(path, body.clone());
+    let dir = cache_dir();
+    let pins = format!("{},{}", stalling.base("debian"), good.base("debian"));
+    let proxy = Proxy::start(&good, dir.path(), |c| {
+        c.mirrors.insert("debian".into(), pins);
+        c.tuning.read_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let started = Instant::now();
+    let r = proxy
+        .client()
+        .get(proxy.url(&path[1..]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.bytes().await.unwrap(), body);
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    let asked: Vec<_> = good.seen().into_iter().filter(|s| s.path == path).collect();
+    assert_eq!(asked.len(), 1);
+    assert_eq!(asked[0].headers["range"], "bytes=1048576-");
+    let sets = api_mirrors(&proxy).await;
+    let first = &set(&sets, "debian")["mirrors"][0];
+    assert_eq!(first["last_error"], "mirror timed out", "{first}");
+}
+
+#[tokio::test]
 async fn a_file_that_may_differ_between_mirrors_restarts_and_is_compared() {
     // Not a package: no byte range is asked; the next mirror sends it again from the start
     // and the part already sent must match.
