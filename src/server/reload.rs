@@ -13,7 +13,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::Notify;
 
 use crate::config::file;
-use crate::distro::{DistributionsFile, MirrorPins, Mode, Registry};
+use crate::distro::{DistributionsFile, DistroError, MirrorPins, Mode, Registry};
 use crate::mirror::MirrorSet;
 use crate::mirror::selector::Selector;
 
@@ -38,11 +38,32 @@ impl RegistrySource {
                 let env = |name: &str| std::env::var(name).ok();
                 let parsed: DistributionsFile =
                     file::load(path, &env).map_err(|e| LoadError(e.to_string()))?;
-                Registry::with_file(self.mode, &self.pins, &parsed)
-                    .map_err(|e| LoadError(format!("{}: {e}", path.display())))
+                Registry::with_file(self.mode, &self.pins, &parsed).map_err(|e| {
+                    if self.names_a_pin(&e) {
+                        LoadError(format!(
+                            "{e} (set by a mirror flag, variable or mirrors key)"
+                        ))
+                    } else {
+                        LoadError(format!("{}: {e}", path.display()))
+                    }
+                })
             }
             None => Registry::builtin(self.mode, &self.pins).map_err(|e| LoadError(e.to_string())),
         }
+    }
+}
+
+impl RegistrySource {
+    /// Whether a registry error is about a pinned mirror (not about distributions.yaml).
+    fn names_a_pin(&self, e: &DistroError) -> bool {
+        let value = match e {
+            DistroError::BadMirror { spec, .. } => spec,
+            DistroError::UnknownShortcut { name, .. } => name,
+            DistroError::Invalid { .. } => return false,
+        };
+        self.pins
+            .values()
+            .any(|pin| pin.split(',').any(|p| p.trim() == value))
     }
 }
 
@@ -140,5 +161,35 @@ fn log_mirrors(registry: &Registry) {
         } else {
             tracing::info!(repo = %repo.id, mirror = %repo.upstream, candidates = set.candidates.len(), benchmarked = set.is_benchmarked(), "using default {} mirror until the benchmark ranks the candidates", repo.id);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_pin_is_not_blamed_on_the_distributions_file() {
+        let file =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/distributions.yaml");
+        let source = |pin: &str| RegistrySource {
+            mode: Mode::All,
+            pins: [("debian".to_string(), pin.to_string())].into(),
+            distributions_config: Some(file.clone()),
+        };
+        let err = source("http://a/debian/, ftp://b/debian/")
+            .load()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("ftp://b/debian/") && err.contains("mirror flag"),
+            "{err}"
+        );
+        assert!(!err.contains("distributions.yaml"), "{err}");
+        let err = source("cn:nowhere").load().unwrap_err().to_string();
+        assert!(
+            err.contains("cn:nowhere") && err.contains("mirror flag"),
+            "{err}"
+        );
     }
 }
