@@ -29,13 +29,7 @@ impl UpstreamError {
     /// Classifies a request or body error, keeping the whole chain for the log.
     pub fn from_reqwest(e: &reqwest::Error) -> UpstreamError {
         // The whole chain, for the operator's log; clients get only the short Display text.
-        let mut detail = e.to_string();
-        let mut source = std::error::Error::source(e);
-        while let Some(s) = source {
-            detail.push_str(": ");
-            detail.push_str(&s.to_string());
-            source = s.source();
-        }
+        let detail = error_chain(e);
         if e.is_timeout() {
             UpstreamError::Timeout { detail }
         } else if e.is_connect() {
@@ -44,6 +38,18 @@ impl UpstreamError {
             UpstreamError::Transfer { detail }
         }
     }
+}
+
+/// An error with all its causes, `: `-separated.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 /// Validators of a stale copy, sent to revalidate it.

@@ -10,6 +10,7 @@ use url::Url;
 
 use super::{Candidate, Dropped, Measure};
 use crate::cache::meta::unix_now;
+use crate::upstream::error_chain;
 
 /// Bounds of one benchmark run.
 #[derive(Debug, Clone)]
@@ -80,14 +81,14 @@ pub async fn geo_list(
     timeout: Duration,
 ) -> Result<Vec<Candidate>, String> {
     let fetch = async {
-        let response = client.get(url).send().await.map_err(|e| describe(&e))?;
+        let response = client.get(url).send().await.map_err(|e| error_chain(&e))?;
         if !response.status().is_success() {
             return Err(format!("answered {}", response.status().as_u16()));
         }
         let mut text = Vec::new();
         let mut body = response.bytes_stream();
         while let Some(chunk) = body.next().await {
-            text.extend_from_slice(&chunk.map_err(|e| describe(&e))?);
+            text.extend_from_slice(&chunk.map_err(|e| error_chain(&e))?);
             if text.len() > 256 << 10 {
                 return Err("list longer than 256 KiB".into());
             }
@@ -202,7 +203,7 @@ async fn probe(
     let response = tokio::time::timeout_at(deadline, client.get(url).send())
         .await
         .map_err(|_| format!("no answer within {:?}", limits.probe_timeout))?
-        .map_err(|e| describe(&e))?;
+        .map_err(|e| error_chain(&e))?;
     let status = response.status().as_u16();
     if status != 200 {
         return Err(format!("answered {status}"));
@@ -223,7 +224,7 @@ async fn probe(
                 }
             }
             Ok(None) => break,
-            Ok(Some(Err(e))) => return Err(format!("transfer failed: {}", describe(&e))),
+            Ok(Some(Err(e))) => return Err(format!("transfer failed: {}", error_chain(&e))),
             // Slow: measured on what arrived.
             Err(_) if bytes > 0 => break,
             Err(_) => {
@@ -255,18 +256,6 @@ async fn probe(
         published,
         at: unix_now(),
     })
-}
-
-/// The error with its causes, short.
-pub fn describe(e: &reqwest::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// `dists/<suite>/` of an APT path, if it is one.

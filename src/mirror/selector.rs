@@ -97,7 +97,7 @@ impl Selector {
                                 Ok(Ok(r)) => {
                                     Some(format!("mirror answered {}", r.status().as_u16()))
                                 }
-                                Ok(Err(e)) => Some(benchmark::describe(&e)),
+                                Ok(Err(e)) => Some(crate::upstream::error_chain(&e)),
                                 Err(_) => Some(format!("no answer within {timeout:?}")),
                             };
                             match error {

@@ -249,15 +249,7 @@ async fn stats_purge_and_metrics() {
     assert!(got == slow);
     assert_eq!(get(&proxy, "debian/pool/a.deb").await.0, "MISS");
 
-    let text = proxy
-        .client()
-        .get(proxy.url("metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = proxy.text("metrics").await;
     let samples = parse_prometheus_text(&text);
     let value = |name: &str| samples.iter().find(|(n, _)| n == name).map(|(_, v)| *v);
     assert_eq!(

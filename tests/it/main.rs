@@ -88,6 +88,16 @@ impl Proxy {
         format!("http://{}/{path}", self.addr)
     }
 
+    /// `GET /<path>` on a new client (its head; the body is read by the caller).
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client().get(self.url(path)).send().await.unwrap()
+    }
+
+    /// The body of `GET /<path>` as text.
+    pub async fn text(&self, path: &str) -> String {
+        self.get(path).await.text().await.unwrap()
+    }
+
     /// A client that talks to the proxy directly (path-prefixed form).
     pub fn client(&self) -> reqwest::Client {
         crate::client_builder().build().unwrap()

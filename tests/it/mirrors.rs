@@ -17,17 +17,35 @@ async fn dead_base(tree: &str) -> String {
     format!("http://{addr}/{tree}/")
 }
 
+/// A proxy whose Debian mirrors are `first` then `last`, in that order (every other
+/// distribution on `last`).
+async fn debian_mirrors(
+    first: &[&str],
+    last: &Origin,
+    dir: &std::path::Path,
+    tune: impl FnOnce(&mut apt_proxy::config::Config),
+) -> Proxy {
+    let mut pins: Vec<String> = first.iter().map(|s| s.to_string()).collect();
+    pins.push(last.base("debian"));
+    Proxy::start(last, dir, |c| {
+        c.mirrors.insert("debian".into(), pins.join(","));
+        tune(c);
+    })
+    .await
+}
+
+/// Two origins serving `body` at `path`; the first with `behavior`.
+async fn failing_then_good(path: &str, body: &[u8], behavior: Behavior) -> (Origin, Origin) {
+    let failing = Origin::start().await;
+    let good = Origin::start().await;
+    failing.put(path, body.to_vec());
+    failing.set(path, behavior);
+    good.put(path, body.to_vec());
+    (failing, good)
+}
+
 async fn api_mirrors(proxy: &Proxy) -> serde_json::Value {
-    let text = proxy
-        .client()
-        .get(proxy.url("api/mirrors"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    serde_json::from_str(&text).unwrap()
+    serde_json::from_str(&proxy.text("api/mirrors").await).unwrap()
 }
 
 fn set<'a>(sets: &'a serde_json::Value, repo: &str) -> &'a serde_json::Value {
@@ -39,15 +57,7 @@ fn set<'a>(sets: &'a serde_json::Value, repo: &str) -> &'a serde_json::Value {
 }
 
 async fn metrics(proxy: &Proxy) -> String {
-    proxy
-        .client()
-        .get(proxy.url("metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    proxy.text("metrics").await
 }
 
 #[tokio::test]
@@ -61,18 +71,9 @@ async fn refused_and_failing_mirrors_are_skipped_and_demoted() {
     err.set("/debian/pool/main/a/a.deb", Behavior::Status(503));
     let dead = dead_base("debian").await;
     let dir = cache_dir();
-    let pins = format!("{dead},{},{}", err.base("debian"), good.base("debian"));
-    let proxy = Proxy::start(&good, dir.path(), |c| {
-        c.mirrors.insert("debian".into(), pins);
-    })
-    .await;
-    let client = proxy.client();
+    let proxy = debian_mirrors(&[&dead, &err.base("debian")], &good, dir.path(), |_| {}).await;
 
-    let r = client
-        .get(proxy.url("debian/pool/main/a/a.deb"))
-        .send()
-        .await
-        .unwrap();
+    let r = proxy.get("debian/pool/main/a/a.deb").await;
     assert_eq!(r.status(), 200);
     assert_eq!(x_cache(&r), "MISS");
     assert_eq!(r.bytes().await.unwrap(), data(100_000, 1));
@@ -85,11 +86,7 @@ async fn refused_and_failing_mirrors_are_skipped_and_demoted() {
     );
 
     // Both failed mirrors are demoted: the next file goes straight to the good one.
-    let r = client
-        .get(proxy.url("debian/pool/main/b/b.deb"))
-        .send()
-        .await
-        .unwrap();
+    let r = proxy.get("debian/pool/main/b/b.deb").await;
     assert_eq!(r.bytes().await.unwrap(), data(50_000, 2));
     assert_eq!(err.hits("/debian/pool/main/b/b.deb"), 0);
     assert_eq!(good.hits("/debian/pool/main/b/b.deb"), 1);
@@ -119,14 +116,7 @@ async fn refused_and_failing_mirrors_are_skipped_and_demoted() {
             .unwrap()
             .ends_with("/debian-security/")
     );
-    let page = client
-        .get(proxy.url(""))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = proxy.text("").await;
     assert!(
         page.contains("<h2>Mirrors</h2>") && page.contains("demoted"),
         "{page}"
@@ -149,9 +139,7 @@ async fn a_failed_mirror_is_probed_in_the_background_and_restored_when_it_answer
     // The recovery probe asks for the mirror's base URL.
     flaky.set("/debian/", Behavior::Status(503));
     let dir = cache_dir();
-    let pins = format!("{},{}", flaky.base("debian"), good.base("debian"));
-    let proxy = Proxy::start(&good, dir.path(), |c| {
-        c.mirrors.insert("debian".into(), pins);
+    let proxy = debian_mirrors(&[&flaky.base("debian")], &good, dir.path(), |c| {
         c.tuning.mirror_demotion = Duration::from_millis(100);
         c.tuning.benchmark.recovery_every = Duration::from_millis(1500);
     })
@@ -209,24 +197,15 @@ async fn a_failed_mirror_is_probed_in_the_background_and_restored_when_it_answer
 
 #[tokio::test]
 async fn a_hung_mirror_costs_one_head_timeout_then_the_next_answers() {
-    let hung = Origin::start().await;
-    let good = Origin::start().await;
-    hung.set("/debian/pool/main/h/h.deb", Behavior::Hang);
-    good.put("/debian/pool/main/h/h.deb", data(10_000, 3));
+    let path = "/debian/pool/main/h/h.deb";
+    let (hung, good) = failing_then_good(path, &data(10_000, 3), Behavior::Hang).await;
     let dir = cache_dir();
-    let pins = format!("{},{}", hung.base("debian"), good.base("debian"));
-    let proxy = Proxy::start(&good, dir.path(), |c| {
-        c.mirrors.insert("debian".into(), pins);
+    let proxy = debian_mirrors(&[&hung.base("debian")], &good, dir.path(), |c| {
         c.tuning.head_timeout = Duration::from_secs(1);
     })
     .await;
     let started = Instant::now();
-    let r = proxy
-        .client()
-        .get(proxy.url("debian/pool/main/h/h.deb"))
-        .send()
-        .await
-        .unwrap();
+    let r = proxy.get(&path[1..]).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().await.unwrap(), data(10_000, 3));
     let took = started.elapsed();
@@ -239,30 +218,15 @@ async fn a_mirror_killed_during_a_50_mib_download_is_invisible_to_the_client() {
     const LEN: usize = 50 << 20;
     let path = "/debian/pool/main/b/big_1.0_amd64.deb";
     let body = data(LEN, 50);
-    let dying = Origin::start().await;
-    let good = Origin::start().await;
-    dying.put(path, body.clone());
-    dying.set(
-        path,
-        Behavior::Slow {
-            chunk: 256 << 10,
-            delay: Duration::from_millis(10),
-        },
-    );
-    good.put(path, body.clone());
+    let slow = Behavior::Slow {
+        chunk: 256 << 10,
+        delay: Duration::from_millis(10),
+    };
+    let (dying, good) = failing_then_good(path, &body, slow).await;
     let dir = cache_dir();
-    let pins = format!("{},{}", dying.base("debian"), good.base("debian"));
-    let proxy = Proxy::start(&good, dir.path(), |c| {
-        c.mirrors.insert("debian".into(), pins);
-    })
-    .await;
+    let proxy = debian_mirrors(&[&dying.base("debian")], &good, dir.path(), |_| {}).await;
 
-    let r = proxy
-        .client()
-        .get(proxy.url(&path[1..]))
-        .send()
-        .await
-        .unwrap();
+    let r = proxy.get(&path[1..]).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.content_length(), Some(LEN as u64));
     let mut stream = r.bytes_stream();
@@ -293,12 +257,7 @@ async fn a_mirror_killed_during_a_50_mib_download_is_invisible_to_the_client() {
     assert!((8 << 20..LEN).contains(&from), "{range}");
 
     // Stored whole: the next client gets a hit with the same bytes.
-    let r = proxy
-        .client()
-        .get(proxy.url(&path[1..]))
-        .send()
-        .await
-        .unwrap();
+    let r = proxy.get(&path[1..]).await;
     assert_eq!(x_cache(&r), "HIT");
     let again = r.bytes().await.unwrap();
     assert_eq!(
@@ -316,26 +275,15 @@ async fn a_mirror_killed_during_a_50_mib_download_is_invisible_to_the_client() {
 async fn a_mirror_that_stalls_mid_body_is_left_after_the_read_timeout() {
     let path = "/debian/pool/main/s/stall_1.0_amd64.deb";
     let body = data(4 << 20, 9);
-    let stalling = Origin::start().await;
-    let good = Origin::start().await;
-    stalling.put(path, body.clone());
     // Sends the first MiB, then nothing (the gate is never opened).
-    stalling.set(path, Behavior::Gated(1 << 20));
-    good.put(path, body.clone());
+    let (stalling, good) = failing_then_good(path, &body, Behavior::Gated(1 << 20)).await;
     let dir = cache_dir();
-    let pins = format!("{},{}", stalling.base("debian"), good.base("debian"));
-    let proxy = Proxy::start(&good, dir.path(), |c| {
-        c.mirrors.insert("debian".into(), pins);
+    let proxy = debian_mirrors(&[&stalling.base("debian")], &good, dir.path(), |c| {
         c.tuning.read_timeout = Duration::from_secs(1);
     })
     .await;
     let started = Instant::now();
-    let r = proxy
-        .client()
-        .get(proxy.url(&path[1..]))
-        .send()
-        .await
-        .unwrap();
+    let r = proxy.get(&path[1..]).await;
     assert_eq!(r.bytes().await.unwrap(), body);
     assert!(started.elapsed() >= Duration::from_secs(1));
     let asked: Vec<_> = good.seen().into_iter().filter(|s| s.path == path).collect();
@@ -352,23 +300,10 @@ async fn a_file_that_may_differ_between_mirrors_restarts_and_is_compared() {
     // and the part already sent must match.
     let path = "/debian/doc/notes.txt";
     let body = data(4 << 20, 7);
-    let cut = Origin::start().await;
-    let same = Origin::start().await;
-    cut.put(path, body.clone());
-    cut.set(path, Behavior::CutAfter(1 << 20));
-    same.put(path, body.clone());
+    let (cut, same) = failing_then_good(path, &body, Behavior::CutAfter(1 << 20)).await;
     let dir = cache_dir();
-    let pins = format!("{},{}", cut.base("debian"), same.base("debian"));
-    let proxy = Proxy::start(&same, dir.path(), |c| {
-        c.mirrors.insert("debian".into(), pins);
-    })
-    .await;
-    let r = proxy
-        .client()
-        .get(proxy.url(&path[1..]))
-        .send()
-        .await
-        .unwrap();
+    let proxy = debian_mirrors(&[&cut.base("debian")], &same, dir.path(), |_| {}).await;
+    let r = proxy.get(&path[1..]).await;
     assert_eq!(r.bytes().await.unwrap(), body);
     let seen = same.seen();
     assert!(seen.iter().all(|s| !s.headers.contains_key("range")));
@@ -384,24 +319,10 @@ async fn a_file_that_may_differ_between_mirrors_restarts_and_is_compared() {
     changed[1000] ^= 0xff;
     differs.put(other_path, changed);
     let dir = cache_dir();
-    let pins = format!("{},{}", other.base("debian"), differs.base("debian"));
-    let proxy = Proxy::start(&differs, dir.path(), |c| {
-        c.mirrors.insert("debian".into(), pins);
-    })
-    .await;
-    let r = proxy
-        .client()
-        .get(proxy.url(&other_path[1..]))
-        .send()
-        .await
-        .unwrap();
+    let proxy = debian_mirrors(&[&other.base("debian")], &differs, dir.path(), |_| {}).await;
+    let r = proxy.get(&other_path[1..]).await;
     assert!(r.bytes().await.is_err(), "a mixed body is never completed");
-    let r = proxy
-        .client()
-        .get(proxy.url(&other_path[1..]))
-        .send()
-        .await
-        .unwrap();
+    let r = proxy.get(&other_path[1..]).await;
     assert_eq!(x_cache(&r), "MISS", "nothing was stored");
     drop(r);
 }
@@ -464,11 +385,7 @@ async fn the_benchmark_ranks_in_the_background_and_picks_the_fast_fresh_mirror()
     let client = proxy.client();
 
     // Served at once, from the first configured mirror, while the benchmark runs.
-    let r = client
-        .get(proxy.url("ubuntu/pool/main/x/x.deb"))
-        .send()
-        .await
-        .unwrap();
+    let r = proxy.get("ubuntu/pool/main/x/x.deb").await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().await.unwrap(), data(20_000, 11));
     assert_eq!(slow.hits("/ubuntu/pool/main/x/x.deb"), 1);
@@ -517,11 +434,7 @@ async fn the_benchmark_ranks_in_the_background_and_picks_the_fast_fresh_mirror()
     reason(&https_fast);
 
     // The next download goes to the fastest mirror.
-    let r = client
-        .get(proxy.url("ubuntu/pool/main/y/y.deb"))
-        .send()
-        .await
-        .unwrap();
+    let r = proxy.get("ubuntu/pool/main/y/y.deb").await;
     assert_eq!(r.bytes().await.unwrap(), data(30_000, 12));
     assert_eq!(fast.hits("/ubuntu/pool/main/y/y.deb"), 1);
     assert_eq!(slow.hits("/ubuntu/pool/main/y/y.deb"), 0);
