@@ -128,14 +128,6 @@ pub struct Repo {
     known: Vec<KnownPrefix>,
 }
 
-impl Repo {
-    /// The URL for a path inside the repo on the configured first mirror, kept byte for byte as
-    /// the client sent it (percent-encoding included: apt asks for `%253a` and means it).
-    pub fn upstream_url(&self, path_in_repo: &str) -> Result<Url, url::ParseError> {
-        Url::parse(&format!("{}{}", self.upstream.as_str(), path_in_repo))
-    }
-}
-
 /// The distributions being served, with their repos.
 #[derive(Debug)]
 pub struct Registry {

@@ -75,23 +75,23 @@ pub async fn handle(
         .and_then(|v| v.parse::<u64>().ok());
     let ms = (started.elapsed().as_secs_f64() * 1_000_000.0).round() / 1000.0;
     let status = response.status().as_u16();
-    tracing::info!(
-        request_id = id,
-        method = %method,
-        uri = %uri,
-        repo = repo.as_deref().unwrap_or("-"),
-        client = %peer,
+    let target = uri.to_string();
+    crate::telemetry::logging::access(&crate::telemetry::logging::Access {
+        request_id: id,
+        method: method.as_str(),
+        uri: &target,
+        repo: repo.as_deref().unwrap_or("-"),
+        client: peer,
         status,
         cache,
         size,
         ms,
-        "request"
-    );
+    });
     if let Some(tracer) = &state.tracer {
         let (trace_id, span_id, parent_span_id) = tracer.ids(traceparent.as_deref());
         let mut attributes = vec![
             ("http.request.method", method.to_string()),
-            ("url.full", uri.to_string()),
+            ("url.full", target.clone()),
             ("http.response.status_code", status.to_string()),
             ("client.address", peer.to_string()),
             ("apt_proxy.cache", cache.to_string()),
@@ -122,7 +122,7 @@ pub async fn handle(
     state.activity.push(Activity {
         at: unix_now(),
         method: method.to_string(),
-        target: uri.to_string().chars().take(120).collect(),
+        target: target.chars().take(120).collect(),
         repo,
         status,
         cache: cache.to_string(),
@@ -194,9 +194,6 @@ async fn answer(
             return (r, repo);
         }
     };
-    if matched.repo.upstream_url(&matched.path).is_err() {
-        return (text(StatusCode::BAD_REQUEST, "malformed path"), repo);
-    }
     let expect = state
         .cache
         .expectation(&matched.repo.id, &matched.path)
