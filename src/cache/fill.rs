@@ -310,12 +310,11 @@ impl<'a> Attempts<'a> {
         let mut reason: Option<String> = None;
         while let Some(mirror) = self.next(reason.as_deref()) {
             let started = std::time::Instant::now();
-            let result = match mirror.url(path) {
-                Ok(url) => self.cache.upstream.get(url, validators, None).await,
-                Err(e) => Err(UpstreamError::Transfer {
-                    detail: format!("bad URL: {e}"),
-                }),
-            };
+            // A path that makes no URL is the request's fault, not the mirror's.
+            let url = mirror.url(path).map_err(|e| UpstreamError::Transfer {
+                detail: format!("the path makes no URL: {e}"),
+            })?;
+            let result = self.cache.upstream.get(url, validators, None).await;
             self.observe(&result, started);
             match result {
                 Ok(response) if response.status().is_server_error() => {
