@@ -12,7 +12,7 @@ use crate::{Behavior, Origin, Proxy, cache_dir, data, x_cache};
 const MB: u64 = 1 << 20;
 
 async fn get(proxy: &Proxy, path: &str) -> (String, Vec<u8>) {
-    let r = proxy.client().get(proxy.url(path)).send().await.unwrap();
+    let r = proxy.get(path).await;
     let cache = x_cache(&r);
     (cache, r.bytes().await.unwrap().to_vec())
 }
@@ -45,12 +45,7 @@ async fn least_recently_used_is_evicted_while_its_reader_finishes() {
     // b is stored and a client starts reading it, slowly; then a and c are stored and used,
     // so b is the least recently used entry while its reader is still at it.
     get(&proxy, "debian/pool/b.deb").await;
-    let reader = proxy
-        .client()
-        .get(proxy.url("debian/pool/b.deb"))
-        .send()
-        .await
-        .unwrap();
+    let reader = proxy.get("debian/pool/b.deb").await;
     assert_eq!(x_cache(&reader), "HIT");
     let mut stream = reader.bytes_stream();
     let mut got = stream.next().await.unwrap().unwrap().to_vec();
@@ -227,12 +222,7 @@ async fn stats_purge_and_metrics() {
 
     // A purge in the middle of a download: the download finishes, and then everything is gone
     // but what was stored after the purge.
-    let r = proxy
-        .client()
-        .get(proxy.url("debian/pool/slow.deb"))
-        .send()
-        .await
-        .unwrap();
+    let r = proxy.get("debian/pool/slow.deb").await;
     let mut stream = r.bytes_stream();
     let mut got = stream.next().await.unwrap().unwrap().to_vec();
     let purged = api(&proxy, reqwest::Method::POST, "api/cache/purge").await;

@@ -27,13 +27,8 @@ async fn a_distribution_from_the_file_is_routed_cached_and_ruled() {
         c.distributions_config = Some(file.clone())
     })
     .await;
-    let client = proxy.client();
     for expected in ["MISS", "HIT"] {
-        let r = client
-            .get(proxy.url("fedora/41/x86_64/os/Packages/a.rpm"))
-            .send()
-            .await
-            .unwrap();
+        let r = proxy.get("fedora/41/x86_64/os/Packages/a.rpm").await;
         assert_eq!(x_cache(&r), expected);
         assert_eq!(r.text().await.unwrap(), "rpm");
     }
@@ -49,11 +44,7 @@ async fn a_distribution_from_the_file_is_routed_cached_and_ruled() {
     assert_eq!(x_cache(&r), "HIT");
     // The rule makes repomd.xml stale at once: every request revalidates.
     for _ in 0..3 {
-        let r = client
-            .get(proxy.url("fedora/41/x86_64/os/repodata/repomd.xml"))
-            .send()
-            .await
-            .unwrap();
+        let r = proxy.get("fedora/41/x86_64/os/repodata/repomd.xml").await;
         assert_eq!(r.text().await.unwrap(), "<repomd/>");
     }
     assert_eq!(origin.hits("/fedora/41/x86_64/os/repodata/repomd.xml"), 3);
@@ -73,15 +64,7 @@ async fn reload_by_api_swaps_distributions_and_keeps_them_on_a_broken_file() {
     })
     .await;
     let client = proxy.client();
-    assert_eq!(
-        client
-            .get(proxy.url("extra/x.apk"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        404
-    );
+    assert_eq!(proxy.get("extra/x.apk").await.status(), 404);
 
     std::fs::write(
         &file,
@@ -102,14 +85,7 @@ async fn reload_by_api_swaps_distributions_and_keeps_them_on_a_broken_file() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "application/json");
     assert_eq!(
-        client
-            .get(proxy.url("extra/x.apk"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
+        proxy.get("extra/x.apk").await.text().await.unwrap(),
         "extra"
     );
 
@@ -129,24 +105,11 @@ async fn reload_by_api_swaps_distributions_and_keeps_them_on_a_broken_file() {
         "{body}"
     );
     assert_eq!(
-        client
-            .get(proxy.url("extra/x.apk"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        proxy.get("extra/x.apk").await.status(),
         200,
         "the previous configuration stays"
     );
-    assert_eq!(
-        client
-            .get(proxy.url("api/mirrors/refresh"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        405
-    );
+    assert_eq!(proxy.get("api/mirrors/refresh").await.status(), 405);
 }
 
 #[tokio::test]
@@ -195,15 +158,7 @@ async fn an_api_key_guards_the_api_and_only_the_api() {
             .status(),
         200
     );
-    assert_eq!(
-        client
-            .get(proxy.url("debian/pool/a.deb"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(proxy.get("debian/pool/a.deb").await.status(), 200);
     // A forward-proxy request for a path named /api/ is package traffic, never the API.
     let r = proxy
         .forward_client()

@@ -91,37 +91,22 @@ async fn a_mirror_caught_mid_sync_still_gives_a_set_that_verifies() {
 
     let dir = cache_dir();
     let proxy = Proxy::start(&origin, dir.path(), |_| {}).await;
-    let client = proxy.client();
-    client
-        .get(proxy.url("debian/dists/stable/InRelease"))
-        .send()
+    proxy
+        .get("debian/dists/stable/InRelease")
         .await
-        .unwrap()
         .bytes()
         .await
         .unwrap();
-    let r = client
-        .get(proxy.url(&format!("debian/{PACKAGES}")))
-        .send()
-        .await
-        .unwrap();
+    let r = proxy.get(&format!("debian/{PACKAGES}")).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().await.unwrap(), new);
     assert_eq!(origin.hits(&by_hash), 1);
     // And it is cached as the verified version.
-    let r = client
-        .get(proxy.url(&format!("debian/{PACKAGES}")))
-        .send()
-        .await
-        .unwrap();
+    let r = proxy.get(&format!("debian/{PACKAGES}")).await;
     assert_eq!(x_cache(&r), "HIT");
     assert_eq!(r.bytes().await.unwrap(), new);
 
-    let r = client
-        .get(proxy.url(&format!("debian/{broken}")))
-        .send()
-        .await
-        .unwrap();
+    let r = proxy.get(&format!("debian/{broken}")).await;
     assert_eq!(r.status(), 502);
     assert!(r.text().await.unwrap().contains("Release"));
 }
@@ -144,22 +129,15 @@ async fn packages_must_match_their_index() {
     origin.put(&format!("/debian/{path}"), b"a tampered package".to_vec());
     let dir = cache_dir();
     let proxy = Proxy::start(&origin, dir.path(), |_| {}).await;
-    let client = proxy.client();
     for index in ["dists/stable/InRelease", PACKAGES] {
-        client
-            .get(proxy.url(&format!("debian/{index}")))
-            .send()
+        proxy
+            .get(&format!("debian/{index}"))
             .await
-            .unwrap()
             .bytes()
             .await
             .unwrap();
     }
-    let r = client
-        .get(proxy.url(&format!("debian/{path}")))
-        .send()
-        .await
-        .unwrap();
+    let r = proxy.get(&format!("debian/{path}")).await;
     let status = r.status().as_u16();
     let body = r.bytes().await;
     assert!(
@@ -169,17 +147,9 @@ async fn packages_must_match_their_index() {
 
     // Once the mirror serves the right file, it is fetched again and kept.
     origin.put(&format!("/debian/{path}"), good.to_vec());
-    let r = client
-        .get(proxy.url(&format!("debian/{path}")))
-        .send()
-        .await
-        .unwrap();
+    let r = proxy.get(&format!("debian/{path}")).await;
     assert_eq!(r.bytes().await.unwrap(), good);
-    let r = client
-        .get(proxy.url(&format!("debian/{path}")))
-        .send()
-        .await
-        .unwrap();
+    let r = proxy.get(&format!("debian/{path}")).await;
     assert_eq!(x_cache(&r), "HIT");
     assert_eq!(origin.hits(&format!("/debian/{path}")), 2);
 }
@@ -200,13 +170,10 @@ async fn a_republished_package_is_not_served_from_the_old_copy() {
     origin.put(&format!("/debian/{path}"), v1.to_vec());
     let dir = cache_dir();
     let proxy = Proxy::start(&origin, dir.path(), |_| {}).await;
-    let client = proxy.client();
     assert_eq!(
-        client
-            .get(proxy.url(&format!("debian/{path}")))
-            .send()
+        proxy
+            .get(&format!("debian/{path}"))
             .await
-            .unwrap()
             .bytes()
             .await
             .unwrap(),
@@ -216,19 +183,13 @@ async fn a_republished_package_is_not_served_from_the_old_copy() {
     // The archive republishes the file; the new Packages names the new hash.
     origin.put(&format!("/debian/{path}"), v2.to_vec());
     origin.put(&format!("/debian/{PACKAGES}"), index(v2));
-    client
-        .get(proxy.url(&format!("debian/{PACKAGES}")))
-        .send()
+    proxy
+        .get(&format!("debian/{PACKAGES}"))
         .await
-        .unwrap()
         .bytes()
         .await
         .unwrap();
-    let r = client
-        .get(proxy.url(&format!("debian/{path}")))
-        .send()
-        .await
-        .unwrap();
+    let r = proxy.get(&format!("debian/{path}")).await;
     assert_eq!(x_cache(&r), "MISS");
     assert_eq!(r.bytes().await.unwrap(), v2);
 }

@@ -161,12 +161,7 @@ async fn graceful_shutdown_lets_transfers_finish() {
     let dir = cache_dir();
     let proxy = Proxy::start(&origin, dir.path(), |_| {}).await;
     let addr = proxy.addr;
-    let r = proxy
-        .client()
-        .get(proxy.url(&path[1..]))
-        .send()
-        .await
-        .unwrap();
+    let r = proxy.get(&path[1..]).await;
     let mut stream = r.bytes_stream();
     let mut got = stream.next().await.unwrap().unwrap().to_vec();
     let stopping = tokio::spawn(proxy.stop());

@@ -51,10 +51,9 @@ async fn truncated_and_overlong_announcements_are_never_cached() {
     origin.set(long, Behavior::LongerThanSent(1000));
     let dir = cache_dir();
     let proxy = Proxy::start(&origin, dir.path(), |_| {}).await;
-    let client = proxy.client();
 
     for path in [cut, long] {
-        let r = client.get(proxy.url(&path[1..])).send().await.unwrap();
+        let r = proxy.get(&path[1..]).await;
         // The failure shows as a gateway error, or as a cut transfer once bytes have flowed;
         // never as a complete 200.
         let status = r.status().as_u16();
@@ -71,7 +70,7 @@ async fn truncated_and_overlong_announcements_are_never_cached() {
     origin.set(cut, Behavior::Normal);
     origin.set(long, Behavior::Normal);
     for path in [cut, long] {
-        let r = client.get(proxy.url(&path[1..])).send().await.unwrap();
+        let r = proxy.get(&path[1..]).await;
         assert_eq!(x_cache(&r), "MISS", "{path}");
         assert!(read_all(r).await.unwrap() == body);
         assert_eq!(origin.hits(path), 2, "{path}");
@@ -87,8 +86,7 @@ async fn by_hash_content_must_match_its_name() {
     origin.put(&path, b"Package: tampered\n".to_vec());
     let dir = cache_dir();
     let proxy = Proxy::start(&origin, dir.path(), |_| {}).await;
-    let client = proxy.client();
-    let r = client.get(proxy.url(&path[1..])).send().await.unwrap();
+    let r = proxy.get(&path[1..]).await;
     let status = r.status().as_u16();
     let outcome = read_all(r).await;
     assert!(
@@ -99,9 +97,9 @@ async fn by_hash_content_must_match_its_name() {
     assert_eq!(leftover_bodies(dir.path()), 0);
 
     origin.put(&path, good.clone());
-    let r = client.get(proxy.url(&path[1..])).send().await.unwrap();
+    let r = proxy.get(&path[1..]).await;
     assert_eq!(read_all(r).await.unwrap(), good);
-    let r = client.get(proxy.url(&path[1..])).send().await.unwrap();
+    let r = proxy.get(&path[1..]).await;
     assert_eq!(x_cache(&r), "HIT");
 }
 
@@ -117,23 +115,15 @@ async fn cached_copy_is_served_when_the_mirror_fails() {
         ..Tuning::default()
     };
     let proxy = Proxy::start(&origin, dir.path(), |c| c.tuning = tuning.clone()).await;
-    let client = proxy.client();
     assert_eq!(
-        client
-            .get(proxy.url(&index[1..]))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
+        proxy.get(&index[1..]).await.text().await.unwrap(),
         "release"
     );
 
     for behavior in [Behavior::Status(500), Behavior::Status(503), Behavior::Hang] {
         origin.set(index, behavior.clone());
         let started = Instant::now();
-        let r = client.get(proxy.url(&index[1..])).send().await.unwrap();
+        let r = proxy.get(&index[1..]).await;
         assert_eq!(
             (r.status().as_u16(), x_cache(&r)),
             (200, "HIT".into()),
@@ -156,13 +146,12 @@ async fn uncached_files_fail_fast_with_a_reason() {
         ..Tuning::default()
     };
     let proxy = Proxy::start(&origin, dir.path(), |c| c.tuning = tuning.clone()).await;
-    let client = proxy.client();
     for (path, status) in [
         ("debian/pool/a.deb", 502),
         ("debian/pool/b.deb", 504),
         ("debian/pool/c.deb", 403),
     ] {
-        let r = client.get(proxy.url(path)).send().await.unwrap();
+        let r = proxy.get(path).await;
         assert_eq!(r.status().as_u16(), status, "{path}");
         assert!(
             !r.text().await.unwrap().trim().is_empty(),
@@ -170,11 +159,7 @@ async fn uncached_files_fail_fast_with_a_reason() {
         );
     }
     // Nothing was cached: the mirror is asked again.
-    client
-        .get(proxy.url("debian/pool/a.deb"))
-        .send()
-        .await
-        .unwrap();
+    proxy.get("debian/pool/a.deb").await;
     assert_eq!(origin.hits("/debian/pool/a.deb"), 2);
 
     // A mirror that is gone entirely.
@@ -190,12 +175,7 @@ async fn uncached_files_fail_fast_with_a_reason() {
     })
     .await;
     let started = Instant::now();
-    let r = proxy
-        .client()
-        .get(proxy.url("debian/pool/a.deb"))
-        .send()
-        .await
-        .unwrap();
+    let r = proxy.get("debian/pool/a.deb").await;
     assert_eq!(r.status(), 502);
     assert!(started.elapsed() < Duration::from_secs(5));
 }
@@ -212,23 +192,15 @@ async fn a_hung_mirror_delays_a_stale_copy_by_seconds_not_minutes() {
         ..Tuning::default()
     };
     let proxy = Proxy::start(&origin, dir.path(), |c| c.tuning = tuning.clone()).await;
-    let client = proxy.client();
     assert_eq!(
-        client
-            .get(proxy.url(&index[1..]))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
+        proxy.get(&index[1..]).await.text().await.unwrap(),
         "release"
     );
 
     origin.set(index, Behavior::Hang);
     for _ in 0..2 {
         let started = Instant::now();
-        let r = client.get(proxy.url(&index[1..])).send().await.unwrap();
+        let r = proxy.get(&index[1..]).await;
         assert_eq!((r.status().as_u16(), x_cache(&r)), (200, "HIT".into()));
         assert_eq!(r.text().await.unwrap(), "release");
         // The default read timeout is a minute; the stale copy comes after the stale wait.

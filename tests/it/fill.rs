@@ -49,16 +49,15 @@ async fn late_joiner_reads_before_the_fill_ends() {
     origin.set(path, Behavior::Gated(300_000));
     let dir = cache_dir();
     let proxy = Proxy::start(&origin, dir.path(), |_| {}).await;
-    let client = proxy.client();
 
     // The first client receives the first part; the origin holds the rest back.
-    let first = client.get(proxy.url(&path[1..])).send().await.unwrap();
+    let first = proxy.get(&path[1..]).await;
     assert_eq!(x_cache(&first), "MISS");
     let mut first_stream = first.bytes_stream();
     let mut got_first = first_stream.next().await.unwrap().unwrap().to_vec();
 
     // A second client joins and receives bytes while the download is still held.
-    let second = client.get(proxy.url(&path[1..])).send().await.unwrap();
+    let second = proxy.get(&path[1..]).await;
     assert_eq!(x_cache(&second), "MISS");
     assert_eq!(second.content_length(), Some(body.len() as u64));
     let mut second_stream = second.bytes_stream();
@@ -92,17 +91,16 @@ async fn a_client_that_hangs_up_does_not_abort_the_fill() {
     );
     let dir = cache_dir();
     let proxy = Proxy::start(&origin, dir.path(), |_| {}).await;
-    let client = proxy.client();
     {
-        let r = client.get(proxy.url(&path[1..])).send().await.unwrap();
+        let r = proxy.get(&path[1..]).await;
         let mut stream = r.bytes_stream();
         stream.next().await.unwrap().unwrap();
         // Dropped here: the client goes away mid-transfer.
     }
     // The next client is served whole, from the same single download.
-    let r = client.get(proxy.url(&path[1..])).send().await.unwrap();
+    let r = proxy.get(&path[1..]).await;
     assert!(r.bytes().await.unwrap() == body);
-    let r = client.get(proxy.url(&path[1..])).send().await.unwrap();
+    let r = proxy.get(&path[1..]).await;
     assert_eq!(x_cache(&r), "HIT");
     assert!(r.bytes().await.unwrap() == body);
     assert_eq!(origin.hits(path), 1);
@@ -118,7 +116,7 @@ async fn range_request_joins_a_fill_in_progress() {
     let dir = cache_dir();
     let proxy = Proxy::start(&origin, dir.path(), |_| {}).await;
     let client = proxy.client();
-    let first = client.get(proxy.url(&path[1..])).send().await.unwrap();
+    let first = proxy.get(&path[1..]).await;
     let mut first_stream = first.bytes_stream();
     first_stream.next().await.unwrap().unwrap();
 

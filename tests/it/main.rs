@@ -31,6 +31,8 @@ pub use origin::{Behavior, Origin};
 /// A proxy running in this process; shut down (gracefully) when dropped or by [`Proxy::stop`].
 pub struct Proxy {
     pub addr: SocketAddr,
+    /// Shared by [`Proxy::client`] and [`Proxy::get`] (one connection pool).
+    client: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -78,6 +80,7 @@ impl Proxy {
         }));
         Proxy {
             addr,
+            client: crate::client_builder().build().unwrap(),
             stop: Some(tx),
             task: Some(task),
         }
@@ -88,9 +91,9 @@ impl Proxy {
         format!("http://{}/{path}", self.addr)
     }
 
-    /// `GET /<path>` on a new client (its head; the body is read by the caller).
+    /// `GET /<path>` (its head; the body is read by the caller).
     pub async fn get(&self, path: &str) -> reqwest::Response {
-        self.client().get(self.url(path)).send().await.unwrap()
+        self.client.get(self.url(path)).send().await.unwrap()
     }
 
     /// The body of `GET /<path>` as text.
@@ -100,7 +103,7 @@ impl Proxy {
 
     /// A client that talks to the proxy directly (path-prefixed form).
     pub fn client(&self) -> reqwest::Client {
-        crate::client_builder().build().unwrap()
+        self.client.clone()
     }
 
     /// A client that uses the proxy as its HTTP forward proxy (absolute-URI form).

@@ -15,7 +15,6 @@ async fn probes_version_and_headers() {
     origin.put("/debian/pool/a.deb", "a");
     let dir = cache_dir();
     let proxy = Proxy::start(&origin, dir.path(), |_| {}).await;
-    let client = proxy.client();
 
     for method in ["GET", "POST", "DELETE"] {
         let raw = raw_exchange(proxy.addr, format!("{method} /_/ping/anything HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes(), Duration::from_secs(5)).await;
@@ -24,24 +23,14 @@ async fn probes_version_and_headers() {
             "{raw}"
         );
     }
-    assert_eq!(
-        client
-            .get(proxy.url("livez"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-        "ok"
-    );
-    let ready = client.get(proxy.url("readyz")).send().await.unwrap();
+    assert_eq!(proxy.get("livez").await.text().await.unwrap(), "ok");
+    let ready = proxy.get("readyz").await;
     assert_eq!(ready.status(), 200);
     assert_eq!(json(ready).await["index_loaded"], true);
-    let version = json(client.get(proxy.url("version")).send().await.unwrap()).await;
+    let version = json(proxy.get("version").await).await;
     assert_eq!(version["version"], env!("CARGO_PKG_VERSION"));
 
-    let health = client.get(proxy.url("healthz")).send().await.unwrap();
+    let health = proxy.get("healthz").await;
     assert_eq!(health.status(), 200);
     let health = json(health).await;
     assert_eq!(health["status"], "ok");
@@ -49,12 +38,8 @@ async fn probes_version_and_headers() {
     assert_eq!(health["checks"]["upstream"]["debian"]["status"], "unknown");
     // A mirror failure shows as degraded, and the probe stays 200.
     origin.set("/debian/pool/b.deb", Behavior::Status(503));
-    client
-        .get(proxy.url("debian/pool/b.deb"))
-        .send()
-        .await
-        .unwrap();
-    let health = json(client.get(proxy.url("healthz")).send().await.unwrap()).await;
+    proxy.get("debian/pool/b.deb").await;
+    let health = json(proxy.get("healthz").await).await;
     assert_eq!(health["status"], "degraded");
     assert_eq!(health["checks"]["upstream"]["debian"]["status"], "error");
 
@@ -65,7 +50,7 @@ async fn probes_version_and_headers() {
         "api/cache/stats",
         "nosuch/x",
     ] {
-        let r = client.get(proxy.url(path)).send().await.unwrap();
+        let r = proxy.get(path).await;
         let h = r.headers();
         assert_eq!(h["x-version"], env!("CARGO_PKG_VERSION"), "{path}");
         assert!(h.contains_key("x-build-commit"), "{path}");
@@ -85,27 +70,15 @@ async fn status_page_shows_the_figures_and_escapes_paths() {
     origin.put("/debian/pool/a.deb", "aaaa");
     let dir = cache_dir();
     let proxy = Proxy::start(&origin, dir.path(), |_| {}).await;
-    let client = proxy.client();
     for _ in 0..2 {
-        client
-            .get(proxy.url("debian/pool/a.deb"))
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
+        proxy.get("debian/pool/a.deb").await.bytes().await.unwrap();
     }
     // A hostile-looking name is a legitimate path: the mirror's 404 is remembered (an entry)
     // and counted as a miss; its body is read so that the entry is stored before the page.
-    let r = client
-        .get(proxy.url("debian/pool/%3Cscript%3Ex.deb"))
-        .send()
-        .await
-        .unwrap();
+    let r = proxy.get("debian/pool/%3Cscript%3Ex.deb").await;
     assert_eq!(r.status(), 404);
     r.bytes().await.unwrap();
-    let r = client.get(proxy.url("")).send().await.unwrap();
+    let r = proxy.get("").await;
     assert_eq!(r.headers()["content-type"], "text/html; charset=utf-8");
     let page = r.text().await.unwrap();
     for needle in [
@@ -178,15 +151,7 @@ async fn api_rate_limit_per_client_and_forwarded_for() {
                 .status(),
             200
         );
-        assert_eq!(
-            client
-                .get(proxy.url("healthz"))
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            200
-        );
+        assert_eq!(proxy.get("healthz").await.status(), 200);
     }
 
     // Without trusted proxies, X-Forwarded-For is ignored: the peer is the client.

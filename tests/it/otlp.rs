@@ -60,14 +60,7 @@ async fn spans_reach_the_collector_and_flush_on_shutdown() {
     })
     .await;
     let client = proxy.client();
-    client
-        .get(proxy.url("debian/pool/t.deb"))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    proxy.get("debian/pool/t.deb").await.bytes().await.unwrap();
     client
         .get(proxy.url("debian/pool/t.deb"))
         .header(

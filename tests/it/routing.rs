@@ -11,12 +11,7 @@ async fn every_url_form_shares_one_entry() {
     let dir = cache_dir();
     let proxy = Proxy::start(&origin, dir.path(), |_| {}).await;
 
-    let r = proxy
-        .client()
-        .get(proxy.url("debian/dists/stable/InRelease"))
-        .send()
-        .await
-        .unwrap();
+    let r = proxy.get("debian/dists/stable/InRelease").await;
     assert_eq!((r.status().as_u16(), x_cache(&r)), (200, "MISS".into()));
     assert_eq!(r.text().await.unwrap(), "release v1");
 
@@ -40,7 +35,7 @@ async fn every_url_form_shares_one_entry() {
         "ftp.debian.org/debian/dists/stable/InRelease",
         "HTTPS///ftp.debian.org/debian/dists/stable/InRelease",
     ] {
-        let r = proxy.client().get(proxy.url(path)).send().await.unwrap();
+        let r = proxy.get(path).await;
         assert_eq!(
             (r.status().as_u16(), x_cache(&r)),
             (200, "HIT".into()),
@@ -214,12 +209,7 @@ async fn mode_limits_what_is_served() {
         c.mode = apt_proxy::distro::Mode::Debian
     })
     .await;
-    let r = proxy
-        .client()
-        .get(proxy.url("ubuntu/dists/noble/InRelease"))
-        .send()
-        .await
-        .unwrap();
+    let r = proxy.get("ubuntu/dists/noble/InRelease").await;
     assert_eq!(r.status(), 404);
     let r = proxy
         .forward_client()
@@ -259,11 +249,8 @@ async fn mirror_change_keeps_the_cache() {
     let proxy = Proxy::start(&first, dir.path(), |_| {}).await;
     assert_eq!(
         proxy
-            .client()
-            .get(proxy.url("debian/pool/main/h/hello.deb"))
-            .send()
+            .get("debian/pool/main/h/hello.deb")
             .await
-            .unwrap()
             .text()
             .await
             .unwrap(),
@@ -273,12 +260,7 @@ async fn mirror_change_keeps_the_cache() {
 
     let second = Origin::start().await;
     let proxy = Proxy::start(&second, dir.path(), |_| {}).await;
-    let r = proxy
-        .client()
-        .get(proxy.url("debian/pool/main/h/hello.deb"))
-        .send()
-        .await
-        .unwrap();
+    let r = proxy.get("debian/pool/main/h/hello.deb").await;
     assert_eq!(x_cache(&r), "HIT");
     assert_eq!(r.text().await.unwrap(), "hello");
     assert_eq!(second.total(), 0);

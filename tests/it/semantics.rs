@@ -123,11 +123,7 @@ async fn head_on_a_miss_answers_and_warms_the_cache() {
         (200, "MISS".into())
     );
     assert_eq!(head.headers()["content-length"], "10");
-    let get = client
-        .get(proxy.url("debian/pool/main/h/head.deb"))
-        .send()
-        .await
-        .unwrap();
+    let get = proxy.get("debian/pool/main/h/head.deb").await;
     assert_eq!(get.text().await.unwrap(), "0123456789");
     assert_eq!(origin.hits("/debian/pool/main/h/head.deb"), 1);
 }
@@ -169,28 +165,13 @@ async fn stale_indexes_are_revalidated_and_packages_never_are() {
         }
     })
     .await;
-    let client = proxy.client();
     for _ in 0..3 {
         assert_eq!(
-            client
-                .get(proxy.url(&index[1..]))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap(),
+            proxy.get(&index[1..]).await.text().await.unwrap(),
             "release"
         );
         assert_eq!(
-            client
-                .get(proxy.url(&package[1..]))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap(),
+            proxy.get(&package[1..]).await.text().await.unwrap(),
             "package"
         );
     }
@@ -206,7 +187,7 @@ async fn stale_indexes_are_revalidated_and_packages_never_are() {
 
     // A new version upstream replaces the cached copy on the next revalidation.
     origin.put(index, "release v2");
-    let r = client.get(proxy.url(&index[1..])).send().await.unwrap();
+    let r = proxy.get(&index[1..]).await;
     assert_eq!(x_cache(&r), "MISS");
     assert_eq!(r.text().await.unwrap(), "release v2");
 }
@@ -216,13 +197,8 @@ async fn not_found_is_remembered_briefly() {
     let origin = Origin::start().await;
     let dir = cache_dir();
     let proxy = Proxy::start(&origin, dir.path(), |_| {}).await;
-    let client = proxy.client();
     for _ in 0..2 {
-        let r = client
-            .get(proxy.url("debian/dists/stable/Release"))
-            .send()
-            .await
-            .unwrap();
+        let r = proxy.get("debian/dists/stable/Release").await;
         assert_eq!(r.status(), 404);
         assert_eq!(r.text().await.unwrap(), "not found");
     }
@@ -237,12 +213,7 @@ async fn not_found_is_remembered_briefly() {
     })
     .await;
     for _ in 0..2 {
-        let r = proxy
-            .client()
-            .get(proxy.url("debian/dists/stable/Release"))
-            .send()
-            .await
-            .unwrap();
+        let r = proxy.get("debian/dists/stable/Release").await;
         assert_eq!(r.status(), 404);
         assert_eq!(r.text().await.unwrap(), "not found");
     }
@@ -260,12 +231,7 @@ async fn redirects_are_followed() {
     );
     let dir = cache_dir();
     let proxy = Proxy::start(&origin, dir.path(), |_| {}).await;
-    let r = proxy
-        .client()
-        .get(proxy.url("debian/pool/moved.deb"))
-        .send()
-        .await
-        .unwrap();
+    let r = proxy.get("debian/pool/moved.deb").await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.unwrap(), "moved here");
 }
