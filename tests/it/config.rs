@@ -84,10 +84,7 @@ async fn reload_by_api_swaps_distributions_and_keeps_them_on_a_broken_file() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "application/json");
-    assert_eq!(
-        proxy.get("extra/x.apk").await.text().await.unwrap(),
-        "extra"
-    );
+    assert_eq!(proxy.text("extra/x.apk").await, "extra");
 
     std::fs::write(&file, "distributions:\n  - id: extra\n    mirrorz: []\n").unwrap();
     let r = client

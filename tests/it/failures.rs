@@ -115,10 +115,7 @@ async fn cached_copy_is_served_when_the_mirror_fails() {
         ..Tuning::default()
     };
     let proxy = Proxy::start(&origin, dir.path(), |c| c.tuning = tuning.clone()).await;
-    assert_eq!(
-        proxy.get(&index[1..]).await.text().await.unwrap(),
-        "release"
-    );
+    assert_eq!(proxy.text(&index[1..]).await, "release");
 
     for behavior in [Behavior::Status(500), Behavior::Status(503), Behavior::Hang] {
         origin.set(index, behavior.clone());
@@ -192,10 +189,7 @@ async fn a_hung_mirror_delays_a_stale_copy_by_seconds_not_minutes() {
         ..Tuning::default()
     };
     let proxy = Proxy::start(&origin, dir.path(), |c| c.tuning = tuning.clone()).await;
-    assert_eq!(
-        proxy.get(&index[1..]).await.text().await.unwrap(),
-        "release"
-    );
+    assert_eq!(proxy.text(&index[1..]).await, "release");
 
     origin.set(index, Behavior::Hang);
     for _ in 0..2 {

@@ -23,7 +23,7 @@ async fn probes_version_and_headers() {
             "{raw}"
         );
     }
-    assert_eq!(proxy.get("livez").await.text().await.unwrap(), "ok");
+    assert_eq!(proxy.text("livez").await, "ok");
     let ready = proxy.get("readyz").await;
     assert_eq!(ready.status(), 200);
     assert_eq!(json(ready).await["index_loaded"], true);

@@ -247,15 +247,7 @@ async fn mirror_change_keeps_the_cache() {
     first.put("/debian/pool/main/h/hello.deb", "hello");
     let dir = cache_dir();
     let proxy = Proxy::start(&first, dir.path(), |_| {}).await;
-    assert_eq!(
-        proxy
-            .get("debian/pool/main/h/hello.deb")
-            .await
-            .text()
-            .await
-            .unwrap(),
-        "hello"
-    );
+    assert_eq!(proxy.text("debian/pool/main/h/hello.deb").await, "hello");
     proxy.stop().await;
 
     let second = Origin::start().await;

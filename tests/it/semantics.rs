@@ -166,14 +166,8 @@ async fn stale_indexes_are_revalidated_and_packages_never_are() {
     })
     .await;
     for _ in 0..3 {
-        assert_eq!(
-            proxy.get(&index[1..]).await.text().await.unwrap(),
-            "release"
-        );
-        assert_eq!(
-            proxy.get(&package[1..]).await.text().await.unwrap(),
-            "package"
-        );
+        assert_eq!(proxy.text(&index[1..]).await, "release");
+        assert_eq!(proxy.text(&package[1..]).await, "package");
     }
     let seen = origin.seen();
     let index_requests: Vec<_> = seen.iter().filter(|s| s.path == index).collect();
