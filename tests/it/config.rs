@@ -14,6 +14,15 @@ fn fedora_file(origin: &Origin, extra: &str) -> String {
     )
 }
 
+/// The file with a second distribution, `extra`, added.
+fn with_extra(origin: &Origin) -> String {
+    let extra = format!(
+        "  - id: extra\n    mirrors:\n      official: [\"{}\"]\n",
+        origin.base("extra")
+    );
+    fedora_file(origin, &extra)
+}
+
 #[tokio::test]
 async fn a_distribution_from_the_file_is_routed_cached_and_ruled() {
     let origin = Origin::start().await;
@@ -66,17 +75,7 @@ async fn reload_by_api_swaps_distributions_and_keeps_them_on_a_broken_file() {
     let client = proxy.client();
     assert_eq!(proxy.get("extra/x.apk").await.status(), 404);
 
-    std::fs::write(
-        &file,
-        fedora_file(
-            &origin,
-            &format!(
-                "  - id: extra\n    mirrors:\n      official: [\"{}\"]\n",
-                origin.base("extra")
-            ),
-        ),
-    )
-    .unwrap();
+    std::fs::write(&file, with_extra(&origin)).unwrap();
     let r = client
         .post(proxy.url("api/mirrors/refresh"))
         .send()
@@ -189,17 +188,7 @@ async fn sighup_reloads_and_coalesces() {
         404
     );
 
-    std::fs::write(
-        &file,
-        fedora_file(
-            &origin,
-            &format!(
-                "  - id: extra\n    mirrors:\n      official: [\"{}\"]\n",
-                origin.base("extra")
-            ),
-        ),
-    )
-    .unwrap();
+    std::fs::write(&file, with_extra(&origin)).unwrap();
     let pid = proxy.child.id().to_string();
     for _ in 0..4 {
         assert!(
