@@ -199,14 +199,19 @@ impl Cache {
         self.loaded.load(Ordering::Acquire)
     }
 
-    /// Reads every entry's metadata into the index (in the background at start), then applies
-    /// the limits. Entries stored meanwhile by this run are kept as they are.
-    pub async fn load_index(self: &Arc<Self>) {
+    /// Reads every entry's metadata into the index (in the background at start), removing the
+    /// bodies an interrupted run left older than `orphans_before`, then applies the limits.
+    /// Entries stored meanwhile by this run are kept as they are.
+    pub async fn load_index(self: &Arc<Self>, orphans_before: std::time::SystemTime) {
         let started = Instant::now();
         let cache = self.clone();
-        let scanned = tokio::task::spawn_blocking(move || cache.store.scan()).await;
+        let scanned = tokio::task::spawn_blocking(move || cache.store.scan(orphans_before)).await;
         let found = match scanned {
-            Ok(Ok(found)) => found,
+            Ok(Ok((found, 0))) => found,
+            Ok(Ok((found, removed))) => {
+                tracing::info!(removed, "removed bodies left by an interrupted run");
+                found
+            }
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "scanning the cache directory failed; entries are read on demand");
                 return;

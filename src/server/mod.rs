@@ -111,15 +111,9 @@ impl Server {
             metrics,
         ));
         let loader = cache.clone();
-        tokio::spawn(async move { loader.load_index().await });
-        tokio::spawn(cache.clone().run_cleanups());
         let started = SystemTime::now();
-        let sweeper = cache.clone();
-        tokio::task::spawn_blocking(move || match sweeper.store().sweep_orphans(started) {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(removed = n, "removed bodies left by an interrupted run"),
-            Err(e) => tracing::warn!(error = %e, "sweeping the cache directory failed"),
-        });
+        tokio::spawn(async move { loader.load_index(started).await });
+        tokio::spawn(cache.clone().run_cleanups());
         let addr = format!("{}:{}", config.host, config.port);
         let listener = TcpListener::bind((config.host.as_str(), config.port))
             .await

@@ -7,7 +7,7 @@
 //!   of the key's digest.
 //! - `data/<aa>/<digest>-<nonce>.body`: its body. Each commit gives the body a new name and the
 //!   metadata, renamed into place last, points at it: readers holding the old body keep reading
-//!   it, and a crash between the two renames leaves an orphan body that [`DiskStore::sweep_orphans`]
+//!   it, and a crash between the two renames leaves an orphan body that [`DiskStore::scan`]
 //!   removes, never an entry whose metadata and body disagree.
 
 use std::collections::HashSet;
@@ -233,9 +233,13 @@ impl DiskStore {
         .await;
     }
 
-    /// Every complete entry on disk with its last access (unix seconds). Blocking.
-    pub fn scan(&self) -> Result<Vec<(EntryMeta, u64)>, StorageError> {
+    /// Every complete entry on disk with its last access (unix seconds), in one walk of the
+    /// directory that also removes the bodies no metadata points at and older than `before`
+    /// (left by a crash between a body's rename and its metadata's). Blocking; returns the
+    /// entries and how many orphans it removed.
+    pub fn scan(&self, before: SystemTime) -> Result<(Vec<(EntryMeta, u64)>, usize), StorageError> {
         let mut out = Vec::new();
+        let mut removed = 0;
         for shard in fs::read_dir(&self.data)
             .map_err(io("list", &self.data))?
             .flatten()
@@ -244,15 +248,19 @@ impl DiskStore {
             let Ok(entries) = fs::read_dir(&dir) else {
                 continue;
             };
-            for entry in entries.flatten() {
-                let path = entry.path();
-                if path.extension().is_none_or(|e| e != "meta") {
+            let names: Vec<String> = entries
+                .flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .collect();
+            let mut referenced = HashSet::new();
+            for name in names.iter().filter(|n| n.ends_with(".meta")) {
+                let Ok(bytes) = fs::read(dir.join(name)) else {
                     continue;
-                }
-                let Ok(bytes) = fs::read(&path) else { continue };
+                };
                 let Ok(meta) = serde_json::from_slice::<EntryMeta>(&bytes) else {
                     continue;
                 };
+                referenced.insert(meta.body.clone());
                 if meta.v != META_VERSION {
                     continue;
                 }
@@ -269,8 +277,20 @@ impl DiskStore {
                     .map_or(meta.stored_at, |d| d.as_secs());
                 out.push((meta, accessed));
             }
+            for name in names
+                .iter()
+                .filter(|n| n.ends_with(".body") && !referenced.contains(*n))
+            {
+                let path = dir.join(name);
+                let old = fs::metadata(&path)
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t < before);
+                if old && fs::remove_file(&path).is_ok() {
+                    removed += 1;
+                }
+            }
         }
-        Ok(out)
+        Ok((out, removed))
     }
 
     /// Writes and removes a probe file: the health check of the storage.
@@ -290,43 +310,6 @@ impl DiskStore {
             st.f_bavail.saturating_mul(st.f_frsize),
             st.f_blocks.saturating_mul(st.f_frsize),
         ))
-    }
-
-    /// Removes bodies that no metadata points at and that are older than `before` (left by a
-    /// crash between a body's rename and its metadata's). Blocking; returns how many it removed.
-    pub fn sweep_orphans(&self, before: SystemTime) -> Result<usize, StorageError> {
-        let mut removed = 0;
-        for shard in fs::read_dir(&self.data)
-            .map_err(io("list", &self.data))?
-            .flatten()
-        {
-            let dir = shard.path();
-            let Ok(entries) = fs::read_dir(&dir) else {
-                continue;
-            };
-            let names: Vec<String> = entries
-                .flatten()
-                .filter_map(|e| e.file_name().into_string().ok())
-                .collect();
-            let referenced: HashSet<String> = names
-                .iter()
-                .filter(|n| n.ends_with(".meta"))
-                .filter_map(|n| read_body_name(&dir.join(n)))
-                .collect();
-            for name in names
-                .iter()
-                .filter(|n| n.ends_with(".body") && !referenced.contains(*n))
-            {
-                let path = dir.join(name);
-                let old = fs::metadata(&path)
-                    .and_then(|m| m.modified())
-                    .is_ok_and(|t| t < before);
-                if old && fs::remove_file(&path).is_ok() {
-                    removed += 1;
-                }
-            }
-        }
-        Ok(removed)
     }
 }
 
