@@ -189,19 +189,22 @@ async fn export_loop(url: String, mut rx: mpsc::Receiver<Message>) {
     let mut batch: Vec<SpanRecord> = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
-        let flush_done = tokio::select! {
+        // (a flush to acknowledge, whether every sender is gone)
+        let (flush_done, closed) = tokio::select! {
             message = rx.recv() => match message {
                 Some(Message::Span(span)) => {
                     batch.push(*span);
                     if batch.len() < BATCH {
                         continue;
                     }
-                    None
+                    (None, false)
                 }
-                Some(Message::Flush(done)) => Some(done),
-                None => None,
+                Some(Message::Flush(done)) => (Some(done), false),
+                // The tracer is gone: send what is left and stop (recv would return at once
+                // from now on).
+                None => (None, true),
             },
-            _ = tick.tick() => None,
+            _ = tick.tick() => (None, false),
         };
         if !batch.is_empty() {
             let body = encode(&batch).to_string();
@@ -221,12 +224,28 @@ async fn export_loop(url: String, mut rx: mpsc::Receiver<Message>) {
         if let Some(done) = flush_done {
             let _ = done.send(());
         }
+        if closed {
+            return;
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_exporter_stops_when_the_tracer_is_gone() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let (tx, rx) = mpsc::channel(4);
+        drop(tx);
+        let stopped = tokio::time::timeout(
+            Duration::from_secs(5),
+            export_loop("http://127.0.0.1:9/v1/traces".into(), rx),
+        )
+        .await;
+        assert!(stopped.is_ok(), "the export loop outlived its tracer");
+    }
 
     #[test]
     fn traceparent_and_endpoints() {
