@@ -3,6 +3,7 @@
 
 use std::fmt::Write;
 
+use crate::cache::human_duration as duration;
 use crate::cache::human_size as human;
 use crate::cache::meta::unix_now;
 use crate::server::AppState;
@@ -22,15 +23,6 @@ fn esc(text: &str) -> String {
         }
     }
     out
-}
-
-fn duration(secs: u64) -> String {
-    match secs {
-        s if s < 60 => format!("{s}s"),
-        s if s < 3600 => format!("{}m {}s", s / 60, s % 60),
-        s if s < 86_400 => format!("{}h {}m", s / 3600, s % 3600 / 60),
-        s => format!("{}d {}h", s / 86_400, s % 86_400 / 3600),
-    }
 }
 
 const STYLE: &str = r#"
@@ -104,7 +96,9 @@ pub fn render(state: &AppState) -> String {
 
     let health = state.cache.mirror_health();
     page.push_str(r#"<h2>Distributions</h2><div class="table"><table><tr><th>Path</th><th>Distribution</th><th>Mirror</th><th>Mirror status</th></tr>"#);
-    for repo in state.reloader.registry.load().repos() {
+    // One registry for both tables, even if a reload lands meanwhile.
+    let registry = state.reloader.registry.load();
+    for repo in registry.repos() {
         let status = match health.get(&repo.id) {
             Some(h) if h.ok => format!(
                 r#"<span class="ok">ok</span> <span class="muted">{} ago</span>"#,
@@ -131,7 +125,7 @@ pub fn render(state: &AppState) -> String {
         );
     }
     page.push_str("</table></div>");
-    mirrors_table(&mut page, state, now);
+    mirrors_table(&mut page, registry.repos(), now);
 
     page.push_str(r#"<h2>Recent requests</h2><div class="table"><table><tr><th>When</th><th>Request</th><th>Status</th><th>Cache</th><th>Size</th><th>Time</th></tr>"#);
     let recent = state.activity.snapshot();
@@ -157,9 +151,9 @@ pub fn render(state: &AppState) -> String {
 }
 
 /// Each repo's mirrors in the order requests try them, with health and the last benchmark.
-fn mirrors_table(page: &mut String, state: &AppState, now: u64) {
+fn mirrors_table(page: &mut String, repos: &[std::sync::Arc<crate::distro::Repo>], now: u64) {
     page.push_str(r#"<h2>Mirrors</h2><div class="table"><table><tr><th>Path</th><th>#</th><th>Mirror</th><th>Health</th><th>Speed</th><th>Latency</th></tr>"#);
-    for repo in state.reloader.registry.load().repos() {
+    for repo in repos {
         let view = repo.mirror_set.view();
         let ranking = match (&view.last_benchmark, view.benchmarking, view.pinned) {
             (_, _, true) => "pinned, in the order given".to_string(),

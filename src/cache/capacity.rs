@@ -34,6 +34,16 @@ fn free_space_floor(total: u64) -> u64 {
     (total / 20).min(5 << 30)
 }
 
+/// `1h 1m`-style durations, the two largest units.
+pub fn human_duration(secs: u64) -> String {
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m {}s", s / 60, s % 60),
+        s if s < 86_400 => format!("{}h {}m", s / 3600, s % 3600 / 60),
+        s => format!("{}d {}h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
 /// `1.00 GB`-style sizes (powers of 1024), as the interface we keep prints them.
 pub fn human_size(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];

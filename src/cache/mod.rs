@@ -8,7 +8,7 @@
 
 pub mod body;
 mod capacity;
-pub use capacity::{CacheStats, Removal, human_size};
+pub use capacity::{CacheStats, Removal, human_duration, human_size};
 pub mod eviction;
 pub mod fill;
 pub mod hot;

@@ -8,7 +8,9 @@ use futures_util::StreamExt;
 use reqwest::header::RANGE;
 use url::Url;
 
-use super::{Candidate, Dropped, Measure};
+use super::{Candidate, Dropped, Measure, url_in};
+use crate::cache::human_duration;
+use crate::cache::index::suite_dir;
 use crate::cache::meta::unix_now;
 use crate::upstream::error_chain;
 
@@ -197,7 +199,7 @@ async fn probe(
     path: &str,
     limits: &Limits,
 ) -> Result<Measure, String> {
-    let url = Url::parse(&format!("{base}{path}")).map_err(|e| e.to_string())?;
+    let url = url_in(base, path).map_err(|e| e.to_string())?;
     let start = Instant::now();
     let deadline = tokio::time::Instant::from_std(start + limits.probe_timeout);
     let response = tokio::time::timeout_at(deadline, client.get(url).send())
@@ -236,7 +238,7 @@ async fn probe(
     let bytes_per_sec = (bytes as f64 / transfer.as_secs_f64()).max(1.0);
     let mut published = published_in(&String::from_utf8_lossy(&head));
     if published.is_none()
-        && let Some(suite) = suite_of(path)
+        && let Some(suite) = suite_dir(path)
     {
         published = suite_date(client, base, suite, deadline).await;
     }
@@ -258,13 +260,6 @@ async fn probe(
     })
 }
 
-/// `dists/<suite>/` of an APT path, if it is one.
-fn suite_of(path: &str) -> Option<&str> {
-    let rest = path.strip_prefix("dists/")?;
-    let end = rest.find('/')?;
-    Some(&path[..6 + end + 1])
-}
-
 /// The `Date:` of a suite's InRelease (its head only, asked by Range).
 async fn suite_date(
     client: &reqwest::Client,
@@ -272,7 +267,7 @@ async fn suite_date(
     suite: &str,
     deadline: tokio::time::Instant,
 ) -> Option<i64> {
-    let url = Url::parse(&format!("{base}{suite}InRelease")).ok()?;
+    let url = url_in(base, &format!("{suite}InRelease")).ok()?;
     let fetch = async {
         let response = client
             .get(url)
@@ -341,7 +336,7 @@ pub fn rank(probes: Vec<Probe>) -> (Vec<(Url, Measure)>, Vec<Dropped>) {
                     url: p.base.to_string(),
                     reason: format!(
                         "stale: its index is {} older than the newest mirror's",
-                        human_age((newest - date) as u64)
+                        human_duration((newest - date) as u64)
                     ),
                 }),
                 _ => usable.push((p.base, m)),
@@ -359,15 +354,6 @@ pub fn rank(probes: Vec<Probe>) -> (Vec<(Url, Measure)>, Vec<Dropped>) {
         }
     }
     (ranked, dropped)
-}
-
-fn human_age(secs: u64) -> String {
-    match secs {
-        s if s < 120 => format!("{s} s"),
-        s if s < 7200 => format!("{} min", s / 60),
-        s if s < 172_800 => format!("{} h", s / 3600),
-        s => format!("{} days", s / 86_400),
-    }
 }
 
 #[cfg(test)]
@@ -410,11 +396,6 @@ mod tests {
         );
         assert_eq!(published_in("Archive: noble\nComponent: main\n"), None);
         assert_eq!(published_in("Date: yesterday\n"), None);
-        assert_eq!(
-            suite_of("dists/noble/main/binary-amd64/Release"),
-            Some("dists/noble/")
-        );
-        assert_eq!(suite_of("7/os/x86_64/repodata/repomd.xml"), None);
     }
 
     #[test]

@@ -26,6 +26,12 @@ const LONGEST_DEMOTION: Duration = Duration::from_secs(600);
 /// Most mirrors one request tries (the first included).
 pub const MAX_ATTEMPTS: usize = 3;
 
+/// The URL of `path_in_repo` under a mirror's base URL (which ends with `/`), kept byte for
+/// byte as written (percent-encoding included: apt asks for `%253a` and means it).
+pub fn url_in(base: &Url, path_in_repo: &str) -> Result<Url, url::ParseError> {
+    Url::parse(&format!("{}{path_in_repo}", base.as_str()))
+}
+
 /// A mirror candidate as configured.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate {
@@ -64,6 +70,16 @@ struct Health {
     measure: Option<Measure>,
 }
 
+impl Health {
+    fn standing(&self, now: Instant) -> Standing {
+        match self.demoted_until {
+            Some(until) if until > now => Standing::Demoted(until),
+            _ if self.failures > 0 => Standing::Recovering,
+            _ => Standing::Healthy,
+        }
+    }
+}
+
 /// One mirror of a tree, with its health.
 #[derive(Debug)]
 pub struct Mirror {
@@ -86,7 +102,7 @@ impl Mirror {
 
     /// The URL of `path_in_repo` on this mirror, kept byte for byte as the client sent it.
     pub fn url(&self, path_in_repo: &str) -> Result<Url, url::ParseError> {
-        Url::parse(&format!("{}{}", self.base.as_str(), path_in_repo))
+        url_in(&self.base, path_in_repo)
     }
 
     /// Records a good answer: the mirror is restored.
@@ -118,12 +134,7 @@ impl Mirror {
 
     /// How the mirror stands now, for ordering.
     fn standing(&self, now: Instant) -> Standing {
-        let h = self.health();
-        match h.demoted_until {
-            Some(until) if until > now => Standing::Demoted(until),
-            _ if h.failures > 0 => Standing::Recovering,
-            _ => Standing::Healthy,
-        }
+        self.health().standing(now)
     }
 
     /// Whether a recovery probe is due (the mirror failed and its pause is over); if so, the
@@ -138,8 +149,8 @@ impl Mirror {
     }
 
     fn view(&self, rank: usize, now: Instant) -> MirrorView {
-        let standing = self.standing(now);
         let h = self.health();
+        let standing = h.standing(now);
         let demoted = h.demoted_until.filter(|&t| t > now);
         MirrorView {
             rank: rank + 1,

@@ -42,16 +42,18 @@ pub fn init(debug: bool) -> Option<String> {
             }
         }
     };
+    // A terminal gets colours, and `auto` gives it the console format.
+    let ansi = std::io::stdout().is_terminal();
     let format = env_either("APT_PROXY_LOG_FORMAT", "LOG_FORMAT").map(|v| v.to_ascii_lowercase());
     let json = match format.as_deref() {
         Some("json") => true,
         Some("console") => false,
-        None | Some("auto") => !std::io::stdout().is_terminal(),
+        None | Some("auto") => !ansi,
         Some(other) => {
             warning = Some(format!(
                 "APT_PROXY_LOG_FORMAT={other:?} is not one of json, console, auto; using auto"
             ));
-            !std::io::stdout().is_terminal()
+            !ansi
         }
     };
     std::thread::Builder::new()
@@ -63,7 +65,6 @@ pub fn init(debug: bool) -> Option<String> {
             }
         })
         .ok();
-    let ansi = std::io::stdout().is_terminal();
     if level >= LevelFilter::INFO && !ansi {
         let _ = FAST_ACCESS.set(if json {
             AccessFormat::Json
@@ -119,8 +120,13 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for BufferedStdout {
     type Writer = BufferedLine<'a>;
 
     fn make_writer(&'a self) -> Self::Writer {
-        BufferedLine(BUFFER.lock().unwrap_or_else(PoisonError::into_inner))
+        buffered_line()
     }
+}
+
+/// The shared buffer, locked for one line.
+fn buffered_line() -> BufferedLine<'static> {
+    BufferedLine(BUFFER.lock().unwrap_or_else(PoisonError::into_inner))
 }
 
 /// How [`access`] writes its lines itself; unset: through tracing (not initialised by [`init`],
@@ -155,7 +161,7 @@ pub fn access(a: &Access<'_>) {
         Some(&format) => {
             let mut line = String::with_capacity(256);
             format_access(&mut line, format, SystemTime::now(), a);
-            let _ = BufferedStdout.make_line().write_all(line.as_bytes());
+            let _ = buffered_line().write_all(line.as_bytes());
         }
         None => tracing::info!(
             request_id = a.request_id,
@@ -250,12 +256,6 @@ fn json_escape(out: &mut String, text: &str) {
             }
             c => out.push(c),
         }
-    }
-}
-
-impl BufferedStdout {
-    fn make_line(&self) -> BufferedLine<'static> {
-        BufferedLine(BUFFER.lock().unwrap_or_else(PoisonError::into_inner))
     }
 }
 
