@@ -77,6 +77,9 @@ pub enum FillError {
     Mismatch,
     #[error("mirror is inconsistent (mid-sync?): the index does not match its Release")]
     Inconsistent,
+    /// The request's path does not make a URL under the mirror's base: the client's fault.
+    #[error("malformed path")]
+    BadPath,
 }
 
 fn header(headers: &HeaderMap, name: reqwest::header::HeaderName) -> Option<String> {
@@ -97,6 +100,7 @@ pub(super) async fn run(
     let outcome = fetch(&cache, &request, stale.as_deref(), &tx).await;
     match &outcome {
         Err(FillError::Upstream(e)) => cache.record_mirror(&request.repo, Some(e.to_string())),
+        Err(FillError::BadPath) => {}
         Ok(FillState::Passthrough { status }) if *status >= 500 => {
             cache.record_mirror(&request.repo, Some(format!("mirror answered {status}")))
         }
@@ -310,10 +314,9 @@ impl<'a> Attempts<'a> {
         let mut reason: Option<String> = None;
         while let Some(mirror) = self.next(reason.as_deref()) {
             let started = std::time::Instant::now();
-            // A path that makes no URL is the request's fault, not the mirror's.
-            let url = mirror.url(path).map_err(|e| UpstreamError::Transfer {
-                detail: format!("the path makes no URL: {e}"),
-            })?;
+            // A path that makes no URL is the request's fault, not the mirror's (whether it
+            // makes one does not depend on the mirror: every base ends with `/`).
+            let url = mirror.url(path).map_err(|_| FillError::BadPath)?;
             let result = self.cache.upstream.get(url, validators, None).await;
             self.observe(&result, started);
             match result {
@@ -361,7 +364,10 @@ impl<'a> Attempts<'a> {
         let mut reason = why.to_string();
         while let Some(mirror) = self.next(Some(&reason)) {
             let started = std::time::Instant::now();
-            let Ok(url) = mirror.url(path) else { continue };
+            // The path made a URL on the first mirror, so it makes one on every mirror.
+            let Ok(url) = mirror.url(path) else {
+                return None;
+            };
             let result = self
                 .cache
                 .upstream

@@ -342,6 +342,7 @@ async fn answer_from_cache(
                         StatusCode::GATEWAY_TIMEOUT
                     }
                     FillError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                    FillError::BadPath => StatusCode::BAD_REQUEST,
                     _ => StatusCode::BAD_GATEWAY,
                 };
                 text(status, error.to_string())
