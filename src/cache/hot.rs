@@ -11,6 +11,14 @@ use bytes::Bytes;
 /// Bodies up to this size are kept.
 pub const MAX_BODY: u64 = 64 * 1024;
 
+/// What an entry costs beyond its body and name (map slot, allocation headers): empty bodies
+/// (404s) cost something too, so that their number stays bounded.
+const ENTRY_OVERHEAD: usize = 64;
+
+fn cost(name: &str, body: &Bytes) -> usize {
+    name.len() + body.len() + ENTRY_OVERHEAD
+}
+
 /// The small-body cache.
 #[derive(Debug)]
 pub struct HotBodies {
@@ -19,7 +27,7 @@ pub struct HotBodies {
 }
 
 impl HotBodies {
-    /// A cache holding at most `capacity` bytes of bodies.
+    /// A cache holding at most `capacity` bytes of bodies (with names and overhead).
     pub fn new(capacity: usize) -> HotBodies {
         HotBodies {
             capacity,
@@ -37,22 +45,23 @@ impl HotBodies {
     }
 
     pub fn insert(&self, body: &str, bytes: Bytes) {
-        if bytes.len() as u64 > MAX_BODY || bytes.len() > self.capacity {
+        let needed = cost(body, &bytes);
+        if bytes.len() as u64 > MAX_BODY || needed > self.capacity {
             return;
         }
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         let (map, total) = &mut *inner;
-        while *total + bytes.len() > self.capacity {
+        while *total + needed > self.capacity {
             let Some(victim) = map.keys().next().cloned() else {
                 break;
             };
             if let Some(old) = map.remove(&victim) {
-                *total -= old.len();
+                *total -= cost(&victim, &old);
             }
         }
-        *total += bytes.len();
+        *total += needed;
         if let Some(old) = map.insert(body.to_string(), bytes) {
-            *total -= old.len();
+            *total -= cost(body, &old);
         }
     }
 
@@ -70,16 +79,33 @@ mod tests {
 
     #[test]
     fn bounded() {
-        let hot = HotBodies::new(100);
-        hot.insert("a", Bytes::from(vec![0; 60]));
-        hot.insert("b", Bytes::from(vec![0; 60]));
+        let hot = HotBodies::new(200);
+        hot.insert("a", Bytes::from(vec![1; 60]));
+        assert_eq!(hot.get("a").as_deref(), Some(&[1u8; 60][..]));
+        hot.insert("b", Bytes::from(vec![2; 60]));
         let inner = hot.inner.lock().unwrap();
-        assert_eq!(inner.0.len(), 1);
-        assert_eq!(inner.1, 60);
+        assert_eq!(inner.0.len(), 1, "two entries of 125 do not fit in 200");
+        assert_eq!(inner.1, 60 + 1 + ENTRY_OVERHEAD);
         drop(inner);
-        hot.insert("big", Bytes::from(vec![0; 200]));
+        assert_eq!(hot.get("b").as_deref(), Some(&[2u8; 60][..]));
+        hot.insert("big", Bytes::from(vec![0; 300]));
         assert!(hot.get("big").is_none());
         hot.clear();
         assert!(hot.get("a").is_none() && hot.get("b").is_none());
+    }
+
+    #[test]
+    fn empty_bodies_are_bounded_too() {
+        let hot = HotBodies::new(1000);
+        for i in 0..1000 {
+            hot.insert(&format!("{i:04}"), Bytes::new());
+        }
+        let inner = hot.inner.lock().unwrap();
+        assert!(
+            inner.0.len() <= 1000 / (4 + ENTRY_OVERHEAD),
+            "{}",
+            inner.0.len()
+        );
+        assert!(inner.1 <= 1000);
     }
 }
