@@ -74,13 +74,15 @@ pub fn route(registry: &Registry, uri: &Uri) -> Result<RouteMatch, RouteError> {
                 by_host_in_path(registry, after)?
             } else {
                 let (first, tail) = rest.split_once('/').unwrap_or((rest, ""));
-                match (registry.by_id(first), registry.by_pattern(path_and_query)) {
-                    (Some(repo), _) => (repo, tail),
-                    (None, Some(found)) => found,
-                    (None, None) if first.contains('.') => by_host_in_path(registry, rest)?,
-                    (None, None) => {
-                        return Err(RouteError::UnknownPrefix(first.chars().take(64).collect()));
-                    }
+                // The prefix id first: a url_pattern regex runs only when no id matches.
+                if let Some(repo) = registry.by_id(first) {
+                    (repo, tail)
+                } else if let Some(found) = registry.by_pattern(path_and_query) {
+                    found
+                } else if first.contains('.') {
+                    by_host_in_path(registry, rest)?
+                } else {
+                    return Err(RouteError::UnknownPrefix(first.chars().take(64).collect()));
                 }
             }
         }
