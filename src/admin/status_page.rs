@@ -117,7 +117,7 @@ pub fn render(state: &AppState) -> String {
             id = esc(&repo.id),
             name = esc(&repo.distro_name),
             mirror = esc(repo.mirror_set.current().base.as_str()),
-            pinned = if repo.pinned {
+            pinned = if repo.pinned() {
                 r#" <span class="muted">(pinned)</span>"#
             } else {
                 ""

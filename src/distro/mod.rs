@@ -121,11 +121,19 @@ pub struct Repo {
     pub cache_rules: Vec<CacheRule>,
     /// A distributions.yaml `url_pattern` whose first group is the path in the repo.
     pub url_pattern: Option<regex_lite::Regex>,
-    /// Base URL of the configured first mirror of this tree (before any ranking); ends with `/`.
-    pub upstream: Url,
-    /// Whether the user chose the mirrors (a flag) rather than the built-in candidates.
-    pub pinned: bool,
     known: Vec<KnownPrefix>,
+}
+
+impl Repo {
+    /// Base URL of the configured first mirror of this tree (before any ranking); ends with `/`.
+    pub fn upstream(&self) -> &Url {
+        &self.mirror_set.candidates[0].url
+    }
+
+    /// Whether the user chose the mirrors (a flag) rather than the built-in candidates.
+    pub fn pinned(&self) -> bool {
+        self.mirror_set.pinned
+    }
 }
 
 /// The distributions being served, with their repos.
@@ -250,8 +258,6 @@ impl Registry {
                     distro: def.id.clone(),
                     distro_name: def.name.clone(),
                     kind: def.kind,
-                    upstream,
-                    pinned: !pinned.is_empty(),
                     mirror_set,
                     cache_rules: def.cache_rules.clone(),
                     url_pattern: def.url_pattern.clone(),
@@ -430,19 +436,19 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            reg.by_id("ubuntu").unwrap().upstream.as_str(),
+            reg.by_id("ubuntu").unwrap().upstream().as_str(),
             "https://mirrors.tuna.tsinghua.edu.cn/ubuntu/"
         );
-        assert!(reg.by_id("ubuntu").unwrap().pinned);
+        assert!(reg.by_id("ubuntu").unwrap().pinned());
         assert_eq!(
-            reg.by_id("debian").unwrap().upstream.as_str(),
+            reg.by_id("debian").unwrap().upstream().as_str(),
             "http://127.0.0.1:9/d/debian/"
         );
         assert_eq!(
-            reg.by_id("debian-security").unwrap().upstream.as_str(),
+            reg.by_id("debian-security").unwrap().upstream().as_str(),
             "http://127.0.0.1:9/d/debian-security/"
         );
-        assert!(!reg.by_id("alpine").unwrap().pinned);
+        assert!(!reg.by_id("alpine").unwrap().pinned());
     }
 
     #[test]
@@ -593,7 +599,7 @@ mod file_tests {
                 .map(|r| {
                     (
                         r.id.clone(),
-                        r.upstream.to_string(),
+                        r.upstream().to_string(),
                         r.mirror_set.candidates.len(),
                         r.kind,
                     )
@@ -610,7 +616,7 @@ mod file_tests {
         let reg = load("distributions:\n  - id: fedora\n    name: Fedora\n    url_pattern: \"^/fed/(.+)$\"\n    cache_rules:\n      - pattern: \"repomd\\\\.xml$\"\n        cache_control: \"max-age=300\"\n    mirrors:\n      official: [\"mirror.example.org/pub/fedora/\"]\n      custom: [\"http://127.0.0.1:9/fedora\"]\n    aliases:\n      local: \"http://127.0.0.1:9/fedora/\"\n").unwrap();
         let fedora = reg.by_id("fedora").unwrap();
         assert_eq!(
-            fedora.upstream.as_str(),
+            fedora.upstream().as_str(),
             "https://mirror.example.org/pub/fedora/"
         );
         assert_eq!(fedora.cache_rules[0].max_age, 300);
@@ -626,7 +632,7 @@ mod file_tests {
         let pins: MirrorPins = [("fedora".to_string(), "cn:local".to_string())].into();
         let reg = Registry::with_file(Mode::All, &pins, &parsed).unwrap();
         assert_eq!(
-            reg.by_id("fedora").unwrap().upstream.as_str(),
+            reg.by_id("fedora").unwrap().upstream().as_str(),
             "http://127.0.0.1:9/fedora/"
         );
         // Only mode all serves distributions the modes do not name.
@@ -642,11 +648,11 @@ mod file_tests {
     fn changing_a_built_in_keeps_its_hosts() {
         let reg = load("distributions:\n  - id: debian\n    mirrors:\n      official: [\"http://127.0.0.1:9/debian/\"]\n").unwrap();
         assert_eq!(
-            reg.by_id("debian").unwrap().upstream.as_str(),
+            reg.by_id("debian").unwrap().upstream().as_str(),
             "http://127.0.0.1:9/debian/"
         );
         assert_eq!(
-            reg.by_id("debian-security").unwrap().upstream.as_str(),
+            reg.by_id("debian-security").unwrap().upstream().as_str(),
             "http://security.debian.org/debian-security/"
         );
         assert!(

@@ -155,11 +155,11 @@ impl Reloader {
 fn log_mirrors(registry: &Registry) {
     for repo in registry.repos() {
         let set = &repo.mirror_set;
-        if repo.pinned {
+        if repo.pinned() {
             let mirrors: Vec<&str> = set.candidates.iter().map(|c| c.url.as_str()).collect();
-            tracing::info!(repo = %repo.id, mirror = %repo.upstream, failover = ?&mirrors[1..], "using specified {} mirror", repo.id);
+            tracing::info!(repo = %repo.id, mirror = %repo.upstream(), failover = ?&mirrors[1..], "using specified {} mirror", repo.id);
         } else {
-            tracing::info!(repo = %repo.id, mirror = %repo.upstream, candidates = set.candidates.len(), benchmarked = set.is_benchmarked(), "using default {} mirror until the benchmark ranks the candidates", repo.id);
+            tracing::info!(repo = %repo.id, mirror = %repo.upstream(), candidates = set.candidates.len(), benchmarked = set.is_benchmarked(), "using default {} mirror until the benchmark ranks the candidates", repo.id);
         }
     }
 }
