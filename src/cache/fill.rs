@@ -195,7 +195,7 @@ async fn fetch(
     if let Some(expect) = request.expect.as_ref().filter(|_| status == 200)
         && !body.matches(&expect.digest)
     {
-        match (&expect.source, &request.fallback_path) {
+        match (&expect.source, &expect.by_hash_path) {
             (Source::Release, Some(path)) => {
                 tracing::warn!(key = %request.key, "index does not match its Release; fetching it by hash");
                 let mut mirrors = Attempts::new(cache, request);

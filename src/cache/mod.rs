@@ -101,9 +101,6 @@ pub struct FillRequest {
     pub repo: String,
     /// What an index says the file must be.
     pub expect: Option<Expectation>,
-    /// Where the same content lives by hash (a path in the repo), tried when the file does
-    /// not match its index.
-    pub fallback_path: Option<String>,
     /// Lifetime set by a distributions.yaml cache rule matching the path.
     pub rule_max_age: Option<u64>,
 }

@@ -198,7 +198,6 @@ async fn answer(
         .cache
         .expectation(&matched.repo.id, &matched.path)
         .await;
-    let fallback_path = expect.as_ref().and_then(|e| e.by_hash_path.clone());
     let rule_max_age = matched
         .repo
         .cache_rules
@@ -212,7 +211,6 @@ async fn answer(
         path: matched.path,
         repo: matched.repo.id.clone(),
         expect,
-        fallback_path,
         rule_max_age,
     };
 
