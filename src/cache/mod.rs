@@ -188,8 +188,7 @@ impl Cache {
         );
         if let Some((meta, true)) = touched {
             let cache = self.clone();
-            let key = key.clone();
-            tokio::spawn(async move { cache.store.touch(&key, &meta, unix_now()).await });
+            tokio::spawn(async move { cache.store.touch(&meta, unix_now()).await });
         }
     }
 
@@ -278,7 +277,7 @@ impl Cache {
         if meta.status != 200 {
             return None;
         }
-        let file = self.store.open_body(key, &meta).ok()?;
+        let file = self.store.open_body(&meta).ok()?;
         tokio::task::spawn_blocking(move || index::read_text(file))
             .await
             .ok()?
@@ -308,7 +307,7 @@ impl Cache {
         let Some(compression) = self.indexes.packages_index(repo, path) else {
             return;
         };
-        let Ok(file) = self.store.open_body(key, meta) else {
+        let Ok(file) = self.store.open_body(meta) else {
             return;
         };
         match tokio::task::spawn_blocking(move || index::parse_packages(file, compression)).await {

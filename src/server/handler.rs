@@ -420,13 +420,8 @@ async fn stored(
     let body = match plan.body_range(Some(meta.len)) {
         Some((start, end)) if !head_only && plan != Plan::NotModified => {
             let cache = state.cache.clone();
-            let (k, m) = (key.clone(), meta.clone());
-            let open = move || {
-                cache
-                    .store()
-                    .open_body(&k, &m)
-                    .map_err(std::io::Error::other)
-            };
+            let m = meta.clone();
+            let open = move || cache.store().open_body(&m).map_err(std::io::Error::other);
             let source = if cache_status == "HIT" {
                 "cache"
             } else {

@@ -123,9 +123,22 @@ impl DiskStore {
         .await?
     }
 
+    /// Where an entry's body lives. Its name starts with the key's digest, which names the
+    /// shard: no need to hash the key again.
+    fn body_path(&self, meta: &EntryMeta) -> Result<PathBuf, StorageError> {
+        match meta.body.get(..2) {
+            Some(shard) => Ok(self.data.join(shard).join(&meta.body)),
+            None => Err(StorageError::Io {
+                op: "open",
+                path: self.data.join(&meta.body),
+                source: std::io::Error::other("malformed body name in the entry's metadata"),
+            }),
+        }
+    }
+
     /// Opens the body of an entry returned by [`DiskStore::load`] or [`DiskStore::commit`].
-    pub fn open_body(&self, key: &CacheKey, meta: &EntryMeta) -> Result<File, StorageError> {
-        let path = self.shard(&key.digest()).join(&meta.body);
+    pub fn open_body(&self, meta: &EntryMeta) -> Result<File, StorageError> {
+        let path = self.body_path(meta)?;
         File::open(&path).map_err(io("open", &path))
     }
 
@@ -221,8 +234,10 @@ impl DiskStore {
 
     /// Records `when` (unix seconds) as the entry's last access: the body's modification time,
     /// read back by [`DiskStore::scan`] after a restart.
-    pub async fn touch(&self, key: &CacheKey, meta: &EntryMeta, when: u64) {
-        let body = self.shard(&key.digest()).join(&meta.body);
+    pub async fn touch(&self, meta: &EntryMeta, when: u64) {
+        let Ok(body) = self.body_path(meta) else {
+            return;
+        };
         let _ = tokio::task::spawn_blocking(move || {
             let time = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(when);
             File::options()
