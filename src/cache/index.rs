@@ -86,6 +86,35 @@ pub fn suite_dir(path: &str) -> Option<&str> {
     Some(&path[.."dists/".len() + end + 1])
 }
 
+/// Looks at the Release tables of `repo` from `path`'s directory up to the tree's root, and
+/// returns the first answer `found` gives (with the directory and the table). One key buffer
+/// for the whole walk.
+fn walk_up<T>(
+    releases: &HashMap<String, Option<Arc<ReleaseTable>>>,
+    repo: &str,
+    path: &str,
+    mut found: impl FnMut(&str, &Arc<ReleaseTable>) -> Option<T>,
+) -> Option<T> {
+    let mut key = String::with_capacity(repo.len() + 1 + path.len());
+    key.push_str(repo);
+    key.push('/');
+    let base = key.len();
+    let mut d = dir_of(path);
+    loop {
+        key.truncate(base);
+        key.push_str(d);
+        if let Some(Some(table)) = releases.get(key.as_str())
+            && let Some(answer) = found(d, table)
+        {
+            return Some(answer);
+        }
+        if d.is_empty() {
+            return None;
+        }
+        d = dir_of(&d[..d.len() - 1]);
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -117,36 +146,24 @@ impl IndexTables {
         self.set_release(repo, root, Some(table));
     }
 
-    /// The relative path (inside its Release's directory) of the index at `path`, with the
-    /// Release's directory: for a by-hash path, the file whose hash it is.
-    pub fn resolve_index(&self, repo: &str, path: &str) -> Option<(String, String)> {
+    /// The index at `path`: its Release's directory, its relative path inside it, and that
+    /// Release's table. For a by-hash path, the file whose hash it is.
+    fn resolve_index(&self, repo: &str, path: &str) -> Option<(String, String, Arc<ReleaseTable>)> {
         let releases = lock(&self.releases);
         if let Some((dir, hex)) = path.rsplit_once("/by-hash/SHA256/") {
-            let mut d = dir_of(path);
-            while !d.is_empty() {
-                if let Some(Some(table)) = releases.get(&format!("{repo}/{d}"))
-                    && let Some(rel) = table.by_hash.get(hex)
-                    && rel.starts_with(dir.strip_prefix(d).unwrap_or(""))
-                {
-                    return Some((d.to_string(), rel.clone()));
-                }
-                d = dir_of(&d[..d.len() - 1]);
-            }
-            return None;
+            return walk_up(&releases, repo, path, |d, table| {
+                let rel = table.by_hash.get(hex)?;
+                (!d.is_empty() && rel.starts_with(dir.strip_prefix(d).unwrap_or("")))
+                    .then(|| (d.to_string(), rel.clone(), table.clone()))
+            });
         }
-        let mut d = dir_of(path);
-        loop {
-            if let Some(Some(table)) = releases.get(&format!("{repo}/{d}")) {
-                let rel = &path[d.len()..];
-                if table.files.contains_key(rel) {
-                    return Some((d.to_string(), rel.to_string()));
-                }
-            }
-            if d.is_empty() {
-                return None;
-            }
-            d = dir_of(&d[..d.len() - 1]);
-        }
+        walk_up(&releases, repo, path, |d, table| {
+            let rel = &path[d.len()..];
+            table
+                .files
+                .contains_key(rel)
+                .then(|| (d.to_string(), rel.to_string(), table.clone()))
+        })
     }
 
     /// What `path` in `repo` must be, if an index says so. Release files and by-hash paths
@@ -170,9 +187,7 @@ impl IndexTables {
                 by_hash_path: None,
             });
         }
-        let (dir, rel) = self.resolve_index(repo, path)?;
-        let releases = lock(&self.releases);
-        let table = releases.get(&format!("{repo}/{dir}"))?.as_ref()?;
+        let (_, rel, table) = self.resolve_index(repo, path)?;
         let digest = table.files.get(&rel)?.clone();
         let by_hash_path = table
             .has_by_hash
