@@ -64,7 +64,7 @@ pub fn route(registry: &Registry, uri: &Uri) -> Result<RouteMatch, RouteError> {
                     let host = authority.host().to_ascii_lowercase();
                     registry
                         .by_host_path(&host, authority.port_u16(), path_and_query)
-                        .ok_or(RouteError::ForeignHost(host.clone()))?
+                        .ok_or(RouteError::ForeignHost(host))?
                 }
             }
         }
@@ -105,7 +105,7 @@ fn by_host_in_path<'a>(
     let host = host.to_ascii_lowercase();
     registry
         .by_host_path(&host, port, path)
-        .ok_or(RouteError::ForeignHost(host.clone()))
+        .ok_or(RouteError::ForeignHost(host))
 }
 
 fn split_host_port(text: &str) -> Option<(&str, Option<u16>)> {
@@ -142,7 +142,8 @@ fn check_path(path: &str) -> Result<(), RouteError> {
         if decoded == "." || decoded == ".." {
             return Err(RouteError::BadPath("dot segment"));
         }
-        if decoded.contains(['/', '\\', '\0']) || segment.contains('\\') {
+        // Raw characters are in `decoded` too.
+        if decoded.contains(['/', '\\', '\0']) {
             return Err(RouteError::BadPath("encoded separator"));
         }
     }
