@@ -1,8 +1,12 @@
 //! The HTTP(S) client that talks to mirrors.
 //!
 //! Connect and idle-read timeouts, but no total-transfer timeout: a 2 GB package on a slow
-//! link must finish. Redirects are followed a few times. TLS is rustls on the ring provider.
+//! link must finish. Redirects are followed a few times, never to an internal address the
+//! operator did not configure ([`policy`]). TLS is rustls on the ring provider.
 
+pub mod policy;
+
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::header::{
@@ -11,6 +15,7 @@ use reqwest::header::{
 use url::Url;
 
 use crate::config::Tuning;
+use policy::{AddressPolicy, GuardedResolver};
 
 /// Why a mirror could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +26,9 @@ pub enum UpstreamError {
     Connect { detail: String },
     #[error("mirror transfer failed")]
     Transfer { detail: String },
+    /// A redirect or a resolved address that the address policy refuses.
+    #[error("mirror sent the proxy to an address it does not fetch from")]
+    Refused { detail: String },
     #[error("upstream client set-up failed: {0}")]
     Setup(String),
 }
@@ -30,7 +38,9 @@ impl UpstreamError {
     pub fn from_reqwest(e: &reqwest::Error) -> UpstreamError {
         // The whole chain, for the operator's log; clients get only the short Display text.
         let detail = error_chain(e);
-        if e.is_timeout() {
+        if policy::refusal(e).is_some() {
+            UpstreamError::Refused { detail }
+        } else if e.is_timeout() {
             UpstreamError::Timeout { detail }
         } else if e.is_connect() {
             UpstreamError::Connect { detail }
@@ -68,7 +78,12 @@ pub struct Upstream {
 
 impl Upstream {
     /// Builds the client. `keep_alive: false` closes each connection after its request.
-    pub fn new(keep_alive: bool, tuning: &Tuning) -> Result<Upstream, UpstreamError> {
+    /// Redirects and resolved names are checked against `policy`.
+    pub fn new(
+        keep_alive: bool,
+        tuning: &Tuning,
+        policy: &Arc<AddressPolicy>,
+    ) -> Result<Upstream, UpstreamError> {
         // Several servers in one process (tests) share the provider; only the first install counts.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let mut headers = HeaderMap::new();
@@ -80,7 +95,8 @@ impl Upstream {
             .default_headers(headers)
             .connect_timeout(tuning.connect_timeout)
             .read_timeout(tuning.read_timeout)
-            .redirect(reqwest::redirect::Policy::limited(5))
+            .redirect(policy.redirects())
+            .dns_resolver(GuardedResolver(policy.clone()))
             .tcp_nodelay(true)
             .no_proxy();
         builder = if keep_alive {

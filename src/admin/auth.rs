@@ -67,6 +67,7 @@ mod tests {
             api_auth: true,
             api_rate_limit_per_minute: 0,
             trusted_proxies: vec![],
+            allow_private_upstreams: vec![],
         };
         let mut h = HeaderMap::new();
         assert!(check(&security, &h).is_some());

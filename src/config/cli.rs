@@ -93,6 +93,10 @@ pub struct Cli {
     /// Comma-separated CIDRs whose X-Forwarded-For is honoured [env: APT_PROXY_TRUSTED_PROXIES]
     #[arg(long = "trusted-proxies", help_heading = "Security")]
     pub trusted_proxies: Option<String>,
+    /// Comma-separated internal CIDRs that mirror redirects and geo-list mirrors may lead to
+    /// (loopback, private and link-local addresses are refused otherwise) [env: APT_PROXY_ALLOW_PRIVATE_UPSTREAMS]
+    #[arg(long = "allow-private-upstreams", help_heading = "Security")]
+    pub allow_private_upstreams: Option<String>,
 
     /// Cache storage backend: disk or s3 [env: APT_PROXY_STORAGE_BACKEND] [default: disk]
     #[arg(long = "storage-backend", help_heading = "Storage")]

@@ -88,6 +88,9 @@ pub struct Security {
     pub api_rate_limit_per_minute: u32,
     /// Peers whose X-Forwarded-For is believed.
     pub trusted_proxies: Vec<IpNet>,
+    /// Internal networks that upstream URLs the operator did not write (redirect targets,
+    /// geo-list mirrors) may still lead to.
+    pub allow_private_upstreams: Vec<IpNet>,
 }
 
 /// Timeouts and freshness windows. Defaults suit production; tests shorten them.
@@ -168,6 +171,7 @@ impl Config {
                 api_auth: false,
                 api_rate_limit_per_minute: 60,
                 trusted_proxies: Vec::new(),
+                allow_private_upstreams: Vec::new(),
             },
             otlp_traces_url: None,
             tuning: Tuning::default(),
@@ -345,25 +349,27 @@ impl Config {
             security.api_rate_limit_per_minute,
         )?
         .unwrap_or(60);
-        let proxies_text = pick(cli.trusted_proxies, env, "APT_PROXY_TRUSTED_PROXIES", None)?;
-        let proxies: Vec<String> = match proxies_text {
-            Some(text) => text
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(str::to_string)
-                .collect(),
-            None => security.trusted_proxies.unwrap_or_default(),
-        };
-        let trusted_proxies = proxies
-            .iter()
-            .map(|p| parse_cidr(p))
-            .collect::<Result<Vec<_>, _>>()?;
+        let trusted_proxies = cidr_list(
+            pick(cli.trusted_proxies, env, "APT_PROXY_TRUSTED_PROXIES", None)?,
+            security.trusted_proxies,
+            "trusted proxies (--trusted-proxies, APT_PROXY_TRUSTED_PROXIES, security.trusted_proxies)",
+        )?;
+        let allow_private_upstreams = cidr_list(
+            pick(
+                cli.allow_private_upstreams,
+                env,
+                "APT_PROXY_ALLOW_PRIVATE_UPSTREAMS",
+                None,
+            )?,
+            security.allow_private_upstreams,
+            "private upstreams (--allow-private-upstreams, APT_PROXY_ALLOW_PRIVATE_UPSTREAMS, security.allow_private_upstreams)",
+        )?;
         config.security = Security {
             api_key,
             api_auth,
             api_rate_limit_per_minute: rate,
             trusted_proxies,
+            allow_private_upstreams,
         };
 
         let backend = pick(
@@ -497,10 +503,32 @@ fn readable(path: Option<PathBuf>, setting: &'static str) -> Result<PathBuf, Con
     Ok(path)
 }
 
-fn parse_cidr(text: &str) -> Result<IpNet, ConfigError> {
-    text.parse::<IpNet>()
-        .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
-        .map_err(|_| ConfigError::Invalid { setting: "trusted proxies (--trusted-proxies, APT_PROXY_TRUSTED_PROXIES, security.trusted_proxies)", message: format!("{text:?} is not a CIDR or an IP address") })
+/// A CIDR list from a comma-separated flag or variable, else from the file's YAML list.
+fn cidr_list(
+    text: Option<String>,
+    from_file: Option<Vec<String>>,
+    setting: &'static str,
+) -> Result<Vec<IpNet>, ConfigError> {
+    let items: Vec<String> = match text {
+        Some(text) => text
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect(),
+        None => from_file.unwrap_or_default(),
+    };
+    items
+        .iter()
+        .map(|text| {
+            text.parse::<IpNet>()
+                .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+                .map_err(|_| ConfigError::Invalid {
+                    setting,
+                    message: format!("{text:?} is not a CIDR or an IP address"),
+                })
+        })
+        .collect()
 }
 
 impl FromStr for Mode {

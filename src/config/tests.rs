@@ -70,7 +70,8 @@ fn defaults_without_anything() {
             api_key: None,
             api_auth: false,
             api_rate_limit_per_minute: 60,
-            trusted_proxies: vec![]
+            trusted_proxies: vec![],
+            allow_private_upstreams: vec![],
         }
     );
     assert!(notes.is_empty(), "{notes:?}");

@@ -2,6 +2,7 @@
 //! benchmark file, drops those that fail or serve an index older than the newest seen, and
 //! ranks the rest by the time they would take to deliver 1 MiB (latency plus transfer).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use futures_util::StreamExt;
@@ -13,6 +14,7 @@ use crate::cache::human_duration;
 use crate::cache::index::suite_dir;
 use crate::cache::meta::unix_now;
 use crate::upstream::error_chain;
+use crate::upstream::policy::{AddressPolicy, GuardedResolver};
 
 /// Bounds of one benchmark run.
 #[derive(Debug, Clone)]
@@ -58,13 +60,14 @@ pub struct Probe {
 }
 
 /// The client used for probes: its own connections (latency includes connecting, as for a
-/// mirror not used lately), no proxy, rustls.
-pub fn client(limits: &Limits) -> Result<reqwest::Client, String> {
+/// mirror not used lately), no proxy, rustls; redirects and names checked against `policy`.
+pub fn client(limits: &Limits, policy: &Arc<AddressPolicy>) -> Result<reqwest::Client, String> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
         .connect_timeout(limits.probe_timeout)
         .pool_max_idle_per_host(0)
-        .redirect(reqwest::redirect::Policy::limited(3))
+        .redirect(policy.redirects())
+        .dns_resolver(GuardedResolver(policy.clone()))
         .user_agent(concat!(
             "apt-proxy/",
             env!("CARGO_PKG_VERSION"),
@@ -76,11 +79,13 @@ pub fn client(limits: &Limits) -> Result<reqwest::Client, String> {
 }
 
 /// Reads a geo mirror list: one mirror base URL per line (`#` comments and blank lines
-/// skipped). Lines without a scheme are tried over https and http.
+/// skipped). Lines without a scheme are tried over https and http. Lines naming an internal
+/// address that `policy` refuses are dropped (host names are checked when resolved).
 pub async fn geo_list(
     client: &reqwest::Client,
     url: &str,
     timeout: Duration,
+    policy: &AddressPolicy,
 ) -> Result<Vec<Candidate>, String> {
     let fetch = async {
         let response = client.get(url).send().await.map_err(|e| error_chain(&e))?;
@@ -105,6 +110,13 @@ pub async fn geo_list(
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .filter_map(parse_candidate)
+        .filter(|c| match policy.check_url(&c.url) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(mirror = %c.url, reason = %e, "geo-list mirror refused");
+                false
+            }
+        })
         .take(GEO_LIST_MAX)
         .collect())
 }

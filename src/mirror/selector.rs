@@ -11,6 +11,7 @@ use super::benchmark::{self, Limits};
 use super::{Mirror, MirrorSet, Report};
 use crate::cache::meta::unix_now;
 use crate::telemetry::metrics::{DistroLabel, Metrics};
+use crate::upstream::policy::AddressPolicy;
 
 /// Runs benchmarks; one per set at a time.
 #[derive(Debug)]
@@ -22,6 +23,8 @@ pub struct Selector {
     demotion: Duration,
     wake: Notify,
     metrics: Arc<Metrics>,
+    /// Where geo-list mirrors and redirects may lead.
+    policy: Arc<AddressPolicy>,
 }
 
 impl Selector {
@@ -30,6 +33,7 @@ impl Selector {
         interval: Option<Duration>,
         demotion: Duration,
         metrics: Arc<Metrics>,
+        policy: Arc<AddressPolicy>,
     ) -> Selector {
         Selector {
             limits,
@@ -37,7 +41,13 @@ impl Selector {
             demotion,
             wake: Notify::new(),
             metrics,
+            policy,
         }
+    }
+
+    /// The upstream address policy (its trusted mirrors change with each reload).
+    pub fn policy(&self) -> &Arc<AddressPolicy> {
+        &self.policy
     }
 
     /// Asks for a new benchmark of every set now (after a reload).
@@ -69,7 +79,7 @@ impl Selector {
     /// Every `recovery_every`: a HEAD of the base URL of each failed mirror whose pause is over.
     /// Any answer below 500 restores it; a failure pauses it again, for longer.
     async fn recover(&self, sets: &(dyn Fn() -> Vec<Arc<MirrorSet>> + Send + Sync)) {
-        let client = match benchmark::client(&self.limits) {
+        let client = match benchmark::client(&self.limits, &self.policy) {
             Ok(client) => client,
             Err(e) => {
                 tracing::warn!(error = %e, "no recovery probes for failed mirrors");
@@ -142,7 +152,7 @@ impl Selector {
                 distro: set.repo.clone(),
             })
             .inc();
-        let report = match benchmark::client(&self.limits) {
+        let report = match benchmark::client(&self.limits, &self.policy) {
             Ok(client) => self.measure(set, &client, path, started).await,
             Err(e) => Report {
                 error: Some(format!("benchmark client: {e}")),
@@ -165,7 +175,7 @@ impl Selector {
     ) -> Report {
         let mut candidates = set.candidates.clone();
         if let Some(list) = &set.geo_list {
-            match benchmark::geo_list(client, list, self.limits.geo_timeout).await {
+            match benchmark::geo_list(client, list, self.limits.geo_timeout, &self.policy).await {
                 Ok(found) => {
                     tracing::info!(repo = %set.repo, url = %list, mirrors = found.len(), "read the geo mirror list");
                     candidates.extend(found);
@@ -176,8 +186,16 @@ impl Selector {
             }
         }
         let urls = benchmark::probe_urls(&candidates);
+        let configured = benchmark::probe_urls(&set.candidates);
         let probed = urls.len();
-        let probes = benchmark::run(client, urls, path, &self.limits).await;
+        let mut probes = benchmark::run(client, urls, path, &self.limits).await;
+        // A mirror only a geo list names must prove it serves the distribution: its benchmark
+        // file has to be an index with a publication date.
+        for p in probes.iter_mut().filter(|p| !configured.contains(&p.base)) {
+            if p.outcome.as_ref().is_ok_and(|m| m.published.is_none()) {
+                p.outcome = Err("from the geo list, and served no valid index".into());
+            }
+        }
         let (ranked, dropped) = benchmark::rank(probes);
         for d in &dropped {
             tracing::debug!(repo = %set.repo, mirror = %d.url, reason = %d.reason, "mirror left out of the ranking");

@@ -27,6 +27,7 @@ use crate::storage::disk::DiskStore;
 use crate::telemetry::activity::RecentActivity;
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::tracing::Tracer;
+use crate::upstream::policy::AddressPolicy;
 use crate::upstream::{Upstream, UpstreamError};
 use reload::{LoadError, RegistrySource, Reloader};
 
@@ -82,11 +83,15 @@ impl Server {
     /// Checks the configuration, opens the cache and binds the listening socket.
     pub async fn bind(config: &Config) -> Result<Server, StartError> {
         let metrics = Arc::new(Metrics::new());
+        let policy = Arc::new(AddressPolicy::new(
+            config.security.allow_private_upstreams.clone(),
+        ));
         let selector = Arc::new(Selector::new(
             config.tuning.benchmark.clone(),
             config.tuning.mirror_refresh,
             config.tuning.mirror_demotion,
             metrics.clone(),
+            policy.clone(),
         ));
         let reloader = Arc::new(Reloader::new(
             RegistrySource {
@@ -102,7 +107,7 @@ impl Server {
         }
         let tls = config.tls.as_ref().map(tls::acceptor).transpose()?;
         let store = DiskStore::open(&config.cache_dir)?;
-        let upstream = Upstream::new(config.upstream_keep_alive, &config.tuning)?;
+        let upstream = Upstream::new(config.upstream_keep_alive, &config.tuning, &policy)?;
         let cache = Arc::new(Cache::new(
             store,
             upstream,

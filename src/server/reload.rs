@@ -86,6 +86,7 @@ impl Reloader {
     pub fn new(source: RegistrySource, selector: Arc<Selector>) -> Result<Reloader, LoadError> {
         let registry = source.load()?;
         log_mirrors(&registry);
+        trust(&selector, &registry);
         Ok(Reloader {
             registry: ArcSwap::from_pointee(registry),
             selector,
@@ -111,6 +112,7 @@ impl Reloader {
                     }
                 }
                 let n = registry.repos().len();
+                trust(&self.selector, &registry);
                 self.registry.store(Arc::new(registry));
                 self.selector.refresh();
                 tracing::info!(repos = n, "reload done");
@@ -150,6 +152,25 @@ impl Reloader {
             .map(|r| r.mirror_set.clone())
             .collect()
     }
+}
+
+/// Makes the registry's configured mirrors and geo-list addresses the origins the address
+/// policy trusts (a candidate written without a scheme, over both schemes).
+fn trust(selector: &Selector, registry: &Registry) {
+    let mut urls = Vec::new();
+    for repo in registry.repos() {
+        urls.extend(crate::mirror::benchmark::probe_urls(
+            &repo.mirror_set.candidates,
+        ));
+        // The geo list's own address is the operator's too (its lines are not).
+        urls.extend(
+            repo.mirror_set
+                .geo_list
+                .as_deref()
+                .and_then(|u| url::Url::parse(u).ok()),
+        );
+    }
+    selector.policy().set_trusted(&urls);
 }
 
 fn log_mirrors(registry: &Registry) {

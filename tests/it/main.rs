@@ -10,6 +10,7 @@ mod consistency;
 mod crash;
 mod failures;
 mod fill;
+mod hostile;
 mod mirrors;
 mod ops;
 mod otlp;

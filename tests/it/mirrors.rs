@@ -380,6 +380,8 @@ async fn the_benchmark_ranks_in_the_background_and_picks_the_fast_fresh_mirror()
         c.distributions_config = Some(file.clone());
         c.tuning.benchmark.probe_timeout = Duration::from_secs(5);
         c.tuning.benchmark.deadline = Duration::from_secs(20);
+        // The geo list names a loopback mirror: the operator allows it.
+        c.security.allow_private_upstreams = vec!["127.0.0.0/8".parse().unwrap()];
     })
     .await;
     let client = proxy.client();
@@ -455,4 +457,94 @@ async fn the_benchmark_ranks_in_the_background_and_picks_the_fast_fresh_mirror()
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(lists.hits("/mirrors.txt"), 2);
+}
+
+/// Runs one benchmark of the ubuntu tree whose geo list (on `lists`) has `lines`, with the
+/// configured mirror `official`; returns the set's view once the benchmark is done.
+async fn benchmark_with_geo_list(
+    official: &Origin,
+    lists: &Origin,
+    lines: &str,
+    allow: &[&str],
+) -> serde_json::Value {
+    lists.put("/mirrors.txt", lines.to_string());
+    let yaml = format!(
+        "distributions:\n  - id: ubuntu\n    benchmark_url: \"dists/noble/Release\"\n    geo_mirror_api: \"http://{}/mirrors.txt\"\n    mirrors:\n      official: [\"{}\"]\n",
+        lists.addr,
+        official.base("ubuntu"),
+    );
+    let dir = cache_dir();
+    let file = dir.path().join("distributions.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let allow: Vec<ipnet::IpNet> = allow.iter().map(|a| a.parse().unwrap()).collect();
+    let proxy = Proxy::start(official, &dir.path().join("cache"), |c| {
+        c.mode = apt_proxy::distro::Mode::Ubuntu;
+        c.mirrors.clear();
+        c.distributions_config = Some(file.clone());
+        c.tuning.benchmark.probe_timeout = Duration::from_secs(3);
+        c.tuning.benchmark.deadline = Duration::from_secs(10);
+        c.security.allow_private_upstreams = allow;
+    })
+    .await;
+    let started = Instant::now();
+    loop {
+        let sets = api_mirrors(&proxy).await;
+        let ubuntu = set(&sets, "ubuntu").clone();
+        if !ubuntu["last_benchmark"].is_null() {
+            return ubuntu;
+        }
+        assert!(started.elapsed() < Duration::from_secs(15), "{ubuntu}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn ranked_urls(view: &serde_json::Value) -> Vec<String> {
+    view["mirrors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["url"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_geo_list_cannot_point_the_proxy_at_internal_addresses() {
+    const BENCH: &str = "/ubuntu/dists/noble/Release";
+    let official = Origin::start().await;
+    let internal = Origin::start().await;
+    let lists = Origin::start().await;
+    official.put(BENCH, release(Duration::from_secs(60)));
+    internal.put(BENCH, release(Duration::from_secs(60)));
+    let port = internal.addr.port();
+    // Loopback in four spellings, a metadata address and a name that resolves to loopback.
+    let lines = format!(
+        "http://127.0.0.1:{port}/ubuntu/\nhttp://2130706433:{port}/ubuntu/\nhttp://0x7f.1:{port}/ubuntu/\nhttp://[::ffff:127.0.0.1]:{port}/ubuntu/\nhttp://169.254.169.254/ubuntu/\nhttp://localhost:{port}/ubuntu/\n"
+    );
+    let view = benchmark_with_geo_list(&official, &lists, &lines, &[]).await;
+    assert_eq!(ranked_urls(&view), [official.base("ubuntu")], "{view}");
+    assert_eq!(internal.total(), 0, "the internal origin was contacted");
+    // The name is dropped when it resolves, with the reason.
+    let dropped = view["last_benchmark"]["dropped"].to_string();
+    assert!(dropped.contains("localhost"), "{dropped}");
+    assert!(dropped.contains("internal address"), "{dropped}");
+}
+
+#[tokio::test]
+async fn an_allowed_geo_mirror_must_still_serve_a_valid_index() {
+    const BENCH: &str = "/ubuntu/dists/noble/Release";
+    let official = Origin::start().await;
+    let garbage = Origin::start().await;
+    let good = Origin::start().await;
+    let lists = Origin::start().await;
+    official.put(BENCH, release(Duration::from_secs(60)));
+    good.put(BENCH, release(Duration::from_secs(60)));
+    // A 200 that is no index at all (a captive portal, an internal web server).
+    garbage.put(BENCH, "<html>welcome</html>".repeat(100));
+    let lines = format!("{}\n{}\n", garbage.base("ubuntu"), good.base("ubuntu"));
+    let view = benchmark_with_geo_list(&official, &lists, &lines, &["127.0.0.0/8"]).await;
+    let ranked = ranked_urls(&view);
+    assert!(ranked.contains(&good.base("ubuntu")), "{view}");
+    assert!(!ranked.contains(&garbage.base("ubuntu")), "{view}");
+    let dropped = view["last_benchmark"]["dropped"].to_string();
+    assert!(dropped.contains("no valid index"), "{dropped}");
 }

@@ -38,6 +38,8 @@ pub enum Behavior {
     Hang,
     /// Redirects to another path.
     Redirect(String),
+    /// Redirects with this status (301, 303, 307, 308…) to a path or an absolute URL.
+    RedirectWith(u16, String),
 }
 
 #[derive(Clone, Debug)]
@@ -234,6 +236,11 @@ fn build(inner: &Arc<Inner>, file: &File, headers: &HeaderMap) -> (u16, Response
             let mut r = respond(302, full(""));
             r.headers_mut().insert("location", to.parse().unwrap());
             return (302, r);
+        }
+        Behavior::RedirectWith(code, to) => {
+            let mut r = respond(*code, full(""));
+            r.headers_mut().insert("location", to.parse().unwrap());
+            return (*code, r);
         }
         _ => {}
     }

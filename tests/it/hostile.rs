@@ -1,0 +1,103 @@
+//! A hostile or broken mirror side: redirects into the proxy's own network, index bombs,
+//! endless and trickling bodies. Nothing it sends may reach an internal address, exhaust
+//! memory or disk, or end up stored.
+
+use crate::{Behavior, Origin, Proxy, cache_dir, data, x_cache};
+
+/// Files under the cache's `data/` directory.
+fn stored_files(dir: &std::path::Path) -> usize {
+    fn walk(dir: &std::path::Path) -> usize {
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| {
+                let p = e.path();
+                if p.is_dir() { walk(&p) } else { 1 }
+            })
+            .sum()
+    }
+    walk(&dir.join("data"))
+}
+
+#[tokio::test]
+async fn mirror_redirects_to_internal_addresses_are_refused_and_nothing_is_stored() {
+    let mirror = Origin::start().await;
+    // An internal service the mirror tries to reach through the proxy.
+    let internal = Origin::start().await;
+    internal.put("/secret", "internal data");
+    let port = internal.addr.port();
+    let targets = [
+        (301, format!("http://127.0.0.1:{port}/secret")),
+        (302, format!("http://2130706433:{port}/secret")),
+        (303, format!("http://0x7f000001:{port}/secret")),
+        (307, format!("http://[::ffff:127.0.0.1]:{port}/secret")),
+        (308, format!("http://localhost:{port}/secret")),
+        (302, "http://169.254.169.254/latest/meta-data/".to_string()),
+        (302, "http://[fd00::1]/x".to_string()),
+        (302, format!("http://0.0.0.0:{port}/secret")),
+    ];
+    for (i, (code, to)) in targets.iter().enumerate() {
+        mirror.set(
+            &format!("/debian/pool/main/r/r{i}.deb"),
+            Behavior::RedirectWith(*code, to.clone()),
+        );
+    }
+    let dir = cache_dir();
+    let proxy = Proxy::start(&mirror, dir.path(), |_| {}).await;
+    for (i, (_, to)) in targets.iter().enumerate() {
+        let path = format!("debian/pool/main/r/r{i}.deb");
+        for _ in 0..2 {
+            let r = proxy.get(&path).await;
+            assert_eq!(r.status(), 502, "{to}");
+            assert_ne!(x_cache(&r), "HIT");
+            let text = r.text().await.unwrap();
+            assert!(text.contains("address"), "{to}: {text}");
+            assert!(!text.contains("internal data"));
+        }
+        // Nothing was stored: the second request asked the mirror again.
+        assert_eq!(mirror.hits(&format!("/{path}")), 2, "{to}");
+    }
+    assert_eq!(internal.total(), 0, "the internal origin was reached");
+    assert_eq!(stored_files(dir.path()), 0);
+}
+
+#[tokio::test]
+async fn redirects_within_the_mirror_or_to_allowed_networks_are_followed() {
+    let mirror = Origin::start().await;
+    let lan = Origin::start().await;
+    lan.put("/pool/x.deb", data(5000, 3));
+    mirror.put("/debian/pool/real.deb", "moved here");
+    mirror.set(
+        "/debian/pool/moved.deb",
+        Behavior::RedirectWith(301, format!("http://{}/debian/pool/real.deb", mirror.addr)),
+    );
+    mirror.set(
+        "/debian/pool/x.deb",
+        Behavior::Redirect(format!("http://{}/pool/x.deb", lan.addr)),
+    );
+    // A redirect loop on the mirror itself ends after a few hops.
+    mirror.set(
+        "/debian/pool/loop.deb",
+        Behavior::Redirect("/debian/pool/loop.deb".into()),
+    );
+
+    // Without an allow-list the LAN origin is refused; with one it is followed.
+    let dir = cache_dir();
+    let proxy = Proxy::start(&mirror, dir.path(), |_| {}).await;
+    assert_eq!(proxy.text("debian/pool/moved.deb").await, "moved here");
+    assert_eq!(proxy.get("debian/pool/x.deb").await.status(), 502);
+    let r = proxy.get("debian/pool/loop.deb").await;
+    assert_eq!(r.status(), 502);
+    assert!(mirror.hits("/debian/pool/loop.deb") <= 7);
+    proxy.stop().await;
+
+    let dir = cache_dir();
+    let proxy = Proxy::start(&mirror, dir.path(), |c| {
+        c.security.allow_private_upstreams = vec!["127.0.0.0/8".parse().unwrap()];
+    })
+    .await;
+    let r = proxy.get("debian/pool/x.deb").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap(), data(5000, 3));
+}
