@@ -13,7 +13,7 @@
 //! after a restart when a file under a suite is first asked for.
 
 use std::collections::HashMap;
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, BufReader, Read};
 use std::sync::{Arc, Mutex, PoisonError};
 
 /// Size and SHA256 (lower-case hex) a file must have.
@@ -216,13 +216,24 @@ impl IndexTables {
     }
 
     /// Adds the packages a Packages index lists to `repo`'s table.
-    pub fn learn_packages(&self, repo: &str, entries: Vec<(String, Digest)>) {
+    /// Refused when the repo's table would hold more than `cap` packages.
+    pub fn learn_packages(
+        &self,
+        repo: &str,
+        entries: Vec<(String, Digest)>,
+        cap: usize,
+    ) -> Result<(), IndexError> {
         let n = entries.len();
-        lock(&self.packages)
-            .entry(repo.to_string())
-            .or_default()
-            .extend(entries);
+        let mut packages = lock(&self.packages);
+        let table = packages.entry(repo.to_string()).or_default();
+        if table.len().saturating_add(n) > cap {
+            return Err(IndexError::Limit(format!(
+                "the repo would know more than {cap} packages"
+            )));
+        }
+        table.extend(entries);
         tracing::debug!(repo, packages = n, "learnt package hashes");
+        Ok(())
     }
 }
 
@@ -266,38 +277,132 @@ pub enum Compression {
     Xz,
 }
 
-/// Reads a Packages index and returns `(Filename, digest)` for each stanza that has both a
-/// Filename and a SHA256. Blocking.
+/// Bounds on what the proxy reads of an index to learn from it. An index past any of them is
+/// still served as received, but not learnt from (its files are then not pre-verified).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexLimits {
+    /// Largest Release, InRelease or repomd.xml read (they are read whole).
+    pub release_bytes: u64,
+    /// Most bytes a Packages index may expand to.
+    pub unpacked_bytes: u64,
+    /// Longest line kept; longer lines (no field the proxy reads is that long) are skipped.
+    pub line_bytes: usize,
+    /// Most packages learnt from one index.
+    pub entries: usize,
+    /// Most packages known per repo (all its indexes together).
+    pub repo_entries: usize,
+    /// Most memory an xz decoder may use (its dictionary), in KiB.
+    pub xz_memory_kib: u32,
+}
+
+impl Default for IndexLimits {
+    fn default() -> Self {
+        IndexLimits {
+            release_bytes: 16 << 20,
+            unpacked_bytes: 1 << 30,
+            line_bytes: 64 << 10,
+            entries: 1_000_000,
+            repo_entries: 4_000_000,
+            // xz -9 uses a 64 MiB dictionary: every real index decodes within this.
+            xz_memory_kib: 96 << 10,
+        }
+    }
+}
+
+/// Why an index was not learnt from.
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error("unreadable index: {0}")]
+    Io(#[from] io::Error),
+    #[error("index past the parsing limit: {0}")]
+    Limit(String),
+}
+
+/// A reader that fails once more than `left` bytes have come through it.
+struct Bounded<R> {
+    inner: R,
+    left: u64,
+    limit: u64,
+}
+
+impl<R: Read> Read for Bounded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n as u64 > self.left {
+            return Err(io::Error::new(
+                io::ErrorKind::FileTooLarge,
+                format!("expands to more than {} bytes", self.limit),
+            ));
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+/// Reads a Packages index and returns `(Filename, digest)` for each stanza that has a
+/// Filename, a Size and a SHA256, within `limits`: decompressed and parsed as a stream, so
+/// memory stays bounded whatever the index says. Blocking.
 pub fn parse_packages(
     input: impl Read,
     compression: Compression,
-) -> io::Result<Vec<(String, Digest)>> {
-    let mut sink = StanzaSink::default();
-    match compression {
-        Compression::None => {
-            io::copy(&mut BufReader::new(input), &mut sink)?;
-        }
-        Compression::Gzip => {
-            io::copy(
-                &mut flate2::read::MultiGzDecoder::new(BufReader::new(input)),
-                &mut sink,
-            )?;
-        }
-        Compression::Xz => {
-            lzma_rs::xz_decompress(&mut BufReader::new(input), &mut sink)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{e:?}")))?;
-        }
+    limits: &IndexLimits,
+) -> Result<Vec<(String, Digest)>, IndexError> {
+    let input = BufReader::new(input);
+    let decoded: Box<dyn Read> = match compression {
+        Compression::None => Box::new(input),
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(input)),
+        Compression::Xz => Box::new(lzma_rust2::XzReader::new_mem_limit(
+            input,
+            true,
+            limits.xz_memory_kib,
+        )),
+    };
+    let mut reader = Bounded {
+        inner: decoded,
+        left: limits.unpacked_bytes,
+        limit: limits.unpacked_bytes,
+    };
+    let mut sink = StanzaSink {
+        line_max: limits.line_bytes,
+        entries_max: limits.entries,
+        ..StanzaSink::default()
+    };
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::FileTooLarge => {
+                return Err(IndexError::Limit(e.to_string()));
+            }
+            Err(e) => {
+                // The xz decoder reports its memory limit as a plain error.
+                let text = e.to_string();
+                if text.contains("mem_limit") || text.contains("memory") {
+                    return Err(IndexError::Limit(format!(
+                        "xz dictionary larger than {} KiB",
+                        limits.xz_memory_kib
+                    )));
+                }
+                return Err(IndexError::Io(e));
+            }
+        };
+        sink.feed(&buf[..n])?;
     }
-    sink.flush()?;
-    sink.end_stanza();
+    sink.finish()?;
     Ok(sink.out)
 }
 
-/// A `Write` that parses deb822 stanzas line by line, so a large decompressed index is never
-/// held in memory whole.
+/// Parses deb822 stanzas line by line, so a large decompressed index is never held in memory
+/// whole; a line is kept up to `line_max` bytes.
 #[derive(Default)]
 struct StanzaSink {
     partial: Vec<u8>,
+    /// The line being read is longer than `line_max`: skip to its end.
+    overlong: bool,
+    line_max: usize,
+    entries_max: usize,
     filename: Option<String>,
     sha256: Option<String>,
     size: Option<u64>,
@@ -305,14 +410,13 @@ struct StanzaSink {
 }
 
 impl StanzaSink {
-    fn line(&mut self, line: &[u8]) {
+    fn line(&mut self, line: &[u8]) -> Result<(), IndexError> {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.is_empty() {
-            self.end_stanza();
-            return;
+            return self.end_stanza();
         }
         let Ok(text) = std::str::from_utf8(line) else {
-            return;
+            return Ok(());
         };
         if let Some(v) = text.strip_prefix("Filename:") {
             self.filename = Some(v.trim().to_string());
@@ -321,57 +425,82 @@ impl StanzaSink {
         } else if let Some(v) = text.strip_prefix("Size:") {
             self.size = v.trim().parse().ok();
         }
+        Ok(())
     }
 
-    fn end_stanza(&mut self) {
+    fn end_stanza(&mut self) -> Result<(), IndexError> {
         if let (Some(filename), Some(sha256), Some(size)) =
             (self.filename.take(), self.sha256.take(), self.size.take())
             && sha256.len() == 64
         {
+            if self.out.len() >= self.entries_max {
+                return Err(IndexError::Limit(format!(
+                    "more than {} packages",
+                    self.entries_max
+                )));
+            }
             self.out.push((filename, Digest { size, sha256 }));
         }
         self.filename = None;
         self.sha256 = None;
         self.size = None;
+        Ok(())
     }
-}
 
-impl Write for StanzaSink {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+    fn feed(&mut self, buf: &[u8]) -> Result<(), IndexError> {
         let mut rest = buf;
         while let Some(i) = rest.iter().position(|&b| b == b'\n') {
-            if self.partial.is_empty() {
-                self.line(&rest[..i]);
-            } else {
-                self.partial.extend_from_slice(&rest[..i]);
-                let line = std::mem::take(&mut self.partial);
-                self.line(&line);
-            }
+            let piece = &rest[..i];
             rest = &rest[i + 1..];
+            if std::mem::take(&mut self.overlong) {
+                self.partial.clear();
+                continue;
+            }
+            if self.partial.is_empty() {
+                self.line(piece)?;
+            } else if self.partial.len() + piece.len() <= self.line_max {
+                self.partial.extend_from_slice(piece);
+                let line = std::mem::take(&mut self.partial);
+                self.line(&line)?;
+            } else {
+                self.partial.clear();
+            }
         }
-        self.partial.extend_from_slice(rest);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        if !self.partial.is_empty() {
-            let line = std::mem::take(&mut self.partial);
-            self.line(&line);
+        if !self.overlong {
+            if self.partial.len() + rest.len() > self.line_max {
+                self.partial.clear();
+                self.overlong = true;
+            } else {
+                self.partial.extend_from_slice(rest);
+            }
         }
         Ok(())
     }
+
+    fn finish(&mut self) -> Result<(), IndexError> {
+        if !self.partial.is_empty() && !self.overlong {
+            let line = std::mem::take(&mut self.partial);
+            self.line(&line)?;
+        }
+        self.end_stanza()
+    }
 }
 
-/// Reads a whole small file as text (Release files), lossily. Blocking.
-pub fn read_text(mut input: impl Read) -> io::Result<String> {
+/// Reads a small index (Release, InRelease, repomd.xml) whole as text, lossily, refusing one
+/// larger than `limit` bytes. Blocking.
+pub fn read_text(input: impl Read, limit: u64) -> Result<String, IndexError> {
     let mut bytes = Vec::new();
-    input.read_to_end(&mut bytes)?;
+    input.take(limit + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(IndexError::Limit(format!("larger than {limit} bytes")));
+    }
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     const RELEASE: &str = "-----BEGIN PGP SIGNED MESSAGE-----\nHash: SHA512\n\nOrigin: Test\nSuite: stable\nMD5Sum:\n 0123 12 main/binary-amd64/Packages\nSHA256:\n aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa 120 main/binary-amd64/Packages\n BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB 80 main/binary-amd64/Packages.gz\n-----BEGIN PGP SIGNATURE-----\n\nxyz\n-----END PGP SIGNATURE-----\n";
 
@@ -440,20 +569,138 @@ mod tests {
                 },
             ),
         ];
+        let limits = IndexLimits::default();
         assert_eq!(
-            parse_packages(text.as_bytes(), Compression::None).unwrap(),
+            parse_packages(text.as_bytes(), Compression::None, &limits).unwrap(),
             want
         );
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-        gz.write_all(text.as_bytes()).unwrap();
         assert_eq!(
-            parse_packages(&gz.finish().unwrap()[..], Compression::Gzip).unwrap(),
+            parse_packages(&gzip(text.as_bytes())[..], Compression::Gzip, &limits).unwrap(),
             want
         );
-        let mut xz = Vec::new();
-        lzma_rs::xz_compress(&mut text.as_bytes(), &mut xz).unwrap();
-        assert_eq!(parse_packages(&xz[..], Compression::Xz).unwrap(), want);
-        assert!(parse_packages(&b"not xz"[..], Compression::Xz).is_err());
+        assert_eq!(
+            parse_packages(&xz(text.as_bytes(), 6)[..], Compression::Xz, &limits).unwrap(),
+            want
+        );
+        assert!(matches!(
+            parse_packages(&b"not xz"[..], Compression::Xz, &limits),
+            Err(IndexError::Io(_))
+        ));
+    }
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(data).unwrap();
+        gz.finish().unwrap()
+    }
+
+    fn xz(data: &[u8], preset: u32) -> Vec<u8> {
+        let mut w =
+            lzma_rust2::XzWriter::new(Vec::new(), lzma_rust2::XzOptions::with_preset(preset))
+                .unwrap();
+        w.write_all(data).unwrap();
+        w.finish().unwrap()
+    }
+
+    const STANZA: &str = "Package: a\nFilename: pool/a.deb\nSize: 1\nSHA256: cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc\n\n";
+
+    #[test]
+    fn bombs_stop_at_the_output_limit() {
+        let limits = IndexLimits {
+            unpacked_bytes: 8 << 20,
+            ..IndexLimits::default()
+        };
+        // 16 gzip members of 4 MiB of newlines each: 64 MiB from well under 1 MiB.
+        let member = gzip(&vec![b'\n'; 4 << 20]);
+        let bomb: Vec<u8> = member
+            .iter()
+            .copied()
+            .cycle()
+            .take(member.len() * 16)
+            .collect();
+        assert!(bomb.len() < 1 << 20, "{} bytes is no bomb", bomb.len());
+        let err = parse_packages(&bomb[..], Compression::Gzip, &limits).unwrap_err();
+        assert!(matches!(err, IndexError::Limit(_)), "{err}");
+        // Below the limit the same construction parses.
+        let small: Vec<u8> = member.iter().copied().cycle().take(member.len()).collect();
+        assert!(parse_packages(&small[..], Compression::Gzip, &limits).is_ok());
+    }
+
+    #[test]
+    fn an_xz_dictionary_past_the_memory_limit_is_refused() {
+        // Preset 9 declares a 64 MiB dictionary.
+        let packed = xz(STANZA.as_bytes(), 9);
+        let tight = IndexLimits {
+            xz_memory_kib: 1024,
+            ..IndexLimits::default()
+        };
+        let err = parse_packages(&packed[..], Compression::Xz, &tight).unwrap_err();
+        assert!(matches!(err, IndexError::Limit(_)), "{err}");
+        let parsed = parse_packages(&packed[..], Compression::Xz, &IndexLimits::default()).unwrap();
+        assert_eq!(parsed.len(), 1);
+    }
+
+    #[test]
+    fn endless_lines_are_skipped_with_bounded_memory() {
+        let mut sink = StanzaSink {
+            line_max: 64 << 10,
+            entries_max: 10,
+            ..StanzaSink::default()
+        };
+        let junk = vec![b'A'; 1 << 20];
+        for _ in 0..16 {
+            sink.feed(&junk).unwrap();
+            assert!(
+                sink.partial.capacity() <= 2 * (64 << 10),
+                "line buffer grew"
+            );
+        }
+        // The overlong line ends; the next stanza is read.
+        sink.feed(b"\n").unwrap();
+        sink.feed(STANZA.as_bytes()).unwrap();
+        sink.finish().unwrap();
+        assert_eq!(sink.out.len(), 1);
+        assert_eq!(sink.out[0].0, "pool/a.deb");
+    }
+
+    #[test]
+    fn too_many_entries_and_too_large_releases_are_refused() {
+        let limits = IndexLimits {
+            entries: 2,
+            ..IndexLimits::default()
+        };
+        let three = STANZA.repeat(3);
+        assert!(matches!(
+            parse_packages(three.as_bytes(), Compression::None, &limits),
+            Err(IndexError::Limit(_))
+        ));
+        assert_eq!(
+            parse_packages(STANZA.repeat(2).as_bytes(), Compression::None, &limits)
+                .unwrap()
+                .len(),
+            2
+        );
+        assert!(matches!(
+            read_text(&[b'x'; 2000][..], 1000),
+            Err(IndexError::Limit(_))
+        ));
+        assert_eq!(read_text(&[b'x'; 1000][..], 1000).unwrap().len(), 1000);
+        let t = IndexTables::default();
+        let entry = |n: u32| {
+            (
+                format!("pool/{n}.deb"),
+                Digest {
+                    size: 1,
+                    sha256: "c".repeat(64),
+                },
+            )
+        };
+        t.learn_packages("debian", vec![entry(1), entry(2)], 3)
+            .unwrap();
+        assert!(
+            t.learn_packages("debian", vec![entry(3), entry(4)], 3)
+                .is_err()
+        );
     }
 }
 

@@ -256,7 +256,7 @@ impl Cache {
             for name in ["InRelease", "Release"] {
                 let release_path = format!("{dir}{name}");
                 if let Some(text) = self
-                    .read_stored_text(&CacheKey::new(repo, &release_path))
+                    .read_stored_text(repo, &CacheKey::new(repo, &release_path))
                     .await
                 {
                     self.indexes.learn_release(repo, &release_path, &text);
@@ -271,17 +271,35 @@ impl Cache {
         self.indexes.expected(repo, path)
     }
 
-    /// The body of a stored 200 entry as text (for small index files).
-    async fn read_stored_text(&self, key: &CacheKey) -> Option<String> {
+    /// The body of a stored 200 entry as text (for small index files), within the size
+    /// limit of such files; an index past it is counted and not learnt from.
+    async fn read_stored_text(&self, repo: &str, key: &CacheKey) -> Option<String> {
         let meta = self.entry(key).await.ok()??;
         if meta.status != 200 {
             return None;
         }
         let file = self.store.open_body(&meta).ok()?;
-        tokio::task::spawn_blocking(move || index::read_text(file))
-            .await
-            .ok()?
-            .ok()
+        let limit = self.tuning.index_limits.release_bytes;
+        let read = tokio::task::spawn_blocking(move || index::read_text(file, limit)).await;
+        match read {
+            Ok(Ok(text)) => Some(text),
+            Ok(Err(e)) => {
+                self.unparsed(repo, key.as_str(), &e);
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// Counts and logs an index that is served but not learnt from.
+    fn unparsed(&self, repo: &str, key: &str, error: &index::IndexError) {
+        tracing::warn!(key, error = %error, "index not parsed: the files it lists are not verified against it");
+        self.metrics
+            .index_unparsed
+            .get_or_create(&DistroLabel {
+                distro: repo.to_string(),
+            })
+            .inc();
     }
 
     /// Learns from an index just stored, before its clients get their last byte: once a client
@@ -294,7 +312,7 @@ impl Cache {
         meta: &EntryMeta,
     ) {
         if index::is_release(path) || index::is_repomd(path) {
-            if let Some(text) = self.read_stored_text(key).await {
+            if let Some(text) = self.read_stored_text(repo, key).await {
                 if index::is_release(path) {
                     self.indexes.learn_release(repo, path, &text);
                 } else {
@@ -310,10 +328,19 @@ impl Cache {
         let Ok(file) = self.store.open_body(meta) else {
             return;
         };
-        match tokio::task::spawn_blocking(move || index::parse_packages(file, compression)).await {
-            Ok(Ok(entries)) => self.indexes.learn_packages(repo, entries),
-            Ok(Err(e)) => tracing::warn!(repo, path, error = %e, "unreadable Packages index"),
-            Err(e) => tracing::warn!(repo, path, error = %e, "Packages index task failed"),
+        let limits = self.tuning.index_limits;
+        let parsed =
+            tokio::task::spawn_blocking(move || index::parse_packages(file, compression, &limits))
+                .await;
+        let learnt = match parsed {
+            Ok(Ok(entries)) => self
+                .indexes
+                .learn_packages(repo, entries, limits.repo_entries),
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(index::IndexError::Io(std::io::Error::other(e))),
+        };
+        if let Err(e) = learnt {
+            self.unparsed(repo, key.as_str(), &e);
         }
     }
 

@@ -125,6 +125,8 @@ pub struct Tuning {
     pub mirror_demotion: Duration,
     /// Bounds of a mirror benchmark.
     pub benchmark: crate::mirror::benchmark::Limits,
+    /// Bounds on parsing indexes (Release, Packages).
+    pub index_limits: crate::cache::index::IndexLimits,
 }
 
 impl Default for Tuning {
@@ -143,6 +145,7 @@ impl Default for Tuning {
             mirror_refresh: Some(Duration::from_secs(3600)),
             mirror_demotion: Duration::from_secs(30),
             benchmark: crate::mirror::benchmark::Limits::default(),
+            index_limits: crate::cache::index::IndexLimits::default(),
         }
     }
 }

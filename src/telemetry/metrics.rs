@@ -43,6 +43,7 @@ pub struct Metrics {
     pub integrity_failures: Family<DistroLabel, Counter>,
     pub mirror_failovers: Family<DistroLabel, Counter>,
     pub mirror_benchmarks: Family<DistroLabel, Counter>,
+    pub index_unparsed: Family<DistroLabel, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -75,6 +76,7 @@ impl Metrics {
         let integrity_failures = Family::<DistroLabel, Counter>::default();
         let mirror_failovers = Family::<DistroLabel, Counter>::default();
         let mirror_benchmarks = Family::<DistroLabel, Counter>::default();
+        let index_unparsed = Family::<DistroLabel, Counter>::default();
         registry.register(
             "apt_proxy_cache_hits",
             "Requests answered from the cache",
@@ -135,6 +137,11 @@ impl Metrics {
             "Mirror benchmarks run",
             mirror_benchmarks.clone(),
         );
+        registry.register(
+            "apt_proxy_index_unparsed",
+            "Indexes served but not parsed (past a parsing limit, or unreadable): the files they list are not verified against them",
+            index_unparsed.clone(),
+        );
         Metrics {
             registry,
             cache_hits,
@@ -149,6 +156,7 @@ impl Metrics {
             integrity_failures,
             mirror_failovers,
             mirror_benchmarks,
+            index_unparsed,
         }
     }
 

@@ -101,3 +101,72 @@ async fn redirects_within_the_mirror_or_to_allowed_networks_are_followed() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().await.unwrap(), data(5000, 3));
 }
+
+async fn metrics(proxy: &Proxy) -> String {
+    proxy.text("metrics").await
+}
+
+/// Gzip members of 4 MiB of newlines each, `n` of them concatenated: a valid gzip file that
+/// expands `n` × 4 MiB from a few KiB per member.
+fn gzip_bomb(n: usize) -> Vec<u8> {
+    use std::io::Write;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&vec![b'\n'; 4 << 20]).unwrap();
+    let member = gz.finish().unwrap();
+    member
+        .iter()
+        .copied()
+        .cycle()
+        .take(member.len() * n)
+        .collect()
+}
+
+#[tokio::test]
+async fn index_bombs_are_served_as_received_but_not_parsed() {
+    let origin = Origin::start().await;
+    let packages = "/debian/dists/stable/main/binary-amd64/Packages.gz";
+    let release = "/debian/dists/stable/Release";
+    let bomb = gzip_bomb(16); // 64 MiB unpacked
+    origin.put(packages, bomb.clone());
+    // A Release past its size limit (a real one is a few hundred KiB).
+    let big_release = format!(
+        "Origin: Test\nSHA256:\n{}",
+        " 0000000000000000000000000000000000000000000000000000000000000000 1 x\n".repeat(20_000)
+    );
+    origin.put(release, big_release.clone());
+    origin.put("/debian/pool/main/a/a.deb", data(1000, 1));
+    let dir = cache_dir();
+    let tune = |c: &mut apt_proxy::config::Config| {
+        c.tuning.index_limits.unpacked_bytes = 16 << 20;
+        c.tuning.index_limits.release_bytes = 256 << 10;
+    };
+    let proxy = Proxy::start(&origin, dir.path(), tune).await;
+    let r = proxy.get(&packages[1..]).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap(), bomb, "served as received");
+    let r = proxy.get(&release[1..]).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), big_release);
+    let text = metrics(&proxy).await;
+    assert!(
+        text.contains(r#"apt_proxy_index_unparsed_total{distro="debian"} 2"#),
+        "{text}"
+    );
+    // Still serving; and a hit on the bomb costs no parse.
+    let r = proxy.get("debian/pool/main/a/a.deb").await;
+    assert_eq!(r.bytes().await.unwrap(), data(1000, 1));
+    assert_eq!(x_cache(&proxy.get(&packages[1..]).await), "HIT");
+    proxy.stop().await;
+
+    // After a restart the cached Release is read back when a file of its suite is asked for:
+    // it is over the limit again, and counted again, not loaded whole.
+    let proxy = Proxy::start(&origin, dir.path(), tune).await;
+    let r = proxy.get(&packages[1..]).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(x_cache(&r), "HIT");
+    let text = metrics(&proxy).await;
+    assert!(
+        text.contains(r#"apt_proxy_index_unparsed_total{distro="debian"} 1"#),
+        "{text}"
+    );
+}
