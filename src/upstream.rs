@@ -144,6 +144,31 @@ impl Upstream {
                 request = request.header(IF_MODIFIED_SINCE, lm);
             }
         }
+        self.send(request).await
+    }
+
+    /// Sends `GET url` for the bytes `from..end` (`end` exclusive; `None`: to the end), with
+    /// `If-Range` when given (the range is then sent only if the file did not change).
+    pub async fn get_range(
+        &self,
+        url: Url,
+        range: Option<(u64, Option<u64>, Option<&str>)>,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let mut request = self.client.get(url);
+        if let Some((from, end, if_range)) = range {
+            let last = end.map(|e| (e.saturating_sub(1)).to_string());
+            request = request.header(RANGE, format!("bytes={from}-{}", last.unwrap_or_default()));
+            if let Some(v) = if_range.and_then(|v| HeaderValue::from_str(v).ok()) {
+                request = request.header(reqwest::header::IF_RANGE, v);
+            }
+        }
+        self.send(request).await
+    }
+
+    async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, UpstreamError> {
         match tokio::time::timeout(self.head_timeout, request.send()).await {
             Ok(result) => result.map_err(|e| UpstreamError::from_reqwest(&e)),
             Err(_) => Err(UpstreamError::Timeout {

@@ -1,8 +1,11 @@
 //! `/healthz` (aggregated) and `/readyz` (ready to serve).
 //!
-//! Health: the cache storage must be writable (checked by writing a probe file); mirror
-//! failures make the answer `degraded` but keep it 200, since restarting the proxy does not
-//! bring a mirror back. Ready: the cache index is loaded and the storage is writable.
+//! Health: a cache storage that cannot be written (the probe file fails, or a recent fill
+//! could not store its file: disk full, read-only, I/O errors) and mirror failures make the
+//! answer `degraded` but keep it 200: the proxy still serves (cached files, and new ones
+//! streamed from the mirror without being stored), and restarting it fixes neither a disk nor
+//! a mirror. Ready: the cache index is loaded; a storage problem does not make the proxy
+//! unready, since it can still serve.
 
 use http::{Response, StatusCode};
 use serde_json::json;
@@ -11,13 +14,19 @@ use super::json;
 use crate::cache::body::Body;
 use crate::server::AppState;
 
+/// The storage problem, if any: the probe write, else the last problem a fill met (until a
+/// commit succeeds).
 async fn storage_ok(state: &AppState) -> Result<(), String> {
     state
         .cache
         .store()
         .check_writable()
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| format!("cache directory not writable: {e}"))?;
+    match state.cache.storage_problem() {
+        Some((at, problem)) => Err(format!("{problem} (at {at})")),
+        None => Ok(()),
+    }
 }
 
 pub async fn healthz(state: &AppState) -> Response<Body> {
@@ -40,17 +49,17 @@ pub async fn healthz(state: &AppState) -> Response<Body> {
         };
         mirrors.insert(repo.id.clone(), entry);
     }
-    let (code, status) = match (&storage, degraded) {
-        (Err(_), _) => (StatusCode::SERVICE_UNAVAILABLE, "unhealthy"),
-        (Ok(()), true) => (StatusCode::OK, "degraded"),
-        (Ok(()), false) => (StatusCode::OK, "ok"),
+    let status = if storage.is_err() || degraded {
+        "degraded"
+    } else {
+        "ok"
     };
     let storage = match storage {
         Ok(()) => json!({ "status": "ok", "backend": "disk" }),
         Err(e) => json!({ "status": "error", "backend": "disk", "error": e }),
     };
     json(
-        code,
+        StatusCode::OK,
         json!({
             "status": status,
             "checks": {
@@ -65,7 +74,7 @@ pub async fn healthz(state: &AppState) -> Response<Body> {
 pub async fn readyz(state: &AppState) -> Response<Body> {
     let storage = storage_ok(state).await;
     let loaded = state.cache.index_loaded();
-    let ready = storage.is_ok() && loaded;
+    let ready = loaded;
     json(
         if ready {
             StatusCode::OK

@@ -18,7 +18,9 @@ use tokio::sync::watch;
 
 use prometheus_client::metrics::counter::Counter;
 
-use super::fill::FillState;
+use super::fill::{self, FillError, FillState};
+use super::{Cache, FillRequest};
+use futures_util::StreamExt as _;
 
 /// The body type of every response.
 pub type Body = UnsyncBoxBody<Bytes, io::Error>;
@@ -135,91 +137,226 @@ fn short() -> io::Error {
     )
 }
 
-/// A body that follows a fill in progress from `start` to `end` (exclusive; `None`: to the end
-/// of the download, whatever its length). Ends with an error if the fill fails, so the client
-/// sees a cut transfer, never a short body taken for a whole one. A body that runs to the end
-/// of the file (`to_end`) sends its last byte only once the fill is verified and committed:
-/// a client that got everything got a checked file, and its next request is a hit.
-pub fn growing(
+/// How a client following a fill gets the rest of the file when the fill could not write it
+/// to the cache (disk full, I/O error): it reads what was written, then asks the mirrors for
+/// the remaining bytes itself. Nothing of that is stored.
+pub struct Resume {
+    pub cache: Arc<Cache>,
+    pub request: FillRequest,
+    /// `If-Range` for the request: needed when the file may differ between mirrors or over
+    /// time (a file whose bytes cannot change needs none).
+    pub if_range: Option<String>,
+}
+
+impl Resume {
+    /// The mirror's body for bytes `from..end`.
+    async fn rest(
+        &self,
+        from: u64,
+        end: Option<u64>,
+    ) -> io::Result<futures_util::stream::BoxStream<'static, reqwest::Result<Bytes>>> {
+        let response = fill::unstored_get(
+            &self.cache,
+            &self.request,
+            from,
+            end,
+            self.if_range.as_deref(),
+        )
+        .await
+        .map_err(|e| io::Error::other(e.to_string()))?;
+        let ok = match response.status().as_u16() {
+            200 => from == 0 && end.is_none(),
+            206 => fill::content_range(&response).is_some_and(|(start, _)| start == from),
+            _ => false,
+        };
+        if !ok {
+            return Err(io::Error::other(format!(
+                "the mirror cannot continue the download (answered {})",
+                response.status().as_u16()
+            )));
+        }
+        tracing::info!(key = %self.request.key, from, "cache write failed; the client's download continues from the mirror");
+        Ok(futures_util::StreamExt::boxed(response.bytes_stream()))
+    }
+}
+
+/// Where a follower stands.
+enum Mode {
+    /// Reading the body as the fill writes it.
+    Follow,
+    /// The fill failed writing the cache: reading the rest of what it wrote.
+    Drain,
+    /// Reading the rest from the mirror.
+    Rest(futures_util::stream::BoxStream<'static, reqwest::Result<Bytes>>),
+    Done,
+}
+
+struct Follower {
     file: Arc<File>,
     rx: watch::Receiver<FillState>,
-    start: u64,
+    pos: u64,
     end: Option<u64>,
     to_end: bool,
     served: Counter,
-) -> Body {
-    let s = stream::unfold(
-        (file, rx, start, false),
-        move |(file, mut rx, pos, done)| {
-            let served = served.clone();
-            async move {
-                if done {
-                    return None;
-                }
-                let limit = loop {
-                    let state = rx.borrow_and_update().clone();
-                    let available = match state {
-                        FillState::Streaming { written, .. } => {
-                            // Until the fill is verified and committed, the last byte of a body
-                            // that runs to the end is held back: HTTP clients take the body as
-                            // complete at its last byte, not at the end of the stream.
-                            let cap = match end {
-                                Some(e) if to_end => e.saturating_sub(1),
-                                Some(e) => e,
-                                None => u64::MAX,
-                            };
-                            let available = written.min(cap);
-                            if available > pos {
-                                Some(available)
-                            } else if !to_end && end.is_some_and(|e| pos >= e) {
-                                Some(pos)
-                            } else {
-                                None
-                            }
-                        }
-                        FillState::Done { meta, .. } => Some(meta.len),
-                        FillState::Streamed { len, .. } => Some(len),
-                        FillState::Pending => None,
-                        FillState::Passthrough { .. } => {
-                            return Some((
-                                Err(io::Error::other("fill ended without a body")),
-                                (file, rx, pos, true),
-                            ));
-                        }
-                        FillState::Failed(e) => {
-                            return Some((
-                                Err(io::Error::other(e.to_string())),
-                                (file, rx, pos, true),
-                            ));
-                        }
-                    };
-                    match available {
-                        Some(n) => break end.map_or(n, |e| e.min(n)),
-                        None => {
-                            if rx.changed().await.is_err() {
-                                return Some((
-                                    Err(io::Error::other("fill abandoned")),
-                                    (file, rx, pos, true),
-                                ));
-                            }
-                        }
-                    }
+    resume: Option<Arc<Resume>>,
+    mode: Mode,
+}
+
+type Step = Option<(io::Result<Frame<Bytes>>, Follower)>;
+
+impl Follower {
+    fn fail(mut self, e: io::Error) -> Step {
+        self.mode = Mode::Done;
+        Some((Err(e), self))
+    }
+
+    fn send(mut self, bytes: Bytes) -> Step {
+        let n = bytes.len() as u64;
+        self.pos += n;
+        self.served.inc_by(n);
+        Some((Ok(Frame::data(bytes)), self))
+    }
+
+    /// How far the body can be read now: `Ok(Some(n))` up to `n`, `Ok(None)` wait for the
+    /// fill, `Err` the fill ended without a body for this client.
+    fn available(&mut self) -> Result<Option<u64>, io::Error> {
+        let state = self.rx.borrow_and_update().clone();
+        let (pos, end, to_end) = (self.pos, self.end, self.to_end);
+        Ok(match state {
+            FillState::Streaming { written, .. } => {
+                // Until the fill is verified and committed, the last byte of a body that runs
+                // to the end is held back: HTTP clients take the body as complete at its last
+                // byte, not at the end of the stream.
+                let cap = match end {
+                    Some(e) if to_end => e.saturating_sub(1),
+                    Some(e) => e,
+                    None => u64::MAX,
                 };
-                if pos >= limit {
-                    // Everything wanted was sent, or the completed file is exhausted.
-                    return None;
-                }
-                match read_chunk(file.clone(), pos, limit - pos).await {
-                    Ok(bytes) if bytes.is_empty() => Some((Err(short()), (file, rx, pos, true))),
-                    Ok(bytes) => {
-                        let n = bytes.len() as u64;
-                        served.inc_by(n);
-                        Some((Ok(Frame::data(bytes)), (file, rx, pos + n, false)))
-                    }
-                    Err(e) => Some((Err(e), (file, rx, pos, true))),
+                let available = written.min(cap);
+                if available > pos {
+                    Some(available)
+                } else if !to_end && end.is_some_and(|e| pos >= e) {
+                    Some(pos)
+                } else {
+                    None
                 }
             }
-        },
-    );
+            FillState::Done { meta, .. } => Some(meta.len),
+            FillState::Pending => None,
+            FillState::Passthrough { .. } | FillState::Unstored { .. } => {
+                return Err(io::Error::other("fill ended without a body"));
+            }
+            FillState::Failed(e) => {
+                if matches!(*e, FillError::Storage(_)) && self.resume.is_some() {
+                    self.mode = Mode::Drain;
+                    return Ok(None);
+                }
+                return Err(io::Error::other(e.to_string()));
+            }
+        })
+    }
+
+    async fn step(mut self) -> Step {
+        loop {
+            match &mut self.mode {
+                Mode::Done => return None,
+                Mode::Rest(stream) => {
+                    return match stream.next().await {
+                        Some(Ok(mut bytes)) => {
+                            if let Some(e) = self.end {
+                                bytes.truncate(e.saturating_sub(self.pos) as usize);
+                            }
+                            if bytes.is_empty() {
+                                continue;
+                            }
+                            self.send(bytes)
+                        }
+                        Some(Err(e)) => self.fail(io::Error::other(e)),
+                        None if self.end.is_some_and(|e| self.pos < e) => self.fail(
+                            io::Error::other("the mirror sent less than the rest of the file"),
+                        ),
+                        None => None,
+                    };
+                }
+                Mode::Drain => {
+                    let want = self.end.map_or(CHUNK, |e| e.saturating_sub(self.pos));
+                    if want == 0 {
+                        return None;
+                    }
+                    match read_chunk(self.file.clone(), self.pos, want).await {
+                        Ok(bytes) if !bytes.is_empty() => return self.send(bytes),
+                        Ok(_) => {}
+                        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {}
+                        Err(e) => return self.fail(e),
+                    }
+                    let resume = self.resume.clone().expect("drain has a resume");
+                    match resume.rest(self.pos, self.end).await {
+                        Ok(stream) => self.mode = Mode::Rest(stream),
+                        Err(e) => return self.fail(e),
+                    }
+                }
+                Mode::Follow => {
+                    let limit = match self.available() {
+                        Ok(Some(n)) => self.end.map_or(n, |e| e.min(n)),
+                        Ok(None) if matches!(self.mode, Mode::Drain) => continue,
+                        Ok(None) => {
+                            if self.rx.changed().await.is_err() {
+                                return self.fail(io::Error::other("fill abandoned"));
+                            }
+                            continue;
+                        }
+                        Err(e) => return self.fail(e),
+                    };
+                    if self.pos >= limit {
+                        // Everything wanted was sent, or the completed file is exhausted.
+                        return None;
+                    }
+                    return match read_chunk(self.file.clone(), self.pos, limit - self.pos).await {
+                        Ok(bytes) if bytes.is_empty() => self.fail(short()),
+                        Ok(bytes) => self.send(bytes),
+                        Err(e) => self.fail(e),
+                    };
+                }
+            }
+        }
+    }
+}
+
+/// A body that follows a fill in progress from `start` to `end` (exclusive; `None`: to the end
+/// of the download, whatever its length). Ends with an error if the fill fails, so the client
+/// sees a cut transfer, never a short body taken for a whole one; except that when the fill
+/// fails writing the cache and `resume` is given, the client gets the rest from the mirror. A
+/// body that runs to the end of the file (`to_end`) sends its last byte only once the fill is
+/// verified and committed: a client that got everything got a checked file, and its next
+/// request is a hit.
+pub fn growing(
+    file: Arc<File>,
+    rx: watch::Receiver<FillState>,
+    (start, end, to_end): (u64, Option<u64>, bool),
+    served: Counter,
+    resume: Option<Arc<Resume>>,
+) -> Body {
+    let follower = Follower {
+        file,
+        rx,
+        pos: start,
+        end,
+        to_end,
+        served,
+        resume,
+        mode: Mode::Follow,
+    };
+    StreamBody::new(stream::unfold(follower, Follower::step)).boxed_unsync()
+}
+
+/// A mirror's response body passed straight through (a file the cache does not store).
+pub fn unstored(response: reqwest::Response, served: Counter) -> Body {
+    let s = futures_util::StreamExt::map(response.bytes_stream(), move |item| {
+        item.map(|bytes| {
+            served.inc_by(bytes.len() as u64);
+            Frame::data(bytes)
+        })
+        .map_err(io::Error::other)
+    });
     StreamBody::new(s).boxed_unsync()
 }

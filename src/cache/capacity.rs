@@ -61,10 +61,12 @@ pub fn human_size(bytes: u64) -> String {
 }
 
 impl Cache {
-    /// Whether a new entry of `len` bytes (when known) may be stored: not when it is larger
-    /// than the whole size limit, nor when the file system is nearly full. Either way the
-    /// file is still streamed to its clients.
-    pub(super) fn may_keep(&self, len: Option<u64>) -> bool {
+    /// Whether a new entry of `len` bytes (when known) may be stored, making room first: not
+    /// when it is larger than the whole size limit; otherwise least recently used entries are
+    /// removed when the size limit or the file system's free space requires it, and the entry
+    /// is refused only when even that cannot make room. A refused file is still streamed to its
+    /// clients, from the mirror.
+    pub(super) async fn admit(self: &Arc<Self>, len: Option<u64>) -> bool {
         if let (Some(len), Some(max)) = (len, self.limits.max_size_bytes)
             && len > max
         {
@@ -75,25 +77,83 @@ impl Cache {
             );
             return false;
         }
-        let floor = |total| {
-            self.tuning
-                .free_space_floor
-                .unwrap_or_else(|| free_space_floor(total))
-        };
-        match self.store.space() {
-            Some((free, total)) if free < floor(total) => {
-                let now = unix_now();
-                if now.saturating_sub(self.space_warned.swap(now, Ordering::Relaxed)) >= 60 {
-                    tracing::warn!(
-                        free_bytes = free,
-                        floor_bytes = floor(total),
-                        "cache file system nearly full: new files are streamed, not stored"
-                    );
-                }
-                false
-            }
-            _ => true,
+        let now = unix_now();
+        if let (Some(len), Some(max)) = (len, self.limits.max_size_bytes) {
+            let evicted = self.entries().evict(now, Some(max - len), None);
+            self.remove_now(evicted).await;
         }
+        let Some((free, total)) = self.store.space() else {
+            return true;
+        };
+        let floor = self
+            .tuning
+            .free_space_floor
+            .unwrap_or_else(|| free_space_floor(total));
+        let need = len.unwrap_or(0).saturating_add(floor);
+        if free >= need {
+            return true;
+        }
+        // The cache may use the space it holds: evict enough to fit.
+        let short = need - free;
+        let held = self.entries().total_bytes();
+        if held >= short {
+            let evicted = self.entries().evict(now, Some(held - short), None);
+            self.remove_now(evicted).await;
+            if self.store.space().is_some_and(|(free, _)| free >= need) {
+                return true;
+            }
+        }
+        self.storage_failed(&format!(
+            "cache file system nearly full ({free} bytes free, {floor} kept free): new files are streamed, not stored"
+        ));
+        false
+    }
+
+    /// Removes `evicted` from storage now (making room before a store).
+    async fn remove_now(&self, evicted: Vec<(CacheKey, super::eviction::Slot)>) {
+        self.update_gauges();
+        if evicted.is_empty() {
+            return;
+        }
+        self.metrics.cache_evictions.inc_by(evicted.len() as u64);
+        tracing::info!(
+            entries = evicted.len(),
+            "evicted least recently used entries to make room for a new one"
+        );
+        self.delete(evicted.into_iter().map(|(k, s)| (k, s.meta)).collect())
+            .await;
+    }
+
+    /// Records a storage problem (full or failing disk) for the health check; logged at most
+    /// once a minute.
+    pub(super) fn storage_failed(&self, problem: &str) {
+        let now = unix_now();
+        if now.saturating_sub(self.space_warned.swap(now, Ordering::Relaxed)) >= 60 {
+            tracing::warn!(problem, "cache storage problem");
+        }
+        *self
+            .storage_problem
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((now, problem.to_string()));
+    }
+
+    /// A commit succeeded: the storage works again.
+    pub(super) fn storage_ok(&self) {
+        let mut problem = self
+            .storage_problem
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if problem.is_some() {
+            *problem = None;
+        }
+    }
+
+    /// The last storage problem and when it happened (unix seconds), until a commit succeeds.
+    pub fn storage_problem(&self) -> Option<(u64, String)> {
+        self.storage_problem
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Removes what the size limit requires after an entry was added.

@@ -29,9 +29,34 @@ pub struct Head {
     pub content_type: Option<String>,
     pub last_modified: Option<String>,
     pub etag: Option<String>,
-    /// Whether the body will be stored (else it is only streamed: `X-Cache: SKIP`).
-    pub keep: bool,
 }
+
+impl Head {
+    /// The head of a mirror's response.
+    pub fn of(response: &reqwest::Response) -> Head {
+        let headers = response.headers();
+        Head {
+            status: response.status().as_u16(),
+            len: response.content_length(),
+            content_type: header(headers, CONTENT_TYPE),
+            last_modified: header(headers, LAST_MODIFIED),
+            etag: header(headers, ETAG),
+        }
+    }
+
+    /// The validator that makes a byte range safe to join to bytes already received
+    /// (`If-Range`): the strong ETag, else the Last-Modified date.
+    pub fn if_range(&self) -> Option<String> {
+        self.etag
+            .clone()
+            .filter(|e| !e.starts_with("W/"))
+            .or_else(|| self.last_modified.clone())
+    }
+}
+
+/// A response the fill will not store (too large for the cache, the disk full or failing):
+/// the first client to follow takes it and streams it; any other fetches its own.
+pub type Unstored = Arc<std::sync::Mutex<Option<reqwest::Response>>>;
 
 /// Where a fill stands; clients watch it.
 #[derive(Debug, Clone)]
@@ -51,15 +76,12 @@ pub enum FillState {
     },
     /// The mirror answered with a status that is not cached (5xx, 403, …).
     Passthrough { status: u16 },
-    /// The fill failed; nothing was stored.
+    /// The fill failed; nothing was stored. When it failed writing the cache
+    /// ([`FillError::Storage`]), clients already reading the body keep what was written and
+    /// fetch the rest themselves.
     Failed(Arc<FillError>),
-    /// The body arrived whole and verified but was not stored (larger than the cache, or the
-    /// disk nearly full); `file` still holds it for the clients that were following.
-    Streamed {
-        head: Arc<Head>,
-        file: Arc<File>,
-        len: u64,
-    },
+    /// The body will not be stored: streamed straight from the mirror (`X-Cache: SKIP`).
+    Unstored { head: Arc<Head>, response: Unstored },
 }
 
 /// Why a fill failed.
@@ -163,7 +185,10 @@ async fn fetch(
             &cache.tuning,
             request.rule_max_age,
         );
-        cache.store.update_meta(&request.key, &meta).await?;
+        // A cache that cannot record the revalidation still serves the copy it has.
+        if let Err(e) = cache.store.update_meta(&request.key, &meta).await {
+            cache.storage_failed(&format!("cannot update an entry: {e}"));
+        }
         let meta = Arc::new(meta);
         cache.remember(request.key.clone(), meta.clone());
         return Ok(FillState::Done {
@@ -183,13 +208,33 @@ async fn fetch(
         .as_ref()
         .is_some_and(|e| e.source == Source::Release)
         && status == 200;
+    // A file that cannot be stored is streamed to its clients from the mirror, unchecked
+    // (they check it themselves) and without a temporary body on the cache disk.
+    let unstored = |response: reqwest::Response| {
+        mirror.succeeded();
+        FillState::Unstored {
+            head: Arc::new(Head::of(&response)),
+            response: Arc::new(std::sync::Mutex::new(Some(response))),
+        }
+    };
+    if !cache.admit(response.content_length()).await {
+        return Ok(unstored(response));
+    }
+    let temp = match cache.store.create_temp().await {
+        Ok(temp) => temp,
+        Err(e) => {
+            cache.storage_failed(&format!("cannot create a temporary body: {e}"));
+            return Ok(unstored(response));
+        }
+    };
     let mut body = receive(
         cache,
         request,
         &request.path,
-        (mirror, response),
+        (mirror.clone(), response),
         &mut mirrors,
         (!hold).then_some(tx),
+        temp,
     )
     .await?;
     if let Some(expect) = request.expect.as_ref().filter(|_| status == 200)
@@ -205,7 +250,8 @@ async fn fetch(
                     }
                     _ => return Err(FillError::Inconsistent),
                 };
-                body = receive(cache, request, path, answer, &mut mirrors, None).await?;
+                let temp = cache.store.create_temp().await?;
+                body = receive(cache, request, path, answer, &mut mirrors, None, temp).await?;
                 if !body.matches(&expect.digest) {
                     return Err(FillError::Inconsistent);
                 }
@@ -217,13 +263,6 @@ async fn fetch(
         }
     }
 
-    if !body.head.keep {
-        return Ok(FillState::Streamed {
-            head: body.head.clone(),
-            file: body.temp.reader.clone(),
-            len: body.written,
-        });
-    }
     let now = unix_now();
     let meta = EntryMeta {
         v: META_VERSION,
@@ -245,7 +284,14 @@ async fn fetch(
             request.rule_max_age,
         ),
     };
-    let meta = Arc::new(cache.store.commit(&request.key, body.temp, meta).await?);
+    let meta = match cache.store.commit(&request.key, body.temp, meta).await {
+        Ok(meta) => Arc::new(meta),
+        Err(e) => {
+            cache.storage_failed(&format!("cannot commit an entry: {e}"));
+            return Err(e.into());
+        }
+    };
+    cache.storage_ok();
     cache.remember(request.key.clone(), meta.clone());
     tracing::debug!(key = %request.key, bytes = meta.len, ms = started.elapsed().as_millis() as u64, "fill committed");
     if status == 200 {
@@ -426,7 +472,7 @@ impl<'a> Attempts<'a> {
 }
 
 /// `Content-Range: bytes FROM-TO/TOTAL` as (FROM, TOTAL).
-fn content_range(response: &reqwest::Response) -> Option<(u64, Option<u64>)> {
+pub(crate) fn content_range(response: &reqwest::Response) -> Option<(u64, Option<u64>)> {
     let value = response.headers().get(CONTENT_RANGE)?.to_str().ok()?;
     let (range, total) = value.strip_prefix("bytes ")?.split_once('/')?;
     let (from, _) = range.split_once('-')?;
@@ -458,18 +504,11 @@ async fn receive(
     (mut mirror, response): (Arc<Mirror>, reqwest::Response),
     mirrors: &mut Attempts<'_>,
     tx: Option<&watch::Sender<FillState>>,
+    mut temp: TempBody,
 ) -> Result<Received, FillError> {
     let status = response.status().as_u16();
     let headers = response.headers().clone();
-    let head = Arc::new(Head {
-        status,
-        len: response.content_length(),
-        content_type: header(&headers, CONTENT_TYPE),
-        last_modified: header(&headers, LAST_MODIFIED),
-        etag: header(&headers, ETAG),
-        keep: cache.may_keep(response.content_length()),
-    });
-    let mut temp = cache.store.create_temp().await?;
+    let head = Arc::new(Head::of(&response));
     if let Some(tx) = tx {
         tx.send_replace(FillState::Streaming {
             head: head.clone(),
@@ -527,16 +566,14 @@ async fn receive(
             if let Some(h) = sha512.as_mut() {
                 h.update(data);
             }
-            temp.writer
-                .write_all(data)
-                .await
-                .map_err(|e| storage_error("write", e))?;
+            if let Err(e) = temp.writer.write_all(data).await {
+                return Err(cache.write_failed(e));
+            }
             written += data.len() as u64;
         }
-        temp.writer
-            .flush()
-            .await
-            .map_err(|e| storage_error("write", e))?;
+        if let Err(e) = temp.writer.flush().await {
+            return Err(cache.write_failed(e));
+        }
         if let Some(tx) = tx {
             tx.send_modify(|state| {
                 if let FillState::Streaming { written: w, .. } = state {
@@ -597,10 +634,56 @@ fn same_as_received(file: &File, offset: u64, data: &[u8]) -> bool {
     file.read_exact_at(&mut stored, offset).is_ok() && stored == data
 }
 
-fn storage_error(op: &'static str, source: std::io::Error) -> FillError {
-    FillError::Storage(StorageError::Io {
-        op,
-        path: "temporary body".into(),
-        source,
-    })
+impl Cache {
+    /// A write to a temporary body failed (disk full, I/O error): recorded for health checks;
+    /// the fill fails with a storage error, which its clients survive by fetching the rest.
+    fn write_failed(&self, source: std::io::Error) -> FillError {
+        let e = StorageError::Io {
+            op: "write",
+            path: "temporary body".into(),
+            source,
+        };
+        self.storage_failed(&format!("cannot write a temporary body: {e}"));
+        FillError::Storage(e)
+    }
+}
+
+/// Sends `GET path` for the bytes from `from` on (with `If-Range: if_range` when given) to the
+/// repo's mirrors in turn until one answers without a server error: the request of a client
+/// that reads a file the cache does not store, or the rest of one whose fill could not be
+/// written. Nothing is stored.
+pub(crate) async fn unstored_get(
+    cache: &Cache,
+    request: &FillRequest,
+    from: u64,
+    end: Option<u64>,
+    if_range: Option<&str>,
+) -> Result<reqwest::Response, FillError> {
+    let mut mirrors = Attempts::new(cache, request);
+    let mut last: Option<FillError> = None;
+    while let Some(mirror) = mirrors.next(None) {
+        let url = mirror.url(&request.path).map_err(|_| FillError::BadPath)?;
+        let started = std::time::Instant::now();
+        let range = (from > 0 || end.is_some()).then_some((from, end, if_range));
+        let result = cache.upstream.get_range(url, range).await;
+        mirrors.observe(&result, started);
+        match result {
+            Ok(r) if r.status().is_server_error() => {
+                let why = format!("mirror answered {}", r.status().as_u16());
+                mirror.failed(&why, cache.tuning.mirror_demotion);
+                last = Some(UpstreamError::Transfer { detail: why }.into());
+            }
+            Ok(r) => return Ok(r),
+            Err(e) => {
+                mirror.failed(&e.to_string(), cache.tuning.mirror_demotion);
+                last = Some(e.into());
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        UpstreamError::Connect {
+            detail: "no mirror to try".into(),
+        }
+        .into()
+    }))
 }

@@ -71,8 +71,10 @@ pub struct Cache {
     indexes: IndexTables,
     hits: AtomicU64,
     misses: AtomicU64,
-    /// Last time (unix seconds) a full disk was reported, to log it once a minute.
+    /// Last time (unix seconds) a storage problem was logged, to log it once a minute.
     space_warned: AtomicU64,
+    /// The last storage problem (unix seconds, what), until a commit succeeds.
+    storage_problem: Mutex<Option<(u64, String)>>,
     /// Outcome of the last request to each repo's mirror.
     mirror_health: Mutex<HashMap<String, MirrorHealth>>,
     /// Small bodies in memory.
@@ -138,6 +140,7 @@ impl Cache {
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             space_warned: AtomicU64::new(0),
+            storage_problem: Mutex::default(),
             mirror_health: Mutex::default(),
             hot: hot::HotBodies::new(16 << 20),
         }
@@ -345,7 +348,7 @@ impl Cache {
     }
 
     /// A fresh entry, or the fill to follow (joined or started).
-    pub async fn lookup(self: &Arc<Self>, request: FillRequest) -> Result<Lookup, StorageError> {
+    pub async fn lookup(self: &Arc<Self>, request: &FillRequest) -> Result<Lookup, StorageError> {
         // A copy that an index contradicts is neither served nor kept as a fallback.
         let agrees = |m: &Arc<EntryMeta>| {
             request
@@ -375,7 +378,12 @@ impl Cache {
         let since = Instant::now();
         fills.insert(request.key.clone(), (rx.clone(), since));
         drop(fills);
-        tokio::spawn(fill::run(self.clone(), request, current.clone(), tx));
+        tokio::spawn(fill::run(
+            self.clone(),
+            request.clone(),
+            current.clone(),
+            tx,
+        ));
         Ok(Lookup::Fill {
             rx,
             stale: current,

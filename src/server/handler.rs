@@ -247,8 +247,8 @@ async fn answer_from_cache(
     headers: &HeaderMap,
     head_only: bool,
 ) -> Response<Body> {
-    let key = fill.key.clone();
-    let lookup = match state.cache.lookup(fill).await {
+    let key = &fill.key;
+    let lookup = match state.cache.lookup(&fill).await {
         Ok(l) => l,
         Err(e) => {
             tracing::error!(key = %key, error = %e, "cache look-up failed");
@@ -256,7 +256,7 @@ async fn answer_from_cache(
         }
     };
     let (mut rx, stale, since) = match lookup {
-        Lookup::Hit(meta) => return stored(state, &key, &meta, headers, head_only, "HIT").await,
+        Lookup::Hit(meta) => return stored(state, key, &meta, headers, head_only, "HIT").await,
         Lookup::Fill { rx, stale, since } => (rx, stale, since),
     };
     // With a copy in hand, a slow or hung mirror costs the client a few seconds at most: the
@@ -297,13 +297,17 @@ async fn answer_from_cache(
     };
 
     match outcome {
-        FillState::Streaming { head, file, .. } | FillState::Streamed { head, file, .. } => {
-            following(state, &head, file, rx, headers, head_only)
+        FillState::Streaming { head, file, .. } => {
+            following(state, &fill, &head, file, rx, headers, head_only)
+        }
+        FillState::Unstored { head, response } => {
+            let taken = response.lock().unwrap_or_else(|e| e.into_inner()).take();
+            unstored(state, &fill, head, taken, headers, head_only).await
         }
         FillState::Done { meta, revalidated } => {
             stored(
                 state,
-                &key,
+                key,
                 &meta,
                 headers,
                 head_only,
@@ -314,7 +318,7 @@ async fn answer_from_cache(
         FillState::Passthrough { status } => match stale.filter(|_| status >= 500) {
             Some(meta) => {
                 tracing::warn!(key = %key, status, "mirror failed; serving the cached copy");
-                stored(state, &key, &meta, headers, head_only, "HIT").await
+                stored(state, key, &meta, headers, head_only, "HIT").await
             }
             None => {
                 // A mirror's own failure is ours to report as a gateway error; its other answers
@@ -332,7 +336,7 @@ async fn answer_from_cache(
         FillState::Failed(error) => match stale {
             Some(meta) => {
                 tracing::warn!(key = %key, error = %error, "mirror failed; serving the cached copy");
-                stored(state, &key, &meta, headers, head_only, "HIT").await
+                stored(state, key, &meta, headers, head_only, "HIT").await
             }
             None => {
                 let status = match &*error {
@@ -350,9 +354,76 @@ async fn answer_from_cache(
     }
 }
 
+/// Serves a file the cache does not store, straight from the mirror: the fill's own response
+/// when this client is the first to take it, else a request of its own. Ranges are not
+/// honoured (the whole file is sent), validators are.
+async fn unstored(
+    state: &AppState,
+    fill: &FillRequest,
+    head: Arc<Head>,
+    taken: Option<reqwest::Response>,
+    headers: &HeaderMap,
+    head_only: bool,
+) -> Response<Body> {
+    let respond = |head: &Head, response: Option<reqwest::Response>| {
+        let rep = Representation {
+            status: head.status,
+            len: head.len,
+            content_type: head.content_type.as_deref(),
+            last_modified: head.last_modified.as_deref(),
+            etag: head.etag.as_deref(),
+        };
+        let plan = match serve::plan(&rep, headers) {
+            Plan::NotModified => Plan::NotModified,
+            _ => Plan::Full,
+        };
+        let builder = serve::head(&rep, plan, "SKIP");
+        let body = match response {
+            Some(r) if plan == Plan::Full => {
+                let served = state
+                    .cache
+                    .metrics()
+                    .bytes_served
+                    .get_or_create(&SourceLabel { source: "upstream" })
+                    .clone();
+                body::unstored(r, served)
+            }
+            _ => body::empty(),
+        };
+        builder
+            .body(body)
+            .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "bad response head"))
+    };
+    if head_only {
+        return respond(&head, None);
+    }
+    if let Some(response) = taken {
+        return respond(&head, Some(response));
+    }
+    match crate::cache::fill::unstored_get(&state.cache, fill, 0, None, None).await {
+        Ok(response) if matches!(response.status().as_u16(), 200 | 404) => {
+            let head = Head::of(&response);
+            respond(&head, Some(response))
+        }
+        Ok(response) => text(
+            StatusCode::BAD_GATEWAY,
+            format!("mirror answered {}", response.status().as_u16()),
+        ),
+        Err(e) => text(
+            match e {
+                FillError::Upstream(UpstreamError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
+                FillError::BadPath => StatusCode::BAD_REQUEST,
+                _ => StatusCode::BAD_GATEWAY,
+            },
+            e.to_string(),
+        ),
+    }
+}
+
 /// Serves the body of a fill in progress as it grows.
 fn following(
     state: &AppState,
+    fill: &FillRequest,
     head: &Head,
     file: Arc<std::fs::File>,
     rx: watch::Receiver<FillState>,
@@ -367,7 +438,7 @@ fn following(
         etag: head.etag.as_deref(),
     };
     let plan = serve::plan(&rep, headers);
-    let builder = serve::head(&rep, plan, if head.keep { "MISS" } else { "SKIP" });
+    let builder = serve::head(&rep, plan, "MISS");
     let served = state
         .cache
         .metrics()
@@ -376,7 +447,17 @@ fn following(
         .clone();
     let body = match plan.body_range(rep.len) {
         Some((start, end)) if !head_only => {
-            body::growing(file, rx, start, end, end == rep.len, served)
+            // A file whose bytes cannot change resumes by range alone; another only while the
+            // mirror's validator still matches.
+            let if_range = head.if_range();
+            let resume = (fill.resumable() || if_range.is_some()).then(|| {
+                Arc::new(body::Resume {
+                    cache: state.cache.clone(),
+                    request: fill.clone(),
+                    if_range: if fill.resumable() { None } else { if_range },
+                })
+            });
+            body::growing(file, rx, (start, end, end == rep.len), served, resume)
         }
         _ => body::empty(),
     };

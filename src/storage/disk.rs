@@ -60,19 +60,31 @@ fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> St
 }
 
 impl DiskStore {
-    /// Opens (creating it if needed) the cache directory `root`, empties its `tmp/`, and checks
-    /// that it is writable. Blocking: call at start-up.
+    /// Opens (creating it if needed) the cache directory `root` and empties its `tmp/`. A
+    /// directory that exists but cannot be written (a read-only mount, a full disk) still
+    /// opens, with an error in the log: what it holds is served, and new files are streamed
+    /// without being stored. One that cannot be created is an error. Blocking: call at
+    /// start-up.
     pub fn open(root: &Path) -> Result<DiskStore, StorageError> {
         let data = root.join("data");
         let tmp = root.join("tmp");
-        fs::create_dir_all(&data).map_err(io("create", &data))?;
-        if tmp.exists() {
-            fs::remove_dir_all(&tmp).map_err(io("clear", &tmp))?;
+        if let Err(e) = fs::create_dir_all(&data)
+            && !data.is_dir()
+        {
+            return Err(io("create", &data)(e));
         }
-        fs::create_dir_all(&tmp).map_err(io("create", &tmp))?;
-        let probe = tmp.join("write-check");
-        fs::write(&probe, b"ok").map_err(io("write", &probe))?;
-        fs::remove_file(&probe).map_err(io("remove", &probe))?;
+        let writable = (|| -> Result<(), StorageError> {
+            if tmp.exists() {
+                fs::remove_dir_all(&tmp).map_err(io("clear", &tmp))?;
+            }
+            fs::create_dir_all(&tmp).map_err(io("create", &tmp))?;
+            let probe = tmp.join("write-check");
+            fs::write(&probe, b"ok").map_err(io("write", &probe))?;
+            fs::remove_file(&probe).map_err(io("remove", &probe))
+        })();
+        if let Err(e) = writable {
+            tracing::error!(error = %e, "cache directory not writable: cached files are served, new files are streamed without being stored");
+        }
         let seed = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);

@@ -30,7 +30,55 @@ impl Binary {
 
     /// Starts the binary with its cache in `cache`, extra arguments and environment.
     pub fn start_with(cache: &Path, args: &[&str], env: &[(&str, &str)]) -> Binary {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_apt-proxy"))
+        Binary::spawn(
+            Command::new(env!("CARGO_BIN_EXE_apt-proxy")),
+            cache,
+            args,
+            env,
+        )
+    }
+
+    /// Starts the binary in a private mount namespace of its own, after `setup` (a shell
+    /// script, run there as root) has mounted what the test needs: the mounts vanish with the
+    /// process and are never seen outside it. Panics when the namespace cannot be made.
+    pub fn start_in_namespace(
+        setup: &str,
+        cache: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Binary {
+        let mut command = Command::new("unshare");
+        command.args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &format!("set -e; {setup}; exec \"$0\" \"$@\""),
+            env!("CARGO_BIN_EXE_apt-proxy"),
+        ]);
+        Binary::spawn(command, cache, args, env)
+    }
+
+    /// Runs `script` (sh) in the binary's mount namespace and returns its output.
+    pub fn inside(&self, script: &str) -> String {
+        let out = Command::new("nsenter")
+            .args([
+                "--target",
+                &self.child.id().to_string(),
+                "--mount",
+                "sh",
+                "-c",
+                script,
+            ])
+            .output()
+            .expect("nsenter runs");
+        assert!(out.status.success(), "{script}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn spawn(mut command: Command, cache: &Path, args: &[&str], env: &[(&str, &str)]) -> Binary {
+        let mut child = command
             .args(["--host", "127.0.0.1", "--port", "0"])
             .args(args)
             .arg("--cachedir")

@@ -8,6 +8,7 @@ mod capacity;
 mod config;
 mod consistency;
 mod crash;
+mod disk;
 mod failures;
 mod fill;
 mod hostile;

@@ -40,6 +40,9 @@ pub enum Behavior {
     Redirect(String),
     /// Redirects with this status (301, 303, 307, 308…) to a path or an absolute URL.
     RedirectWith(u16, String),
+    /// The file in `chunk`-byte pieces, `delay` apart, without a Content-Length (chunked);
+    /// byte ranges are served.
+    Unsized { chunk: usize, delay: Duration },
 }
 
 #[derive(Clone, Debug)]
@@ -269,7 +272,12 @@ fn build(inner: &Arc<Inner>, file: &File, headers: &HeaderMap) -> (u16, Response
                 .ok()
         })
         .filter(|&from| from < file.body.len())
-        .filter(|_| matches!(file.behavior, Behavior::Normal | Behavior::Slow { .. }));
+        .filter(|_| {
+            matches!(
+                file.behavior,
+                Behavior::Normal | Behavior::Slow { .. } | Behavior::Unsized { .. }
+            )
+        });
     let mut response = if not_modified {
         respond(304, full(""))
     } else if let Some(from) = range_from {
@@ -277,7 +285,9 @@ fn build(inner: &Arc<Inner>, file: &File, headers: &HeaderMap) -> (u16, Response
         let len = file.body.len();
         let rest = file.body.slice(from..);
         let body = match &file.behavior {
-            Behavior::Slow { chunk, delay } => paced(rest, *chunk, *delay, None, None),
+            Behavior::Slow { chunk, delay } | Behavior::Unsized { chunk, delay } => {
+                paced(rest, *chunk, *delay, None, None)
+            }
             _ => full(rest),
         };
         let mut r = respond(206, body);
@@ -311,6 +321,13 @@ fn build(inner: &Arc<Inner>, file: &File, headers: &HeaderMap) -> (u16, Response
             ),
             _ => (full(file.body.clone()), len),
         };
+        if let Behavior::Unsized { chunk, delay } = &file.behavior {
+            let mut r = respond(200, paced(file.body.clone(), *chunk, *delay, None, None));
+            r.headers_mut()
+                .insert("content-type", "application/x-test".parse().unwrap());
+            r.headers_mut().insert("etag", file.etag.parse().unwrap());
+            return (200, r);
+        }
         let mut r = respond(200, body);
         r.headers_mut().insert("content-length", announced.into());
         r.headers_mut()
