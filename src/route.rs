@@ -11,10 +11,13 @@ use std::sync::Arc;
 use http::Uri;
 use percent_encoding::percent_decode_str;
 
+use crate::distro::class::FileClass;
 use crate::distro::{Registry, Repo};
 
 /// Where a request goes: the repo and the path inside it, exactly as the client encoded it
-/// (query string included, no leading `/`).
+/// (no leading `/`). The query string is dropped from packages and indexes (package managers
+/// send none, and a query must not make a new cache entry, or a new download, of the same
+/// file); it is kept on other files (a yum `mirrorlist?arch=…` answers by its query).
 #[derive(Debug, Clone)]
 pub struct RouteMatch {
     pub repo: Arc<Repo>,
@@ -88,10 +91,22 @@ pub fn route(registry: &Registry, uri: &Uri) -> Result<RouteMatch, RouteError> {
         }
     };
     check_path(path)?;
+    let path = match path.split_once('?') {
+        Some((file, _)) if !answers_by_query(file) => file,
+        _ => path,
+    };
     Ok(RouteMatch {
         repo: repo.clone(),
         path: path.to_string(),
     })
+}
+
+/// Whether a file's answer depends on its query string: yum's `mirrorlist` and `metalink`, and
+/// files that are neither packages nor indexes.
+fn answers_by_query(file: &str) -> bool {
+    let name = file.rsplit('/').next().unwrap_or(file);
+    matches!(name, "mirrorlist" | "metalink")
+        || crate::distro::class::classify(file) == FileClass::Other
 }
 
 /// apt-cacher-ng style `<host>[:port]/<path>` carried inside the path.
@@ -208,6 +223,15 @@ mod tests {
         assert_eq!(
             ok("/centos/7/mirrorlist?arch=x86_64&repo=os").1,
             "7/mirrorlist?arch=x86_64&repo=os"
+        );
+        // Packages and indexes lose their query string.
+        assert_eq!(
+            ok("/debian/pool/main/a/a_1_all.deb?x=1").1,
+            "pool/main/a/a_1_all.deb"
+        );
+        assert_eq!(
+            ok("/debian/dists/stable/InRelease?nocache=2").1,
+            "dists/stable/InRelease"
         );
     }
 

@@ -147,20 +147,26 @@ impl Upstream {
         self.send(request).await
     }
 
-    /// Sends `GET url` for the bytes `from..end` (`end` exclusive; `None`: to the end), with
-    /// `If-Range` when given (the range is then sent only if the file did not change).
-    pub async fn get_range(
+    /// Sends `HEAD url`, or `GET url` with a `Range` header (and `If-Range`, so that the range
+    /// is sent only if the file did not change) when given: requests whose answer is passed to
+    /// a client without being stored.
+    pub async fn passthrough(
         &self,
         url: Url,
-        range: Option<(u64, Option<u64>, Option<&str>)>,
+        head: bool,
+        range: Option<&str>,
+        if_range: Option<&str>,
     ) -> Result<reqwest::Response, UpstreamError> {
-        let mut request = self.client.get(url);
-        if let Some((from, end, if_range)) = range {
-            let last = end.map(|e| (e.saturating_sub(1)).to_string());
-            request = request.header(RANGE, format!("bytes={from}-{}", last.unwrap_or_default()));
-            if let Some(v) = if_range.and_then(|v| HeaderValue::from_str(v).ok()) {
-                request = request.header(reqwest::header::IF_RANGE, v);
-            }
+        let mut request = if head {
+            self.client.head(url)
+        } else {
+            self.client.get(url)
+        };
+        if let Some(v) = range.and_then(|v| HeaderValue::from_str(v).ok()) {
+            request = request.header(RANGE, v);
+        }
+        if let Some(v) = if_range.and_then(|v| HeaderValue::from_str(v).ok()) {
+            request = request.header(reqwest::header::IF_RANGE, v);
         }
         self.send(request).await
     }

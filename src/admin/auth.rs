@@ -68,6 +68,7 @@ mod tests {
             api_rate_limit_per_minute: 0,
             trusted_proxies: vec![],
             allow_private_upstreams: vec![],
+            allowed_clients: vec![],
         };
         let mut h = HeaderMap::new();
         assert!(check(&security, &h).is_some());

@@ -107,21 +107,83 @@ pub async fn management(
     Some(response)
 }
 
-/// Answers a request for `/api/...`: rate limit, then authentication, then the endpoint.
-async fn api(state: &AppState, request: &Request<Incoming>, peer: IpAddr) -> Response<Body> {
-    let client = client_ip::client_ip(peer, request.headers(), &state.security.trusted_proxies);
-    if let Err(retry_after) = state.limiter.check(client, std::time::Instant::now()) {
-        let mut r = error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "ErrRateLimited",
-            "too many API requests; try again later",
-        );
-        r.headers_mut()
-            .insert(http::header::RETRY_AFTER, retry_after.into());
-        return r;
+/// A request that only a browser sends on another site's behalf: a state-changing call must
+/// not be one (a web page could otherwise make a visitor's browser purge the cache). Plain
+/// clients (`curl -X POST`) send none of these. Form content types are refused only when the
+/// API has no key: a browser cannot add the key header to a cross-site form.
+fn cross_site(request: &Request<Incoming>, keyless: bool) -> Option<&'static str> {
+    if matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    ) {
+        return None;
     }
+    let headers = request.headers();
+    let value = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(site) = value("sec-fetch-site")
+        && !matches!(site, "same-origin" | "none")
+    {
+        return Some("a cross-site browser request (Sec-Fetch-Site)");
+    }
+    if let Some(origin) = value("origin") {
+        let host = value("host").unwrap_or("");
+        let origin_host = origin
+            .split_once("://")
+            .map(|(_, rest)| rest.trim_end_matches('/'));
+        if origin_host.is_none_or(|o| !o.eq_ignore_ascii_case(host)) {
+            return Some("a request from another origin (Origin)");
+        }
+    }
+    let form = value("content-type").map(|t| {
+        t.split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase()
+    });
+    if let Some(t) = form.filter(|_| keyless)
+        && matches!(
+            t.as_str(),
+            "application/x-www-form-urlencoded" | "multipart/form-data" | "text/plain"
+        )
+    {
+        return Some("a form submission (Content-Type)");
+    }
+    None
+}
+
+fn rate_limited(retry_after: u64) -> Response<Body> {
+    let mut r = error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "ErrRateLimited",
+        "too many API requests; try again later",
+    );
+    r.headers_mut()
+        .insert(http::header::RETRY_AFTER, retry_after.into());
+    r
+}
+
+/// Answers a request for `/api/...`: cross-site check, authentication, rate limit, then the
+/// endpoint. Refused keys count against their own limit, so that guessing cannot use up the
+/// limit of the client that holds the key.
+async fn api(state: &AppState, request: &Request<Incoming>, peer: IpAddr) -> Response<Body> {
+    if let Some(why) = cross_site(request, !state.security.api_auth) {
+        return error(
+            StatusCode::FORBIDDEN,
+            "ErrCrossSite",
+            &format!("refused {why}: call the API from a script or the command line"),
+        );
+    }
+    let client = client_ip::client_ip(peer, request.headers(), &state.security.trusted_proxies);
+    let now = std::time::Instant::now();
     if let Some(denied) = auth::check(&state.security, request.headers()) {
+        if let Err(retry_after) = state.auth_failures.check(client, now) {
+            return rate_limited(retry_after);
+        }
         return denied;
+    }
+    if let Err(retry_after) = state.limiter.check(client, now) {
+        return rate_limited(retry_after);
     }
     match (request.method(), request.uri().path()) {
         (&Method::POST, "/api/mirrors/refresh") => match state.reloader.reload().await {

@@ -155,11 +155,15 @@ impl Resume {
         from: u64,
         end: Option<u64>,
     ) -> io::Result<futures_util::stream::BoxStream<'static, reqwest::Result<Bytes>>> {
+        let range = (from > 0 || end.is_some()).then(|| {
+            let last = end.map(|e| e.saturating_sub(1).to_string());
+            format!("bytes={from}-{}", last.unwrap_or_default())
+        });
         let response = fill::unstored_get(
             &self.cache,
             &self.request,
-            from,
-            end,
+            false,
+            range.as_deref(),
             self.if_range.as_deref(),
         )
         .await

@@ -648,15 +648,15 @@ impl Cache {
     }
 }
 
-/// Sends `GET path` for the bytes from `from` on (with `If-Range: if_range` when given) to the
-/// repo's mirrors in turn until one answers without a server error: the request of a client
-/// that reads a file the cache does not store, or the rest of one whose fill could not be
-/// written. Nothing is stored.
+/// Sends `GET path` (with `Range` and `If-Range` when given), or `HEAD path`, to the repo's
+/// mirrors in turn until one answers without a server error: the request of a client that
+/// reads a file the cache does not store, the rest of one whose fill could not be written, a
+/// HEAD or a byte range on a file not cached. Nothing is stored.
 pub(crate) async fn unstored_get(
     cache: &Cache,
     request: &FillRequest,
-    from: u64,
-    end: Option<u64>,
+    head: bool,
+    range: Option<&str>,
     if_range: Option<&str>,
 ) -> Result<reqwest::Response, FillError> {
     let mut mirrors = Attempts::new(cache, request);
@@ -664,8 +664,7 @@ pub(crate) async fn unstored_get(
     while let Some(mirror) = mirrors.next(None) {
         let url = mirror.url(&request.path).map_err(|_| FillError::BadPath)?;
         let started = std::time::Instant::now();
-        let range = (from > 0 || end.is_some()).then_some((from, end, if_range));
-        let result = cache.upstream.get_range(url, range).await;
+        let result = cache.upstream.passthrough(url, head, range, if_range).await;
         mirrors.observe(&result, started);
         match result {
             Ok(r) if r.status().is_server_error() => {

@@ -349,6 +349,26 @@ impl Cache {
 
     /// A fresh entry, or the fill to follow (joined or started).
     pub async fn lookup(self: &Arc<Self>, request: &FillRequest) -> Result<Lookup, StorageError> {
+        match self.look_up(request, true).await? {
+            Some(found) => Ok(found),
+            None => unreachable!("a look-up that may start a fill always finds something"),
+        }
+    }
+
+    /// A fresh entry or a fill in progress to join; `None` when only a new fill would answer
+    /// (a HEAD or a byte range on a file not cached does not start one).
+    pub async fn lookup_existing(
+        self: &Arc<Self>,
+        request: &FillRequest,
+    ) -> Result<Option<Lookup>, StorageError> {
+        self.look_up(request, false).await
+    }
+
+    async fn look_up(
+        self: &Arc<Self>,
+        request: &FillRequest,
+        start: bool,
+    ) -> Result<Option<Lookup>, StorageError> {
         // A copy that an index contradicts is neither served nor kept as a fallback.
         let agrees = |m: &Arc<EntryMeta>| {
             request
@@ -358,21 +378,24 @@ impl Cache {
         };
         let stored = self.entry(&request.key).await?.filter(agrees);
         if let Some(meta) = stored.as_ref().filter(|m| m.is_fresh(unix_now())) {
-            return Ok(Lookup::Hit(meta.clone()));
+            return Ok(Some(Lookup::Hit(meta.clone())));
         }
         let mut fills = self.fills.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some((rx, since)) = fills.get(&request.key) {
-            return Ok(Lookup::Fill {
+            return Ok(Some(Lookup::Fill {
                 rx: rx.clone(),
                 stale: stored,
                 since: *since,
-            });
+            }));
         }
         // A fill may have committed between the look-up above and taking the lock.
         let current = self.indexed(&request.key).filter(agrees).or(stored);
 
         if let Some(meta) = current.as_ref().filter(|m| m.is_fresh(unix_now())) {
-            return Ok(Lookup::Hit(meta.clone()));
+            return Ok(Some(Lookup::Hit(meta.clone())));
+        }
+        if !start {
+            return Ok(None);
         }
         let (tx, rx) = watch::channel(FillState::Pending);
         let since = Instant::now();
@@ -384,11 +407,11 @@ impl Cache {
             current.clone(),
             tx,
         ));
-        Ok(Lookup::Fill {
+        Ok(Some(Lookup::Fill {
             rx,
             stale: current,
             since,
-        })
+        }))
     }
 
     fn fill_finished(&self, key: &CacheKey) {

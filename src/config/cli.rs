@@ -97,6 +97,10 @@ pub struct Cli {
     /// (loopback, private and link-local addresses are refused otherwise) [env: APT_PROXY_ALLOW_PRIVATE_UPSTREAMS]
     #[arg(long = "allow-private-upstreams", help_heading = "Security")]
     pub allow_private_upstreams: Option<String>,
+    /// Comma-separated CIDRs of the clients that may use the proxy; others get 403 [default:
+    /// everyone] [env: APT_PROXY_ALLOWED_CLIENTS]
+    #[arg(long = "allowed-clients", help_heading = "Security")]
+    pub allowed_clients: Option<String>,
 
     /// Cache storage backend: disk or s3 [env: APT_PROXY_STORAGE_BACKEND] [default: disk]
     #[arg(long = "storage-backend", help_heading = "Storage")]

@@ -90,6 +90,7 @@ pub struct SecuritySection {
     pub api_rate_limit_per_minute: Option<u32>,
     pub trusted_proxies: Option<Vec<String>>,
     pub allow_private_upstreams: Option<Vec<String>>,
+    pub allowed_clients: Option<Vec<String>>,
 }
 
 /// Expands `${VAR}` and `${VAR:-default}`. A bare `$VAR` is left alone, and so is `${VAR}`

@@ -91,6 +91,8 @@ pub struct Security {
     /// Internal networks that upstream URLs the operator did not write (redirect targets,
     /// geo-list mirrors) may still lead to.
     pub allow_private_upstreams: Vec<IpNet>,
+    /// Clients that may use the proxy (the TCP peer); empty: everyone.
+    pub allowed_clients: Vec<IpNet>,
 }
 
 /// Timeouts and freshness windows. Defaults suit production; tests shorten them.
@@ -175,6 +177,7 @@ impl Config {
                 api_rate_limit_per_minute: 60,
                 trusted_proxies: Vec::new(),
                 allow_private_upstreams: Vec::new(),
+                allowed_clients: Vec::new(),
             },
             otlp_traces_url: None,
             tuning: Tuning::default(),
@@ -367,12 +370,18 @@ impl Config {
             security.allow_private_upstreams,
             "private upstreams (--allow-private-upstreams, APT_PROXY_ALLOW_PRIVATE_UPSTREAMS, security.allow_private_upstreams)",
         )?;
+        let allowed_clients = cidr_list(
+            pick(cli.allowed_clients, env, "APT_PROXY_ALLOWED_CLIENTS", None)?,
+            security.allowed_clients,
+            "allowed clients (--allowed-clients, APT_PROXY_ALLOWED_CLIENTS, security.allowed_clients)",
+        )?;
         config.security = Security {
             api_key,
             api_auth,
             api_rate_limit_per_minute: rate,
             trusted_proxies,
             allow_private_upstreams,
+            allowed_clients,
         };
 
         let backend = pick(

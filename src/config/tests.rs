@@ -72,6 +72,7 @@ fn defaults_without_anything() {
             api_rate_limit_per_minute: 60,
             trusted_proxies: vec![],
             allow_private_upstreams: vec![],
+            allowed_clients: vec![],
         }
     );
     assert!(notes.is_empty(), "{notes:?}");

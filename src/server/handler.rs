@@ -158,6 +158,16 @@ async fn answer(
     request: Request<Incoming>,
     peer: IpAddr,
 ) -> (Response<Body>, Option<Routed>) {
+    let allowed = &state.security.allowed_clients;
+    if !allowed.is_empty() && !allowed.iter().any(|net| net.contains(&peer)) {
+        return (
+            text(
+                StatusCode::FORBIDDEN,
+                "this address may not use the proxy (--allowed-clients)",
+            ),
+            None,
+        );
+    }
     if let Some(response) = crate::admin::management(state, &request, peer).await {
         return (response, None);
     }
@@ -248,7 +258,20 @@ async fn answer_from_cache(
     head_only: bool,
 ) -> Response<Body> {
     let key = &fill.key;
-    let lookup = match state.cache.lookup(&fill).await {
+    // Only a whole GET fills the cache: a HEAD or a byte range of a file not cached (nor being
+    // fetched) is asked of the mirror and passed on, so that neither makes the proxy download
+    // a whole file that nobody reads.
+    let partial = head_only || headers.contains_key(http::header::RANGE);
+    let lookup = if partial {
+        match state.cache.lookup_existing(&fill).await {
+            Ok(Some(l)) => Ok(l),
+            Ok(None) => return forward(state, &fill, headers, head_only).await,
+            Err(e) => Err(e),
+        }
+    } else {
+        state.cache.lookup(&fill).await
+    };
+    let lookup = match lookup {
         Ok(l) => l,
         Err(e) => {
             tracing::error!(key = %key, error = %e, "cache look-up failed");
@@ -338,20 +361,84 @@ async fn answer_from_cache(
                 tracing::warn!(key = %key, error = %error, "mirror failed; serving the cached copy");
                 stored(state, key, &meta, headers, head_only, "HIT").await
             }
-            None => {
-                let status = match &*error {
-                    FillError::Upstream(UpstreamError::Timeout { .. }) => {
-                        StatusCode::GATEWAY_TIMEOUT
-                    }
-                    FillError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
-                    FillError::BadPath => StatusCode::BAD_REQUEST,
-                    _ => StatusCode::BAD_GATEWAY,
-                };
-                text(status, error.to_string())
-            }
+            None => fill_error(&error),
         },
         FillState::Pending => text(StatusCode::BAD_GATEWAY, "fill abandoned"),
     }
+}
+
+/// Answers a HEAD or a byte range of a file that is not cached from the mirror's answer to the
+/// same request (`X-Cache: MISS`), without storing anything.
+async fn forward(
+    state: &AppState,
+    fill: &FillRequest,
+    headers: &HeaderMap,
+    head_only: bool,
+) -> Response<Body> {
+    let value = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    let range = if head_only {
+        None
+    } else {
+        value(http::header::RANGE)
+    };
+    let answer = crate::cache::fill::unstored_get(
+        &state.cache,
+        fill,
+        head_only,
+        range,
+        range.and(value(http::header::IF_RANGE)),
+    )
+    .await;
+    let response = match answer {
+        Ok(r) => r,
+        Err(e) => return fill_error(&e),
+    };
+    let status = response.status().as_u16();
+    if status >= 500 {
+        return text(StatusCode::BAD_GATEWAY, format!("mirror answered {status}"));
+    }
+    let mut builder = Response::builder().status(status).header("x-cache", "MISS");
+    for name in [
+        CONTENT_TYPE,
+        CONTENT_LENGTH,
+        http::header::CONTENT_RANGE,
+        http::header::ACCEPT_RANGES,
+        http::header::ETAG,
+        http::header::LAST_MODIFIED,
+    ] {
+        if let Some(v) = response.headers().get(&name) {
+            builder = builder.header(name, v.clone());
+        }
+    }
+    let body = if head_only {
+        body::empty()
+    } else {
+        let served = state
+            .cache
+            .metrics()
+            .bytes_served
+            .get_or_create(&SourceLabel { source: "upstream" })
+            .clone();
+        body::unstored(response, served)
+    };
+    builder
+        .body(body)
+        .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "bad response head"))
+}
+
+/// The answer to a client when the mirrors could not be asked.
+fn fill_error(e: &FillError) -> Response<Body> {
+    let status = match e {
+        FillError::Upstream(UpstreamError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
+        FillError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        FillError::BadPath => StatusCode::BAD_REQUEST,
+        _ => StatusCode::BAD_GATEWAY,
+    };
+    text(status, e.to_string())
 }
 
 /// Serves a file the cache does not store, straight from the mirror: the fill's own response
@@ -400,7 +487,7 @@ async fn unstored(
     if let Some(response) = taken {
         return respond(&head, Some(response));
     }
-    match crate::cache::fill::unstored_get(&state.cache, fill, 0, None, None).await {
+    match crate::cache::fill::unstored_get(&state.cache, fill, false, None, None).await {
         Ok(response) if matches!(response.status().as_u16(), 200 | 404) => {
             let head = Head::of(&response);
             respond(&head, Some(response))
@@ -409,14 +496,7 @@ async fn unstored(
             StatusCode::BAD_GATEWAY,
             format!("mirror answered {}", response.status().as_u16()),
         ),
-        Err(e) => text(
-            match e {
-                FillError::Upstream(UpstreamError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
-                FillError::BadPath => StatusCode::BAD_REQUEST,
-                _ => StatusCode::BAD_GATEWAY,
-            },
-            e.to_string(),
-        ),
+        Err(e) => fill_error(&e),
     }
 }
 

@@ -46,6 +46,8 @@ pub struct AppState {
     pub activity: RecentActivity,
     /// Per-IP limit on `/api/*`.
     pub limiter: RateLimiter,
+    /// Per-IP limit on refused API keys, kept apart so they never use up `limiter`.
+    pub auth_failures: RateLimiter,
     /// Whether the listener serves HTTPS (HSTS header).
     pub tls: bool,
     /// The OTLP span exporter, when tracing is on.
@@ -106,6 +108,13 @@ impl Server {
             tracing::info!(file = %path.display(), "loaded distributions config");
         }
         let tls = config.tls.as_ref().map(tls::acceptor).transpose()?;
+        let loopback = config
+            .host
+            .parse::<std::net::IpAddr>()
+            .map_or(config.host == "localhost", |ip| ip.is_loopback());
+        if !config.security.api_auth && !loopback {
+            tracing::warn!(host = %config.host, "the management API (/api/*) has no key and listens beyond loopback: anyone who reaches it can purge the cache or reload; set --api-key");
+        }
         let store = DiskStore::open(&config.cache_dir)?;
         let upstream = Upstream::new(config.upstream_keep_alive, &config.tuning, &policy)?;
         let cache = Arc::new(Cache::new(
@@ -134,6 +143,7 @@ impl Server {
             started: std::time::Instant::now(),
             activity: RecentActivity::default(),
             limiter: RateLimiter::new(config.security.api_rate_limit_per_minute),
+            auth_failures: RateLimiter::new(config.security.api_rate_limit_per_minute),
             tls: tls.is_some(),
             tracer: config.otlp_traces_url.clone().map(|url| {
                 tracing::info!(url, "exporting traces over OTLP/HTTP");
@@ -192,7 +202,8 @@ impl Server {
                     Ok((stream, peer)) => {
                         let _ = stream.set_nodelay(true);
                         let state = self.state.clone();
-                        let peer = peer.ip();
+                        // A dual-stack listener's IPv4 clients arrive as ::ffff:a.b.c.d.
+                        let peer = peer.ip().to_canonical();
                         let service = service_fn(move |req| handler::handle(state.clone(), peer, req));
                         let watcher = graceful.watcher();
                         let builder = builder.clone();

@@ -78,8 +78,11 @@ impl Binary {
     }
 
     fn spawn(mut command: Command, cache: &Path, args: &[&str], env: &[(&str, &str)]) -> Binary {
+        if !args.contains(&"--host") {
+            command.args(["--host", "127.0.0.1"]);
+        }
         let mut child = command
-            .args(["--host", "127.0.0.1", "--port", "0"])
+            .args(["--port", "0"])
             .args(args)
             .arg("--cachedir")
             .arg(cache)

@@ -5,6 +5,7 @@
 mod origin;
 
 mod capacity;
+mod clients;
 mod config;
 mod consistency;
 mod crash;

@@ -56,6 +56,7 @@ struct File {
 /// A request the origin received.
 #[derive(Clone, Debug)]
 pub struct Seen {
+    pub method: String,
     pub path: String,
     pub status: u16,
     pub headers: HeaderMap,
@@ -220,6 +221,7 @@ async fn answer(inner: Arc<Inner>, req: Request<Incoming>) -> Result<Response<Bo
         Some(file) => build(&inner, &file, req.headers()),
     };
     inner.seen.lock().unwrap().push(Seen {
+        method: req.method().to_string(),
         path,
         status,
         headers: req.headers().clone(),
@@ -262,16 +264,24 @@ fn build(inner: &Arc<Inner>, file: &File, headers: &HeaderMap) -> (u16, Response
         },
         _ => false,
     };
+    // `bytes=N-` or `bytes=N-M`.
     let range_from = headers
         .get("range")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
-            v.strip_prefix("bytes=")?
-                .strip_suffix('-')?
-                .parse::<usize>()
-                .ok()
+            let (from, to) = v.strip_prefix("bytes=")?.split_once('-')?;
+            let from = from.parse::<usize>().ok()?;
+            let to = match to {
+                "" => file.body.len(),
+                to => to
+                    .parse::<usize>()
+                    .ok()?
+                    .saturating_add(1)
+                    .min(file.body.len()),
+            };
+            (from < to).then_some((from, to))
         })
-        .filter(|&from| from < file.body.len())
+        .filter(|&(from, _)| from < file.body.len())
         .filter(|_| {
             matches!(
                 file.behavior,
@@ -280,10 +290,9 @@ fn build(inner: &Arc<Inner>, file: &File, headers: &HeaderMap) -> (u16, Response
         });
     let mut response = if not_modified {
         respond(304, full(""))
-    } else if let Some(from) = range_from {
-        // Byte ranges are served for whole files only: `bytes=N-`.
+    } else if let Some((from, to)) = range_from {
         let len = file.body.len();
-        let rest = file.body.slice(from..);
+        let rest = file.body.slice(from..to);
         let body = match &file.behavior {
             Behavior::Slow { chunk, delay } | Behavior::Unsized { chunk, delay } => {
                 paced(rest, *chunk, *delay, None, None)
@@ -292,10 +301,10 @@ fn build(inner: &Arc<Inner>, file: &File, headers: &HeaderMap) -> (u16, Response
         };
         let mut r = respond(206, body);
         r.headers_mut()
-            .insert("content-length", ((len - from) as u64).into());
+            .insert("content-length", ((to - from) as u64).into());
         r.headers_mut().insert(
             "content-range",
-            format!("bytes {from}-{}/{len}", len - 1).parse().unwrap(),
+            format!("bytes {from}-{}/{len}", to - 1).parse().unwrap(),
         );
         r
     } else {

@@ -107,7 +107,7 @@ async fn head_range_and_conditionals_on_hits() {
 }
 
 #[tokio::test]
-async fn head_on_a_miss_answers_and_warms_the_cache() {
+async fn head_on_a_miss_is_asked_of_the_mirror_and_stores_nothing() {
     let origin = Origin::start().await;
     origin.put("/debian/pool/main/h/head.deb", "0123456789");
     let dir = cache_dir();
@@ -123,9 +123,22 @@ async fn head_on_a_miss_answers_and_warms_the_cache() {
         (200, "MISS".into())
     );
     assert_eq!(head.headers()["content-length"], "10");
+    assert_eq!(origin.seen()[0].method, "HEAD");
     let get = proxy.get("debian/pool/main/h/head.deb").await;
+    assert_eq!(x_cache(&get), "MISS");
     assert_eq!(get.text().await.unwrap(), "0123456789");
-    assert_eq!(origin.hits("/debian/pool/main/h/head.deb"), 1);
+    assert_eq!(origin.hits("/debian/pool/main/h/head.deb"), 2);
+    // Once stored, a HEAD is a hit.
+    let head = client
+        .head(proxy.url("debian/pool/main/h/head.deb"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (head.status().as_u16(), x_cache(&head)),
+        (200, "HIT".into())
+    );
+    assert_eq!(origin.hits("/debian/pool/main/h/head.deb"), 2);
 }
 
 #[tokio::test]
