@@ -67,6 +67,14 @@ impl Cache {
     /// is refused only when even that cannot make room. A refused file is still streamed to its
     /// clients, from the mirror.
     pub(super) async fn admit(self: &Arc<Self>, len: Option<u64>) -> bool {
+        if let Some(len) = len.filter(|&n| n > self.limits.max_object_bytes) {
+            tracing::info!(
+                bytes = len,
+                limit = self.limits.max_object_bytes,
+                "file larger than --max-object-size: streamed, not kept"
+            );
+            return false;
+        }
         if let (Some(len), Some(max)) = (len, self.limits.max_size_bytes)
             && len > max
         {

@@ -93,6 +93,8 @@ pub enum FillError {
     Storage(#[from] StorageError),
     #[error("mirror sent {got} bytes, announced {expected}")]
     Length { expected: u64, got: u64 },
+    #[error("mirror sent more than the largest file stored ({0} bytes)")]
+    TooLarge(u64),
     #[error("mirror sent content that does not match the hash in its URL")]
     Digest,
     #[error("mirror sent a file whose hash differs from the one its index lists")]
@@ -528,12 +530,36 @@ async fn receive(
     let mut replay: Option<u64> = None;
     // Chunks that are already there are written together: one flush and one wake-up per batch.
     let mut chunks = response.bytes_stream().ready_chunks(64);
+    // The minimum rate: at least `floor` bytes in every `window`, else the next mirror.
+    let mut rate = cache.tuning.min_rate.map(|(floor, window)| RateWindow {
+        floor,
+        window,
+        start: tokio::time::Instant::now(),
+        bytes: 0,
+    });
     loop {
-        let Some(batch) = chunks.next().await else {
-            break;
+        let next = match rate.as_ref() {
+            Some(r) => tokio::time::timeout_at(r.start + r.window, chunks.next()).await,
+            None => Ok(chunks.next().await),
         };
         let mut failure: Option<(String, bool)> = None;
-        for item in batch {
+        let batch = match next {
+            Ok(Some(batch)) => batch,
+            Ok(None) => break,
+            // The window ended without a chunk: judged below.
+            Err(_) => Vec::new(),
+        };
+        if let Some(r) = rate.as_mut() {
+            r.bytes += batch
+                .iter()
+                .map(|c| c.as_ref().map_or(0, |b| b.len() as u64))
+                .sum::<u64>();
+            if let Some(why) = r.judge() {
+                tracing::warn!(key = %request.key, mirror = %mirror.base, written, "{why}");
+                failure = Some((why, true));
+            }
+        }
+        for item in batch.into_iter().take_while(|_| failure.is_none()) {
             let chunk = match item {
                 Ok(chunk) => chunk,
                 Err(e) => {
@@ -561,6 +587,10 @@ async fn receive(
             }
             if data.is_empty() {
                 continue;
+            }
+            if written + data.len() as u64 > cache.limits.max_object_bytes {
+                tracing::warn!(key = %request.key, limit = cache.limits.max_object_bytes, "mirror body past the largest file stored; cut");
+                return Err(FillError::TooLarge(cache.limits.max_object_bytes));
             }
             sha256.update(data);
             if let Some(h) = sha512.as_mut() {
@@ -592,6 +622,9 @@ async fn receive(
             mirror = next;
             replay = again.then_some(0);
             chunks = response.bytes_stream().ready_chunks(64);
+            if let Some(r) = rate.as_mut() {
+                r.restart();
+            }
         }
     }
     if replay.is_some() {
@@ -625,6 +658,37 @@ async fn receive(
         written,
         sha256,
     })
+}
+
+/// The minimum transfer rate, judged per window.
+struct RateWindow {
+    floor: u64,
+    window: std::time::Duration,
+    start: tokio::time::Instant,
+    bytes: u64,
+}
+
+impl RateWindow {
+    /// At the end of a window: the failure when it brought fewer than `floor` bytes (else a
+    /// new window starts).
+    fn judge(&mut self) -> Option<String> {
+        if self.start.elapsed() < self.window {
+            return None;
+        }
+        if self.bytes < self.floor {
+            return Some(format!(
+                "mirror too slow: {} bytes in {:?}, at least {} expected",
+                self.bytes, self.window, self.floor
+            ));
+        }
+        self.restart();
+        None
+    }
+
+    fn restart(&mut self) {
+        self.start = tokio::time::Instant::now();
+        self.bytes = 0;
+    }
 }
 
 /// Whether `data` equals the bytes received at `offset` of the temporary body.

@@ -51,6 +51,13 @@ pub struct Cli {
     /// HTTP keep-alive to upstream mirrors [env: APT_PROXY_UPSTREAM_KEEP_ALIVE] [default: true]
     #[arg(long = "upstream-keep-alive", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", help_heading = "Mirrors")]
     pub upstream_keep_alive: Option<bool>,
+    /// Slowest transfer accepted from a mirror, in KiB/s over the window below; a slower one is
+    /// left for the next mirror. 0 disables [env: APT_PROXY_UPSTREAM_MIN_RATE] [default: 10]
+    #[arg(long = "upstream-min-rate", help_heading = "Mirrors")]
+    pub upstream_min_rate: Option<u64>,
+    /// Window of the minimum rate, in seconds [env: APT_PROXY_UPSTREAM_MIN_RATE_WINDOW] [default: 30]
+    #[arg(long = "upstream-min-rate-window", help_heading = "Mirrors")]
+    pub upstream_min_rate_window: Option<u64>,
     /// Path to distributions.yaml [env: APT_PROXY_DISTRIBUTIONS_CONFIG]
     #[arg(long = "distributions-config", help_heading = "Mirrors")]
     pub distributions_config: Option<PathBuf>,
@@ -64,6 +71,10 @@ pub struct Cli {
     /// Maximum cache size in GB, 0 disables [env: APT_PROXY_CACHE_MAX_SIZE] [default: 10]
     #[arg(long = "cache-max-size", help_heading = "Cache")]
     pub cache_max_size: Option<f64>,
+    /// Largest file stored, in GB: a file that announces more is streamed without being
+    /// stored, one without a length is cut there [env: APT_PROXY_MAX_OBJECT_SIZE] [default: 16]
+    #[arg(long = "max-object-size", help_heading = "Cache")]
+    pub max_object_size: Option<f64>,
     /// Cache TTL in hours, 0 disables [env: APT_PROXY_CACHE_TTL] [default: 168]
     #[arg(long = "cache-ttl", help_heading = "Cache")]
     pub cache_ttl: Option<u64>,

@@ -20,6 +20,8 @@ pub struct FileConfig {
     pub security: Option<SecuritySection>,
     pub mode: Option<Mode>,
     pub upstream_keep_alive: Option<bool>,
+    pub upstream_min_rate_kib: Option<u64>,
+    pub upstream_min_rate_window_s: Option<u64>,
     pub distributions_config: Option<PathBuf>,
 }
 
@@ -36,6 +38,7 @@ pub struct ServerSection {
 pub struct CacheSection {
     pub dir: Option<PathBuf>,
     pub max_size_gb: Option<f64>,
+    pub max_object_size_gb: Option<f64>,
     pub ttl_hours: Option<u64>,
     pub cleanup_interval_min: Option<u64>,
 }

@@ -69,6 +69,8 @@ pub struct CacheLimits {
     pub ttl: Option<Duration>,
     /// `None`: no periodic cleanup.
     pub cleanup_interval: Option<Duration>,
+    /// Largest file stored; larger ones are streamed, one without a length is cut there.
+    pub max_object_bytes: u64,
 }
 
 /// PEM files of the HTTPS listener.
@@ -111,6 +113,9 @@ pub struct Tuning {
     pub read_timeout: Duration,
     /// Longest wait for a mirror's response head.
     pub head_timeout: Duration,
+    /// Slowest body accepted from a mirror: fewer than `.0` bytes within any `.1` fails it over
+    /// to the next mirror; `None`: no minimum.
+    pub min_rate: Option<(u64, Duration)>,
     /// Longest a request waits for a mirror to revalidate a stale copy before the copy is
     /// served anyway (the revalidation goes on in the background).
     pub stale_wait: Duration,
@@ -140,6 +145,7 @@ impl Default for Tuning {
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(60),
             head_timeout: Duration::from_secs(10),
+            min_rate: Some((10 * 1024 * 30, Duration::from_secs(30))),
             stale_wait: Duration::from_secs(3),
             shutdown_grace: Duration::from_secs(30),
             access_persist_interval: Duration::from_secs(3600),
@@ -169,6 +175,7 @@ impl Config {
                 max_size_bytes: Some(10 * GIB),
                 ttl: Some(Duration::from_secs(168 * 3600)),
                 cleanup_interval: Some(Duration::from_secs(3600)),
+                max_object_bytes: 16 * GIB,
             },
             tls: None,
             security: Security {
@@ -286,6 +293,48 @@ impl Config {
             cache.max_size_gb,
         )?;
         let ttl_h = pick(cli.cache_ttl, env, "APT_PROXY_CACHE_TTL", cache.ttl_hours)?;
+        let max_object_gb = pick(
+            cli.max_object_size,
+            env,
+            "APT_PROXY_MAX_OBJECT_SIZE",
+            cache.max_object_size_gb,
+        )?;
+        if let Some(gb) = max_object_gb
+            && (!gb.is_finite() || gb <= 0.0)
+        {
+            return Err(ConfigError::Invalid {
+                setting: "largest file stored (--max-object-size, APT_PROXY_MAX_OBJECT_SIZE, cache.max_object_size_gb)",
+                message: format!("{gb} is not a positive size in GB"),
+            });
+        }
+        let min_rate_kib = pick(
+            cli.upstream_min_rate,
+            env,
+            "APT_PROXY_UPSTREAM_MIN_RATE",
+            f.upstream_min_rate_kib,
+        )?
+        .unwrap_or(10);
+        let min_rate_window = pick(
+            cli.upstream_min_rate_window,
+            env,
+            "APT_PROXY_UPSTREAM_MIN_RATE_WINDOW",
+            f.upstream_min_rate_window_s,
+        )?
+        .unwrap_or(30);
+        if min_rate_window == 0 {
+            return Err(ConfigError::Invalid {
+                setting: "minimum mirror rate window (--upstream-min-rate-window, APT_PROXY_UPSTREAM_MIN_RATE_WINDOW, upstream_min_rate_window_s)",
+                message: "must be at least 1 second".into(),
+            });
+        }
+        config.tuning.min_rate = (min_rate_kib > 0).then(|| {
+            (
+                min_rate_kib
+                    .saturating_mul(1024)
+                    .saturating_mul(min_rate_window),
+                Duration::from_secs(min_rate_window),
+            )
+        });
         let cleanup_min = pick(
             cli.cache_cleanup_interval,
             env,
@@ -316,6 +365,9 @@ impl Config {
                 Some(m) => Some(Duration::from_secs(m.saturating_mul(60))),
                 None => config.cache_limits.cleanup_interval,
             },
+            max_object_bytes: max_object_gb.map_or(config.cache_limits.max_object_bytes, |gb| {
+                (gb * GIB as f64) as u64
+            }),
         };
 
         let tls_on =

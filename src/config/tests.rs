@@ -383,3 +383,36 @@ fn search_order_finds_the_home_file() {
         "~/.config/apt-proxy/apt-proxy.yaml comes before ~/.apt-proxy.yaml"
     );
 }
+
+#[test]
+fn largest_file_and_slowest_mirror() {
+    let c = Case::new("cache:\n  max_object_size_gb: 2\nupstream_min_rate_kib: 20\n");
+    let got = c.resolve(&[]).unwrap();
+    assert_eq!(got.cache_limits.max_object_bytes, 2 * GIB);
+    assert_eq!(
+        got.tuning.min_rate,
+        Some((20 * 1024 * 30, Duration::from_secs(30)))
+    );
+    let got = c
+        .env("APT_PROXY_UPSTREAM_MIN_RATE", "0")
+        .resolve(&["--max-object-size", "0.5"])
+        .unwrap();
+    assert_eq!(got.cache_limits.max_object_bytes, GIB / 2);
+    assert_eq!(got.tuning.min_rate, None);
+    let defaults = Case::new("").resolve(&[]).unwrap();
+    assert_eq!(defaults.cache_limits.max_object_bytes, 16 * GIB);
+    assert_eq!(
+        defaults.tuning.min_rate,
+        Some((10 * 1024 * 30, Duration::from_secs(30)))
+    );
+    let err = Case::new("")
+        .resolve(&["--max-object-size", "0"])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--max-object-size"), "{err}");
+    let err = Case::new("")
+        .resolve(&["--upstream-min-rate-window", "0"])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--upstream-min-rate-window"), "{err}");
+}

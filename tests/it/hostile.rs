@@ -170,3 +170,88 @@ async fn index_bombs_are_served_as_received_but_not_parsed() {
         "{text}"
     );
 }
+
+/// Reads a whole body; `Err` when the transfer was cut.
+async fn read_all(r: reqwest::Response) -> Result<Vec<u8>, reqwest::Error> {
+    use futures_util::StreamExt;
+    let mut out = Vec::new();
+    let mut stream = r.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        out.extend_from_slice(&chunk?);
+    }
+    Ok(out)
+}
+
+#[tokio::test]
+async fn a_trickling_mirror_is_left_for_the_next_one() {
+    let trickle = Origin::start().await;
+    let good = Origin::start().await;
+    let path = "/debian/pool/main/t/trickle.deb";
+    let body = data(60_000, 4);
+    trickle.put(path, body.clone());
+    good.put(path, body.clone());
+    // 100 bytes every 100 ms: about 1 KB/s, under a floor of 5,000 bytes a second.
+    trickle.set(
+        path,
+        Behavior::Slow {
+            chunk: 100,
+            delay: std::time::Duration::from_millis(100),
+        },
+    );
+    let dir = cache_dir();
+    let proxy = Proxy::start(&good, dir.path(), |c| {
+        let pins = format!("{},{}", trickle.base("debian"), good.base("debian"));
+        c.mirrors.insert("debian".into(), pins);
+        c.tuning.min_rate = Some((5_000, std::time::Duration::from_secs(1)));
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let r = proxy.get(&path[1..]).await;
+    assert_eq!(read_all(r).await.unwrap(), body);
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+    let ranged = good.seen();
+    assert_eq!(ranged.len(), 1);
+    assert!(ranged[0].headers.contains_key("range"), "{ranged:?}");
+    let text = metrics(&proxy).await;
+    assert!(
+        text.contains(r#"apt_proxy_mirror_failovers_total{distro="debian"} 1"#),
+        "{text}"
+    );
+    assert_eq!(x_cache(&proxy.get(&path[1..]).await), "HIT");
+}
+
+#[tokio::test]
+async fn bodies_past_the_largest_file_stored_are_streamed_or_cut() {
+    let origin = Origin::start().await;
+    let body = data(3 << 20, 5);
+    origin.put("/debian/pool/announced.deb", body.clone());
+    origin.put("/debian/pool/endless.deb", body.clone());
+    origin.set(
+        "/debian/pool/endless.deb",
+        Behavior::Unsized {
+            chunk: 64 << 10,
+            delay: std::time::Duration::ZERO,
+        },
+    );
+    let dir = cache_dir();
+    let proxy = Proxy::start(&origin, dir.path(), |c| {
+        c.cache_limits.max_object_bytes = 1 << 20;
+    })
+    .await;
+    // Announced larger: streamed whole, not stored.
+    for _ in 0..2 {
+        let r = proxy.get("debian/pool/announced.deb").await;
+        assert_eq!(x_cache(&r), "SKIP");
+        assert_eq!(read_all(r).await.unwrap(), body);
+    }
+    // Without a length: cut at the limit, nothing stored.
+    let r = proxy.get("debian/pool/endless.deb").await;
+    let got = read_all(r).await;
+    assert!(
+        got.is_err(),
+        "the transfer is cut, not ended as if complete"
+    );
+    assert_eq!(stored_files(dir.path()), 0);
+    assert_eq!(proxy.get("debian/pool/endless.deb").await.status(), 200);
+    assert_eq!(origin.hits("/debian/pool/endless.deb"), 2);
+}
