@@ -52,6 +52,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
         "http"
     };
     tracing::info!(version = apt_proxy::VERSION, listen = %listen, protocol, "starting apt-proxy");
+    match apt_proxy::server::limits::raise_open_files_limit() {
+        Some((before, after)) if after > before => {
+            tracing::info!(before, after, "raised the open files limit")
+        }
+        Some(_) => {}
+        None => tracing::warn!("could not raise the open files limit"),
+    }
     let server = Server::bind(&config).await?;
     tracing::info!(listen = %server.local_addr()?, protocol = server.protocol(), "proxy listening");
     let reloader = server.reloader();

@@ -26,6 +26,10 @@ pub struct Cli {
     /// Port to listen on [env: APT_PROXY_PORT] [default: 3142]
     #[arg(long, help_heading = "Server")]
     pub port: Option<u16>,
+    /// Open connections allowed per client IP; more are refused at once with 503, 0 disables
+    /// [env: APT_PROXY_MAX_CONNECTIONS_PER_CLIENT] [default: 1024]
+    #[arg(long = "max-connections-per-client", help_heading = "Server")]
+    pub max_connections_per_client: Option<usize>,
     /// Distributions to serve [env: APT_PROXY_MODE] [default: all]
     #[arg(long, value_enum, help_heading = "Server")]
     pub mode: Option<Mode>,

@@ -31,6 +31,7 @@ pub struct ServerSection {
     pub host: Option<String>,
     pub port: Option<u16>,
     pub debug: Option<bool>,
+    pub max_connections_per_client: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

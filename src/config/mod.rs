@@ -41,6 +41,8 @@ pub enum ConfigError {
 pub struct Config {
     pub host: String,
     pub port: u16,
+    /// Open connections per client IP (`None`: no limit).
+    pub max_connections_per_client: Option<usize>,
     pub mode: Mode,
     pub cache_dir: PathBuf,
     /// Mirror choice per distribution id.
@@ -164,6 +166,7 @@ impl Config {
         Config {
             host: "0.0.0.0".into(),
             port: 3142,
+            max_connections_per_client: Some(1024),
             mode: Mode::All,
             cache_dir: cache_dir.into(),
             mirrors: MirrorPins::new(),
@@ -228,6 +231,16 @@ impl Config {
 
         config.host = pick(cli.host, env, "APT_PROXY_HOST", server.host)?.unwrap_or(config.host);
         config.port = pick(cli.port, env, "APT_PROXY_PORT", server.port)?.unwrap_or(config.port);
+        config.max_connections_per_client = match pick(
+            cli.max_connections_per_client,
+            env,
+            "APT_PROXY_MAX_CONNECTIONS_PER_CLIENT",
+            server.max_connections_per_client,
+        )? {
+            Some(0) => None,
+            Some(n) => Some(n),
+            None => config.max_connections_per_client,
+        };
         config.mode = pick(cli.mode, env, "APT_PROXY_MODE", f.mode)?.unwrap_or(config.mode);
         config.debug = pick_bool(cli.debug, env, "APT_PROXY_DEBUG", server.debug)?.unwrap_or(false);
         config.upstream_keep_alive = pick_bool(

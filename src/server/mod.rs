@@ -2,6 +2,7 @@
 //! each request through [`handler`], and shuts down gracefully.
 
 pub mod handler;
+pub mod limits;
 pub mod reload;
 mod tls;
 
@@ -76,6 +77,7 @@ pub enum StartError {
 /// A bound, not yet running server.
 pub struct Server {
     listener: TcpListener,
+    per_client: Arc<limits::PerClient>,
     state: Arc<AppState>,
     tls: Option<TlsAcceptor>,
     grace: Duration,
@@ -156,6 +158,7 @@ impl Server {
         tokio::spawn(selector.run(move || sets.mirror_sets()));
         Ok(Server {
             listener,
+            per_client: limits::PerClient::new(config.max_connections_per_client),
             state,
             tls,
             grace: config.tuning.shutdown_grace,
@@ -200,10 +203,15 @@ impl Server {
             tokio::select! {
                 accepted = self.listener.accept() => match accepted {
                     Ok((stream, peer)) => {
-                        let _ = stream.set_nodelay(true);
-                        let state = self.state.clone();
                         // A dual-stack listener's IPv4 clients arrive as ::ffff:a.b.c.d.
                         let peer = peer.ip().to_canonical();
+                        let Some(admitted) = self.per_client.admit(peer) else {
+                            tracing::debug!(client = %peer, "connection refused: too many open from this address");
+                            tokio::spawn(limits::refuse(stream));
+                            continue;
+                        };
+                        let _ = stream.set_nodelay(true);
+                        let state = self.state.clone();
                         let service = service_fn(move |req| handler::handle(state.clone(), peer, req));
                         let watcher = graceful.watcher();
                         let builder = builder.clone();
@@ -211,6 +219,7 @@ impl Server {
                             None => {
                                 let conn = watcher.watch(builder.serve_connection(TokioIo::new(stream), service));
                                 tokio::spawn(async move {
+                                    let _admitted = admitted;
                                     if let Err(e) = conn.await {
                                         tracing::debug!(error = %e, "connection ended with an error");
                                     }
@@ -218,6 +227,7 @@ impl Server {
                             }
                             Some(acceptor) => {
                                 tokio::spawn(async move {
+                                    let _admitted = admitted;
                                     let handshake = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await;
                                     let Ok(Ok(stream)) = handshake else {
                                         tracing::debug!("TLS handshake failed or timed out");

@@ -250,3 +250,68 @@ async fn heads_ranges_and_query_strings_cannot_make_the_proxy_download_whole_fil
     }
     assert_eq!(origin.hits("/debian/pool/q.deb"), 1);
 }
+
+/// A connection to `to` from the loopback address `from`.
+async fn connect_from(from: &str, to: std::net::SocketAddr) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    socket.connect(to).await.unwrap()
+}
+
+async fn exchange(mut stream: tokio::net::TcpStream, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = stream.write_all(request.as_bytes()).await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn one_client_cannot_take_every_connection() {
+    let origin = Origin::start().await;
+    origin.put("/debian/pool/a.deb", "a");
+    let dir = cache_dir();
+    let proxy = Proxy::start(&origin, dir.path(), |c| {
+        c.max_connections_per_client = Some(5);
+    })
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        held.push(connect_from("127.0.0.1", proxy.addr).await);
+    }
+    // The sixth from the same address is refused at once.
+    let started = std::time::Instant::now();
+    let refused = exchange(
+        connect_from("127.0.0.1", proxy.addr).await,
+        "GET /debian/pool/a.deb HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await;
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+    assert!(refused.contains("too many open connections"), "{refused}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    // Another client is served meanwhile.
+    let other = exchange(
+        connect_from("127.0.0.2", proxy.addr).await,
+        "GET /debian/pool/a.deb HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(other.starts_with("HTTP/1.1 200"), "{other}");
+    // A connection closed frees its place.
+    held.pop();
+    let again = async {
+        loop {
+            let answer = exchange(
+                connect_from("127.0.0.1", proxy.addr).await,
+                "GET /debian/pool/a.deb HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            )
+            .await;
+            if answer.starts_with("HTTP/1.1 200") {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), again)
+        .await
+        .expect("a place frees up");
+}
