@@ -132,6 +132,26 @@ impl Cache {
             .await;
     }
 
+    /// Drops an entry whose body turned out damaged (truncated, changed, unreadable), from
+    /// memory and storage, unless a newer version replaced it meanwhile; counted in
+    /// `apt_proxy_cache_damaged_entries_total`.
+    pub fn drop_damaged(self: &Arc<Self>, key: &CacheKey, meta: &Arc<EntryMeta>) {
+        let mut entries = self.entries();
+        if entries
+            .peek(key)
+            .is_some_and(|slot| slot.meta.body == meta.body)
+        {
+            entries.remove(key);
+        }
+        drop(entries);
+        self.hot.remove(&meta.body);
+        self.update_gauges();
+        self.metrics.cache_damaged.inc();
+        let cache = self.clone();
+        let (key, meta) = (key.clone(), meta.clone());
+        tokio::spawn(async move { cache.delete(vec![(key, meta)]).await });
+    }
+
     /// Records a storage problem (full or failing disk) for the health check; logged at most
     /// once a minute.
     pub(super) fn storage_failed(&self, problem: &str) {

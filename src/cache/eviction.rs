@@ -34,6 +34,14 @@ pub struct Entries {
 }
 
 impl Entries {
+    /// Every entry's key and metadata (for a scrub).
+    pub fn metas(&self) -> Vec<(CacheKey, Arc<EntryMeta>)> {
+        self.map
+            .iter()
+            .map(|(k, s)| (k.clone(), s.meta.clone()))
+            .collect()
+    }
+
     /// The entry for `key`, without touching it.
     pub fn peek(&self, key: &CacheKey) -> Option<&Slot> {
         self.map.get(key)

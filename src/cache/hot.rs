@@ -65,6 +65,15 @@ impl HotBodies {
         }
     }
 
+    /// Drops one body (its entry was found damaged).
+    pub fn remove(&self, body: &str) {
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let (map, total) = &mut *inner;
+        if let Some(old) = map.remove(body) {
+            *total -= cost(body, &old);
+        }
+    }
+
     /// Drops everything (purge).
     pub fn clear(&self) {
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);

@@ -16,6 +16,7 @@ pub mod index;
 pub mod key;
 pub mod meta;
 pub mod policy;
+pub mod scrub;
 pub mod serve;
 
 use std::collections::HashMap;

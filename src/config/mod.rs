@@ -136,6 +136,10 @@ pub struct Tuning {
     pub benchmark: crate::mirror::benchmark::Limits,
     /// Bounds on parsing indexes (Release, Packages).
     pub index_limits: crate::cache::index::IndexLimits,
+    /// Bytes per second the background scrub reads to check stored bodies; 0: no scrub.
+    pub scrub_rate: u64,
+    /// Time between scrubs (the first runs after the start-up scan); `None`: only that one.
+    pub scrub_interval: Option<Duration>,
 }
 
 impl Default for Tuning {
@@ -156,6 +160,8 @@ impl Default for Tuning {
             mirror_demotion: Duration::from_secs(30),
             benchmark: crate::mirror::benchmark::Limits::default(),
             index_limits: crate::cache::index::IndexLimits::default(),
+            scrub_rate: 32 << 20,
+            scrub_interval: Some(Duration::from_secs(7 * 86_400)),
         }
     }
 }

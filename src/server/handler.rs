@@ -279,7 +279,20 @@ async fn answer_from_cache(
         }
     };
     let (mut rx, stale, since) = match lookup {
-        Lookup::Hit(meta) => return stored(state, key, &meta, headers, head_only, "HIT").await,
+        Lookup::Hit(meta) => match stored(state, key, &meta, headers, head_only, "HIT").await {
+            Ok(response) => return response,
+            // The entry is gone: fetch the file again for this client.
+            Err(Unreadable) => match state.cache.lookup(&fill).await {
+                Ok(Lookup::Fill { rx, stale, since }) => (rx, stale, since),
+                Ok(Lookup::Hit(meta)) => {
+                    return stored_or_503(state, key, &meta, headers, head_only, "HIT").await;
+                }
+                Err(e) => {
+                    tracing::error!(key = %key, error = %e, "cache look-up failed");
+                    return text(StatusCode::INTERNAL_SERVER_ERROR, "cache storage failed");
+                }
+            },
+        },
         Lookup::Fill { rx, stale, since } => (rx, stale, since),
     };
     // With a copy in hand, a slow or hung mirror costs the client a few seconds at most: the
@@ -328,7 +341,7 @@ async fn answer_from_cache(
             unstored(state, &fill, head, taken, headers, head_only).await
         }
         FillState::Done { meta, revalidated } => {
-            stored(
+            stored_or_503(
                 state,
                 key,
                 &meta,
@@ -341,7 +354,7 @@ async fn answer_from_cache(
         FillState::Passthrough { status } => match stale.filter(|_| status >= 500) {
             Some(meta) => {
                 tracing::warn!(key = %key, status, "mirror failed; serving the cached copy");
-                stored(state, key, &meta, headers, head_only, "HIT").await
+                stored_or_503(state, key, &meta, headers, head_only, "HIT").await
             }
             None => {
                 // A mirror's own failure is ours to report as a gateway error; its other answers
@@ -359,7 +372,7 @@ async fn answer_from_cache(
         FillState::Failed(error) => match stale {
             Some(meta) => {
                 tracing::warn!(key = %key, error = %error, "mirror failed; serving the cached copy");
-                stored(state, key, &meta, headers, head_only, "HIT").await
+                stored_or_503(state, key, &meta, headers, head_only, "HIT").await
             }
             None => fill_error(&error),
         },
@@ -546,18 +559,20 @@ fn following(
         .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "bad response head"))
 }
 
-/// A stored body that cannot be read: the entry is forgotten (the next request refills it)
-/// and this one is told to retry.
-fn unreadable(state: &AppState, key: &CacheKey, error: &str) -> Response<Body> {
-    tracing::error!(key = %key, error, "cached body unreadable; entry dropped");
-    state.cache.forget(key);
-    text(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "cached file unreadable, try again",
-    )
+/// A stored body that cannot be read: the entry is dropped, from memory and storage, and
+/// counted; the file is fetched again.
+fn unreadable(state: &AppState, key: &CacheKey, meta: &Arc<EntryMeta>, error: &str) -> Unreadable {
+    tracing::error!(key = %key, error, "cached body unreadable or damaged; entry dropped");
+    state.cache.drop_damaged(key, meta);
+    Unreadable
 }
 
-/// Serves a stored entry.
+/// A stored body that could not be read, or whose file no longer has its entry's length
+/// (truncated or replaced behind the proxy's back): the entry was dropped.
+struct Unreadable;
+
+/// Serves a stored entry; `Err` when its body turned out unreadable (the entry is then
+/// dropped, and the caller fetches the file again or says so).
 async fn stored(
     state: &AppState,
     key: &CacheKey,
@@ -565,7 +580,7 @@ async fn stored(
     headers: &HeaderMap,
     head_only: bool,
     cache_status: &'static str,
-) -> Response<Body> {
+) -> Result<Response<Body>, Unreadable> {
     let rep = Representation {
         status: meta.status,
         len: Some(meta.len),
@@ -582,7 +597,19 @@ async fn stored(
         Some((start, end)) if !head_only && plan != Plan::NotModified => {
             let cache = state.cache.clone();
             let m = meta.clone();
-            let open = move || cache.store().open_body(&m).map_err(std::io::Error::other);
+            // The file must still have the entry's length: a body truncated or grown behind
+            // the proxy's back is never served.
+            let open = move || {
+                let file = cache.store().open_body(&m).map_err(std::io::Error::other)?;
+                let len = file.metadata()?.len();
+                if len != m.len {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("body file has {len} bytes, its entry {}", m.len),
+                    ));
+                }
+                Ok(file)
+            };
             let source = if cache_status == "HIT" {
                 "cache"
             } else {
@@ -606,28 +633,48 @@ async fn stored(
                     Ok(bytes) if bytes.len() as u64 == meta.len => {
                         served.inc_by(end - start);
                         let body = body::full(bytes.slice(start as usize..end as usize));
-                        return builder.body(body).unwrap_or_else(|_| {
+                        return Ok(builder.body(body).unwrap_or_else(|_| {
                             text(StatusCode::INTERNAL_SERVER_ERROR, "bad response head")
-                        });
+                        }));
                     }
                     Ok(bytes) => {
-                        return unreadable(
+                        return Err(unreadable(
                             state,
                             key,
+                            meta,
                             &format!("{} bytes, expected {}", bytes.len(), meta.len),
-                        );
+                        ));
                     }
-                    Err(e) => return unreadable(state, key, &e.to_string()),
+                    Err(e) => return Err(unreadable(state, key, meta, &e.to_string())),
                 }
             }
             match body::open_stored(open, start, end, served).await {
                 Ok(b) => b,
-                Err(e) => return unreadable(state, key, &e.to_string()),
+                Err(e) => return Err(unreadable(state, key, meta, &e.to_string())),
             }
         }
         _ => body::empty(),
     };
-    builder
+    Ok(builder
         .body(body)
-        .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "bad response head"))
+        .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "bad response head")))
+}
+
+/// [`stored`] for answers that cannot fetch the file again: an unreadable body is a 503.
+async fn stored_or_503(
+    state: &AppState,
+    key: &CacheKey,
+    meta: &Arc<EntryMeta>,
+    headers: &HeaderMap,
+    head_only: bool,
+    cache_status: &'static str,
+) -> Response<Body> {
+    stored(state, key, meta, headers, head_only, cache_status)
+        .await
+        .unwrap_or_else(|Unreadable| {
+            text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cached file unreadable, try again",
+            )
+        })
 }

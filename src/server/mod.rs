@@ -130,6 +130,7 @@ impl Server {
         let started = SystemTime::now();
         tokio::spawn(async move { loader.load_index(started).await });
         tokio::spawn(cache.clone().run_cleanups());
+        tokio::spawn(cache.clone().run_scrubs());
         let addr = format!("{}:{}", config.host, config.port);
         let listener = TcpListener::bind((config.host.as_str(), config.port))
             .await

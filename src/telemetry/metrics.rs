@@ -44,6 +44,7 @@ pub struct Metrics {
     pub mirror_failovers: Family<DistroLabel, Counter>,
     pub mirror_benchmarks: Family<DistroLabel, Counter>,
     pub index_unparsed: Family<DistroLabel, Counter>,
+    pub cache_damaged: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -77,6 +78,7 @@ impl Metrics {
         let mirror_failovers = Family::<DistroLabel, Counter>::default();
         let mirror_benchmarks = Family::<DistroLabel, Counter>::default();
         let index_unparsed = Family::<DistroLabel, Counter>::default();
+        let cache_damaged = Counter::default();
         registry.register(
             "apt_proxy_cache_hits",
             "Requests answered from the cache",
@@ -142,6 +144,11 @@ impl Metrics {
             "Indexes served but not parsed (past a parsing limit, or unreadable): the files they list are not verified against them",
             index_unparsed.clone(),
         );
+        registry.register(
+            "apt_proxy_cache_damaged_entries",
+            "Stored entries dropped because their body was truncated, changed or unreadable",
+            cache_damaged.clone(),
+        );
         Metrics {
             registry,
             cache_hits,
@@ -157,6 +164,7 @@ impl Metrics {
             mirror_failovers,
             mirror_benchmarks,
             index_unparsed,
+            cache_damaged,
         }
     }
 

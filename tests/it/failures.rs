@@ -207,3 +207,94 @@ async fn a_hung_mirror_delays_a_stale_copy_by_seconds_not_minutes() {
     // The second request joined the revalidation still hanging; only one went upstream.
     assert_eq!(origin.hits(index), 2);
 }
+
+/// The body file of the only stored entry.
+fn only_body(dir: &std::path::Path) -> std::path::PathBuf {
+    let bodies: Vec<_> = walk(&dir.join("data"))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "body"))
+        .collect();
+    assert_eq!(bodies.len(), 1, "{bodies:?}");
+    bodies[0].clone()
+}
+
+async fn damaged_count(proxy: &Proxy) -> String {
+    proxy
+        .text("metrics")
+        .await
+        .lines()
+        .find(|l| l.starts_with("apt_proxy_cache_damaged_entries_total"))
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[tokio::test]
+async fn a_body_truncated_on_disk_is_never_served_but_fetched_again() {
+    let origin = Origin::start().await;
+    let body = data(300_000, 21);
+    origin.put("/debian/pool/main/t/t.deb", body.clone());
+    let dir = cache_dir();
+    let proxy = Proxy::start(&origin, dir.path(), |_| {}).await;
+    assert!(
+        read_all(proxy.get("debian/pool/main/t/t.deb").await)
+            .await
+            .unwrap()
+            == body
+    );
+    let file = only_body(dir.path());
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_len(100_000)
+        .unwrap();
+    let r = proxy.get("debian/pool/main/t/t.deb").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(x_cache(&r), "MISS", "fetched again, not served short");
+    assert!(read_all(r).await.unwrap() == body);
+    assert_eq!(origin.hits("/debian/pool/main/t/t.deb"), 2);
+    assert_eq!(
+        damaged_count(&proxy).await,
+        "apt_proxy_cache_damaged_entries_total 1"
+    );
+    assert_eq!(x_cache(&proxy.get("debian/pool/main/t/t.deb").await), "HIT");
+}
+
+#[tokio::test]
+async fn the_scrub_drops_a_body_changed_on_disk() {
+    let origin = Origin::start().await;
+    let body = data(300_000, 22);
+    origin.put("/debian/pool/main/s/s.deb", body.clone());
+    let dir = cache_dir();
+    // This one only stores the file (its background tasks outlive its stop in this process).
+    let proxy = Proxy::start(&origin, dir.path(), |c| c.tuning.scrub_rate = 0).await;
+    assert!(
+        read_all(proxy.get("debian/pool/main/s/s.deb").await)
+            .await
+            .unwrap()
+            == body
+    );
+    proxy.stop().await;
+    // One byte flipped, same length: only its hash tells.
+    let file = only_body(dir.path());
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[150_000] ^= 0xff;
+    std::fs::write(&file, bytes).unwrap();
+
+    let proxy = Proxy::start(&origin, dir.path(), |c| {
+        c.tuning.scrub_rate = 64 << 20;
+    })
+    .await;
+    let started = Instant::now();
+    while damaged_count(&proxy).await != "apt_proxy_cache_damaged_entries_total 1" {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the scrub found nothing"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = proxy.get("debian/pool/main/s/s.deb").await;
+    assert_eq!(x_cache(&r), "MISS");
+    assert!(read_all(r).await.unwrap() == body);
+    assert_eq!(origin.hits("/debian/pool/main/s/s.deb"), 2);
+}
