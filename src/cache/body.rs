@@ -25,8 +25,14 @@ use futures_util::StreamExt as _;
 /// The body type of every response.
 pub type Body = UnsyncBoxBody<Bytes, io::Error>;
 
-/// Largest single read from a cache file.
-pub const CHUNK: u64 = 256 * 1024;
+/// Largest single read from a cache file, and the most a connection buffers: a client that
+/// stops reading holds one chunk. (32 KiB chunks cost 65 % more CPU per GiB of big hits.)
+pub const CHUNK: u64 = 64 * 1024;
+
+/// The first read of a stored body. Reads then double up to [`CHUNK`] as the client takes
+/// them, so a client that asks for a file and never reads it holds little: the kernel's socket
+/// buffers take the first chunks, the next one waits in the connection.
+const FIRST_CHUNK: u64 = 16 * 1024;
 
 /// Bodies up to this size are read without leaving the async worker.
 const INLINE_READ: u64 = 64 * 1024;
@@ -65,6 +71,7 @@ fn read_at(file: &File, offset: u64, len: u64) -> io::Result<Bytes> {
     Ok(Bytes::from(buf))
 }
 
+/// Reads up to `len` bytes (at most [`CHUNK`]) at `offset`, on the blocking pool.
 async fn read_chunk(file: Arc<File>, offset: u64, len: u64) -> io::Result<Bytes> {
     tokio::task::spawn_blocking(move || read_at(&file, offset, len.min(CHUNK)))
         .await
@@ -89,7 +96,7 @@ pub async fn open_stored(
     let open_and_read = move || -> io::Result<(File, Bytes)> {
         let file = open()?;
         let first = if end > start {
-            read_at(&file, start, (end - start).min(CHUNK))?
+            read_at(&file, start, (end - start).min(FIRST_CHUNK))?
         } else {
             Bytes::new()
         };
@@ -109,23 +116,28 @@ pub async fn open_stored(
     if next >= end {
         return Ok(full(first));
     }
-    let rest = stream::unfold((Arc::new(file), next), move |(file, pos)| {
-        let served = served.clone();
-        async move {
-            if pos >= end {
-                return None;
-            }
-            match read_chunk(file.clone(), pos, end - pos).await {
-                Ok(bytes) if bytes.is_empty() => Some((Err(short()), (file, end))),
-                Ok(bytes) => {
-                    let n = bytes.len() as u64;
-                    served.inc_by(n);
-                    Some((Ok(Frame::data(bytes)), (file, pos + n)))
+    let first_len = first.len() as u64;
+    let rest = stream::unfold(
+        (Arc::new(file), next, first_len * 2),
+        move |(file, pos, chunk)| {
+            let served = served.clone();
+            async move {
+                if pos >= end {
+                    return None;
                 }
-                Err(e) => Some((Err(e), (file, end))),
+                let chunk = chunk.min(CHUNK);
+                match read_chunk(file.clone(), pos, (end - pos).min(chunk)).await {
+                    Ok(bytes) if bytes.is_empty() => Some((Err(short()), (file, end, chunk))),
+                    Ok(bytes) => {
+                        let n = bytes.len() as u64;
+                        served.inc_by(n);
+                        Some((Ok(Frame::data(bytes)), (file, pos + n, chunk * 2)))
+                    }
+                    Err(e) => Some((Err(e), (file, end, chunk))),
+                }
             }
-        }
-    });
+        },
+    );
     let head = stream::once(async move { Ok(Frame::data(first)) });
     Ok(StreamBody::new(futures_util::StreamExt::chain(head, rest)).boxed_unsync())
 }

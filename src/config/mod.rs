@@ -115,6 +115,9 @@ pub struct Tuning {
     pub read_timeout: Duration,
     /// Longest wait for a mirror's response head.
     pub head_timeout: Duration,
+    /// Longest a write to a client may stay blocked (the client stopped reading) before its
+    /// connection is closed.
+    pub client_write_timeout: Duration,
     /// Slowest body accepted from a mirror: fewer than `.0` bytes within any `.1` fails it over
     /// to the next mirror; `None`: no minimum.
     pub min_rate: Option<(u64, Duration)>,
@@ -151,6 +154,7 @@ impl Default for Tuning {
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(60),
             head_timeout: Duration::from_secs(10),
+            client_write_timeout: Duration::from_secs(60),
             min_rate: Some((10 * 1024 * 30, Duration::from_secs(30))),
             stale_wait: Duration::from_secs(3),
             shutdown_grace: Duration::from_secs(30),

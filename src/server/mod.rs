@@ -4,6 +4,7 @@
 pub mod handler;
 pub mod limits;
 pub mod reload;
+mod stall;
 mod tls;
 
 use std::future::Future;
@@ -78,6 +79,8 @@ pub enum StartError {
 pub struct Server {
     listener: TcpListener,
     per_client: Arc<limits::PerClient>,
+    /// How long a write to a client that stopped reading may stay blocked.
+    write_timeout: Duration,
     state: Arc<AppState>,
     tls: Option<TlsAcceptor>,
     grace: Duration,
@@ -160,6 +163,7 @@ impl Server {
         Ok(Server {
             listener,
             per_client: limits::PerClient::new(config.max_connections_per_client),
+            write_timeout: config.tuning.client_write_timeout,
             state,
             tls,
             grace: config.tuning.shutdown_grace,
@@ -197,6 +201,10 @@ impl Server {
             // Not pipeline_flush: with it hyper buffers response bodies without limit, so a
             // client that reads slowly would make the proxy hold a whole file in memory.
             .timer(TokioTimer::new())
+            // hyper asks the body for the next chunk only while less than this is queued: a
+            // client that does not read holds at most one chunk (and request heads are limited
+            // to this size, 431 beyond).
+            .max_buf_size(16 * 1024)
             .header_read_timeout(Duration::from_secs(30));
         tokio::spawn(self.state.reloader.clone().run(Duration::from_millis(500)));
         tracing::info!("server started successfully");
@@ -212,6 +220,7 @@ impl Server {
                             continue;
                         };
                         let _ = stream.set_nodelay(true);
+                        let stream = stall::WriteTimeout::new(stream, self.write_timeout);
                         let state = self.state.clone();
                         let service = service_fn(move |req| handler::handle(state.clone(), peer, req));
                         let watcher = graceful.watcher();

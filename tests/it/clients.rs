@@ -315,3 +315,53 @@ async fn one_client_cannot_take_every_connection() {
         .await
         .expect("a place frees up");
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_disconnected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let origin = Origin::start().await;
+    let body = crate::data(16 << 20, 9);
+    origin.put("/debian/pool/big.deb", body.clone());
+    let dir = cache_dir();
+    let proxy = Proxy::start(&origin, dir.path(), |c| {
+        c.tuning.client_write_timeout = Duration::from_secs(1);
+    })
+    .await;
+    assert!(
+        proxy
+            .get("debian/pool/big.deb")
+            .await
+            .bytes()
+            .await
+            .unwrap()
+            == body
+    );
+
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(b"GET /debian/pool/big.deb HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    // Not reading for a while: the proxy gives up on the connection.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut got)).await;
+    assert!(read.is_ok(), "the connection was closed, not left open");
+    assert!(
+        got.len() < 16 << 20,
+        "the proxy stopped sending ({} bytes)",
+        got.len()
+    );
+    // A client that reads gets everything, however long the transfer takes.
+    assert!(
+        proxy
+            .get("debian/pool/big.deb")
+            .await
+            .bytes()
+            .await
+            .unwrap()
+            == body
+    );
+}
