@@ -140,6 +140,16 @@ struct Routed {
     mirrors: std::sync::Arc<crate::mirror::MirrorSet>,
 }
 
+/// The counter of body bytes served from `source` (`cache` or `upstream`).
+fn served(state: &AppState, source: &'static str) -> prometheus_client::metrics::counter::Counter {
+    state
+        .cache
+        .metrics()
+        .bytes_served
+        .get_or_create(&SourceLabel { source })
+        .clone()
+}
+
 /// A one-line plain-text answer.
 pub fn text(status: StatusCode, message: impl Into<String>) -> Response<Body> {
     let mut message = message.into();
@@ -430,12 +440,7 @@ async fn forward(
     let body = if head_only {
         body::empty()
     } else {
-        let served = state
-            .cache
-            .metrics()
-            .bytes_served
-            .get_or_create(&SourceLabel { source: "upstream" })
-            .clone();
+        let served = served(state, "upstream");
         body::unstored(response, served)
     };
     builder
@@ -480,12 +485,7 @@ async fn unstored(
         let builder = serve::head(&rep, plan, "SKIP");
         let body = match response {
             Some(r) if plan == Plan::Full => {
-                let served = state
-                    .cache
-                    .metrics()
-                    .bytes_served
-                    .get_or_create(&SourceLabel { source: "upstream" })
-                    .clone();
+                let served = served(state, "upstream");
                 body::unstored(r, served)
             }
             _ => body::empty(),
@@ -532,12 +532,7 @@ fn following(
     };
     let plan = serve::plan(&rep, headers);
     let builder = serve::head(&rep, plan, "MISS");
-    let served = state
-        .cache
-        .metrics()
-        .bytes_served
-        .get_or_create(&SourceLabel { source: "upstream" })
-        .clone();
+    let served = served(state, "upstream");
     let body = match plan.body_range(rep.len) {
         Some((start, end)) if !head_only => {
             // A file whose bytes cannot change resumes by range alone; another only while the
@@ -615,12 +610,7 @@ async fn stored(
             } else {
                 "upstream"
             };
-            let served = state
-                .cache
-                .metrics()
-                .bytes_served
-                .get_or_create(&SourceLabel { source })
-                .clone();
+            let served = served(state, source);
             let end = end.unwrap_or(meta.len);
             if meta.len <= hot::MAX_BODY {
                 // Small bodies are answered from memory once read.

@@ -38,6 +38,22 @@ async fn json(proxy: &Binary, path: &str) -> (u16, serde_json::Value) {
     )
 }
 
+/// Asserts that /healthz says `degraded` (still 200) with a storage error containing `why`.
+async fn assert_storage_degraded(proxy: &Binary, why: &str) {
+    let (code, health) = json(proxy, "healthz").await;
+    assert_eq!(
+        (code, &health["status"]),
+        (200, &"degraded".into()),
+        "{health}"
+    );
+    assert!(
+        health["checks"]["storage"]["error"]
+            .to_string()
+            .contains(why),
+        "{health}"
+    );
+}
+
 fn on_tmpfs(size: &str, cache: &std::path::Path, origin: &Origin) -> Binary {
     Binary::start_in_namespace(
         &format!("mount -t tmpfs -o size={size} tmpfs '{}'", cache.display()),
@@ -134,18 +150,7 @@ async fn a_disk_that_fills_mid_download_lets_every_reader_finish() {
     assert!(ranged >= 1, "{:?}", origin.seen());
     let (_, stats) = json(&proxy, "api/cache/stats").await;
     assert_eq!(stats["item_count"], 0, "{stats}");
-    let (code, health) = json(&proxy, "healthz").await;
-    assert_eq!(
-        (code, &health["status"]),
-        (200, &"degraded".into()),
-        "{health}"
-    );
-    assert!(
-        health["checks"]["storage"]["error"]
-            .to_string()
-            .contains("cannot write"),
-        "{health}"
-    );
+    assert_storage_degraded(&proxy, "cannot write").await;
     let listing = proxy.inside(&format!("find '{}' -type f", dir.path().display()));
     assert_eq!(listing.matches(".meta").count(), 0, "{listing}");
     assert_eq!(listing.matches(".part").count(), 0, "{listing}");
@@ -190,17 +195,6 @@ async fn a_read_only_cache_serves_what_it_has_and_streams_the_rest() {
         assert!(body.unwrap() == data(700_000, 4));
     }
     assert_eq!(origin.hits("/debian/pool/new.deb"), 2);
-    let (code, health) = json(&proxy, "healthz").await;
-    assert_eq!(
-        (code, &health["status"]),
-        (200, &"degraded".into()),
-        "{health}"
-    );
-    assert!(
-        health["checks"]["storage"]["error"]
-            .to_string()
-            .contains("not writable"),
-        "{health}"
-    );
+    assert_storage_degraded(&proxy, "not writable").await;
     assert_eq!(json(&proxy, "readyz").await.0, 200);
 }

@@ -4,20 +4,9 @@
 use std::time::{Duration, Instant};
 
 use apt_proxy::config::Tuning;
-use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 
-use crate::{Behavior, Origin, Proxy, cache_dir, data, x_cache};
-
-/// Reads a whole response body; `Err` when the transfer was cut.
-async fn read_all(r: reqwest::Response) -> Result<Vec<u8>, reqwest::Error> {
-    let mut out = Vec::new();
-    let mut stream = r.bytes_stream();
-    while let Some(chunk) = stream.next().await {
-        out.extend_from_slice(&chunk?);
-    }
-    Ok(out)
-}
+use crate::{Behavior, Origin, Proxy, cache_dir, data, read_all, x_cache};
 
 fn leftover_bodies(dir: &std::path::Path) -> usize {
     walk(&dir.join("data"))

@@ -2,7 +2,7 @@
 //! endless and trickling bodies. Nothing it sends may reach an internal address, exhaust
 //! memory or disk, or end up stored.
 
-use crate::{Behavior, Origin, Proxy, cache_dir, data, x_cache};
+use crate::{Behavior, Origin, Proxy, cache_dir, data, read_all, x_cache};
 
 /// Files under the cache's `data/` directory.
 fn stored_files(dir: &std::path::Path) -> usize {
@@ -169,17 +169,6 @@ async fn index_bombs_are_served_as_received_but_not_parsed() {
         text.contains(r#"apt_proxy_index_unparsed_total{distro="debian"} 1"#),
         "{text}"
     );
-}
-
-/// Reads a whole body; `Err` when the transfer was cut.
-async fn read_all(r: reqwest::Response) -> Result<Vec<u8>, reqwest::Error> {
-    use futures_util::StreamExt;
-    let mut out = Vec::new();
-    let mut stream = r.bytes_stream();
-    while let Some(chunk) = stream.next().await {
-        out.extend_from_slice(&chunk?);
-    }
-    Ok(out)
 }
 
 #[tokio::test]

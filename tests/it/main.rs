@@ -157,6 +157,17 @@ pub fn data(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
+/// Reads a whole response body; `Err` when the transfer was cut.
+pub async fn read_all(r: reqwest::Response) -> Result<Vec<u8>, reqwest::Error> {
+    use futures_util::StreamExt;
+    let mut out = Vec::new();
+    let mut stream = r.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        out.extend_from_slice(&chunk?);
+    }
+    Ok(out)
+}
+
 /// The `X-Cache` header of a response.
 pub fn x_cache(response: &reqwest::Response) -> String {
     response
