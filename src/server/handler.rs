@@ -384,6 +384,11 @@ async fn answer_from_cache(
                 tracing::warn!(key = %key, error = %error, "mirror failed; serving the cached copy");
                 stored_or_503(state, key, &meta, headers, head_only, "HIT").await
             }
+            // The cache could not store it (a held index whose write failed): the client
+            // gets the mirror's answer directly.
+            None if matches!(*error, FillError::Storage(_)) => {
+                forward(state, &fill, headers, head_only).await
+            }
             None => fill_error(&error),
         },
         FillState::Pending => text(StatusCode::BAD_GATEWAY, "fill abandoned"),

@@ -198,3 +198,33 @@ async fn a_read_only_cache_serves_what_it_has_and_streams_the_rest() {
     assert_storage_degraded(&proxy, "not writable").await;
     assert_eq!(json(&proxy, "readyz").await.0, 200);
 }
+
+#[tokio::test]
+async fn an_index_held_for_verification_is_still_served_when_the_disk_fills() {
+    use sha2::{Digest, Sha256};
+    let origin = Origin::start().await;
+    // A Packages file the Release names: held until verified, and larger than the disk.
+    let packages = data(12 << 20, 6);
+    let release = format!(
+        "Origin: Test\nSuite: stable\nSHA256:\n {} {} main/binary-amd64/Packages\n",
+        hex::encode(Sha256::digest(&packages)),
+        packages.len()
+    );
+    origin.put("/debian/dists/stable/Release", release);
+    let path = "/debian/dists/stable/main/binary-amd64/Packages";
+    origin.put(path, packages.clone());
+    origin.set(
+        path,
+        Behavior::Unsized {
+            chunk: 256 << 10,
+            delay: Duration::ZERO,
+        },
+    );
+    let dir = cache_dir();
+    let proxy = on_tmpfs("8m", dir.path(), &origin);
+    let (_, release) = fetch(&proxy, "debian/dists/stable/Release").await;
+    assert!(release.is_ok());
+    let (_, body) = fetch(&proxy, &path[1..]).await;
+    assert!(body.unwrap() == packages, "the client got the whole index");
+    assert_storage_degraded(&proxy, "cannot write").await;
+}
