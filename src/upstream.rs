@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::header::{
-    HeaderMap, HeaderValue, IF_MODIFIED_SINCE, IF_NONE_MATCH, RANGE, USER_AGENT,
+    HeaderMap, HeaderValue, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, RANGE, USER_AGENT,
 };
 use url::Url;
 
@@ -69,6 +69,24 @@ pub struct Validators {
     pub last_modified: Option<String>,
 }
 
+/// What to ask a mirror for a path: GET (or HEAD), conditional on a stale copy's validators,
+/// for a byte range (only if the file is still the one `if_range` names).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Ask<'a> {
+    pub head: bool,
+    pub validators: Option<&'a Validators>,
+    /// A `Range` header value, e.g. `bytes=100-`.
+    pub range: Option<&'a str>,
+    pub if_range: Option<&'a str>,
+}
+
+impl Ask<'_> {
+    /// The method, for metrics.
+    pub fn method(&self) -> &'static str {
+        if self.head { "HEAD" } else { "GET" }
+    }
+}
+
 /// A shared client to every mirror.
 #[derive(Debug, Clone)]
 pub struct Upstream {
@@ -115,63 +133,31 @@ impl Upstream {
         })
     }
 
-    /// Sends `GET url`, conditional when `validators` are given, for the bytes from
-    /// `range_from` on when given. Any status is returned; only failures to get a response
-    /// are errors.
-    pub async fn get(
-        &self,
-        url: Url,
-        validators: Option<&Validators>,
-        range_from: Option<u64>,
-    ) -> Result<reqwest::Response, UpstreamError> {
-        let mut request = self.client.get(url);
-        if let Some(from) = range_from {
-            request = request.header(RANGE, format!("bytes={from}-"));
-        }
-        if let Some(v) = validators {
-            if let Some(etag) = v
-                .etag
-                .as_deref()
-                .and_then(|e| HeaderValue::from_str(e).ok())
-            {
-                request = request.header(IF_NONE_MATCH, etag);
-            }
-            if let Some(lm) = v
-                .last_modified
-                .as_deref()
-                .and_then(|e| HeaderValue::from_str(e).ok())
-            {
-                request = request.header(IF_MODIFIED_SINCE, lm);
-            }
-        }
-        self.send(request).await
-    }
-
-    /// Sends `HEAD url`, or `GET url` with a `Range` header (and `If-Range`, so that the range
-    /// is sent only if the file did not change) when given: requests whose answer is passed to
-    /// a client without being stored.
-    pub async fn passthrough(
-        &self,
-        url: Url,
-        head: bool,
-        range: Option<&str>,
-        if_range: Option<&str>,
-    ) -> Result<reqwest::Response, UpstreamError> {
-        let mut request = if head {
+    /// Sends `ask` for `url`. Any status is returned; only failures to get a response are
+    /// errors.
+    pub async fn send(&self, url: Url, ask: &Ask<'_>) -> Result<reqwest::Response, UpstreamError> {
+        let mut request = if ask.head {
             self.client.head(url)
         } else {
             self.client.get(url)
         };
-        if let Some(v) = range.and_then(|v| HeaderValue::from_str(v).ok()) {
-            request = request.header(RANGE, v);
+        let validators = ask.validators.map_or((None, None), |v| {
+            (v.etag.as_deref(), v.last_modified.as_deref())
+        });
+        for (name, value) in [
+            (RANGE, ask.range),
+            (IF_RANGE, ask.if_range),
+            (IF_NONE_MATCH, validators.0),
+            (IF_MODIFIED_SINCE, validators.1),
+        ] {
+            if let Some(v) = value.and_then(|v| HeaderValue::from_str(v).ok()) {
+                request = request.header(name, v);
+            }
         }
-        if let Some(v) = if_range.and_then(|v| HeaderValue::from_str(v).ok()) {
-            request = request.header(reqwest::header::IF_RANGE, v);
-        }
-        self.send(request).await
+        self.timed(request).await
     }
 
-    async fn send(
+    async fn timed(
         &self,
         request: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, UpstreamError> {

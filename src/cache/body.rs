@@ -171,15 +171,14 @@ impl Resume {
             let last = end.map(|e| e.saturating_sub(1).to_string());
             format!("bytes={from}-{}", last.unwrap_or_default())
         });
-        let response = fill::unstored_get(
-            &self.cache,
-            &self.request,
-            false,
-            range.as_deref(),
-            self.if_range.as_deref(),
-        )
-        .await
-        .map_err(|e| io::Error::other(e.to_string()))?;
+        let ask = crate::upstream::Ask {
+            range: range.as_deref(),
+            if_range: self.if_range.as_deref(),
+            ..Default::default()
+        };
+        let response = fill::unstored_get(&self.cache, &self.request, &ask)
+            .await
+            .map_err(|e| io::Error::other(e.to_string()))?;
         let ok = match response.status().as_u16() {
             200 => from == 0 && end.is_none(),
             206 => fill::content_range(&response).is_some_and(|(start, _)| start == from),

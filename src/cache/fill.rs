@@ -18,7 +18,7 @@ use crate::mirror::{MAX_ATTEMPTS, Mirror};
 use crate::storage::StorageError;
 use crate::storage::disk::TempBody;
 use crate::telemetry::metrics::{DistroLabel, UpstreamLabel};
-use crate::upstream::{UpstreamError, Validators};
+use crate::upstream::{Ask, UpstreamError, Validators};
 
 /// Response head of a fill, known before its body.
 #[derive(Debug)]
@@ -166,7 +166,13 @@ async fn fetch(
     let started = std::time::Instant::now();
     let mut mirrors = Attempts::new(cache, request);
     let (mirror, response) = match mirrors
-        .first_answer(&request.path, validators.as_ref())
+        .first_answer(
+            &request.path,
+            &Ask {
+                validators: validators.as_ref(),
+                ..Ask::default()
+            },
+        )
         .await?
     {
         Answer::Response(mirror, response) => (mirror, response),
@@ -246,7 +252,7 @@ async fn fetch(
             (Source::Release, Some(path)) => {
                 tracing::warn!(key = %request.key, "index does not match its Release; fetching it by hash");
                 let mut mirrors = Attempts::new(cache, request);
-                let answer = match mirrors.first_answer(path, None).await? {
+                let answer = match mirrors.first_answer(path, &Ask::default()).await? {
                     Answer::Response(mirror, response) if response.status().as_u16() == 200 => {
                         (mirror, response)
                     }
@@ -352,12 +358,8 @@ impl<'a> Attempts<'a> {
         Some(mirror)
     }
 
-    /// Sends `GET path` to mirror after mirror until one answers without a server error.
-    async fn first_answer(
-        &mut self,
-        path: &str,
-        validators: Option<&Validators>,
-    ) -> Result<Answer, FillError> {
+    /// Sends `ask` for `path` to mirror after mirror until one answers without a server error.
+    async fn first_answer(&mut self, path: &str, ask: &Ask<'_>) -> Result<Answer, FillError> {
         let mut last: Option<Result<u16, UpstreamError>> = None;
         let mut reason: Option<String> = None;
         while let Some(mirror) = self.next(reason.as_deref()) {
@@ -365,8 +367,8 @@ impl<'a> Attempts<'a> {
             // A path that makes no URL is the request's fault, not the mirror's (whether it
             // makes one does not depend on the mirror: every base ends with `/`).
             let url = mirror.url(path).map_err(|_| FillError::BadPath)?;
-            let result = self.cache.upstream.get(url, validators, None).await;
-            self.observe(&result, started);
+            let result = self.cache.upstream.send(url, ask).await;
+            self.observe(ask, &result, started);
             match result {
                 Ok(response) if response.status().is_server_error() => {
                     let status = response.status().as_u16();
@@ -416,12 +418,13 @@ impl<'a> Attempts<'a> {
             let Ok(url) = mirror.url(path) else {
                 return None;
             };
-            let result = self
-                .cache
-                .upstream
-                .get(url, None, ranged.then_some(written))
-                .await;
-            self.observe(&result, started);
+            let range = format!("bytes={written}-");
+            let ask = Ask {
+                range: ranged.then_some(range.as_str()),
+                ..Ask::default()
+            };
+            let result = self.cache.upstream.send(url, &ask).await;
+            self.observe(&ask, &result, started);
             let response = match result {
                 Ok(r) => r,
                 Err(e) => {
@@ -456,6 +459,7 @@ impl<'a> Attempts<'a> {
 
     fn observe(
         &self,
+        ask: &Ask<'_>,
         result: &Result<reqwest::Response, UpstreamError>,
         started: std::time::Instant,
     ) {
@@ -466,7 +470,7 @@ impl<'a> Attempts<'a> {
             .metrics
             .upstream_duration
             .get_or_create(&UpstreamLabel {
-                method: "GET",
+                method: ask.method(),
                 status,
             })
             .observe(started.elapsed().as_secs_f64());
@@ -712,41 +716,23 @@ impl Cache {
     }
 }
 
-/// Sends `GET path` (with `Range` and `If-Range` when given), or `HEAD path`, to the repo's
-/// mirrors in turn until one answers without a server error: the request of a client that
-/// reads a file the cache does not store, the rest of one whose fill could not be written, a
-/// HEAD or a byte range on a file not cached. Nothing is stored.
+/// Sends `ask` for the request's path to the repo's mirrors in turn until one answers without
+/// a server error: the request of a client that reads a file the cache does not store, the
+/// rest of one whose fill could not be written, a HEAD or a byte range on a file not cached.
+/// Nothing is stored.
 pub(crate) async fn unstored_get(
     cache: &Cache,
     request: &FillRequest,
-    head: bool,
-    range: Option<&str>,
-    if_range: Option<&str>,
+    ask: &Ask<'_>,
 ) -> Result<reqwest::Response, FillError> {
-    let mut mirrors = Attempts::new(cache, request);
-    let mut last: Option<FillError> = None;
-    while let Some(mirror) = mirrors.next(None) {
-        let url = mirror.url(&request.path).map_err(|_| FillError::BadPath)?;
-        let started = std::time::Instant::now();
-        let result = cache.upstream.passthrough(url, head, range, if_range).await;
-        mirrors.observe(&result, started);
-        match result {
-            Ok(r) if r.status().is_server_error() => {
-                let why = format!("mirror answered {}", r.status().as_u16());
-                mirror.failed(&why, cache.tuning.mirror_demotion);
-                last = Some(UpstreamError::Transfer { detail: why }.into());
-            }
-            Ok(r) => return Ok(r),
-            Err(e) => {
-                mirror.failed(&e.to_string(), cache.tuning.mirror_demotion);
-                last = Some(e.into());
-            }
+    match Attempts::new(cache, request)
+        .first_answer(&request.path, ask)
+        .await?
+    {
+        Answer::Response(_, response) => Ok(response),
+        Answer::Failed(status) => Err(UpstreamError::Transfer {
+            detail: format!("mirror answered {status}"),
         }
+        .into()),
     }
-    Err(last.unwrap_or_else(|| {
-        UpstreamError::Connect {
-            detail: "no mirror to try".into(),
-        }
-        .into()
-    }))
 }

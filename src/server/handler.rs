@@ -25,7 +25,7 @@ use crate::route::route;
 use crate::telemetry::activity::Activity;
 use crate::telemetry::metrics::SourceLabel;
 use crate::telemetry::tracing::SpanRecord;
-use crate::upstream::UpstreamError;
+use crate::upstream::{Ask, UpstreamError};
 use tokio::sync::watch;
 
 /// Answers one request. Never fails: every problem becomes an HTTP status with a short reason.
@@ -413,23 +413,21 @@ async fn forward(
     } else {
         value(http::header::RANGE)
     };
-    let answer = crate::cache::fill::unstored_get(
-        &state.cache,
-        fill,
-        head_only,
+    let ask = Ask {
+        head: head_only,
         range,
-        range.and(value(http::header::IF_RANGE)),
-    )
-    .await;
+        if_range: range.and(value(http::header::IF_RANGE)),
+        ..Ask::default()
+    };
+    let answer = crate::cache::fill::unstored_get(&state.cache, fill, &ask).await;
     let response = match answer {
         Ok(r) => r,
         Err(e) => return fill_error(&e),
     };
-    let status = response.status().as_u16();
-    if status >= 500 {
-        return text(StatusCode::BAD_GATEWAY, format!("mirror answered {status}"));
-    }
-    let mut builder = Response::builder().status(status).header("x-cache", "MISS");
+    // A mirror's server error was already turned into the next mirror, or an error.
+    let mut builder = Response::builder()
+        .status(response.status())
+        .header("x-cache", "MISS");
     for name in [
         CONTENT_TYPE,
         CONTENT_LENGTH,
@@ -505,7 +503,7 @@ async fn unstored(
     if let Some(response) = taken {
         return respond(&head, Some(response));
     }
-    match crate::cache::fill::unstored_get(&state.cache, fill, false, None, None).await {
+    match crate::cache::fill::unstored_get(&state.cache, fill, &Ask::default()).await {
         Ok(response) if matches!(response.status().as_u16(), 200 | 404) => {
             let head = Head::of(&response);
             respond(&head, Some(response))
