@@ -153,14 +153,30 @@ fn short() -> io::Error {
 /// to the cache (disk full, I/O error): it reads what was written, then asks the mirrors for
 /// the remaining bytes itself. Nothing of that is stored.
 pub struct Resume {
-    pub cache: Arc<Cache>,
-    pub request: FillRequest,
+    cache: Arc<Cache>,
+    request: FillRequest,
     /// `If-Range` for the request: needed when the file may differ between mirrors or over
     /// time (a file whose bytes cannot change needs none).
-    pub if_range: Option<String>,
+    if_range: Option<String>,
 }
 
 impl Resume {
+    /// How readers of the fill of `request` (whose response head is `head`) continue after a
+    /// storage failure: a file whose bytes cannot change by range alone, another only while
+    /// the mirror's validator still matches; `None` for a file without one (cut instead).
+    pub fn of(cache: &Arc<Cache>, request: &FillRequest, head: &fill::Head) -> Option<Arc<Resume>> {
+        let if_range = if request.resumable() {
+            None
+        } else {
+            Some(head.if_range()?)
+        };
+        Some(Arc::new(Resume {
+            cache: cache.clone(),
+            request: request.clone(),
+            if_range,
+        }))
+    }
+
     /// The mirror's body for bytes `from..end`.
     async fn rest(
         &self,

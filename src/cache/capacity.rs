@@ -88,7 +88,8 @@ impl Cache {
         let now = unix_now();
         if let (Some(len), Some(max)) = (len, self.limits.max_size_bytes) {
             let evicted = self.entries().evict(now, Some(max - len), None);
-            self.remove_now(evicted).await;
+            self.delete(self.evicted(evicted, "to make room for a new one"))
+                .await;
         }
         let Some((free, total)) = self.store.space() else {
             return true;
@@ -106,7 +107,8 @@ impl Cache {
         let held = self.entries().total_bytes();
         if held >= short {
             let evicted = self.entries().evict(now, Some(held - short), None);
-            self.remove_now(evicted).await;
+            self.delete(self.evicted(evicted, "to make room for a new one"))
+                .await;
             if self.store.space().is_some_and(|(free, _)| free >= need) {
                 return true;
             }
@@ -117,19 +119,22 @@ impl Cache {
         false
     }
 
-    /// Removes `evicted` from storage now (making room before a store).
-    async fn remove_now(&self, evicted: Vec<(CacheKey, super::eviction::Slot)>) {
+    /// Accounts for entries just evicted from the index (gauges, counter, log, saying `why`)
+    /// and returns what to remove from storage.
+    fn evicted(
+        &self,
+        evicted: Vec<(CacheKey, super::eviction::Slot)>,
+        why: &str,
+    ) -> Vec<(CacheKey, Arc<EntryMeta>)> {
         self.update_gauges();
-        if evicted.is_empty() {
-            return;
+        if !evicted.is_empty() {
+            self.metrics.cache_evictions.inc_by(evicted.len() as u64);
+            tracing::info!(
+                entries = evicted.len(),
+                "evicted least recently used entries {why}"
+            );
         }
-        self.metrics.cache_evictions.inc_by(evicted.len() as u64);
-        tracing::info!(
-            entries = evicted.len(),
-            "evicted least recently used entries to make room for a new one"
-        );
-        self.delete(evicted.into_iter().map(|(k, s)| (k, s.meta)).collect())
-            .await;
+        evicted.into_iter().map(|(k, s)| (k, s.meta)).collect()
     }
 
     /// Drops an entry whose body turned out damaged (truncated, changed, unreadable), from
@@ -167,13 +172,10 @@ impl Cache {
 
     /// A commit succeeded: the storage works again.
     pub(super) fn storage_ok(&self) {
-        let mut problem = self
+        *self
             .storage_problem
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if problem.is_some() {
-            *problem = None;
-        }
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
     }
 
     /// The last storage problem and when it happened (unix seconds), until a commit succeeds.
@@ -187,19 +189,10 @@ impl Cache {
     /// Removes what the size limit requires after an entry was added.
     pub(super) fn enforce_limits(self: &Arc<Self>, now: u64) {
         let evicted = self.entries().evict(now, self.limits.max_size_bytes, None);
-        self.update_gauges();
-        if !evicted.is_empty() {
-            self.metrics.cache_evictions.inc_by(evicted.len() as u64);
-            tracing::info!(
-                entries = evicted.len(),
-                "evicted least recently used entries to respect the size limit"
-            );
+        let gone = self.evicted(evicted, "to respect the size limit");
+        if !gone.is_empty() {
             let cache = self.clone();
-            tokio::spawn(async move {
-                cache
-                    .delete(evicted.into_iter().map(|(k, s)| (k, s.meta)).collect())
-                    .await
-            });
+            tokio::spawn(async move { cache.delete(gone).await });
         }
     }
 

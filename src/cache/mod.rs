@@ -52,6 +52,8 @@ pub enum Lookup {
         /// When the fill started (a joined fill may have been running for a while).
         since: Instant,
     },
+    /// Nothing fresh is stored and no fill is running, and none was started.
+    Absent,
 }
 
 /// The cache: storage, index and fills in progress.
@@ -175,12 +177,6 @@ impl Cache {
         let now = unix_now();
         self.entries().insert(key, meta, now, now);
         self.enforce_limits(now);
-    }
-
-    /// Forgets an entry whose body could not be read, so that the next request refills it.
-    pub fn forget(&self, key: &CacheKey) {
-        self.entries().remove(key);
-        self.update_gauges();
     }
 
     /// Records that a stored entry was served (LRU order), and counts the hit.
@@ -348,28 +344,13 @@ impl Cache {
         }
     }
 
-    /// A fresh entry, or the fill to follow (joined or started).
-    pub async fn lookup(self: &Arc<Self>, request: &FillRequest) -> Result<Lookup, StorageError> {
-        match self.look_up(request, true).await? {
-            Some(found) => Ok(found),
-            None => unreachable!("a look-up that may start a fill always finds something"),
-        }
-    }
-
-    /// A fresh entry or a fill in progress to join; `None` when only a new fill would answer
-    /// (a HEAD or a byte range on a file not cached does not start one).
-    pub async fn lookup_existing(
+    /// A fresh entry, or the fill to follow: joined, or started when `start_fill` (a HEAD or a
+    /// byte range of a file not cached does not start one, and gets [`Lookup::Absent`]).
+    pub async fn lookup(
         self: &Arc<Self>,
         request: &FillRequest,
-    ) -> Result<Option<Lookup>, StorageError> {
-        self.look_up(request, false).await
-    }
-
-    async fn look_up(
-        self: &Arc<Self>,
-        request: &FillRequest,
-        start: bool,
-    ) -> Result<Option<Lookup>, StorageError> {
+        start_fill: bool,
+    ) -> Result<Lookup, StorageError> {
         // A copy that an index contradicts is neither served nor kept as a fallback.
         let agrees = |m: &Arc<EntryMeta>| {
             request
@@ -379,24 +360,24 @@ impl Cache {
         };
         let stored = self.entry(&request.key).await?.filter(agrees);
         if let Some(meta) = stored.as_ref().filter(|m| m.is_fresh(unix_now())) {
-            return Ok(Some(Lookup::Hit(meta.clone())));
+            return Ok(Lookup::Hit(meta.clone()));
         }
         let mut fills = self.fills.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some((rx, since)) = fills.get(&request.key) {
-            return Ok(Some(Lookup::Fill {
+            return Ok(Lookup::Fill {
                 rx: rx.clone(),
                 stale: stored,
                 since: *since,
-            }));
+            });
         }
         // A fill may have committed between the look-up above and taking the lock.
         let current = self.indexed(&request.key).filter(agrees).or(stored);
 
         if let Some(meta) = current.as_ref().filter(|m| m.is_fresh(unix_now())) {
-            return Ok(Some(Lookup::Hit(meta.clone())));
+            return Ok(Lookup::Hit(meta.clone()));
         }
-        if !start {
-            return Ok(None);
+        if !start_fill {
+            return Ok(Lookup::Absent);
         }
         let (tx, rx) = watch::channel(FillState::Pending);
         let since = Instant::now();
@@ -408,11 +389,11 @@ impl Cache {
             current.clone(),
             tx,
         ));
-        Ok(Some(Lookup::Fill {
+        Ok(Lookup::Fill {
             rx,
             stale: current,
             since,
-        }))
+        })
     }
 
     fn fill_finished(&self, key: &CacheKey) {

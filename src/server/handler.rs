@@ -168,16 +168,6 @@ async fn answer(
     request: Request<Incoming>,
     peer: IpAddr,
 ) -> (Response<Body>, Option<Routed>) {
-    let allowed = &state.security.allowed_clients;
-    if !allowed.is_empty() && !allowed.iter().any(|net| net.contains(&peer)) {
-        return (
-            text(
-                StatusCode::FORBIDDEN,
-                "this address may not use the proxy (--allowed-clients)",
-            ),
-            None,
-        );
-    }
     if let Some(response) = crate::admin::management(state, &request, peer).await {
         return (response, None);
     }
@@ -272,16 +262,7 @@ async fn answer_from_cache(
     // fetched) is asked of the mirror and passed on, so that neither makes the proxy download
     // a whole file that nobody reads.
     let partial = head_only || headers.contains_key(http::header::RANGE);
-    let lookup = if partial {
-        match state.cache.lookup_existing(&fill).await {
-            Ok(Some(l)) => Ok(l),
-            Ok(None) => return forward(state, &fill, headers, head_only).await,
-            Err(e) => Err(e),
-        }
-    } else {
-        state.cache.lookup(&fill).await
-    };
-    let lookup = match lookup {
+    let lookup = match state.cache.lookup(&fill, !partial).await {
         Ok(l) => l,
         Err(e) => {
             tracing::error!(key = %key, error = %e, "cache look-up failed");
@@ -291,12 +272,13 @@ async fn answer_from_cache(
     let (mut rx, stale, since) = match lookup {
         Lookup::Hit(meta) => match stored(state, key, &meta, headers, head_only, "HIT").await {
             Ok(response) => return response,
-            // The entry is gone: fetch the file again for this client.
-            Err(Unreadable) => match state.cache.lookup(&fill).await {
+            // The entry is gone: fetch it again (it was wanted, so even for a range or HEAD).
+            Err(Unreadable) => match state.cache.lookup(&fill, true).await {
                 Ok(Lookup::Fill { rx, stale, since }) => (rx, stale, since),
                 Ok(Lookup::Hit(meta)) => {
                     return stored_or_503(state, key, &meta, headers, head_only, "HIT").await;
                 }
+                Ok(Lookup::Absent) => return forward(state, &fill, headers, head_only).await,
                 Err(e) => {
                     tracing::error!(key = %key, error = %e, "cache look-up failed");
                     return text(StatusCode::INTERNAL_SERVER_ERROR, "cache storage failed");
@@ -304,6 +286,7 @@ async fn answer_from_cache(
             },
         },
         Lookup::Fill { rx, stale, since } => (rx, stale, since),
+        Lookup::Absent => return forward(state, &fill, headers, head_only).await,
     };
     // With a copy in hand, a slow or hung mirror costs the client a few seconds at most: the
     // copy is served and the revalidation finishes in the background.
@@ -538,16 +521,7 @@ fn following(
     let served = served(state, "upstream");
     let body = match plan.body_range(rep.len) {
         Some((start, end)) if !head_only => {
-            // A file whose bytes cannot change resumes by range alone; another only while the
-            // mirror's validator still matches.
-            let if_range = head.if_range();
-            let resume = (fill.resumable() || if_range.is_some()).then(|| {
-                Arc::new(body::Resume {
-                    cache: state.cache.clone(),
-                    request: fill.clone(),
-                    if_range: if fill.resumable() { None } else { if_range },
-                })
-            });
+            let resume = body::Resume::of(&state.cache, fill, head);
             body::growing(file, rx, (start, end, end == rep.len), served, resume)
         }
         _ => body::empty(),

@@ -1,13 +1,14 @@
-//! Limits on what one client may hold: open connections per client IP. One client opening
-//! thousands of connections must not starve the others of file descriptors; the excess is
-//! refused at once with a short 503 instead of waiting in the accept queue.
+//! Who may connect, and how much one client may hold: the client allow-list and open
+//! connections per client IP, both checked once per connection when it is accepted. One client
+//! opening thousands of connections must not starve the others of file descriptors; the excess
+//! is refused at once with a short 503 instead of waiting in the accept queue.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Open connections per client IP.
@@ -69,12 +70,45 @@ impl PerClient {
     }
 }
 
-/// Answers a refused connection with 503 and closes it, spending at most a second on it.
-pub async fn refuse(mut stream: TcpStream) {
-    const ANSWER: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 44\r\nConnection: close\r\nRetry-After: 1\r\n\r\ntoo many open connections from this address\n";
+/// Why a connection is refused as soon as it is accepted.
+#[derive(Debug, Clone, Copy)]
+pub enum Refusal {
+    /// The client already holds the most connections allowed.
+    TooMany,
+    /// The client is not in `--allowed-clients`.
+    NotAllowed,
+}
+
+/// Answers a refused connection with a one-line plain-text status and closes it, spending at
+/// most a second on it. Over TLS (`tls`), the connection is just closed.
+pub async fn refuse(mut stream: TcpStream, why: Refusal, tls: bool) {
+    if tls {
+        return;
+    }
+    let (status, extra, message) = match why {
+        Refusal::TooMany => (
+            "503 Service Unavailable",
+            "Retry-After: 1\r\n",
+            "too many open connections from this address\n",
+        ),
+        Refusal::NotAllowed => (
+            "403 Forbidden",
+            "",
+            "this address may not use the proxy (--allowed-clients)\n",
+        ),
+    };
+    let answer = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n{extra}\r\n{message}",
+        message.len()
+    );
+    // The request is read (and the rest drained after the answer) so that closing does not
+    // reset the connection before the client has read why.
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        let _ = stream.write_all(ANSWER).await;
+        let mut buf = [0u8; 4096];
+        let _ = stream.read(&mut buf).await;
+        let _ = stream.write_all(answer.as_bytes()).await;
         let _ = stream.shutdown().await;
+        while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
     })
     .await;
 }

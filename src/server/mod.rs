@@ -214,9 +214,15 @@ impl Server {
                     Ok((stream, peer)) => {
                         // A dual-stack listener's IPv4 clients arrive as ::ffff:a.b.c.d.
                         let peer = peer.ip().to_canonical();
+                        let allowed = &self.state.security.allowed_clients;
+                        if !allowed.is_empty() && !allowed.iter().any(|net| net.contains(&peer)) {
+                            tracing::debug!(client = %peer, "connection refused: not an allowed client");
+                            tokio::spawn(limits::refuse(stream, limits::Refusal::NotAllowed, self.tls.is_some()));
+                            continue;
+                        }
                         let Some(admitted) = self.per_client.admit(peer) else {
                             tracing::debug!(client = %peer, "connection refused: too many open from this address");
-                            tokio::spawn(limits::refuse(stream));
+                            tokio::spawn(limits::refuse(stream, limits::Refusal::TooMany, self.tls.is_some()));
                             continue;
                         };
                         let _ = stream.set_nodelay(true);

@@ -78,9 +78,7 @@ impl DiskStore {
                 fs::remove_dir_all(&tmp).map_err(io("clear", &tmp))?;
             }
             fs::create_dir_all(&tmp).map_err(io("create", &tmp))?;
-            let probe = tmp.join("write-check");
-            fs::write(&probe, b"ok").map_err(io("write", &probe))?;
-            fs::remove_file(&probe).map_err(io("remove", &probe))
+            write_probe(&tmp.join("write-check"))
         })();
         if let Err(e) = writable {
             tracing::error!(error = %e, "cache directory not writable: cached files are served, new files are streamed without being stored");
@@ -323,11 +321,7 @@ impl DiskStore {
     /// Writes and removes a probe file: the health check of the storage.
     pub async fn check_writable(&self) -> Result<(), StorageError> {
         let probe = self.tmp.join(format!("health-{}", self.next_nonce()));
-        tokio::task::spawn_blocking(move || {
-            fs::write(&probe, b"ok").map_err(io("write", &probe))?;
-            fs::remove_file(&probe).map_err(io("remove", &probe))
-        })
-        .await?
+        tokio::task::spawn_blocking(move || write_probe(&probe)).await?
     }
 
     /// Free and total bytes of the file system holding the cache.
@@ -338,6 +332,12 @@ impl DiskStore {
             st.f_blocks.saturating_mul(st.f_frsize),
         ))
     }
+}
+
+/// Writes and removes a small file at `path`: whether the directory takes writes.
+fn write_probe(path: &Path) -> Result<(), StorageError> {
+    fs::write(path, b"ok").map_err(io("write", path))?;
+    fs::remove_file(path).map_err(io("remove", path))
 }
 
 fn read_body_name(meta_path: &Path) -> Option<String> {
