@@ -117,23 +117,24 @@ pub async fn open_stored(
         return Ok(full(first));
     }
     let first_len = first.len() as u64;
+    // The file is let go with the last chunk read, not when the connection drops the body: a
+    // removed body's blocks are freed only once no one holds it open.
     let rest = stream::unfold(
-        (Arc::new(file), next, first_len * 2),
+        (Some(Arc::new(file)), next, first_len * 2),
         move |(file, pos, chunk)| {
             let served = served.clone();
             async move {
-                if pos >= end {
-                    return None;
-                }
+                let file = file.filter(|_| pos < end)?;
                 let chunk = chunk.min(CHUNK);
                 match read_chunk(file.clone(), pos, (end - pos).min(chunk)).await {
-                    Ok(bytes) if bytes.is_empty() => Some((Err(short()), (file, end, chunk))),
+                    Ok(bytes) if bytes.is_empty() => Some((Err(short()), (None, end, chunk))),
                     Ok(bytes) => {
                         let n = bytes.len() as u64;
                         served.inc_by(n);
+                        let file = (pos + n < end).then_some(file);
                         Some((Ok(Frame::data(bytes)), (file, pos + n, chunk * 2)))
                     }
-                    Err(e) => Some((Err(e), (file, end, chunk))),
+                    Err(e) => Some((Err(e), (None, end, chunk))),
                 }
             }
         },

@@ -107,9 +107,13 @@ impl Cache {
         let held = self.entries().total_bytes();
         if held >= short {
             let evicted = self.entries().evict(now, Some(held - short), None);
-            self.delete(self.evicted(evicted, "to make room for a new one"))
-                .await;
-            if self.store.space().is_some_and(|(free, _)| free >= need) {
+            let gone = self.evicted(evicted, "to make room for a new one");
+            let freed: u64 = gone.iter().map(|(_, m)| m.len).sum();
+            self.delete(gone).await;
+            // Counted, not measured again: a removed body still being read frees its blocks
+            // only when its last reader closes it (a write that still finds the disk full
+            // fails the fill cleanly, and its readers finish from the mirror).
+            if freed >= short {
                 return true;
             }
         }
