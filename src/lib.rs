@@ -25,3 +25,10 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// The git commit the binary was built from (`unknown` outside a checkout).
 pub const COMMIT: &str = env!("APT_PROXY_COMMIT");
+
+/// Unix time in whole seconds.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

@@ -1,6 +1,7 @@
 //! `/healthz` (aggregated) and `/readyz` (ready to serve).
 //!
-//! Health: a cache storage that cannot be written (the probe file fails, or a recent fill
+//! Health: a cache storage that cannot be written (the probe file fails, the bucket does not
+//! answer its round trip, or a recent fill
 //! could not store its file: disk full, read-only, I/O errors) and mirror failures make the
 //! answer `degraded` but keep it 200: the proxy still serves (cached files, and new ones
 //! streamed from the mirror without being stored), and restarting it fixes neither a disk nor
@@ -17,12 +18,12 @@ use crate::server::AppState;
 /// The storage problem, if any: the probe write, else the last problem a fill met (until a
 /// commit succeeds).
 async fn storage_ok(state: &AppState) -> Result<(), String> {
-    state
-        .cache
-        .store()
-        .check_writable()
-        .await
-        .map_err(|e| format!("cache directory not writable: {e}"))?;
+    state.cache.store().check().await.map_err(|e| {
+        match state.cache.store().capabilities().name {
+            "disk" => format!("cache directory not writable: {e}"),
+            _ => format!("bucket unreachable: {e}"),
+        }
+    })?;
     match state.cache.storage_problem() {
         Some((at, problem)) => Err(format!("{problem} (at {at})")),
         None => Ok(()),
@@ -54,9 +55,10 @@ pub async fn healthz(state: &AppState) -> Response<Body> {
     } else {
         "ok"
     };
+    let backend = state.cache.store().capabilities().name;
     let storage = match storage {
-        Ok(()) => json!({ "status": "ok", "backend": "disk" }),
-        Err(e) => json!({ "status": "error", "backend": "disk", "error": e }),
+        Ok(()) => json!({ "status": "ok", "backend": backend }),
+        Err(e) => json!({ "status": "error", "backend": backend, "error": e }),
     };
     json(
         StatusCode::OK,

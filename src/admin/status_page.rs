@@ -5,9 +5,9 @@ use std::fmt::Write;
 
 use crate::cache::human_duration as duration;
 use crate::cache::human_size as human;
-use crate::cache::meta::unix_now;
 use crate::server::AppState;
 use crate::telemetry::metrics::SourceLabel;
+use crate::unix_now;
 
 /// Escapes text for HTML (request targets come from clients).
 fn esc(text: &str) -> String {

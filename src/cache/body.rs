@@ -84,23 +84,15 @@ async fn read_chunk(file: Arc<File>, offset: u64, len: u64) -> io::Result<Bytes>
         .map_err(io::Error::other)?
 }
 
-/// Opens a small stored body and reads all of it (`len` bytes), on the spot.
-pub fn read_whole(open: impl FnOnce() -> io::Result<File>, len: u64) -> io::Result<Bytes> {
-    let file = open()?;
-    read_at(&file, 0, len)
+/// Reads all of a small stored body (`len` bytes), on the spot.
+pub fn read_whole(file: &File, len: u64) -> io::Result<Bytes> {
+    read_at(file, 0, len)
 }
 
-/// Opens a stored body and reads its first chunk from `start`, in one trip to the blocking
-/// pool, so a small file costs one hop and a vanished body is found before the response head
-/// is sent.
-pub async fn open_stored(
-    open: impl FnOnce() -> io::Result<File> + Send + 'static,
-    start: u64,
-    end: u64,
-    served: Counter,
-) -> io::Result<Body> {
+/// A stored body's bytes `start..end`: its first chunk is read before the response head is
+/// sent (a small file costs one read, a body shorter than its entry is found in time).
+pub async fn from_file(file: File, start: u64, end: u64, served: Counter) -> io::Result<Body> {
     let open_and_read = move || -> io::Result<(File, Bytes)> {
-        let file = open()?;
         let first = if end > start {
             read_at(&file, start, (end - start).min(FIRST_CHUNK))?
         } else {
@@ -275,7 +267,7 @@ impl Follower {
                     None
                 }
             }
-            FillState::Done { meta, .. } => Some(meta.len),
+            FillState::Done { meta, .. } | FillState::Spooled { meta, .. } => Some(meta.len),
             FillState::Pending => None,
             FillState::Passthrough { .. } | FillState::Unstored { .. } => {
                 return Err(io::Error::other("fill ended without a body"));
@@ -381,6 +373,52 @@ pub fn growing(
         mode: Mode::Follow,
     };
     StreamBody::new(stream::unfold(follower, Follower::step)).boxed_unsync()
+}
+
+/// Reads a whole small body from a stream (at most `len` bytes are kept).
+pub async fn collect(
+    mut stream: futures_util::stream::BoxStream<'static, io::Result<Bytes>>,
+    len: u64,
+) -> io::Result<Bytes> {
+    let mut out = Vec::with_capacity(len as usize);
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        if (out.len() + chunk.len()) as u64 > len {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "stored body longer than its entry",
+            ));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(out))
+}
+
+/// A stored body read from the store as a stream (`len` bytes expected; fewer cut the
+/// transfer).
+pub fn from_stream(
+    stream: futures_util::stream::BoxStream<'static, io::Result<Bytes>>,
+    len: u64,
+    served: Counter,
+) -> Body {
+    let counted = stream::unfold((stream, 0u64), move |(mut stream, sent)| {
+        let served = served.clone();
+        async move {
+            match stream.next().await {
+                Some(Ok(bytes)) => {
+                    served.inc_by(bytes.len() as u64);
+                    let sent = sent + bytes.len() as u64;
+                    Some((Ok(Frame::data(bytes)), (stream, sent)))
+                }
+                Some(Err(e)) => Some((Err(e), (futures_util::stream::empty().boxed(), len))),
+                None if sent < len => {
+                    Some((Err(short()), (futures_util::stream::empty().boxed(), len)))
+                }
+                None => None,
+            }
+        }
+    });
+    StreamBody::new(counted).boxed_unsync()
 }
 
 /// A mirror's response body passed straight through (a file the cache does not store).

@@ -6,8 +6,10 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::Cache;
-use super::key::CacheKey;
-use super::meta::{EntryMeta, unix_now};
+use super::eviction::Slot;
+use crate::storage::CacheKey;
+use crate::storage::EntryMeta;
+use crate::unix_now;
 
 /// The answer of `GET /api/cache/stats`.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -88,7 +90,7 @@ impl Cache {
         let now = unix_now();
         if let (Some(len), Some(max)) = (len, self.limits.max_size_bytes) {
             let evicted = self.entries().evict(now, Some(max - len), None);
-            self.delete(self.evicted(evicted, "to make room for a new one"))
+            self.delete(self.evicted(evicted, "to make room for a new one"), true)
                 .await;
         }
         let Some((free, total)) = self.store.space() else {
@@ -108,8 +110,8 @@ impl Cache {
         if held >= short {
             let evicted = self.entries().evict(now, Some(held - short), None);
             let gone = self.evicted(evicted, "to make room for a new one");
-            let freed: u64 = gone.iter().map(|(_, m)| m.len).sum();
-            self.delete(gone).await;
+            let freed: u64 = gone.iter().map(|(_, s)| s.meta.len).sum();
+            self.delete(gone, false).await;
             // Counted, not measured again: a removed body still being read frees its blocks
             // only when its last reader closes it (a write that still finds the disk full
             // fails the fill cleanly, and its readers finish from the mirror).
@@ -125,11 +127,7 @@ impl Cache {
 
     /// Accounts for entries just evicted from the index (gauges, counter, log, saying `why`)
     /// and returns what to remove from storage.
-    fn evicted(
-        &self,
-        evicted: Vec<(CacheKey, super::eviction::Slot)>,
-        why: &str,
-    ) -> Vec<(CacheKey, Arc<EntryMeta>)> {
+    fn evicted(&self, evicted: Vec<(CacheKey, Slot)>, why: &str) -> Vec<(CacheKey, Slot)> {
         self.update_gauges();
         if !evicted.is_empty() {
             self.metrics.cache_evictions.inc_by(evicted.len() as u64);
@@ -138,7 +136,7 @@ impl Cache {
                 "evicted least recently used entries {why}"
             );
         }
-        evicted.into_iter().map(|(k, s)| (k, s.meta)).collect()
+        evicted
     }
 
     /// Drops an entry whose body turned out damaged (truncated, changed, unreadable), from
@@ -158,7 +156,11 @@ impl Cache {
         self.metrics.cache_damaged.inc();
         let cache = self.clone();
         let (key, meta) = (key.clone(), meta.clone());
-        tokio::spawn(async move { cache.delete(vec![(key, meta)]).await });
+        tokio::spawn(async move {
+            if let Err(e) = cache.store.remove(&key, &meta).await {
+                tracing::warn!(key = %key, error = %e, "removing a damaged cache entry failed");
+            }
+        });
     }
 
     /// Records a storage problem (full or failing disk) for the health check; logged at most
@@ -196,15 +198,34 @@ impl Cache {
         let gone = self.evicted(evicted, "to respect the size limit");
         if !gone.is_empty() {
             let cache = self.clone();
-            tokio::spawn(async move { cache.delete(gone).await });
+            tokio::spawn(async move { cache.delete(gone, true).await });
         }
     }
 
-    async fn delete(&self, gone: Vec<(CacheKey, Arc<EntryMeta>)>) {
-        for (key, meta) in gone {
-            if let Err(e) = self.store.remove(&key, &meta).await {
+    /// Removes evicted entries from the store. With `respect_access`, on a store shared by
+    /// several instances, an entry read through another instance since this one last saw it
+    /// used is kept (and its access time learnt): the LRU order and the TTL are the fleet's,
+    /// not one instance's.
+    async fn delete(&self, gone: Vec<(CacheKey, Slot)>, respect_access: bool) {
+        let shared = !self.store.capabilities().sole_writer;
+        let mut kept = 0usize;
+        for (key, slot) in gone {
+            if respect_access
+                && shared
+                && let Some(at) = self.store.last_access(&key).await
+                && at > slot.last_access
+            {
+                self.entries().insert_scanned(key, slot.meta, at);
+                kept += 1;
+                continue;
+            }
+            if let Err(e) = self.store.remove(&key, &slot.meta).await {
                 tracing::warn!(key = %key, error = %e, "removing a cache entry failed");
             }
+        }
+        if kept > 0 {
+            self.update_gauges();
+            tracing::info!(kept, "entries read through another instance were kept");
         }
     }
 
@@ -220,6 +241,10 @@ impl Cache {
     /// Removes entries not used within the TTL, then what the size limit requires.
     pub async fn cleanup(&self) -> Removal {
         let started = Instant::now();
+        if !self.store.capabilities().sole_writer {
+            // What other instances stored counts toward the limits too.
+            self.scan_store(std::time::SystemTime::now()).await;
+        }
         let ttl = self.limits.ttl.map(|d| d.as_secs());
         let evicted = self
             .entries()
@@ -228,8 +253,7 @@ impl Cache {
         let removed_bytes = evicted.iter().map(|(_, s)| s.meta.len).sum();
         let removed_items = evicted.len();
         self.metrics.cache_evictions.inc_by(removed_items as u64);
-        self.delete(evicted.into_iter().map(|(k, s)| (k, s.meta)).collect())
-            .await;
+        self.delete(evicted, true).await;
         self.metrics
             .cleanup_duration
             .observe(started.elapsed().as_secs_f64());
@@ -244,13 +268,15 @@ impl Cache {
     /// Removes every entry. Transfers in flight finish: a body being read lives until closed.
     pub async fn purge(&self) -> Removal {
         let started = Instant::now();
+        if !self.store.capabilities().sole_writer {
+            self.scan_store(std::time::SystemTime::now()).await;
+        }
         let all = self.entries().drain();
         self.hot.clear();
         self.update_gauges();
         let removed_bytes = all.iter().map(|(_, s)| s.meta.len).sum();
         let removed_items = all.len();
-        self.delete(all.into_iter().map(|(k, s)| (k, s.meta)).collect())
-            .await;
+        self.delete(all, false).await;
         tracing::info!(removed_items, removed_bytes, "cache purged");
         Removal {
             removed_items,
@@ -294,36 +320,14 @@ impl Cache {
         self.loaded.load(Ordering::Acquire)
     }
 
-    /// Reads every entry's metadata into the index (in the background at start), removing the
+    /// Reads every entry's record into the index (in the background at start), removing the
     /// bodies an interrupted run left older than `orphans_before`, then applies the limits.
     /// Entries stored meanwhile by this run are kept as they are.
     pub async fn load_index(self: &Arc<Self>, orphans_before: std::time::SystemTime) {
         let started = Instant::now();
-        let cache = self.clone();
-        let scanned = tokio::task::spawn_blocking(move || cache.store.scan(orphans_before)).await;
-        let found = match scanned {
-            Ok(Ok((found, 0))) => found,
-            Ok(Ok((found, removed))) => {
-                tracing::info!(removed, "removed bodies left by an interrupted run");
-                found
-            }
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "scanning the cache directory failed; entries are read on demand");
-                return;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cache scan task failed");
-                return;
-            }
+        let Some(n) = self.scan_store(orphans_before).await else {
+            return;
         };
-        let n = found.len();
-        {
-            let mut entries = self.entries();
-            for (meta, accessed) in found {
-                let key = CacheKey::from_stored(meta.key.clone());
-                entries.insert_scanned(key, Arc::new(meta), accessed);
-            }
-        }
         self.loaded.store(true, Ordering::Release);
         let (bytes, items) = {
             let e = self.entries();
@@ -337,6 +341,43 @@ impl Cache {
             "cache index loaded"
         );
         self.enforce_limits(unix_now());
+    }
+
+    /// Adds what the store lists to the index, page by page: entries not known yet, and
+    /// later accesses of known ones (through another instance). Returns how many entries were
+    /// listed, `None` when listing failed.
+    async fn scan_store(&self, orphans_before: std::time::SystemTime) -> Option<usize> {
+        use futures_util::StreamExt;
+        let mut pages = self.store.list(orphans_before);
+        let mut n = 0;
+        while let Some(page) = pages.next().await {
+            let page = match page {
+                Ok(page) => page,
+                Err(e) => {
+                    tracing::error!(error = %e, "listing the cache storage failed; entries are read on demand");
+                    self.storage_failed(&format!("cannot list the cache: {e}"));
+                    return None;
+                }
+            };
+            n += page.len();
+            let mut entries = self.entries();
+            for listed in page {
+                let key = CacheKey::from_stored(listed.meta.key.clone());
+                if !entries.insert_scanned(key.clone(), Arc::new(listed.meta), listed.accessed) {
+                    entries.touch(&key, listed.accessed, u64::MAX);
+                }
+            }
+        }
+        self.update_gauges();
+        Some(n)
+    }
+
+    /// Runs the store's housekeeping every `every` until the process ends.
+    pub async fn run_maintenance(self: Arc<Self>, every: std::time::Duration) {
+        loop {
+            self.store.maintain().await;
+            tokio::time::sleep(every).await;
+        }
     }
 
     /// Runs [`Cache::cleanup`] every cleanup interval (if one is set) until the process ends.

@@ -12,9 +12,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::key::CacheKey;
-use super::meta::EntryMeta;
 use crate::distro::class::{FileClass, classify};
+use crate::storage::CacheKey;
+use crate::storage::EntryMeta;
 
 /// One stored entry.
 #[derive(Debug, Clone)]
@@ -184,7 +184,7 @@ impl Entries {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::meta::META_VERSION;
+    use crate::storage::META_VERSION;
 
     fn meta(key: &str, len: u64, fresh_until: u64) -> Arc<EntryMeta> {
         Arc::new(EntryMeta {

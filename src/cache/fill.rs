@@ -7,17 +7,16 @@ use std::sync::Arc;
 use futures_util::StreamExt;
 use reqwest::header::{CONTENT_RANGE, CONTENT_TYPE, ETAG, HeaderMap, LAST_MODIFIED};
 use sha2::{Digest as _, Sha256, Sha512};
-use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
 use super::index::{Digest, Source};
-use super::meta::{EntryMeta, META_VERSION, unix_now};
 use super::{Cache, FillRequest, policy};
 use crate::distro::class::{HashAlgo, by_hash_digest};
 use crate::mirror::{MAX_ATTEMPTS, Mirror};
-use crate::storage::StorageError;
-use crate::storage::disk::TempBody;
+use crate::storage::{EntryMeta, META_VERSION};
+use crate::storage::{StorageError, Writer};
 use crate::telemetry::metrics::{DistroLabel, UpstreamLabel};
+use crate::unix_now;
 use crate::upstream::{Ask, UpstreamError, Validators};
 
 /// Response head of a fill, known before its body.
@@ -82,6 +81,12 @@ pub enum FillState {
     Failed(Arc<FillError>),
     /// The body will not be stored: streamed straight from the mirror (`X-Cache: SKIP`).
     Unstored { head: Arc<Head>, response: Unstored },
+    /// The body arrived whole and verified, but the store did not take it (a failing or
+    /// unreachable store): its clients read it from the spool, and nothing is kept.
+    Spooled {
+        meta: Arc<EntryMeta>,
+        file: Arc<File>,
+    },
 }
 
 /// Why a fill failed.
@@ -228,7 +233,11 @@ async fn fetch(
     if !cache.admit(response.content_length()).await {
         return Ok(unstored(response));
     }
-    let temp = match cache.store.create_temp().await {
+    let temp = match cache
+        .store
+        .begin(&request.key, response.content_length())
+        .await
+    {
         Ok(temp) => temp,
         Err(e) => {
             cache.storage_failed(&format!("cannot create a temporary body: {e}"));
@@ -258,7 +267,7 @@ async fn fetch(
                     }
                     _ => return Err(FillError::Inconsistent),
                 };
-                let temp = cache.store.create_temp().await?;
+                let temp = cache.store.begin(&request.key, None).await?;
                 body = receive(cache, request, path, answer, &mut mirrors, None, temp).await?;
                 if !body.matches(&expect.digest) {
                     return Err(FillError::Inconsistent);
@@ -292,25 +301,37 @@ async fn fetch(
             request.rule_max_age,
         ),
     };
-    let meta = match cache.store.commit(&request.key, body.temp, meta).await {
-        Ok(meta) => Arc::new(meta),
+    let spool = body.temp.spool();
+    let committed = cache
+        .store
+        .commit(&request.key, body.temp, meta.clone())
+        .await;
+    let outcome = match committed {
+        Ok(meta) => {
+            let meta = Arc::new(meta);
+            cache.storage_ok();
+            cache.remember(request.key.clone(), meta.clone());
+            tracing::debug!(key = %request.key, bytes = meta.len, ms = started.elapsed().as_millis() as u64, "fill committed");
+            FillState::Done {
+                meta,
+                revalidated: false,
+            }
+        }
         Err(e) => {
             cache.storage_failed(&format!("cannot commit an entry: {e}"));
-            return Err(e.into());
+            tracing::warn!(key = %request.key, error = %e, "the store did not take a verified file; its clients get it from the spool");
+            FillState::Spooled {
+                meta: Arc::new(meta),
+                file: spool.clone(),
+            }
         }
     };
-    cache.storage_ok();
-    cache.remember(request.key.clone(), meta.clone());
-    tracing::debug!(key = %request.key, bytes = meta.len, ms = started.elapsed().as_millis() as u64, "fill committed");
     if status == 200 {
         cache
-            .learn(&request.repo, &request.path, &request.key, &meta)
+            .learn(&request.repo, &request.path, &request.key, spool)
             .await;
     }
-    Ok(FillState::Done {
-        meta,
-        revalidated: false,
-    })
+    Ok(outcome)
 }
 
 /// What asking the mirrors in turn gave.
@@ -489,7 +510,7 @@ pub(crate) fn content_range(response: &reqwest::Response) -> Option<(u64, Option
 struct Received {
     head: Arc<Head>,
     headers: HeaderMap,
-    temp: TempBody,
+    temp: Writer,
     written: u64,
     sha256: String,
 }
@@ -510,7 +531,7 @@ async fn receive(
     (mut mirror, response): (Arc<Mirror>, reqwest::Response),
     mirrors: &mut Attempts<'_>,
     tx: Option<&watch::Sender<FillState>>,
-    mut temp: TempBody,
+    mut temp: Writer,
 ) -> Result<Received, FillError> {
     let status = response.status().as_u16();
     let headers = response.headers().clone();
@@ -518,7 +539,7 @@ async fn receive(
     if let Some(tx) = tx {
         tx.send_replace(FillState::Streaming {
             head: head.clone(),
-            file: temp.reader.clone(),
+            file: temp.spool(),
             written: 0,
         });
     }
@@ -576,7 +597,7 @@ async fn receive(
             let mut data = &chunk[..];
             if let Some(at) = replay.as_mut() {
                 let n = (data.len() as u64).min(written - *at) as usize;
-                if !same_as_received(&temp.reader, *at, &data[..n]) {
+                if !same_as_received(&temp.spool(), *at, &data[..n]) {
                     failure = Some((
                         "the mirror's copy differs from the first one's".into(),
                         false,
@@ -600,12 +621,12 @@ async fn receive(
             if let Some(h) = sha512.as_mut() {
                 h.update(data);
             }
-            if let Err(e) = temp.writer.write_all(data).await {
+            if let Err(e) = temp.write(data).await {
                 return Err(cache.write_failed(e));
             }
             written += data.len() as u64;
         }
-        if let Err(e) = temp.writer.flush().await {
+        if let Err(e) = temp.flush().await {
             return Err(cache.write_failed(e));
         }
         if let Some(tx) = tx {
@@ -705,12 +726,7 @@ fn same_as_received(file: &File, offset: u64, data: &[u8]) -> bool {
 impl Cache {
     /// A write to a temporary body failed (disk full, I/O error): recorded for health checks;
     /// the fill fails with a storage error, which its clients survive by fetching the rest.
-    fn write_failed(&self, source: std::io::Error) -> FillError {
-        let e = StorageError::Io {
-            op: "write",
-            path: "temporary body".into(),
-            source,
-        };
+    fn write_failed(&self, e: StorageError) -> FillError {
         self.storage_failed(&format!("cannot write a temporary body: {e}"));
         FillError::Storage(e)
     }

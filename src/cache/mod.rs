@@ -13,8 +13,6 @@ pub mod eviction;
 pub mod fill;
 pub mod hot;
 pub mod index;
-pub mod key;
-pub mod meta;
 pub mod policy;
 pub mod scrub;
 pub mod serve;
@@ -29,15 +27,15 @@ use tokio::sync::watch;
 use crate::config::{CacheLimits, Tuning};
 use crate::distro::class::FileClass;
 use crate::mirror::MirrorSet;
-use crate::storage::StorageError;
-use crate::storage::disk::DiskStore;
+use crate::storage::CacheKey;
+use crate::storage::EntryMeta;
+use crate::storage::{StorageError, Store};
 use crate::telemetry::metrics::{DistroLabel, Metrics};
+use crate::unix_now;
 use crate::upstream::Upstream;
 use eviction::Entries;
 use fill::FillState;
 use index::{Expectation, IndexTables};
-use key::CacheKey;
-use meta::{EntryMeta, unix_now};
 
 /// What a look-up found.
 #[derive(Debug)]
@@ -59,7 +57,7 @@ pub enum Lookup {
 /// The cache: storage, index and fills in progress.
 #[derive(Debug)]
 pub struct Cache {
-    store: DiskStore,
+    store: Store,
     upstream: Upstream,
     tuning: Tuning,
     limits: CacheLimits,
@@ -124,7 +122,7 @@ impl FillRequest {
 impl Cache {
     /// A cache over `store`, filling from `upstream`, within `limits`.
     pub fn new(
-        store: DiskStore,
+        store: Store,
         upstream: Upstream,
         tuning: Tuning,
         limits: CacheLimits,
@@ -150,7 +148,7 @@ impl Cache {
     }
 
     /// The storage backend.
-    pub fn store(&self) -> &DiskStore {
+    pub fn store(&self) -> &Store {
         &self.store
     }
 
@@ -188,7 +186,8 @@ impl Cache {
         );
         if let Some((meta, true)) = touched {
             let cache = self.clone();
-            tokio::spawn(async move { cache.store.touch(&meta, unix_now()).await });
+            let key = key.clone();
+            tokio::spawn(async move { cache.store.touch(&key, &meta).await });
         }
     }
 
@@ -227,21 +226,43 @@ impl Cache {
             .clone()
     }
 
-    /// The stored entry for `key`, fresh or not.
+    /// The stored entry for `key`, fresh or not. Memory answers while it knows every entry
+    /// (the start-up listing is done and this process is the store's only writer); otherwise
+    /// the store is asked. A store that fails to answer is taken as having nothing: the
+    /// request goes to the mirror.
     pub async fn entry(&self, key: &CacheKey) -> Result<Option<Arc<EntryMeta>>, StorageError> {
         if let Some(meta) = self.indexed(key) {
             return Ok(Some(meta));
         }
-        if self.loaded.load(Ordering::Acquire) {
+        if self.loaded.load(Ordering::Acquire) && self.store.capabilities().sole_writer {
             return Ok(None);
         }
-        let Some(meta) = self.store.load(key).await? else {
-            return Ok(None);
+        self.load_from_store(key).await
+    }
+
+    /// Reads `key`'s record from the store into memory.
+    async fn load_from_store(
+        &self,
+        key: &CacheKey,
+    ) -> Result<Option<Arc<EntryMeta>>, StorageError> {
+        let meta = match self.store.load(key).await {
+            Ok(Some(meta)) => Arc::new(meta),
+            Ok(None) => return Ok(None),
+            Err(e) if e.is_remote() => {
+                self.storage_failed(&format!("cannot read a record: {e}"));
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
         };
-        let meta = Arc::new(meta);
         let now = unix_now();
-        self.entries()
-            .insert_scanned(key.clone(), meta.clone(), now);
+        {
+            let mut entries = self.entries();
+            // A newer version than memory's, written by another instance, replaces it.
+            let known = entries.peek(key).map(|s| s.meta.stored_at);
+            if known.is_none_or(|at| at < meta.stored_at) {
+                entries.insert(key.clone(), meta.clone(), now, now);
+            }
+        }
         self.update_gauges();
         Ok(Some(meta))
     }
@@ -278,16 +299,31 @@ impl Cache {
         if meta.status != 200 {
             return None;
         }
-        let file = self.store.open_body(&meta).ok()?;
         let limit = self.tuning.index_limits.release_bytes;
-        let read = tokio::task::spawn_blocking(move || index::read_text(file, limit)).await;
+        let read = match self.store.open(&meta, 0, meta.len).await.ok()? {
+            crate::storage::Source::File(file) => {
+                tokio::task::spawn_blocking(move || index::read_text(file, limit))
+                    .await
+                    .ok()?
+            }
+            crate::storage::Source::Stream(mut stream) => {
+                use futures_util::StreamExt;
+                let mut bytes = Vec::new();
+                while let Some(chunk) = stream.next().await {
+                    bytes.extend_from_slice(&chunk.ok()?);
+                    if bytes.len() as u64 > limit {
+                        break;
+                    }
+                }
+                index::read_text(&bytes[..], limit)
+            }
+        };
         match read {
-            Ok(Ok(text)) => Some(text),
-            Ok(Err(e)) => {
+            Ok(text) => Some(text),
+            Err(e) => {
                 self.unparsed(repo, key.as_str(), &e);
                 None
             }
-            Err(_) => None,
         }
     }
 
@@ -302,17 +338,28 @@ impl Cache {
             .inc();
     }
 
-    /// Learns from an index just stored, before its clients get their last byte: once a client
+    /// Learns from an index just received (`body`: its spool), before its clients get their last byte: once a client
     /// has a Release or Packages file, the proxy knows the hashes it lists.
     pub(crate) async fn learn(
         self: &Arc<Self>,
         repo: &str,
         path: &str,
         key: &CacheKey,
-        meta: &EntryMeta,
+        body: Arc<std::fs::File>,
     ) {
         if index::is_release(path) || index::is_repomd(path) {
-            if let Some(text) = self.read_stored_text(repo, key).await {
+            let limit = self.tuning.index_limits.release_bytes;
+            let file = crate::storage::FileReader::new(body);
+            let read = tokio::task::spawn_blocking(move || index::read_text(file, limit)).await;
+            let text = match read {
+                Ok(Ok(text)) => Some(text),
+                Ok(Err(e)) => {
+                    self.unparsed(repo, key.as_str(), &e);
+                    None
+                }
+                Err(_) => None,
+            };
+            if let Some(text) = text {
                 if index::is_release(path) {
                     self.indexes.learn_release(repo, path, &text);
                 } else {
@@ -325,9 +372,7 @@ impl Cache {
         let Some(compression) = self.indexes.packages_index(repo, path) else {
             return;
         };
-        let Ok(file) = self.store.open_body(meta) else {
-            return;
-        };
+        let file = crate::storage::FileReader::new(body);
         let limits = self.tuning.index_limits;
         let parsed =
             tokio::task::spawn_blocking(move || index::parse_packages(file, compression, &limits))
@@ -358,7 +403,12 @@ impl Cache {
                 .as_ref()
                 .is_none_or(|e| m.status != 200 || m.sha256 == e.digest.sha256)
         };
-        let stored = self.entry(&request.key).await?.filter(agrees);
+        let mut stored = self.entry(&request.key).await?;
+        // On a shared store another instance may hold the version the index names.
+        if stored.as_ref().is_some_and(|m| !agrees(m)) && !self.store.capabilities().sole_writer {
+            stored = self.load_from_store(&request.key).await?;
+        }
+        let stored = stored.filter(agrees);
         if let Some(meta) = stored.as_ref().filter(|m| m.is_fresh(unix_now())) {
             return Ok(Lookup::Hit(meta.clone()));
         }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest as _, Sha256};
 
 use super::Cache;
-use super::meta::EntryMeta;
+use crate::storage::EntryMeta;
 
 /// What one scrub found.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -63,8 +63,18 @@ impl Cache {
             if meta.status != 200 || meta.sha256.len() != 64 {
                 continue;
             }
-            let Ok(file) = self.store.open_body(&meta) else {
+            let file = match self.store.open(&meta, 0, meta.len).await {
+                Ok(crate::storage::Source::File(file)) => Ok(file),
                 // Gone meanwhile (evicted, replaced): nothing to check.
+                Err(crate::storage::StorageError::Missing(_)) => continue,
+                Ok(crate::storage::Source::Stream(_)) => continue,
+                Err(e) => Err(e),
+            };
+            let Ok(file) = file else {
+                found.checked += 1;
+                found.damaged += 1;
+                tracing::error!(key = %key, "stored body does not match its entry (changed on disk?); entry dropped");
+                self.drop_damaged(&key, &meta);
                 continue;
             };
             let m = meta.clone();
@@ -88,7 +98,9 @@ impl Cache {
     /// Scrubs once the start-up scan is done, then every scrub interval, until the process
     /// ends (not at all when the rate is 0).
     pub async fn run_scrubs(self: Arc<Self>) {
-        if self.tuning.scrub_rate == 0 {
+        // Only local bodies are read back: a bucket keeps its own checksums, and reading all
+        // of it through the network would cost more than it finds.
+        if self.tuning.scrub_rate == 0 || !self.store.capabilities().local_files {
             return;
         }
         while !self.index_loaded() {

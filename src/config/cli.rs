@@ -147,12 +147,23 @@ pub struct Cli {
     /// Path-style S3 URLs [env: APT_PROXY_S3_USE_PATH_STYLE] [default: false]
     #[arg(long = "s3-use-path-style", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", help_heading = "Storage")]
     pub s3_use_path_style: Option<bool>,
-    /// In-memory write threshold in MiB [env: APT_PROXY_S3_INLINE_MAX_MB] [default: 32]
+    /// Bodies up to this many MiB are uploaded with one PUT, larger ones in 8 MiB parts [env: APT_PROXY_S3_INLINE_MAX_MB] [default: 32]
     #[arg(long = "s3-inline-max-mb", help_heading = "Storage")]
     pub s3_inline_max_mb: Option<u64>,
-    /// Directory for spilled writes [env: APT_PROXY_S3_TEMP_DIR]
+    /// Directory for the spools of bodies being uploaded [env: APT_PROXY_S3_TEMP_DIR] [default: the system's temp dir]
     #[arg(long = "s3-temp-dir", help_heading = "Storage")]
     pub s3_temp_dir: Option<PathBuf>,
+    /// Seconds after which a multipart upload that was never completed is taken for the
+    /// orphan of a killed instance and aborted [env: APT_PROXY_S3_ABANDONED_UPLOAD_AGE] [default: 3600]
+    #[arg(
+        long = "s3-abandoned-upload-age",
+        value_name = "SECONDS",
+        help_heading = "Storage"
+    )]
+    pub s3_abandoned_upload_age: Option<u64>,
+    /// Seconds to wait for the store before answering from the mirror [env: APT_PROXY_S3_TIMEOUT] [default: 5]
+    #[arg(long = "s3-timeout", value_name = "SECONDS", help_heading = "Storage")]
+    pub s3_timeout: Option<u64>,
 
     /// Path to apt-proxy.yaml [env: APT_PROXY_CONFIG_FILE]
     #[arg(long, help_heading = "Configuration files")]

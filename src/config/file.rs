@@ -65,6 +65,8 @@ pub struct S3Section {
     pub use_path_style: Option<bool>,
     pub inline_max_mb: Option<u64>,
     pub temp_dir: Option<PathBuf>,
+    pub abandoned_upload_age_s: Option<u64>,
+    pub timeout_s: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -45,6 +45,8 @@ pub struct Config {
     pub max_connections_per_client: Option<usize>,
     pub mode: Mode,
     pub cache_dir: PathBuf,
+    /// Where entries are stored: `cache_dir` (disk) or a bucket.
+    pub storage: StorageChoice,
     /// Mirror choice per distribution id.
     pub mirrors: MirrorPins,
     pub upstream_keep_alive: bool,
@@ -60,6 +62,13 @@ pub struct Config {
     /// Where spans go (OTEL_EXPORTER_OTLP_ENDPOINT / OTEL_EXPORTER_OTLP_TRACES_ENDPOINT).
     pub otlp_traces_url: Option<String>,
     pub tuning: Tuning,
+}
+
+/// The storage backend.
+#[derive(Debug, Clone)]
+pub enum StorageChoice {
+    Disk,
+    S3(Box<crate::storage::s3::S3Settings>),
 }
 
 /// Cache capacity settings (`--cache-max-size`, `--cache-ttl`, `--cache-cleanup-interval`).
@@ -179,6 +188,7 @@ impl Config {
             max_connections_per_client: Some(1024),
             mode: Mode::All,
             cache_dir: cache_dir.into(),
+            storage: StorageChoice::Disk,
             mirrors: MirrorPins::new(),
             upstream_keep_alive: true,
             debug: false,
@@ -466,60 +476,130 @@ impl Config {
             storage.backend,
         )?
         .unwrap_or_else(|| "disk".into());
-        match backend.to_ascii_lowercase().as_str() {
-            "disk" | "" => {}
-            "s3" => {
-                return Err(ConfigError::Invalid {
-                    setting: "storage backend (--storage-backend, APT_PROXY_STORAGE_BACKEND, storage.backend)",
-                    message: "s3 is not available in this version yet; use disk".into(),
-                });
-            }
+        const BACKEND: &str =
+            "storage backend (--storage-backend, APT_PROXY_STORAGE_BACKEND, storage.backend)";
+        let s3_wanted = match backend.to_ascii_lowercase().as_str() {
+            "disk" | "" => false,
+            "s3" => true,
             other => {
                 return Err(ConfigError::Invalid {
-                    setting: "storage backend (--storage-backend, APT_PROXY_STORAGE_BACKEND, storage.backend)",
+                    setting: BACKEND,
                     message: format!("{other:?} is not one of disk, s3"),
                 });
             }
+        };
+        // The S3 settings are read (so that a typo in them is an error) even on disk.
+        let endpoint = pick(cli.s3_endpoint, env, "APT_PROXY_S3_ENDPOINT", s3.endpoint)?;
+        let region = pick(cli.s3_region, env, "APT_PROXY_S3_REGION", s3.region)?;
+        let bucket = pick(cli.s3_bucket, env, "APT_PROXY_S3_BUCKET", s3.bucket)?;
+        let prefix = pick(cli.s3_prefix, env, "APT_PROXY_S3_PREFIX", s3.prefix)?;
+        let access_key = pick(
+            cli.s3_access_key,
+            env,
+            "APT_PROXY_S3_ACCESS_KEY",
+            s3.access_key,
+        )?;
+        let secret_key = pick(
+            cli.s3_secret_key,
+            env,
+            "APT_PROXY_S3_SECRET_KEY",
+            s3.secret_key,
+        )?;
+        let session_token = pick(
+            cli.s3_session_token,
+            env,
+            "APT_PROXY_S3_SESSION_TOKEN",
+            s3.session_token,
+        )?;
+        let use_ssl = pick_bool(cli.s3_use_ssl, env, "APT_PROXY_S3_USE_SSL", s3.use_ssl)?;
+        let path_style = pick_bool(
+            cli.s3_use_path_style,
+            env,
+            "APT_PROXY_S3_USE_PATH_STYLE",
+            s3.use_path_style,
+        )?;
+        let inline_max_mb = pick(
+            cli.s3_inline_max_mb,
+            env,
+            "APT_PROXY_S3_INLINE_MAX_MB",
+            s3.inline_max_mb,
+        )?;
+        let temp_dir = pick(cli.s3_temp_dir, env, "APT_PROXY_S3_TEMP_DIR", s3.temp_dir)?;
+        let abandoned = pick(
+            cli.s3_abandoned_upload_age,
+            env,
+            "APT_PROXY_S3_ABANDONED_UPLOAD_AGE",
+            s3.abandoned_upload_age_s,
+        )?;
+        let timeout = pick(cli.s3_timeout, env, "APT_PROXY_S3_TIMEOUT", s3.timeout_s)?;
+        if s3_wanted {
+            let invalid = |setting: &'static str, message: &str| ConfigError::Invalid {
+                setting,
+                message: message.into(),
+            };
+            let endpoint = endpoint.filter(|e| !e.is_empty()).ok_or_else(|| {
+                invalid(
+                    "S3 endpoint (--s3-endpoint, APT_PROXY_S3_ENDPOINT, storage.s3.endpoint)",
+                    "required with the s3 backend (host[:port])",
+                )
+            })?;
+            if endpoint.contains("://") || endpoint.contains('/') {
+                return Err(invalid(
+                    "S3 endpoint (--s3-endpoint, APT_PROXY_S3_ENDPOINT, storage.s3.endpoint)",
+                    "give host[:port] without a scheme or a path (the scheme comes from use_ssl)",
+                ));
+            }
+            let bucket = bucket.filter(|b| !b.is_empty()).ok_or_else(|| {
+                invalid(
+                    "S3 bucket (--s3-bucket, APT_PROXY_S3_BUCKET, storage.s3.bucket)",
+                    "required with the s3 backend",
+                )
+            })?;
+            if access_key.is_some() != secret_key.is_some() {
+                return Err(invalid(
+                    "S3 credentials (--s3-access-key/--s3-secret-key, APT_PROXY_S3_ACCESS_KEY/APT_PROXY_S3_SECRET_KEY)",
+                    "give both the access key and the secret key, or neither",
+                ));
+            }
+            let inline_max_mb = inline_max_mb.unwrap_or(32);
+            if inline_max_mb == 0 || inline_max_mb > 5 * 1024 {
+                return Err(invalid(
+                    "S3 inline size (--s3-inline-max-mb, APT_PROXY_S3_INLINE_MAX_MB, storage.s3.inline_max_mb)",
+                    "must be between 1 and 5120 (MiB)",
+                ));
+            }
+            let timeout = timeout.unwrap_or(5);
+            if timeout == 0 || timeout > 600 {
+                return Err(invalid(
+                    "S3 timeout (--s3-timeout, APT_PROXY_S3_TIMEOUT, storage.s3.timeout_s)",
+                    "must be between 1 and 600 (seconds)",
+                ));
+            }
+            let prefix = match prefix {
+                None => "apt-proxy/".to_string(),
+                Some(p) if p.is_empty() || p.ends_with('/') => p,
+                Some(p) => format!("{p}/"),
+            };
+            config.storage = StorageChoice::S3(Box::new(crate::storage::s3::S3Settings {
+                endpoint,
+                region: region
+                    .filter(|r| !r.is_empty())
+                    .unwrap_or_else(|| "us-east-1".into()),
+                bucket,
+                prefix,
+                access_key: access_key.filter(|k| !k.is_empty()),
+                secret_key: secret_key.filter(|k| !k.is_empty()),
+                session_token: session_token.filter(|k| !k.is_empty()),
+                use_ssl: use_ssl.unwrap_or(true),
+                path_style: path_style.unwrap_or(false),
+                inline_max: inline_max_mb << 20,
+                temp_dir: temp_dir
+                    .filter(|d| !d.as_os_str().is_empty())
+                    .unwrap_or_else(std::env::temp_dir),
+                abandoned_upload_age: Duration::from_secs(abandoned.unwrap_or(3600).max(1)),
+                timeout: Duration::from_secs(timeout),
+            }));
         }
-        // The S3 settings are read (so that a typo in them is still an error) but unused on disk.
-        let _ = (
-            pick(cli.s3_endpoint, env, "APT_PROXY_S3_ENDPOINT", s3.endpoint)?,
-            pick(cli.s3_region, env, "APT_PROXY_S3_REGION", s3.region)?,
-            pick(cli.s3_bucket, env, "APT_PROXY_S3_BUCKET", s3.bucket)?,
-            pick(cli.s3_prefix, env, "APT_PROXY_S3_PREFIX", s3.prefix)?,
-            pick(
-                cli.s3_access_key,
-                env,
-                "APT_PROXY_S3_ACCESS_KEY",
-                s3.access_key,
-            )?,
-            pick(
-                cli.s3_secret_key,
-                env,
-                "APT_PROXY_S3_SECRET_KEY",
-                s3.secret_key,
-            )?,
-            pick(
-                cli.s3_session_token,
-                env,
-                "APT_PROXY_S3_SESSION_TOKEN",
-                s3.session_token,
-            )?,
-            pick_bool(cli.s3_use_ssl, env, "APT_PROXY_S3_USE_SSL", s3.use_ssl)?,
-            pick_bool(
-                cli.s3_use_path_style,
-                env,
-                "APT_PROXY_S3_USE_PATH_STYLE",
-                s3.use_path_style,
-            )?,
-            pick(
-                cli.s3_inline_max_mb,
-                env,
-                "APT_PROXY_S3_INLINE_MAX_MB",
-                s3.inline_max_mb,
-            )?,
-            pick(cli.s3_temp_dir, env, "APT_PROXY_S3_TEMP_DIR", s3.temp_dir)?,
-        );
         config.otlp_traces_url = crate::telemetry::tracing::endpoint_from_env(env);
         Ok((config, notes))
     }

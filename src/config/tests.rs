@@ -300,11 +300,67 @@ fn security_group() {
 fn storage_and_files_group() {
     let case = Case::new("storage:\n  backend: disk\n  s3:\n    bucket: b\n");
     assert!(case.resolve(&[]).is_ok());
+    // s3 needs an endpoint, named with its setting.
     let err = case
         .resolve(&["--storage-backend", "s3"])
         .unwrap_err()
         .to_string();
-    assert!(err.contains("s3 is not available"), "{err}");
+    assert!(err.contains("APT_PROXY_S3_ENDPOINT"), "{err}");
+    let err = case
+        .resolve(&["--storage-backend", "s3", "--s3-endpoint", "http://h:9000"])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("without a scheme"), "{err}");
+    let err = case
+        .resolve(&[
+            "--storage-backend",
+            "s3",
+            "--s3-endpoint",
+            "h:9000",
+            "--s3-access-key",
+            "k",
+        ])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("secret key"), "{err}");
+    // Every setting from the file, flags and environment, with the spec's defaults.
+    let s3 = Case::new("storage:\n  backend: s3\n  s3:\n    endpoint: store:9000\n    bucket: b\n    prefix: cache\n    use_path_style: true\n    inline_max_mb: 8\n")
+        .env("APT_PROXY_S3_ACCESS_KEY", "ak")
+        .env("APT_PROXY_S3_SECRET_KEY", "sk");
+    let resolved = s3
+        .resolve(&["--s3-region", "eu-1", "--s3-timeout", "2"])
+        .unwrap();
+    let crate::config::StorageChoice::S3(settings) = resolved.storage else {
+        panic!("s3 expected");
+    };
+    assert_eq!(settings.endpoint, "store:9000");
+    assert_eq!(settings.bucket, "b");
+    assert_eq!(settings.prefix, "cache/");
+    assert_eq!(settings.region, "eu-1");
+    assert!(settings.use_ssl && settings.path_style);
+    assert_eq!(settings.inline_max, 8 << 20);
+    assert_eq!(settings.access_key.as_deref(), Some("ak"));
+    assert_eq!(settings.secret_key.as_deref(), Some("sk"));
+    assert_eq!(settings.timeout, std::time::Duration::from_secs(2));
+    assert_eq!(
+        settings.abandoned_upload_age,
+        std::time::Duration::from_secs(3600)
+    );
+    let defaults =
+        Case::new("storage:\n  backend: s3\n  s3:\n    endpoint: store\n    bucket: b\n")
+            .resolve(&[])
+            .unwrap();
+    let crate::config::StorageChoice::S3(settings) = defaults.storage else {
+        panic!("s3 expected");
+    };
+    assert_eq!(
+        (
+            settings.prefix.as_str(),
+            settings.region.as_str(),
+            settings.inline_max
+        ),
+        ("apt-proxy/", "us-east-1", 32 << 20)
+    );
     let case = case.env("APT_PROXY_STORAGE_BACKEND", "tape");
     assert!(case.resolve(&[]).unwrap_err().to_string().contains("tape"));
 

@@ -12,7 +12,7 @@ use url::Url;
 use super::{Candidate, Dropped, Measure, url_in};
 use crate::cache::human_duration;
 use crate::cache::index::suite_dir;
-use crate::cache::meta::unix_now;
+use crate::unix_now;
 use crate::upstream::error_chain;
 use crate::upstream::policy::{AddressPolicy, GuardedResolver};
 

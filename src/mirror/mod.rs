@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use url::Url;
 
-use crate::cache::meta::unix_now;
+use crate::unix_now;
 
 /// Longest pause of a failing mirror (the first is `Tuning::mirror_demotion`, doubled with each
 /// consecutive failure).

@@ -9,8 +9,8 @@ use tokio::sync::Notify;
 
 use super::benchmark::{self, Limits};
 use super::{Mirror, MirrorSet, Report};
-use crate::cache::meta::unix_now;
 use crate::telemetry::metrics::{DistroLabel, Metrics};
+use crate::unix_now;
 use crate::upstream::policy::AddressPolicy;
 
 /// Runs benchmarks; one per set at a time.

@@ -15,16 +15,17 @@ use hyper::body::Incoming;
 use super::AppState;
 use crate::cache::body::{self, Body};
 use crate::cache::fill::{FillError, FillState, Head};
-use crate::cache::key::CacheKey;
-use crate::cache::meta::EntryMeta;
-use crate::cache::meta::unix_now;
 use crate::cache::serve::{self, Plan, Representation};
 use crate::cache::{FillRequest, Lookup, hot};
 use crate::distro::class::classify;
 use crate::route::route;
+use crate::storage::CacheKey;
+use crate::storage::EntryMeta;
+use crate::storage::Source;
 use crate::telemetry::activity::Activity;
 use crate::telemetry::metrics::SourceLabel;
 use crate::telemetry::tracing::SpanRecord;
+use crate::unix_now;
 use crate::upstream::{Ask, UpstreamError};
 use tokio::sync::watch;
 
@@ -272,11 +273,12 @@ async fn answer_from_cache(
     let (mut rx, stale, since) = match lookup {
         Lookup::Hit(meta) => match stored(state, key, &meta, headers, head_only, "HIT").await {
             Ok(response) => return response,
+            Err(Unservable::StoreDown) => return forward(state, &fill, headers, head_only).await,
             // The entry is gone: fetch it again (it was wanted, so even for a range or HEAD).
-            Err(Unreadable) => match state.cache.lookup(&fill, true).await {
+            Err(Unservable::Dropped) => match state.cache.lookup(&fill, true).await {
                 Ok(Lookup::Fill { rx, stale, since }) => (rx, stale, since),
                 Ok(Lookup::Hit(meta)) => {
-                    return stored_or_503(state, key, &meta, headers, head_only, "HIT").await;
+                    return stored_or_503(state, &fill, &meta, headers, head_only, "HIT").await;
                 }
                 Ok(Lookup::Absent) => return forward(state, &fill, headers, head_only).await,
                 Err(e) => {
@@ -336,7 +338,7 @@ async fn answer_from_cache(
         FillState::Done { meta, revalidated } => {
             stored_or_503(
                 state,
-                key,
+                &fill,
                 &meta,
                 headers,
                 head_only,
@@ -347,7 +349,7 @@ async fn answer_from_cache(
         FillState::Passthrough { status } => match stale.filter(|_| status >= 500) {
             Some(meta) => {
                 tracing::warn!(key = %key, status, "mirror failed; serving the cached copy");
-                stored_or_503(state, key, &meta, headers, head_only, "HIT").await
+                stored_or_503(state, &fill, &meta, headers, head_only, "HIT").await
             }
             None => {
                 // A mirror's own failure is ours to report as a gateway error; its other answers
@@ -365,7 +367,7 @@ async fn answer_from_cache(
         FillState::Failed(error) => match stale {
             Some(meta) => {
                 tracing::warn!(key = %key, error = %error, "mirror failed; serving the cached copy");
-                stored_or_503(state, key, &meta, headers, head_only, "HIT").await
+                stored_or_503(state, &fill, &meta, headers, head_only, "HIT").await
             }
             // The cache could not store it (a held index whose write failed): the client
             // gets the mirror's answer directly.
@@ -374,6 +376,7 @@ async fn answer_from_cache(
             }
             None => fill_error(&error),
         },
+        FillState::Spooled { meta, file } => spooled(state, &meta, file, headers, head_only).await,
         FillState::Pending => text(StatusCode::BAD_GATEWAY, "fill abandoned"),
     }
 }
@@ -533,18 +536,23 @@ fn following(
 
 /// A stored body that cannot be read: the entry is dropped, from memory and storage, and
 /// counted; the file is fetched again.
-fn unreadable(state: &AppState, key: &CacheKey, meta: &Arc<EntryMeta>, error: &str) -> Unreadable {
+fn unreadable(state: &AppState, key: &CacheKey, meta: &Arc<EntryMeta>, error: &str) -> Unservable {
     tracing::error!(key = %key, error, "cached body unreadable or damaged; entry dropped");
     state.cache.drop_damaged(key, meta);
-    Unreadable
+    Unservable::Dropped
 }
 
-/// A stored body that could not be read, or whose file no longer has its entry's length
-/// (truncated or replaced behind the proxy's back): the entry was dropped.
-struct Unreadable;
+/// Why a stored entry could not be served.
+enum Unservable {
+    /// Its body could not be read, or no longer has its entry's length (truncated or replaced
+    /// behind the proxy's back): the entry was dropped.
+    Dropped,
+    /// The store failed to answer (an unreachable bucket): the entry is kept, the client is
+    /// answered from the mirror.
+    StoreDown,
+}
 
-/// Serves a stored entry; `Err` when its body turned out unreadable (the entry is then
-/// dropped, and the caller fetches the file again or says so).
+/// Serves a stored entry; `Err` when its body could not be read.
 async fn stored(
     state: &AppState,
     key: &CacheKey,
@@ -552,7 +560,7 @@ async fn stored(
     headers: &HeaderMap,
     head_only: bool,
     cache_status: &'static str,
-) -> Result<Response<Body>, Unreadable> {
+) -> Result<Response<Body>, Unservable> {
     let rep = Representation {
         status: meta.status,
         len: Some(meta.len),
@@ -565,83 +573,122 @@ async fn stored(
     }
     let plan = serve::plan(&rep, headers);
     let builder = serve::head(&rep, plan, cache_status);
-    let body = match plan.body_range(Some(meta.len)) {
-        Some((start, end)) if !head_only && plan != Plan::NotModified => {
-            let cache = state.cache.clone();
-            let m = meta.clone();
-            // The file must still have the entry's length: a body truncated or grown behind
-            // the proxy's back is never served.
-            let open = move || {
-                let file = cache.store().open_body(&m).map_err(std::io::Error::other)?;
-                let len = file.metadata()?.len();
-                if len != m.len {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        format!("body file has {len} bytes, its entry {}", m.len),
-                    ));
-                }
-                Ok(file)
-            };
-            let source = if cache_status == "HIT" {
-                "cache"
-            } else {
-                "upstream"
-            };
-            let served = served(state, source);
-            let end = end.unwrap_or(meta.len);
-            if meta.len <= hot::MAX_BODY {
-                // Small bodies are answered from memory once read.
-                let bytes = match state.cache.hot.get(&meta.body) {
-                    Some(bytes) => Ok(bytes),
-                    None => body::read_whole(open, meta.len)
-                        .inspect(|b| state.cache.hot.insert(&meta.body, b.clone())),
-                };
-                match bytes {
-                    Ok(bytes) if bytes.len() as u64 == meta.len => {
-                        served.inc_by(end - start);
-                        let body = body::full(bytes.slice(start as usize..end as usize));
-                        return Ok(builder.body(body).unwrap_or_else(|_| {
-                            text(StatusCode::INTERNAL_SERVER_ERROR, "bad response head")
-                        }));
-                    }
-                    Ok(bytes) => {
-                        return Err(unreadable(
-                            state,
-                            key,
-                            meta,
-                            &format!("{} bytes, expected {}", bytes.len(), meta.len),
-                        ));
-                    }
-                    Err(e) => return Err(unreadable(state, key, meta, &e.to_string())),
-                }
-            }
-            match body::open_stored(open, start, end, served).await {
-                Ok(b) => b,
-                Err(e) => return Err(unreadable(state, key, meta, &e.to_string())),
-            }
-        }
-        _ => body::empty(),
+    let respond = |body: Body| {
+        builder
+            .body(body)
+            .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "bad response head"))
     };
-    Ok(builder
-        .body(body)
-        .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "bad response head")))
+    let (start, end) = match plan.body_range(Some(meta.len)) {
+        Some((start, end)) if !head_only && plan != Plan::NotModified => {
+            (start, end.unwrap_or(meta.len))
+        }
+        _ => return Ok(respond(body::empty())),
+    };
+    let served = served(
+        state,
+        if cache_status == "HIT" {
+            "cache"
+        } else {
+            "upstream"
+        },
+    );
+    // Small bodies are answered from memory once read.
+    let small = meta.len <= hot::MAX_BODY;
+    if small && let Some(bytes) = state.cache.hot.get(&meta.body) {
+        served.inc_by(end - start);
+        return Ok(respond(body::full(
+            bytes.slice(start as usize..end as usize),
+        )));
+    }
+    let (from, to) = if small { (0, meta.len) } else { (start, end) };
+    let source = match state.cache.store().open(meta, from, to).await {
+        Ok(source) => source,
+        Err(e) if e.is_remote() => {
+            tracing::warn!(key = %key, error = %e, "cache storage unavailable; answering from the mirror");
+            return Err(Unservable::StoreDown);
+        }
+        Err(e) => return Err(unreadable(state, key, meta, &e.to_string())),
+    };
+    if small {
+        let bytes = match source {
+            Source::File(file) => body::read_whole(&file, meta.len),
+            Source::Stream(stream) => body::collect(stream, meta.len).await,
+        };
+        return match bytes {
+            Ok(bytes) if bytes.len() as u64 == meta.len => {
+                state.cache.hot.insert(&meta.body, bytes.clone());
+                served.inc_by(end - start);
+                Ok(respond(body::full(
+                    bytes.slice(start as usize..end as usize),
+                )))
+            }
+            Ok(bytes) => Err(unreadable(
+                state,
+                key,
+                meta,
+                &format!("{} bytes, expected {}", bytes.len(), meta.len),
+            )),
+            Err(e) => Err(unreadable(state, key, meta, &e.to_string())),
+        };
+    }
+    match source {
+        Source::File(file) => match body::from_file(file, start, end, served).await {
+            Ok(b) => Ok(respond(b)),
+            Err(e) => Err(unreadable(state, key, meta, &e.to_string())),
+        },
+        Source::Stream(stream) => Ok(respond(body::from_stream(stream, end - start, served))),
+    }
 }
 
-/// [`stored`] for answers that cannot fetch the file again: an unreadable body is a 503.
+/// [`stored`] for answers that cannot fetch the file again: an unreadable body is a 503, an
+/// unavailable store the mirror's answer.
 async fn stored_or_503(
     state: &AppState,
-    key: &CacheKey,
+    fill: &FillRequest,
     meta: &Arc<EntryMeta>,
     headers: &HeaderMap,
     head_only: bool,
     cache_status: &'static str,
 ) -> Response<Body> {
-    stored(state, key, meta, headers, head_only, cache_status)
-        .await
-        .unwrap_or_else(|Unreadable| {
-            text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "cached file unreadable, try again",
-            )
-        })
+    match stored(state, &fill.key, meta, headers, head_only, cache_status).await {
+        Ok(response) => response,
+        Err(Unservable::StoreDown) => forward(state, fill, headers, head_only).await,
+        Err(Unservable::Dropped) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "cached file unreadable, try again",
+        ),
+    }
+}
+
+/// Serves a file that arrived whole and verified but could not be stored, from its spool.
+async fn spooled(
+    state: &AppState,
+    meta: &EntryMeta,
+    file: Arc<std::fs::File>,
+    headers: &HeaderMap,
+    head_only: bool,
+) -> Response<Body> {
+    let rep = Representation {
+        status: meta.status,
+        len: Some(meta.len),
+        content_type: meta.content_type.as_deref(),
+        last_modified: meta.last_modified.as_deref(),
+        etag: meta.etag.as_deref(),
+    };
+    let plan = serve::plan(&rep, headers);
+    let builder = serve::head(&rep, plan, "MISS");
+    let body = match plan.body_range(Some(meta.len)) {
+        Some((start, end)) if !head_only && plan != Plan::NotModified => {
+            let (_sender, rx) = watch::channel(FillState::Spooled {
+                meta: Arc::new(meta.clone()),
+                file: file.clone(),
+            });
+            let served = served(state, "upstream");
+            body::growing(file, rx, (start, end, false), served, None)
+        }
+        _ => body::empty(),
+    };
+    builder
+        .body(body)
+        .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "bad response head"))
 }

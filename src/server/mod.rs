@@ -22,10 +22,12 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::admin::ratelimit::RateLimiter;
 use crate::cache::Cache;
+use crate::config::StorageChoice;
 use crate::config::{Config, Security};
 use crate::mirror::selector::Selector;
-use crate::storage::StorageError;
 use crate::storage::disk::DiskStore;
+use crate::storage::s3::{S3SetupError, S3Store};
+use crate::storage::{StorageError, Store};
 use crate::telemetry::activity::RecentActivity;
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::tracing::Tracer;
@@ -63,6 +65,8 @@ pub enum StartError {
     Load(#[from] LoadError),
     #[error("cache directory: {0}")]
     Storage(#[from] StorageError),
+    #[error("{0}")]
+    Bucket(#[from] S3SetupError),
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
     #[error("TLS: {0}")]
@@ -120,7 +124,29 @@ impl Server {
         if !config.security.api_auth && !loopback {
             tracing::warn!(host = %config.host, "the management API (/api/*) has no key and listens beyond loopback: anyone who reaches it can purge the cache or reload; set --api-key");
         }
-        let store = DiskStore::open(&config.cache_dir)?;
+        let store = match &config.storage {
+            StorageChoice::Disk => Store::Disk(DiskStore::open(&config.cache_dir)?),
+            StorageChoice::S3(settings) => {
+                tracing::warn!(cache_dir = %config.cache_dir.display(), temp_dir = %settings.temp_dir.display(), "the s3 backend ignores the cache directory: bodies are spooled under the temp dir while they are uploaded");
+                let (store, problem) = S3Store::connect(settings, metrics.storage.clone()).await?;
+                match problem {
+                    Some(e) => {
+                        tracing::error!(endpoint = %settings.endpoint, bucket = %settings.bucket, error = %e, "the bucket does not answer: serving from the mirrors until it does")
+                    }
+                    None => {
+                        tracing::info!(endpoint = %settings.endpoint, bucket = %settings.bucket, prefix = %settings.prefix, "cache in an S3 bucket")
+                    }
+                }
+                Store::S3(store)
+            }
+        };
+        let maintenance = match &config.storage {
+            StorageChoice::S3(settings) => Some(
+                (settings.abandoned_upload_age / 2)
+                    .clamp(Duration::from_secs(1), Duration::from_secs(900)),
+            ),
+            StorageChoice::Disk => None,
+        };
         let upstream = Upstream::new(config.upstream_keep_alive, &config.tuning, &policy)?;
         let cache = Arc::new(Cache::new(
             store,
@@ -134,6 +160,9 @@ impl Server {
         tokio::spawn(async move { loader.load_index(started).await });
         tokio::spawn(cache.clone().run_cleanups());
         tokio::spawn(cache.clone().run_scrubs());
+        if let Some(every) = maintenance {
+            tokio::spawn(cache.clone().run_maintenance(every));
+        }
         let addr = format!("{}:{}", config.host, config.port);
         let listener = TcpListener::bind((config.host.as_str(), config.port))
             .await

@@ -14,13 +14,12 @@ use std::collections::HashSet;
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
-use super::StorageError;
-use crate::cache::key::CacheKey;
-use crate::cache::meta::{EntryMeta, META_VERSION};
+use futures_util::stream::BoxStream;
+
+use super::{CacheKey, EntryMeta, Listed, META_VERSION, Spool, StorageError, io};
 
 /// A cache directory on local disk.
 #[derive(Debug)]
@@ -28,35 +27,6 @@ pub struct DiskStore {
     data: PathBuf,
     tmp: PathBuf,
     nonce: AtomicU64,
-}
-
-/// A body being written: the writer appends, `reader` reads what has been written so far
-/// (readers of a fill in progress share it). Dropped without [`DiskStore::commit`], the file
-/// is removed.
-#[derive(Debug)]
-pub struct TempBody {
-    path: PathBuf,
-    /// Append handle.
-    pub writer: tokio::fs::File,
-    /// Read handle on the same file; stays valid after the commit renames it.
-    pub reader: Arc<File>,
-    committed: bool,
-}
-
-impl Drop for TempBody {
-    fn drop(&mut self) {
-        if !self.committed {
-            let _ = fs::remove_file(&self.path);
-        }
-    }
-}
-
-fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StorageError + 'a {
-    move |source| StorageError::Io {
-        op,
-        path: path.to_path_buf(),
-        source,
-    }
 }
 
 impl DiskStore {
@@ -146,59 +116,61 @@ impl DiskStore {
         }
     }
 
-    /// Opens the body of an entry returned by [`DiskStore::load`] or [`DiskStore::commit`].
-    pub fn open_body(&self, meta: &EntryMeta) -> Result<File, StorageError> {
+    /// Opens the body of an entry returned by [`DiskStore::load`] or [`DiskStore::commit`],
+    /// checking that the file still has the record's length: a body truncated or grown behind
+    /// the proxy's back is never served.
+    pub fn open_checked(&self, meta: &EntryMeta) -> Result<File, StorageError> {
         let path = self.body_path(meta)?;
-        File::open(&path).map_err(io("open", &path))
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StorageError::Missing(path.display().to_string()));
+            }
+            Err(e) => return Err(io("open", &path)(e)),
+        };
+        let len = file.metadata().map_err(io("stat", &path))?.len();
+        if len != meta.len {
+            return Err(io("check", &path)(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("body file has {len} bytes, its entry {}", meta.len),
+            )));
+        }
+        Ok(file)
     }
 
     /// Starts a new body in `tmp/`.
-    pub async fn create_temp(&self) -> Result<TempBody, StorageError> {
-        let path = self.tmp.join(format!("{}.part", self.next_nonce()));
-        let p = path.clone();
-        let (writer, reader) =
-            tokio::task::spawn_blocking(move || -> Result<(File, File), StorageError> {
-                let writer = File::options()
-                    .write(true)
-                    .create_new(true)
-                    .open(&p)
-                    .map_err(io("create", &p))?;
-                let reader = File::open(&p).map_err(io("open", &p))?;
-                Ok((writer, reader))
-            })
-            .await??;
-        Ok(TempBody {
-            path,
-            writer: tokio::fs::File::from_std(writer),
-            reader: Arc::new(reader),
-            committed: false,
-        })
+    pub(super) async fn create_spool(&self) -> Result<Spool, StorageError> {
+        Spool::create(&self.tmp, format!("{}.part", self.next_nonce()), true).await
     }
 
-    /// Makes `temp` the body of `key`'s entry described by `meta` (whose `body` field is set
+    /// Makes `spool` the body of `key`'s entry described by `meta` (whose `body` field is set
     /// here): syncs the body, renames it into place, then writes the metadata atomically and
     /// removes the body of the entry it replaces.
-    pub async fn commit(
+    pub(super) async fn commit(
         &self,
         key: &CacheKey,
-        mut temp: TempBody,
+        mut spool: Spool,
         mut meta: EntryMeta,
     ) -> Result<EntryMeta, StorageError> {
-        temp.writer
-            .sync_all()
-            .await
-            .map_err(io("sync", &temp.path))?;
+        spool.sync().await?;
         let digest = key.digest();
         let dir = self.shard(&digest);
         meta.body = format!("{digest}-{}.body", self.next_nonce());
-        let from = temp.path.clone();
+        let from = spool
+            .keep()
+            .ok_or_else(|| StorageError::Missing("spool without a name".into()))?;
         let to = dir.join(&meta.body);
         let meta_tmp = self.tmp.join(format!("{}.meta", self.next_nonce()));
         let meta_path = dir.join(format!("{digest}.meta"));
         let written = meta.clone();
         tokio::task::spawn_blocking(move || -> Result<(), StorageError> {
-            fs::create_dir_all(&dir).map_err(io("create", &dir))?;
-            fs::rename(&from, &to).map_err(io("rename", &from))?;
+            let moved = fs::create_dir_all(&dir)
+                .map_err(io("create", &dir))
+                .and_then(|()| fs::rename(&from, &to).map_err(io("rename", &from)));
+            if let Err(e) = moved {
+                let _ = fs::remove_file(&from);
+                return Err(e);
+            }
             let previous = read_body_name(&meta_path);
             write_meta_file(&meta_tmp, &meta_path, &written)?;
             sync_dir(&dir);
@@ -208,7 +180,6 @@ impl DiskStore {
             Ok(())
         })
         .await??;
-        temp.committed = true;
         Ok(meta)
     }
 
@@ -258,64 +229,30 @@ impl DiskStore {
         .await;
     }
 
-    /// Every complete entry on disk with its last access (unix seconds), in one walk of the
-    /// directory that also removes the bodies no metadata points at and older than `before`
-    /// (left by a crash between a body's rename and its metadata's). Blocking; returns the
-    /// entries and how many orphans it removed.
-    pub fn scan(&self, before: SystemTime) -> Result<(Vec<(EntryMeta, u64)>, usize), StorageError> {
-        let mut out = Vec::new();
-        let mut removed = 0;
-        for shard in fs::read_dir(&self.data)
-            .map_err(io("list", &self.data))?
-            .flatten()
-        {
-            let dir = shard.path();
-            let Ok(entries) = fs::read_dir(&dir) else {
-                continue;
-            };
-            let names: Vec<String> = entries
-                .flatten()
-                .filter_map(|e| e.file_name().into_string().ok())
-                .collect();
-            let mut referenced = HashSet::new();
-            for name in names.iter().filter(|n| n.ends_with(".meta")) {
-                let Ok(bytes) = fs::read(dir.join(name)) else {
-                    continue;
-                };
-                let Ok(meta) = serde_json::from_slice::<EntryMeta>(&bytes) else {
-                    continue;
-                };
-                referenced.insert(meta.body.clone());
-                if meta.v != META_VERSION {
-                    continue;
-                }
-                let Ok(body) = fs::metadata(dir.join(&meta.body)) else {
-                    continue;
-                };
-                if body.len() != meta.len {
-                    continue;
-                }
-                let accessed = body
-                    .modified()
-                    .ok()
-                    .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
-                    .map_or(meta.stored_at, |d| d.as_secs());
-                out.push((meta, accessed));
+    /// Every complete entry on disk with its last access (the body's modification time), one
+    /// page per shard directory. The same walk removes the bodies no metadata points at and
+    /// older than `before` (left by a crash between a body's rename and its metadata's).
+    pub(super) fn list(
+        &self,
+        before: SystemTime,
+    ) -> BoxStream<'_, Result<Vec<Listed>, StorageError>> {
+        let shards = match fs::read_dir(&self.data) {
+            Ok(rd) => rd.flatten().map(|e| e.path()).collect::<Vec<_>>(),
+            Err(e) => {
+                let e = io("list", &self.data)(e);
+                return Box::pin(futures_util::stream::once(async move { Err(e) }));
             }
-            for name in names
-                .iter()
-                .filter(|n| n.ends_with(".body") && !referenced.contains(*n))
-            {
-                let path = dir.join(name);
-                let old = fs::metadata(&path)
-                    .and_then(|m| m.modified())
-                    .is_ok_and(|t| t < before);
-                if old && fs::remove_file(&path).is_ok() {
-                    removed += 1;
-                }
-            }
-        }
-        Ok((out, removed))
+        };
+        Box::pin(futures_util::stream::unfold(
+            shards.into_iter(),
+            move |mut shards| async move {
+                let dir = shards.next()?;
+                let page = tokio::task::spawn_blocking(move || scan_shard(&dir, before))
+                    .await
+                    .map_err(StorageError::from);
+                Some((page, shards))
+            },
+        ))
     }
 
     /// Writes and removes a probe file: the health check of the storage.
@@ -360,4 +297,58 @@ fn sync_dir(dir: &Path) {
     if let Ok(d) = File::open(dir) {
         let _ = d.sync_all();
     }
+}
+
+/// The entries of one shard directory; removes the orphan bodies older than `before`.
+fn scan_shard(dir: &Path, before: SystemTime) -> Vec<Listed> {
+    let mut out = Vec::new();
+    let Ok(entries) = fs::read_dir(dir) else {
+        return out;
+    };
+    let names: Vec<String> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    let mut referenced = HashSet::new();
+    for name in names.iter().filter(|n| n.ends_with(".meta")) {
+        let Ok(bytes) = fs::read(dir.join(name)) else {
+            continue;
+        };
+        let Ok(meta) = serde_json::from_slice::<EntryMeta>(&bytes) else {
+            continue;
+        };
+        referenced.insert(meta.body.clone());
+        if meta.v != META_VERSION {
+            continue;
+        }
+        let Ok(body) = fs::metadata(dir.join(&meta.body)) else {
+            continue;
+        };
+        if body.len() != meta.len {
+            continue;
+        }
+        let accessed = body
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+            .map_or(meta.stored_at, |d| d.as_secs());
+        out.push(Listed { meta, accessed });
+    }
+    let mut removed = 0;
+    for name in names
+        .iter()
+        .filter(|n| n.ends_with(".body") && !referenced.contains(*n))
+    {
+        let path = dir.join(name);
+        let old = fs::metadata(&path)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t < before);
+        if old && fs::remove_file(&path).is_ok() {
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        tracing::info!(removed, dir = %dir.display(), "removed bodies left by an interrupted run");
+    }
+    out
 }

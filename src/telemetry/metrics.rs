@@ -45,6 +45,8 @@ pub struct Metrics {
     pub mirror_benchmarks: Family<DistroLabel, Counter>,
     pub index_unparsed: Family<DistroLabel, Counter>,
     pub cache_damaged: Counter,
+    /// Storage backend operations.
+    pub storage: crate::storage::StoreMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -149,8 +151,30 @@ impl Metrics {
             "Stored entries dropped because their body was truncated, changed or unreadable",
             cache_damaged.clone(),
         );
+        let storage = crate::storage::StoreMetrics::default();
+        registry.register(
+            "apt_proxy_storage_operations",
+            "Operations on the cache storage backend, by backend and operation",
+            storage.operations.clone(),
+        );
+        registry.register(
+            "apt_proxy_storage_errors",
+            "Storage operations that failed (no answer, a timeout, a server error or throttling)",
+            storage.errors.clone(),
+        );
+        registry.register(
+            "apt_proxy_storage_operation_duration_seconds",
+            "Duration of storage operations",
+            storage.duration.clone(),
+        );
+        registry.register(
+            "apt_proxy_storage_upload_buffered_bytes",
+            "Bytes of upload parts held in memory, all uploads together",
+            storage.upload_buffered.clone(),
+        );
         Metrics {
             registry,
+            storage,
             cache_hits,
             cache_misses,
             cache_size_bytes,

@@ -1,7 +1,5 @@
 //! What is stored about a cached response besides its body.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use serde::{Deserialize, Serialize};
 
 /// Metadata format version; an entry written by another version is treated as absent.
@@ -40,11 +38,4 @@ impl EntryMeta {
     pub fn is_fresh(&self, now: u64) -> bool {
         now < self.fresh_until
     }
-}
-
-/// Unix time in whole seconds.
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
