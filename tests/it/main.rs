@@ -7,6 +7,7 @@ mod origin;
 mod capacity;
 mod clients;
 mod config;
+mod conformance;
 mod consistency;
 mod crash;
 mod disk;
@@ -19,6 +20,7 @@ mod otlp;
 mod routing;
 mod semantics;
 mod tls;
+mod weed;
 
 use std::net::SocketAddr;
 use std::time::Duration;
