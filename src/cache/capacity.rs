@@ -326,6 +326,11 @@ impl Cache {
     pub async fn load_index(self: &Arc<Self>, orphans_before: std::time::SystemTime) {
         let started = Instant::now();
         let Some(n) = self.scan_store(orphans_before).await else {
+            // A shared store is asked on every miss anyway: serve, and list again at the
+            // next cleanup.
+            if !self.store.capabilities().sole_writer {
+                self.loaded.store(true, Ordering::Release);
+            }
             return;
         };
         self.loaded.store(true, Ordering::Release);

@@ -260,7 +260,9 @@ impl Cache {
             // A newer version than memory's, written by another instance, replaces it.
             let known = entries.peek(key).map(|s| s.meta.stored_at);
             if known.is_none_or(|at| at < meta.stored_at) {
-                entries.insert(key.clone(), meta.clone(), now, now);
+                // Accesses are recorded from the store time on: the first hit through this
+                // instance tells the others (on a shared store) the entry is in use.
+                entries.insert(key.clone(), meta.clone(), now, meta.stored_at);
             }
         }
         self.update_gauges();

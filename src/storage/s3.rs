@@ -1033,6 +1033,9 @@ impl S3Store {
     /// does not name).
     fn signed_bucket_get(&self, query: &[(&str, &str)]) -> url::Url {
         let url = self.inner.bucket.base_url().clone();
+        // The signature covers the query in key order.
+        let mut query = query.to_vec();
+        query.sort_unstable();
         let now = jiff::Timestamp::now();
         match &self.inner.credentials {
             Some(c) => rusty_s3::signing::sign(
@@ -1051,7 +1054,7 @@ impl S3Store {
                 let mut url = url;
                 {
                     let mut pairs = url.query_pairs_mut();
-                    for (k, v) in query {
+                    for (k, v) in &query {
                         pairs.append_pair(k, v);
                     }
                 }

@@ -72,7 +72,10 @@ async fn listed(store: &Store) -> Vec<EntryMeta> {
 
 async fn contract(store: Store) {
     let caps = store.capabilities();
-    store.check().await.expect("a working store passes its check");
+    store
+        .check()
+        .await
+        .expect("a working store passes its check");
     let key = CacheKey::new("debian", "pool/main/h/hello/hello_2.10-3_amd64.deb");
     assert!(store.load(&key).await.unwrap().is_none(), "empty store");
 
@@ -87,15 +90,25 @@ async fn contract(store: Store) {
         assert_eq!(seen, chunk, "the spool holds what was written");
     }
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    assert!(store.load(&key).await.unwrap().is_none(), "nothing from an abandoned write");
-    assert!(listed(&store).await.is_empty(), "nothing listed after an abandoned write");
+    assert!(
+        store.load(&key).await.unwrap().is_none(),
+        "nothing from an abandoned write"
+    );
+    assert!(
+        listed(&store).await.is_empty(),
+        "nothing listed after an abandoned write"
+    );
 
     // A committed body reads back whole and by range, across part boundaries (20 MiB is three
     // parts on S3 with a 1 MiB inline limit).
     let v1 = data(20 << 20, 2);
     let m1 = store_body(&store, &key, &v1, 1 << 20).await;
     assert!(!m1.body.is_empty(), "the commit names the body's version");
-    let loaded = store.load(&key).await.unwrap().expect("committed entry loads");
+    let loaded = store
+        .load(&key)
+        .await
+        .unwrap()
+        .expect("committed entry loads");
     assert_eq!(loaded, m1);
     assert_eq!(read(&store, &m1, 0, m1.len).await, v1);
     let (a, b) = ((8 << 20) - 10, (8 << 20) + 10);
@@ -106,7 +119,11 @@ async fn contract(store: Store) {
     let v2 = data(1000, 3);
     let m2 = store_body(&store, &key, &v2, 300).await;
     assert_ne!(m1.body, m2.body, "a new version at each commit");
-    assert_eq!(collect(open_v1, 0, m1.len).await, v1, "the old version, whole");
+    assert_eq!(
+        collect(open_v1, 0, m1.len).await,
+        v1,
+        "the old version, whole"
+    );
     assert_eq!(store.load(&key).await.unwrap(), Some(m2.clone()));
     assert_eq!(read(&store, &m2, 0, m2.len).await, v2);
 
@@ -165,7 +182,7 @@ async fn the_disk_backend_keeps_the_storage_contract() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_s3_backend_keeps_the_storage_contract() {
     let weed = weed::weed();
-    let bucket = weed.new_bucket().await;
+    let bucket = weed.space().await;
     let mut settings = weed.settings(&weed.endpoint, &bucket);
     settings.inline_max = 1 << 20;
     let metrics = StoreMetrics::default();

@@ -18,6 +18,7 @@ mod mirrors;
 mod ops;
 mod otlp;
 mod routing;
+mod s3;
 mod semantics;
 mod tls;
 mod weed;

@@ -21,6 +21,14 @@ use tokio::net::{TcpListener, TcpStream};
 pub const KEY: &str = "testkey";
 pub const SECRET: &str = "testsecret";
 
+/// Where one test keeps its objects.
+#[derive(Debug, Clone)]
+pub struct Space {
+    pub bucket: String,
+    /// Ends with `/`.
+    pub prefix: String,
+}
+
 /// The running store.
 pub struct Weed {
     /// `127.0.0.1:PORT` of its S3 API.
@@ -32,12 +40,14 @@ fn weed_binary() -> PathBuf {
     if let Some(p) = std::env::var_os("APT_PROXY_WEED") {
         return PathBuf::from(p);
     }
-    let tools = std::env::var_os("E2E_TOOLS").map(PathBuf::from).unwrap_or_else(|| {
-        let cache = std::env::var_os("XDG_CACHE_HOME")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache"));
-        cache.join("apt-proxy-e2e")
-    });
+    let tools = std::env::var_os("E2E_TOOLS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let cache = std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache"));
+            cache.join("apt-proxy-e2e")
+        });
     tools.join("seaweedfs/venv/bin/weed")
 }
 
@@ -94,7 +104,7 @@ fn start() -> Weed {
     let command = format!(
         "{bin} server -dir={data} -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.port={master} \
          -volume.port={volume} -filer.port={filer} -s3 -s3.port={s3} -s3.config={config} \
-         -volume.max=20 > {log} 2>&1 & w=$!; \
+         -volume.max=100 -master.volumeSizeLimitMB=1024 > {log} 2>&1 & w=$!; \
          while kill -0 {parent} 2>/dev/null; do sleep 1; done; kill $w; sleep 3; kill -9 $w",
         bin = bin.display(),
         data = dir.join("data").display(),
@@ -103,13 +113,14 @@ fn start() -> Weed {
         parent = std::process::id(),
     );
     // The shell outlives nothing: it stops the store when this test process is gone.
-    Command::new("sh")
+    let mut shell = Command::new("sh")
         .args(["-c", &command])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("sh starts");
+    std::thread::spawn(move || shell.wait());
     let endpoint = format!("127.0.0.1:{s3}");
     // Ready when a bucket can be created (the filer and a volume are up).
     let probe = Weed {
@@ -145,12 +156,9 @@ impl Weed {
     async fn create_bucket(&self, name: &str) -> Result<(), String> {
         let creds = Credentials::new(KEY, SECRET);
         let bucket = self.bucket(name);
-        let url = rusty_s3::actions::CreateBucket::new(&bucket, &creds).sign(Duration::from_secs(60));
-        let r = http()
-            .put(url)
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
+        let url =
+            rusty_s3::actions::CreateBucket::new(&bucket, &creds).sign(Duration::from_secs(60));
+        let r = http().put(url).send().await.map_err(|e| e.to_string())?;
         // An existing bucket of ours is fine too.
         if r.status().is_success() || r.status().as_u16() == 409 {
             Ok(())
@@ -159,29 +167,37 @@ impl Weed {
         }
     }
 
-    /// A new, empty bucket.
-    pub async fn new_bucket(&self) -> String {
+    /// A new, empty space: a prefix of its own in the tests' bucket (one bucket for all: each
+    /// bucket costs the store volumes of its own).
+    pub async fn space(&self) -> Space {
         static N: AtomicUsize = AtomicUsize::new(0);
-        let name = format!("t{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
-        self.create_bucket(&name).await.unwrap();
-        name
+        self.create_bucket("apt-proxy-tests").await.unwrap();
+        Space {
+            bucket: "apt-proxy-tests".into(),
+            prefix: format!("t{}/", N.fetch_add(1, Ordering::Relaxed)),
+        }
     }
 
-    /// Every object name in `bucket`, with its size.
-    pub async fn objects(&self, bucket: &str) -> Vec<(String, u64)> {
+    /// Every object name in `space`, with its size.
+    pub async fn objects(&self, space: &Space) -> Vec<(String, u64)> {
         let creds = Credentials::new(KEY, SECRET);
-        let b = self.bucket(bucket);
+        let b = self.bucket(&space.bucket);
         let mut out = Vec::new();
         let mut token: Option<String> = None;
         loop {
             let mut action = rusty_s3::actions::ListObjectsV2::new(&b, Some(&creds));
+            action.with_prefix(space.prefix.clone());
             if let Some(t) = &token {
                 action.with_continuation_token(t.clone());
             }
             let url = action.sign(Duration::from_secs(60));
             let text = http().get(url).send().await.unwrap().text().await.unwrap();
             let page = rusty_s3::actions::ListObjectsV2::parse_response(&text).unwrap();
-            out.extend(page.contents.into_iter().map(|c| (c.key, c.size.unwrap_or(0))));
+            out.extend(
+                page.contents
+                    .into_iter()
+                    .map(|c| (c.key, c.size.unwrap_or(0))),
+            );
             match page.next_continuation_token {
                 Some(t) => token = Some(t),
                 None => return out,
@@ -189,10 +205,10 @@ impl Weed {
         }
     }
 
-    /// Object names under `kind/` (meta, data, access) in `bucket` with the default prefix.
-    pub async fn names(&self, bucket: &str, kind: &str) -> Vec<String> {
-        let prefix = format!("apt-proxy/{kind}/");
-        self.objects(bucket)
+    /// Object names under `kind/` (meta, data, access) in `space`.
+    pub async fn names(&self, space: &Space, kind: &str) -> Vec<String> {
+        let prefix = format!("{}{kind}/", space.prefix);
+        self.objects(space)
             .await
             .into_iter()
             .filter(|(k, _)| k.starts_with(&prefix))
@@ -200,10 +216,10 @@ impl Weed {
             .collect()
     }
 
-    /// The multipart uploads in progress in `bucket`: (object, upload id).
-    pub async fn uploads(&self, bucket: &str) -> Vec<(String, String)> {
+    /// The multipart uploads in progress in `space`: (object, upload id).
+    pub async fn uploads(&self, space: &Space) -> Vec<(String, String)> {
         let creds = Credentials::new(KEY, SECRET);
-        let b = self.bucket(bucket);
+        let b = self.bucket(&space.bucket);
         let url = rusty_s3::signing::sign(
             &jiff::Timestamp::now(),
             rusty_s3::Method::Get,
@@ -227,38 +243,21 @@ impl Weed {
                     .unwrap_or_default()
                     .to_string()
             };
-            out.push((field("Key"), field("UploadId")));
+            if field("Key").starts_with(&space.prefix) {
+                out.push((field("Key"), field("UploadId")));
+            }
         }
+        assert!(text.contains("ListMultipartUploadsResult"), "{text}");
         out
     }
 
-    /// Starts a multipart upload of `object` in `bucket` and leaves it (an orphan).
-    pub async fn start_upload(&self, bucket: &str, object: &str) -> String {
-        let creds = Credentials::new(KEY, SECRET);
-        let b = self.bucket(bucket);
-        let url = rusty_s3::actions::CreateMultipartUpload::new(&b, Some(&creds), object)
-            .sign(Duration::from_secs(60));
-        let text = http()
-            .post(url)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        rusty_s3::actions::CreateMultipartUpload::parse_response(&text)
-            .unwrap()
-            .upload_id()
-            .to_string()
-    }
-
-    /// Settings for a proxy on `bucket` through `endpoint` (the store, or a relay to it).
-    pub fn settings(&self, endpoint: &str, bucket: &str) -> S3Settings {
+    /// Settings for a proxy on `space` through `endpoint` (the store, or a relay to it).
+    pub fn settings(&self, endpoint: &str, space: &Space) -> S3Settings {
         S3Settings {
             endpoint: endpoint.to_string(),
             region: "us-east-1".into(),
-            bucket: bucket.to_string(),
-            prefix: "apt-proxy/".into(),
+            bucket: space.bucket.clone(),
+            prefix: space.prefix.clone(),
             access_key: Some(KEY.into()),
             secret_key: Some(SECRET.into()),
             session_token: None,
@@ -267,7 +266,7 @@ impl Weed {
             inline_max: 32 << 20,
             temp_dir: std::env::temp_dir(),
             abandoned_upload_age: Duration::from_secs(3600),
-            timeout: Duration::from_secs(20),
+            timeout: Duration::from_secs(10),
         }
     }
 }
