@@ -396,6 +396,8 @@ failover_phase() {
   stop_pid "$PROXY_PID" apt-proxy
   PROXY_CACHE=$WORK/proxy-cache-failover
   mkdir -p "$PROXY_CACHE"
+  # With the cache in a bucket (apt-s3.sh), FAILOVER_PROXY_ARGS names an empty place in it.
+  PROXY_ARGS=${FAILOVER_PROXY_ARGS:-${PROXY_ARGS:-}}
   DEBIAN_MIRRORS="http://127.0.0.1:$dead/debian/,$ORIGIN_URL/debian/"
   proxy_restart
   for m in $MODES; do

