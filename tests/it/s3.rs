@@ -523,3 +523,61 @@ async fn a_killed_instance_leaves_no_object_and_the_sweep_aborts_its_upload_only
     assert_eq!(fetch(&c, first).await, (200, "HIT".into(), digest(&body1)));
     assert!(weed.uploads(&space).await.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_never_serves_an_index_its_release_contradicts_even_when_another_replaced_it() {
+    use sha2::Digest as _;
+    let sha = |b: &[u8]| hex::encode(sha2::Sha256::digest(b));
+    let release = |packages: &[u8]| {
+        format!(
+            "Origin: Test\nSuite: stable\nAcquire-By-Hash: yes\nSHA256:\n {} {} main/binary-amd64/Packages\n",
+            sha(packages),
+            packages.len()
+        )
+    };
+    const PACKAGES: &str = "debian/dists/stable/main/binary-amd64/Packages";
+    const RELEASE: &str = "debian/dists/stable/InRelease";
+    let (v1, v2): (&[u8], &[u8]) = (b"Package: a\nVersion: 1\n", b"Package: a\nVersion: 2\n");
+    let weed = weed::weed();
+    let space = weed.space().await;
+    let origin = Origin::start().await;
+    origin.put(&format!("/{RELEASE}"), release(v1));
+    origin.put(&format!("/{PACKAGES}"), v1.to_vec());
+    for v in [v1, v2] {
+        origin.put(
+            &format!(
+                "/debian/dists/stable/main/binary-amd64/by-hash/SHA256/{}",
+                sha(v)
+            ),
+            v.to_vec(),
+        );
+    }
+    let settings = weed.settings(&weed.endpoint, &space);
+    // Indexes are fresh for a second (the window is written in the record, for the fleet).
+    let fresh = |c: &mut Config| c.tuning.index_fresh = Duration::from_secs(1);
+    let (a, _da) = proxy(&origin, settings.clone(), fresh).await;
+    let (b, _db) = proxy(&origin, settings, fresh).await;
+    let body = |p: &Proxy, path: &'static str| {
+        let (client, url) = (p.client(), p.url(path));
+        async move {
+            let r = client.get(url).send().await.unwrap();
+            assert_eq!(r.status(), 200, "{path}");
+            r.bytes().await.unwrap().to_vec()
+        }
+    };
+    // A's clients get the Release of version 1.
+    assert!(body(&a, RELEASE).await == release(v1).as_bytes());
+    // The mirror publishes version 2; B's clients get it, and B stores it in the bucket.
+    origin.put(&format!("/{RELEASE}"), release(v2));
+    origin.put(&format!("/{PACKAGES}"), v2.to_vec());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(body(&b, RELEASE).await == release(v2).as_bytes());
+    assert_eq!(body(&b, PACKAGES).await, v2);
+    // A's clients, holding version 1's Release, get version 1's Packages, not B's.
+    assert_eq!(
+        body(&a, PACKAGES).await,
+        v1,
+        "A serves what its Release names"
+    );
+    assert_eq!(body(&b, PACKAGES).await, v2, "B too");
+}
