@@ -34,6 +34,9 @@
 #   WRK_THREADS=2 WRK_CONNS=64 WRK_SECS=10 LAT_SECS=5
 #   HERD_N=32 HERD_MIB=100 HERD_RATE=25m
 #   KEEP=1          keep the temp dir (data, cache, logs) instead of deleting it
+#   STORE=s3        the cache in an S3 bucket on a SeaweedFS started here (its `weed` from
+#                   WEED_BIN, default the one tests/e2e/setup.sh installs), on the load CPU;
+#                   default STORE=disk
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -48,6 +51,8 @@ BIG_CLIENTS=${BIG_CLIENTS:-8}; BIG_SECS=${BIG_SECS:-5}; BIG_MAX=${BIG_MAX:-10}
 WRK_THREADS=${WRK_THREADS:-2}; WRK_CONNS=${WRK_CONNS:-64}; WRK_SECS=${WRK_SECS:-10}; LAT_SECS=${LAT_SECS:-5}
 HERD_N=${HERD_N:-32}; HERD_MIB=${HERD_MIB:-100}; HERD_RATE=${HERD_RATE:-25m}
 KEEP=${KEEP:-0}
+STORE=${STORE:-disk}
+WEED_BIN=${WEED_BIN:-${XDG_CACHE_HOME:-$HOME/.cache}/apt-proxy-e2e/seaweedfs/venv/bin/weed}
 
 # our test traffic must never go through a proxy inherited from the environment
 unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY all_proxy ALL_PROXY no_proxy NO_PROXY
@@ -78,7 +83,7 @@ LOAD=("${NICE[@]}" "${ON_LOAD_CPU[@]}")   # prefix for every load generator
 # ---- state and cleanup ---------------------------------------------------------------------
 STATE=$(mktemp -d "${TMPDIR:-/tmp}/apt-proxy-hits.XXXXXX")
 chmod 755 "$STATE"   # nginx workers run as an unprivileged user when we are root
-NGINX_PID='' PROXY_PID='' SAMPLER_PID=''
+NGINX_PID='' PROXY_PID='' SAMPLER_PID='' WEED_PID=''
 CLIENT_PIDS=()
 
 stop_pid() { # stop_pid PID NAME: TERM, up to 10 s, then KILL; only that pid
@@ -111,6 +116,7 @@ cleanup() {
   stop_pid "$SAMPLER_PID" rss-sampler
   stop_pid "$PROXY_PID" apt-proxy
   stop_pid "$NGINX_PID" nginx
+  stop_pid "$WEED_PID" seaweedfs
   if [[ $KEEP == 1 ]]; then log "state kept in $STATE"; else rm -rf "$STATE"; fi
   exit "$rc"
 }
@@ -230,6 +236,35 @@ CONF
 NGINX_PID=$!
 wait_listen "$NGINX_PORT" "$NGINX_PID" nginx "$ND/error.log"
 log "origin nginx pid $NGINX_PID on $ORIGIN"
+
+if [[ $STORE == s3 ]]; then
+  [[ -x $WEED_BIN ]] || die "SeaweedFS not found at $WEED_BIN (bash tests/e2e/setup.sh installs it)"
+  # SeaweedFS also listens on port+10000 (gRPC).
+  pair_port() {
+    local p
+    while :; do
+      pick_port p
+      (( p + 10000 < 65536 )) && ! (exec 3<>"/dev/tcp/127.0.0.1/$((p + 10000))") 2>/dev/null && break
+    done
+    printf -v "$1" '%s' "$p"
+  }
+  pair_port S3_PORT; pair_port W_MASTER; pair_port W_VOLUME; pair_port W_FILER
+  mkdir -p "$STATE/weed"
+  printf '{"identities":[{"name":"bench","credentials":[{"accessKey":"benchkey","secretKey":"benchsecret"}],"actions":["Admin","Read","Write","List"]}]}\n' >"$STATE/weed/s3.json"
+  "${NICE[@]}" "${ON_LOAD_CPU[@]}" "$WEED_BIN" server -dir="$STATE/weed" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
+    -master.port="$W_MASTER" -volume.port="$W_VOLUME" -filer.port="$W_FILER" -s3 -s3.port="$S3_PORT" \
+    -s3.config="$STATE/weed/s3.json" -volume.max=20 </dev/null >"$STATE/weed.log" 2>&1 &
+  WEED_PID=$!
+  for i in $(seq 1 150); do
+    curl -sf -o /dev/null --aws-sigv4 "aws:amz:us-east-1:s3" --user benchkey:benchsecret \
+      -X PUT "http://127.0.0.1:$S3_PORT/bench" && break
+    (( i < 150 )) || die "SeaweedFS did not start (log: $STATE/weed.log)"
+    sleep 0.2
+  done
+  log "SeaweedFS pid $WEED_PID, S3 on 127.0.0.1:$S3_PORT, bucket bench"
+  EXTRA_ARGS+=(--storage-backend s3 --s3-endpoint "127.0.0.1:$S3_PORT" --s3-bucket bench
+    --s3-use-ssl false --s3-use-path-style --s3-access-key benchkey --s3-secret-key benchsecret)
+fi
 
 mkdir -p "$STATE/cache"
 "${NICE[@]}" "${ON_PROXY_CPU[@]}" "$BIN" --host 127.0.0.1 --port "$PROXY_PORT" --cachedir "$STATE/cache" \
@@ -448,7 +483,7 @@ row() { # row LABEL KEY
   printf '| %-40s | %12s | %12s | %20s |\n' "$1" "${R[direct.$2]}" "${R[proxy.$2]}" "$(ratio "${R[direct.$2]}" "${R[proxy.$2]}")"
 }
 echo
-echo "apt-proxy hit benchmark  $(date -u +%Y-%m-%dT%H:%M:%SZ)  $(nproc) CPUs  pin=$PIN  mode=$MODE"
+echo "apt-proxy hit benchmark  $(date -u +%Y-%m-%dT%H:%M:%SZ)  $(nproc) CPUs  pin=$PIN  mode=$MODE  store=$STORE"
 echo "binary: $BIN"
 echo "machine busy before start: ${BUSY_BEFORE}% of all CPUs (other jobs disturb the figures); load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo

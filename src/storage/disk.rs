@@ -7,7 +7,7 @@
 //!   of the key's digest.
 //! - `data/<aa>/<digest>-<nonce>.body`: its body. Each commit gives the body a new name and the
 //!   metadata, renamed into place last, points at it: readers holding the old body keep reading
-//!   it, and a crash between the two renames leaves an orphan body that [`DiskStore::scan`]
+//!   it, and a crash between the two renames leaves an orphan body that the listing
 //!   removes, never an entry whose metadata and body disagree.
 
 use std::collections::HashSet;
@@ -214,7 +214,7 @@ impl DiskStore {
     }
 
     /// Records `when` (unix seconds) as the entry's last access: the body's modification time,
-    /// read back by [`DiskStore::scan`] after a restart.
+    /// read back by the listing after a restart.
     pub async fn touch(&self, meta: &EntryMeta, when: u64) {
         let Ok(body) = self.body_path(meta) else {
             return;
