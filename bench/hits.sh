@@ -241,12 +241,12 @@ if [[ $STORE == s3 ]]; then
   [[ -x $WEED_BIN ]] || die "SeaweedFS not found at $WEED_BIN (bash tests/e2e/setup.sh installs it)"
   # SeaweedFS also listens on port+10000 (gRPC).
   pair_port() {
-    local p
+    local pair
     while :; do
-      pick_port p
-      (( p + 10000 < 65536 )) && ! (exec 3<>"/dev/tcp/127.0.0.1/$((p + 10000))") 2>/dev/null && break
+      pick_port pair
+      (( pair + 10000 < 65536 )) && ! (exec 3<>"/dev/tcp/127.0.0.1/$((pair + 10000))") 2>/dev/null && break
     done
-    printf -v "$1" '%s' "$p"
+    printf -v "$1" '%s' "$pair"
   }
   pair_port S3_PORT; pair_port W_MASTER; pair_port W_VOLUME; pair_port W_FILER
   mkdir -p "$STATE/weed"

@@ -12,8 +12,9 @@
 //!
 //! Bodies are spooled to an unnamed local file under the temp dir as they arrive (readers of
 //! the fill follow it) and uploaded from there: one streamed PUT up to `inline_max`, else a
-//! multipart upload that sends each [`PART`] as soon as it is spooled, with at most one part in
-//! memory per upload (gauge `apt_proxy_storage_upload_buffered_bytes`). A cut or failed fill
+//! multipart upload that sends each [`PART`] as soon as it is spooled. Both read the spool in
+//! 256 KiB chunks as the connection takes them: one chunk in memory per upload (gauge
+//! `apt_proxy_storage_upload_buffered_bytes`). A cut or failed fill
 //! aborts its upload; uploads orphaned by a killed instance, bodies no record names and access
 //! markers of removed entries are removed by [`S3Store::sweep`] on any instance once older than
 //! the abandoned-upload age.
@@ -42,6 +43,9 @@ use super::{CacheKey, EntryMeta, Listed, META_VERSION, Source, Spool, StorageErr
 /// Size of a multipart upload's parts (the last may be smaller). S3 wants at least 5 MiB and
 /// at most 10,000 parts: 8 MiB parts reach 78 GiB, past the largest object stored by default.
 pub const PART: u64 = 8 << 20;
+
+/// Size of the reads from a spool that feed an upload.
+pub const UPLOAD_CHUNK: u64 = 256 << 10;
 
 /// Largest record read back (a record is a few hundred bytes).
 const MAX_RECORD: usize = 64 << 10;
@@ -474,7 +478,8 @@ impl S3Store {
         Ok(parsed.upload_id().to_string())
     }
 
-    /// Uploads bytes `from..from + n` of `file` as part `number`; returns its ETag.
+    /// Uploads bytes `from..from + n` of `file` as part `number`, streamed from the spool;
+    /// returns its ETag.
     async fn upload_part(
         &self,
         object: &str,
@@ -485,25 +490,16 @@ impl S3Store {
         n: u64,
     ) -> Result<String, StorageError> {
         let number = u16::try_from(number).map_err(|_| remote("upload_part", "too many parts"))?;
-        let f = file.clone();
-        let gauge = self.inner.metrics.upload_buffered.clone();
-        gauge.inc_by(n as i64);
-        let _release = ReleaseOnDrop(gauge, n as i64);
-        let data = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
-            let mut buf = vec![0u8; n as usize];
-            f.read_exact_at(&mut buf, from)?;
-            Ok(buf)
-        })
-        .await?
-        .map_err(|e| super::io("read", std::path::Path::new("spool"))(e))?;
         let url =
             UploadPart::new(&self.inner.bucket, self.creds(), object, number, id).sign(SIGNED_FOR);
+        let request = self
+            .inner
+            .client
+            .put(url)
+            .header(reqwest::header::CONTENT_LENGTH, n)
+            .body(self.from_spool(file, from, n));
         let response = self
-            .send(
-                "upload_part",
-                self.inner.client.put(url).body(data),
-                Some(self.transfer_timeout(n)),
-            )
+            .send("upload_part", request, Some(self.transfer_timeout(n)))
             .await?;
         if !response.status().is_success() {
             return Err(self.failed("upload_part", &response));
@@ -514,6 +510,50 @@ impl S3Store {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
             .ok_or_else(|| remote("upload_part", "no ETag in the answer"))
+    }
+
+    /// A request body of bytes `from..from + n` of the spool, read in [`UPLOAD_CHUNK`]s as the
+    /// connection takes them: one chunk per upload in memory, counted in the buffered-upload
+    /// gauge until the next one is asked for.
+    fn from_spool(&self, file: &Arc<File>, from: u64, n: u64) -> reqwest::Body {
+        struct Held {
+            gauge: prometheus_client::metrics::gauge::Gauge,
+            bytes: i64,
+        }
+        impl Drop for Held {
+            fn drop(&mut self) {
+                self.gauge.dec_by(self.bytes);
+            }
+        }
+        let end = from + n;
+        let held = Held {
+            gauge: self.inner.metrics.upload_buffered.clone(),
+            bytes: 0,
+        };
+        let chunks = futures_util::stream::try_unfold(
+            (file.clone(), from, held),
+            move |(f, pos, mut held)| async move {
+                // The chunk sent before is in the socket now.
+                held.gauge.dec_by(held.bytes);
+                held.bytes = 0;
+                if pos >= end {
+                    return Ok(None);
+                }
+                let len = (end - pos).min(UPLOAD_CHUNK);
+                let g = f.clone();
+                let chunk = tokio::task::spawn_blocking(move || -> std::io::Result<Bytes> {
+                    let mut buf = vec![0u8; len as usize];
+                    g.read_exact_at(&mut buf, pos)?;
+                    Ok(Bytes::from(buf))
+                })
+                .await
+                .map_err(std::io::Error::other)??;
+                held.bytes = len as i64;
+                held.gauge.inc_by(held.bytes);
+                Ok::<_, std::io::Error>(Some((chunk, (f, pos + len, held))))
+            },
+        );
+        reqwest::Body::wrap_stream(chunks)
     }
 
     async fn complete(&self, object: &str, id: &str, etags: &[String]) -> Result<(), StorageError> {
@@ -568,28 +608,12 @@ impl S3Store {
     /// Uploads the first `len` bytes of `file` with one PUT, streamed from the file.
     async fn put_file(&self, object: &str, file: &Arc<File>, len: u64) -> Result<(), StorageError> {
         let url = PutObject::new(&self.inner.bucket, self.creds(), object).sign(SIGNED_FOR);
-        let chunks =
-            futures_util::stream::try_unfold((file.clone(), 0u64), move |(f, pos)| async move {
-                if pos >= len {
-                    return Ok(None);
-                }
-                let n = (len - pos).min(256 << 10);
-                let g = f.clone();
-                let chunk = tokio::task::spawn_blocking(move || -> std::io::Result<Bytes> {
-                    let mut buf = vec![0u8; n as usize];
-                    g.read_exact_at(&mut buf, pos)?;
-                    Ok(Bytes::from(buf))
-                })
-                .await
-                .map_err(std::io::Error::other)??;
-                Ok::<_, std::io::Error>(Some((chunk, (f, pos + n))))
-            });
         let request = self
             .inner
             .client
             .put(url)
             .header(reqwest::header::CONTENT_LENGTH, len)
-            .body(reqwest::Body::wrap_stream(chunks));
+            .body(self.from_spool(file, 0, len));
         let response = self
             .send("put", request, Some(self.transfer_timeout(len)))
             .await?;
@@ -1061,15 +1085,6 @@ impl S3Store {
                 url
             }
         }
-    }
-}
-
-/// Takes bytes off the buffered-upload gauge when a part is sent or abandoned.
-struct ReleaseOnDrop(prometheus_client::metrics::gauge::Gauge, i64);
-
-impl Drop for ReleaseOnDrop {
-    fn drop(&mut self) {
-        self.0.dec_by(self.1);
     }
 }
 

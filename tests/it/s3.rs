@@ -109,7 +109,7 @@ async fn what_one_instance_stored_is_a_hit_for_another() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_big_fills_hold_at_most_one_part_each_in_memory() {
+async fn concurrent_big_fills_hold_one_chunk_each_in_memory() {
     let weed = weed::weed();
     let bucket = weed.space().await;
     let origin = Origin::start().await;
