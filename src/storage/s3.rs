@@ -497,7 +497,7 @@ impl S3Store {
             .client
             .put(url)
             .header(reqwest::header::CONTENT_LENGTH, n)
-            .body(self.from_spool(file, from, n));
+            .body(self.spool_body(file, from, n));
         let response = self
             .send("upload_part", request, Some(self.transfer_timeout(n)))
             .await?;
@@ -515,7 +515,7 @@ impl S3Store {
     /// A request body of bytes `from..from + n` of the spool, read in [`UPLOAD_CHUNK`]s as the
     /// connection takes them: one chunk per upload in memory, counted in the buffered-upload
     /// gauge until the next one is asked for.
-    fn from_spool(&self, file: &Arc<File>, from: u64, n: u64) -> reqwest::Body {
+    fn spool_body(&self, file: &Arc<File>, from: u64, n: u64) -> reqwest::Body {
         struct Held {
             gauge: prometheus_client::metrics::gauge::Gauge,
             bytes: i64,
@@ -613,7 +613,7 @@ impl S3Store {
             .client
             .put(url)
             .header(reqwest::header::CONTENT_LENGTH, len)
-            .body(self.from_spool(file, 0, len));
+            .body(self.spool_body(file, 0, len));
         let response = self
             .send("put", request, Some(self.transfer_timeout(len)))
             .await?;
