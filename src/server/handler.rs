@@ -252,43 +252,95 @@ async fn serve(
     response
 }
 
+/// What the cache decided to send for a request. [`decide`] makes it (route and look-up are
+/// done, the fill is joined, started or waited for) and [`render`] turns it into a response:
+/// every way of serving goes through these two, so the answers cannot drift apart.
+enum Decision {
+    /// A stored entry, labelled `HIT` (from the cache, revalidated, or a stale copy) or `MISS`
+    /// (just filled). `refill`: when its body turns out unreadable, the entry is dropped and the
+    /// file fetched again; otherwise that is a 503.
+    Stored {
+        meta: Arc<EntryMeta>,
+        label: &'static str,
+        refill: bool,
+    },
+    /// A fill in progress: its body as it grows.
+    Follow {
+        head: Arc<Head>,
+        file: Arc<std::fs::File>,
+        rx: watch::Receiver<FillState>,
+    },
+    /// A file the fill does not store, streamed from the mirror: the fill's own response when
+    /// this request is the first to take it.
+    Unstored {
+        head: Arc<Head>,
+        response: Option<reqwest::Response>,
+    },
+    /// A complete, verified file the store did not take, from its spool.
+    Spooled {
+        meta: Arc<EntryMeta>,
+        file: Arc<std::fs::File>,
+    },
+    /// The request as it is, to the mirror; nothing stored.
+    Forward,
+    /// The mirror's answer that is not cached (its own failures become 502).
+    Passthrough { status: u16 },
+    /// The mirrors could not give the file.
+    Failed(Arc<FillError>),
+    /// The cache could not be consulted.
+    LookupFailed,
+    /// The fill ended without an outcome.
+    Abandoned,
+}
+
 async fn answer_from_cache(
     state: &AppState,
     fill: FillRequest,
     headers: &HeaderMap,
     head_only: bool,
 ) -> Response<Body> {
-    let key = &fill.key;
     // Only a whole GET fills the cache: a HEAD or a byte range of a file not cached (nor being
     // fetched) is asked of the mirror and passed on, so that neither makes the proxy download
     // a whole file that nobody reads.
     let partial = head_only || headers.contains_key(http::header::RANGE);
-    let lookup = match state.cache.lookup(&fill, !partial).await {
-        Ok(l) => l,
+    let mut decision = decide(state, &fill, !partial).await;
+    loop {
+        match render(state, &fill, decision, headers, head_only).await {
+            Ok(response) => return response,
+            // The entry was unreadable and dropped: fetch the file again (it was wanted, so
+            // even for a range or a HEAD), once.
+            Err(Refill) => {
+                decision = match decide(state, &fill, true).await {
+                    Decision::Stored { meta, label, .. } => Decision::Stored {
+                        meta,
+                        label,
+                        refill: false,
+                    },
+                    other => other,
+                }
+            }
+        }
+    }
+}
+
+/// Looks `fill` up and, for a file being fetched, follows the fill (started when
+/// `start_fill`) until it has an answer.
+async fn decide(state: &AppState, fill: &FillRequest, start_fill: bool) -> Decision {
+    let key = &fill.key;
+    let (mut rx, stale, since) = match state.cache.lookup(fill, start_fill).await {
+        Ok(Lookup::Hit(meta)) => {
+            return Decision::Stored {
+                meta,
+                label: "HIT",
+                refill: true,
+            };
+        }
+        Ok(Lookup::Fill { rx, stale, since }) => (rx, stale, since),
+        Ok(Lookup::Absent) => return Decision::Forward,
         Err(e) => {
             tracing::error!(key = %key, error = %e, "cache look-up failed");
-            return text(StatusCode::INTERNAL_SERVER_ERROR, "cache storage failed");
+            return Decision::LookupFailed;
         }
-    };
-    let (mut rx, stale, since) = match lookup {
-        Lookup::Hit(meta) => match stored(state, key, &meta, headers, head_only, "HIT").await {
-            Ok(response) => return response,
-            Err(Unservable::StoreDown) => return forward(state, &fill, headers, head_only).await,
-            // The entry is gone: fetch it again (it was wanted, so even for a range or HEAD).
-            Err(Unservable::Dropped) => match state.cache.lookup(&fill, true).await {
-                Ok(Lookup::Fill { rx, stale, since }) => (rx, stale, since),
-                Ok(Lookup::Hit(meta)) => {
-                    return stored_or_503(state, &fill, &meta, headers, head_only, "HIT").await;
-                }
-                Ok(Lookup::Absent) => return forward(state, &fill, headers, head_only).await,
-                Err(e) => {
-                    tracing::error!(key = %key, error = %e, "cache look-up failed");
-                    return text(StatusCode::INTERNAL_SERVER_ERROR, "cache storage failed");
-                }
-            },
-        },
-        Lookup::Fill { rx, stale, since } => (rx, stale, since),
-        Lookup::Absent => return forward(state, &fill, headers, head_only).await,
     };
     // With a copy in hand, a slow or hung mirror costs the client a few seconds at most: the
     // copy is served and the revalidation finishes in the background.
@@ -314,7 +366,6 @@ async fn answer_from_cache(
     };
     let outcome = match waited {
         Ok(Ok(state)) => state,
-
         Ok(Err(_)) => FillState::Failed(Arc::new(FillError::Upstream(UpstreamError::Transfer {
             detail: "fill task ended".into(),
         }))),
@@ -326,59 +377,93 @@ async fn answer_from_cache(
             })))
         }
     };
-
+    let stale_copy = |meta| Decision::Stored {
+        meta,
+        label: "HIT",
+        refill: false,
+    };
     match outcome {
-        FillState::Streaming { head, file, .. } => {
-            following(state, &fill, &head, file, rx, headers, head_only)
-        }
-        FillState::Unstored { head, response } => {
-            let taken = response.lock().unwrap_or_else(|e| e.into_inner()).take();
-            unstored(state, &fill, head, taken, headers, head_only).await
-        }
-        FillState::Done { meta, revalidated } => {
-            stored_or_503(
-                state,
-                &fill,
-                &meta,
-                headers,
-                head_only,
-                if revalidated { "HIT" } else { "MISS" },
-            )
-            .await
-        }
+        FillState::Streaming { head, file, .. } => Decision::Follow { head, file, rx },
+        FillState::Unstored { head, response } => Decision::Unstored {
+            head,
+            response: response.lock().unwrap_or_else(|e| e.into_inner()).take(),
+        },
+        FillState::Done { meta, revalidated } => Decision::Stored {
+            meta,
+            label: if revalidated { "HIT" } else { "MISS" },
+            refill: false,
+        },
+        FillState::Spooled { meta, file } => Decision::Spooled { meta, file },
         FillState::Passthrough { status } => match stale.filter(|_| status >= 500) {
             Some(meta) => {
                 tracing::warn!(key = %key, status, "mirror failed; serving the cached copy");
-                stored_or_503(state, &fill, &meta, headers, head_only, "HIT").await
+                stale_copy(meta)
             }
-            None => {
-                // A mirror's own failure is ours to report as a gateway error; its other answers
-                // (403, 410, …) are passed on.
-                let code = match StatusCode::from_u16(status) {
-                    Ok(code) if status < 500 => code,
-                    _ => StatusCode::BAD_GATEWAY,
-                };
-                let mut r = text(code, format!("mirror answered {status}"));
-                r.headers_mut()
-                    .insert("x-cache", http::HeaderValue::from_static("SKIP"));
-                r
-            }
+            None => Decision::Passthrough { status },
         },
         FillState::Failed(error) => match stale {
             Some(meta) => {
                 tracing::warn!(key = %key, error = %error, "mirror failed; serving the cached copy");
-                stored_or_503(state, &fill, &meta, headers, head_only, "HIT").await
+                stale_copy(meta)
             }
             // The cache could not store it (a held index whose write failed): the client
             // gets the mirror's answer directly.
-            None if matches!(*error, FillError::Storage(_)) => {
-                forward(state, &fill, headers, head_only).await
-            }
-            None => fill_error(&error),
+            None if matches!(*error, FillError::Storage(_)) => Decision::Forward,
+            None => Decision::Failed(error),
         },
-        FillState::Spooled { meta, file } => spooled(state, &meta, file, headers, head_only).await,
-        FillState::Pending => text(StatusCode::BAD_GATEWAY, "fill abandoned"),
+        FillState::Pending => Decision::Abandoned,
     }
+}
+
+/// A stored body that was unreadable: the entry is dropped, decide again.
+struct Refill;
+
+/// The response for `decision`.
+async fn render(
+    state: &AppState,
+    fill: &FillRequest,
+    decision: Decision,
+    headers: &HeaderMap,
+    head_only: bool,
+) -> Result<Response<Body>, Refill> {
+    Ok(match decision {
+        Decision::Stored {
+            meta,
+            label,
+            refill,
+        } => match stored(state, &fill.key, &meta, headers, head_only, label).await {
+            Ok(response) => response,
+            Err(Unservable::StoreDown) => forward(state, fill, headers, head_only).await,
+            Err(Unservable::Dropped) if refill => return Err(Refill),
+            Err(Unservable::Dropped) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cached file unreadable, try again",
+            ),
+        },
+        Decision::Follow { head, file, rx } => {
+            following(state, fill, &head, file, rx, headers, head_only)
+        }
+        Decision::Unstored { head, response } => {
+            unstored(state, fill, head, response, headers, head_only).await
+        }
+        Decision::Spooled { meta, file } => spooled(state, &meta, file, headers, head_only).await,
+        Decision::Forward => forward(state, fill, headers, head_only).await,
+        Decision::Passthrough { status } => {
+            // A mirror's own failure is ours to report as a gateway error; its other answers
+            // (403, 410, …) are passed on.
+            let code = match StatusCode::from_u16(status) {
+                Ok(code) if status < 500 => code,
+                _ => StatusCode::BAD_GATEWAY,
+            };
+            let mut r = text(code, format!("mirror answered {status}"));
+            r.headers_mut()
+                .insert("x-cache", http::HeaderValue::from_static("SKIP"));
+            r
+        }
+        Decision::Failed(error) => fill_error(&error),
+        Decision::LookupFailed => text(StatusCode::INTERNAL_SERVER_ERROR, "cache storage failed"),
+        Decision::Abandoned => text(StatusCode::BAD_GATEWAY, "fill abandoned"),
+    })
 }
 
 /// Answers a HEAD or a byte range of a file that is not cached from the mirror's answer to the
@@ -637,26 +722,6 @@ async fn stored(
             Err(e) => Err(unreadable(state, key, meta, &e.to_string())),
         },
         Source::Stream(stream) => Ok(respond(body::from_stream(stream, end - start, served))),
-    }
-}
-
-/// [`stored`] for answers that cannot fetch the file again: an unreadable body is a 503, an
-/// unavailable store the mirror's answer.
-async fn stored_or_503(
-    state: &AppState,
-    fill: &FillRequest,
-    meta: &Arc<EntryMeta>,
-    headers: &HeaderMap,
-    head_only: bool,
-    cache_status: &'static str,
-) -> Response<Body> {
-    match stored(state, &fill.key, meta, headers, head_only, cache_status).await {
-        Ok(response) => response,
-        Err(Unservable::StoreDown) => forward(state, fill, headers, head_only).await,
-        Err(Unservable::Dropped) => text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "cached file unreadable, try again",
-        ),
     }
 }
 
