@@ -18,6 +18,7 @@ pub mod route;
 pub mod server;
 pub mod storage;
 pub mod telemetry;
+pub mod units;
 pub mod upstream;
 
 /// The version string printed by `--version`, in logs and in the `X-Version` header.

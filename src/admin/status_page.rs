@@ -3,10 +3,10 @@
 
 use std::fmt::Write;
 
-use crate::cache::human_duration as duration;
-use crate::cache::human_size as human;
 use crate::server::AppState;
 use crate::telemetry::metrics::SourceLabel;
+use crate::units::human_duration as duration;
+use crate::units::human_size as human;
 use crate::unix_now;
 
 /// Escapes text for HTML (request targets come from clients).

@@ -12,6 +12,7 @@
 //! The tables are kept in memory, learnt as indexes are stored, and reloaded from the cache
 //! after a restart when a file under a suite is first asked for.
 
+use crate::config::IndexLimits;
 use std::collections::HashMap;
 use std::io::{self, BufReader, Read};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -77,13 +78,6 @@ fn file_name(path: &str) -> &str {
 /// The directory part of a path, with its trailing `/` (`""` at the top).
 fn dir_of(path: &str) -> &str {
     path.rfind('/').map_or("", |i| &path[..=i])
-}
-
-/// The suite directory (`dists/<suite>/`) a path lies in, if any.
-pub fn suite_dir(path: &str) -> Option<&str> {
-    let rest = path.strip_prefix("dists/")?;
-    let end = rest.find('/')?;
-    Some(&path[.."dists/".len() + end + 1])
 }
 
 /// Looks at the Release tables of `repo` from `path`'s directory up to the tree's root, and
@@ -275,38 +269,6 @@ pub enum Compression {
     None,
     Gzip,
     Xz,
-}
-
-/// Bounds on what the proxy reads of an index to learn from it. An index past any of them is
-/// still served as received, but not learnt from (its files are then not pre-verified).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IndexLimits {
-    /// Largest Release, InRelease or repomd.xml read (they are read whole).
-    pub release_bytes: u64,
-    /// Most bytes a Packages index may expand to.
-    pub unpacked_bytes: u64,
-    /// Longest line kept; longer lines (no field the proxy reads is that long) are skipped.
-    pub line_bytes: usize,
-    /// Most packages learnt from one index.
-    pub entries: usize,
-    /// Most packages known per repo (all its indexes together).
-    pub repo_entries: usize,
-    /// Most memory an xz decoder may use (its dictionary), in KiB.
-    pub xz_memory_kib: u32,
-}
-
-impl Default for IndexLimits {
-    fn default() -> Self {
-        IndexLimits {
-            release_bytes: 16 << 20,
-            unpacked_bytes: 1 << 30,
-            line_bytes: 64 << 10,
-            entries: 1_000_000,
-            repo_entries: 4_000_000,
-            // xz -9 uses a 64 MiB dictionary: every real index decodes within this.
-            xz_memory_kib: 96 << 10,
-        }
-    }
 }
 
 /// Why an index was not learnt from.
@@ -546,8 +508,11 @@ mod tests {
             t.packages_index("debian", &by_hash),
             Some(Compression::Gzip)
         );
-        assert_eq!(suite_dir("dists/stable/main/x"), Some("dists/stable/"));
-        assert_eq!(suite_dir("pool/main/x"), None);
+        assert_eq!(
+            crate::distro::class::suite_dir("dists/stable/main/x"),
+            Some("dists/stable/")
+        );
+        assert_eq!(crate::distro::class::suite_dir("pool/main/x"), None);
     }
 
     #[test]

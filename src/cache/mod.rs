@@ -8,7 +8,7 @@
 
 pub mod body;
 mod capacity;
-pub use capacity::{CacheStats, Removal, human_duration, human_size};
+pub use capacity::{CacheStats, Removal};
 pub mod eviction;
 pub mod fill;
 pub mod hot;
@@ -272,7 +272,7 @@ impl Cache {
     /// What an index says `path` in `repo` must be. After a restart, the Release of the path's
     /// suite is read back from the cache the first time it is needed.
     pub async fn expectation(&self, repo: &str, path: &str) -> Option<Expectation> {
-        if let Some(dir) = index::suite_dir(path)
+        if let Some(dir) = crate::distro::class::suite_dir(path)
             && !self.indexes.knows_release(repo, dir)
         {
             let mut found = false;

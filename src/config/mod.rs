@@ -64,6 +64,38 @@ pub struct Config {
     pub tuning: Tuning,
 }
 
+/// Bounds on what the proxy reads of an index to learn from it. An index past any of them is
+/// still served as received, but not learnt from (its files are then not pre-verified).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexLimits {
+    /// Largest Release, InRelease or repomd.xml read (they are read whole).
+    pub release_bytes: u64,
+    /// Most bytes a Packages index may expand to.
+    pub unpacked_bytes: u64,
+    /// Longest line kept; longer lines (no field the proxy reads is that long) are skipped.
+    pub line_bytes: usize,
+    /// Most packages learnt from one index.
+    pub entries: usize,
+    /// Most packages known per repo (all its indexes together).
+    pub repo_entries: usize,
+    /// Most memory an xz decoder may use (its dictionary), in KiB.
+    pub xz_memory_kib: u32,
+}
+
+impl Default for IndexLimits {
+    fn default() -> Self {
+        IndexLimits {
+            release_bytes: 16 << 20,
+            unpacked_bytes: 1 << 30,
+            line_bytes: 64 << 10,
+            entries: 1_000_000,
+            repo_entries: 4_000_000,
+            // xz -9 uses a 64 MiB dictionary: every real index decodes within this.
+            xz_memory_kib: 96 << 10,
+        }
+    }
+}
+
 /// The storage backend.
 #[derive(Debug, Clone)]
 pub enum StorageChoice {
@@ -147,7 +179,7 @@ pub struct Tuning {
     /// Bounds of a mirror benchmark.
     pub benchmark: crate::mirror::benchmark::Limits,
     /// Bounds on parsing indexes (Release, Packages).
-    pub index_limits: crate::cache::index::IndexLimits,
+    pub index_limits: IndexLimits,
     /// Bytes per second the background scrub reads to check stored bodies; 0: no scrub.
     pub scrub_rate: u64,
     /// Time between scrubs (the first runs after the start-up scan); `None`: only that one.
@@ -172,7 +204,7 @@ impl Default for Tuning {
             mirror_refresh: Some(Duration::from_secs(3600)),
             mirror_demotion: Duration::from_secs(30),
             benchmark: crate::mirror::benchmark::Limits::default(),
-            index_limits: crate::cache::index::IndexLimits::default(),
+            index_limits: IndexLimits::default(),
             scrub_rate: 32 << 20,
             scrub_interval: Some(Duration::from_secs(7 * 86_400)),
         }

@@ -94,6 +94,13 @@ pub enum HashAlgo {
     Sha512,
 }
 
+/// The suite directory (`dists/<suite>/`) a path lies in, if any.
+pub fn suite_dir(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix("dists/")?;
+    let end = rest.find('/')?;
+    Some(&path[.."dists/".len() + end + 1])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,8 +10,8 @@ use reqwest::header::RANGE;
 use url::Url;
 
 use super::{Candidate, Dropped, Measure, url_in};
-use crate::cache::human_duration;
-use crate::cache::index::suite_dir;
+use crate::distro::class::suite_dir;
+use crate::units::human_duration;
 use crate::unix_now;
 use crate::upstream::error_chain;
 use crate::upstream::policy::{AddressPolicy, GuardedResolver};
