@@ -181,15 +181,17 @@ impl Cache {
     /// several instances, an entry read through another instance since this one last saw it
     /// used is kept (and its access time learnt): the LRU order and the TTL are the fleet's,
     /// not one instance's.
-    async fn delete(&self, gone: Vec<(CacheKey, Slot)>, respect_access: bool) {
+    /// Returns the entries and bytes kept that way.
+    async fn delete(&self, gone: Vec<(CacheKey, Slot)>, respect_access: bool) -> (usize, u64) {
         let shared = !self.store.capabilities().sole_writer;
-        let mut kept = 0usize;
+        let (mut kept, mut kept_bytes) = (0usize, 0u64);
         for (key, slot) in gone {
             if respect_access
                 && shared
                 && let Some(at) = self.store.last_access(&key).await
                 && at > slot.last_access
             {
+                kept_bytes += slot.meta.len;
                 self.entries().insert_scanned(key, slot.meta, at);
                 kept += 1;
                 continue;
@@ -202,6 +204,7 @@ impl Cache {
             self.update_gauges();
             tracing::info!(kept, "entries read through another instance were kept");
         }
+        (kept, kept_bytes)
     }
 
     pub(super) fn update_gauges(&self) {
@@ -224,11 +227,12 @@ impl Cache {
         let evicted = self
             .entries()
             .evict(unix_now(), self.limits.max_size_bytes, ttl);
-        self.update_gauges();
-        let removed_bytes = evicted.iter().map(|(_, s)| s.meta.len).sum();
+        let evicted = self.evicted(evicted, "by the cleanup (TTL, size limit)");
+        let removed_bytes: u64 = evicted.iter().map(|(_, s)| s.meta.len).sum();
         let removed_items = evicted.len();
-        self.metrics.cache_evictions.inc_by(removed_items as u64);
-        self.delete(evicted, true).await;
+        let (kept_items, kept_bytes) = self.delete(evicted, true).await;
+        let (removed_items, removed_bytes) =
+            (removed_items - kept_items, removed_bytes - kept_bytes);
         self.metrics
             .cleanup_duration
             .observe(started.elapsed().as_secs_f64());

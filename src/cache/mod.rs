@@ -301,15 +301,11 @@ impl Cache {
         if meta.status != 200 {
             return None;
         }
-        let limit = self.tuning.index_limits.release_bytes;
-        let read = match self.store.open(&meta, 0, meta.len).await.ok()? {
-            crate::storage::Source::File(file) => {
-                tokio::task::spawn_blocking(move || index::read_text(file, limit))
-                    .await
-                    .ok()?
-            }
+        match self.store.open(&meta, 0, meta.len).await.ok()? {
+            crate::storage::Source::File(file) => self.index_text(repo, key, file).await,
             crate::storage::Source::Stream(mut stream) => {
                 use futures_util::StreamExt;
+                let limit = self.tuning.index_limits.release_bytes;
                 let mut bytes = Vec::new();
                 while let Some(chunk) = stream.next().await {
                     bytes.extend_from_slice(&chunk.ok()?);
@@ -317,16 +313,26 @@ impl Cache {
                         break;
                     }
                 }
-                index::read_text(&bytes[..], limit)
-            }
-        };
-        match read {
-            Ok(text) => Some(text),
-            Err(e) => {
-                self.unparsed(repo, key.as_str(), &e);
-                None
+                self.index_text(repo, key, std::io::Cursor::new(bytes))
+                    .await
             }
         }
+    }
+
+    /// The text of an index (a Release or repomd), read on the blocking pool within the size
+    /// limit of such files; one past it, or unreadable, is counted and not learnt from.
+    async fn index_text(
+        &self,
+        repo: &str,
+        key: &CacheKey,
+        input: impl std::io::Read + Send + 'static,
+    ) -> Option<String> {
+        let limit = self.tuning.index_limits.release_bytes;
+        let read = tokio::task::spawn_blocking(move || index::read_text(input, limit))
+            .await
+            .ok()?;
+        read.inspect_err(|e| self.unparsed(repo, key.as_str(), e))
+            .ok()
     }
 
     /// Counts and logs an index that is served but not learnt from.
@@ -350,17 +356,9 @@ impl Cache {
         body: Arc<std::fs::File>,
     ) {
         if index::is_release(path) || index::is_repomd(path) {
-            let limit = self.tuning.index_limits.release_bytes;
-            let file = crate::storage::FileReader::new(body);
-            let read = tokio::task::spawn_blocking(move || index::read_text(file, limit)).await;
-            let text = match read {
-                Ok(Ok(text)) => Some(text),
-                Ok(Err(e)) => {
-                    self.unparsed(repo, key.as_str(), &e);
-                    None
-                }
-                Err(_) => None,
-            };
+            let text = self
+                .index_text(repo, key, crate::storage::FileReader::new(body))
+                .await;
             if let Some(text) = text {
                 if index::is_release(path) {
                     self.indexes.learn_release(repo, path, &text);

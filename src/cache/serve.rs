@@ -18,6 +18,30 @@ pub struct Representation<'a> {
     pub etag: Option<&'a str>,
 }
 
+impl<'a> Representation<'a> {
+    /// A stored entry.
+    pub fn of_entry(meta: &'a crate::storage::EntryMeta) -> Representation<'a> {
+        Representation {
+            status: meta.status,
+            len: Some(meta.len),
+            content_type: meta.content_type.as_deref(),
+            last_modified: meta.last_modified.as_deref(),
+            etag: meta.etag.as_deref(),
+        }
+    }
+
+    /// The head of a fill's response.
+    pub fn of_head(head: &'a super::fill::Head) -> Representation<'a> {
+        Representation {
+            status: head.status,
+            len: head.len,
+            content_type: head.content_type.as_deref(),
+            last_modified: head.last_modified.as_deref(),
+            etag: head.etag.as_deref(),
+        }
+    }
+}
+
 /// How to answer a request for a representation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Plan {

@@ -545,13 +545,7 @@ async fn unstored(
     head_only: bool,
 ) -> Response<Body> {
     let respond = |head: &Head, response: Option<reqwest::Response>| {
-        let rep = Representation {
-            status: head.status,
-            len: head.len,
-            content_type: head.content_type.as_deref(),
-            last_modified: head.last_modified.as_deref(),
-            etag: head.etag.as_deref(),
-        };
+        let rep = Representation::of_head(head);
         let plan = match serve::plan(&rep, headers) {
             Plan::NotModified => Plan::NotModified,
             _ => Plan::Full,
@@ -597,13 +591,7 @@ fn following(
     headers: &HeaderMap,
     head_only: bool,
 ) -> Response<Body> {
-    let rep = Representation {
-        status: head.status,
-        len: head.len,
-        content_type: head.content_type.as_deref(),
-        last_modified: head.last_modified.as_deref(),
-        etag: head.etag.as_deref(),
-    };
+    let rep = Representation::of_head(head);
     let plan = serve::plan(&rep, headers);
     let builder = serve::head(&rep, plan, "MISS");
     let served = served(state, "upstream");
@@ -646,13 +634,7 @@ async fn stored(
     head_only: bool,
     cache_status: &'static str,
 ) -> Result<Response<Body>, Unservable> {
-    let rep = Representation {
-        status: meta.status,
-        len: Some(meta.len),
-        content_type: meta.content_type.as_deref(),
-        last_modified: meta.last_modified.as_deref(),
-        etag: meta.etag.as_deref(),
-    };
+    let rep = Representation::of_entry(meta);
     if cache_status == "HIT" {
         state.cache.served_from_cache(key);
     }
@@ -733,13 +715,7 @@ async fn spooled(
     headers: &HeaderMap,
     head_only: bool,
 ) -> Response<Body> {
-    let rep = Representation {
-        status: meta.status,
-        len: Some(meta.len),
-        content_type: meta.content_type.as_deref(),
-        last_modified: meta.last_modified.as_deref(),
-        etag: meta.etag.as_deref(),
-    };
+    let rep = Representation::of_entry(meta);
     let plan = serve::plan(&rep, headers);
     let builder = serve::head(&rep, plan, "MISS");
     let body = match plan.body_range(Some(meta.len)) {

@@ -195,6 +195,11 @@ async fn read_limited(
     Ok(out)
 }
 
+/// A status by which the store says it is failing (a server error, or throttling).
+fn store_failing(status: StatusCode) -> bool {
+    status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS
+}
+
 /// `2024-01-15T10:30:00.000Z` as unix seconds.
 fn iso_seconds(text: &str) -> Option<u64> {
     text.parse::<jiff::Timestamp>()
@@ -336,30 +341,36 @@ impl S3Store {
         &self,
         op: &'static str,
         request: reqwest::RequestBuilder,
-        timeout: Option<Duration>,
+        timeout: Duration,
     ) -> Result<reqwest::Response, StorageError> {
         let started = Instant::now();
-        let request = match timeout {
-            Some(t) => request.timeout(t),
-            None => request,
-        };
-        let result = request.send().await;
-        let ok = match &result {
-            Ok(r) => !r.status().is_server_error() && r.status() != StatusCode::TOO_MANY_REQUESTS,
-            Err(_) => false,
-        };
+        let result = request.timeout(timeout).send().await;
+        let ok = result.as_ref().is_ok_and(|r| !store_failing(r.status()));
         self.inner.metrics.observe("s3", op, started, ok);
         result.map_err(|e| remote(op, describe(&e)))
     }
 
-    /// A failed answer as an error.
+    /// [`S3Store::send`] for operations whose only good answer is a 2xx.
+    async fn send_ok(
+        &self,
+        op: &'static str,
+        request: reqwest::RequestBuilder,
+        timeout: Duration,
+    ) -> Result<reqwest::Response, StorageError> {
+        let response = self.send(op, request, timeout).await?;
+        if response.status().is_success() {
+            Ok(response)
+        } else {
+            Err(self.failed(op, &response))
+        }
+    }
+
+    /// An answer the operation cannot use, as an error; counted as a storage error (the
+    /// store's own failures were counted by [`S3Store::send`]).
     fn failed(&self, op: &'static str, response: &reqwest::Response) -> StorageError {
-        if op == "get" || op == "load" {
-            // Counted above only for 5xx; a 403 on a read is as much a failure.
+        if !store_failing(response.status()) {
             let label = super::OpLabel { backend: "s3", op };
-            if !response.status().is_server_error() {
-                self.inner.metrics.errors.get_or_create(&label).inc();
-            }
+            self.inner.metrics.errors.get_or_create(&label).inc();
         }
         remote(op, format!("answered {}", response.status()))
     }
@@ -368,11 +379,7 @@ impl S3Store {
         let url =
             rusty_s3::actions::HeadBucket::new(&self.inner.bucket, self.creds()).sign(SIGNED_FOR);
         let response = self
-            .send(
-                "check",
-                self.inner.client.head(url),
-                Some(self.inner.timeout),
-            )
+            .send("check", self.inner.client.head(url), self.inner.timeout)
             .await?;
         Ok(response.status())
     }
@@ -463,15 +470,12 @@ impl S3Store {
         let url =
             CreateMultipartUpload::new(&self.inner.bucket, self.creds(), object).sign(SIGNED_FOR);
         let response = self
-            .send(
+            .send_ok(
                 "create_upload",
                 self.inner.client.post(url),
-                Some(self.inner.timeout),
+                self.inner.timeout,
             )
             .await?;
-        if !response.status().is_success() {
-            return Err(self.failed("create_upload", &response));
-        }
         let text = read_limited("create_upload", response, MAX_RECORD).await?;
         let parsed = CreateMultipartUpload::parse_response(&String::from_utf8_lossy(&text))
             .map_err(|e| remote("create_upload", e))?;
@@ -499,11 +503,8 @@ impl S3Store {
             .header(reqwest::header::CONTENT_LENGTH, n)
             .body(self.spool_body(file, from, n));
         let response = self
-            .send("upload_part", request, Some(self.transfer_timeout(n)))
+            .send_ok("upload_part", request, self.transfer_timeout(n))
             .await?;
-        if !response.status().is_success() {
-            return Err(self.failed("upload_part", &response));
-        }
         response
             .headers()
             .get(reqwest::header::ETAG)
@@ -570,7 +571,7 @@ impl S3Store {
             .send(
                 "complete_upload",
                 self.inner.client.post(url).body(body),
-                Some(self.transfer_timeout(0) * 4),
+                self.transfer_timeout(0) * 4,
             )
             .await?;
         let status = response.status();
@@ -589,7 +590,7 @@ impl S3Store {
             .send(
                 "abort_upload",
                 self.inner.client.delete(url),
-                Some(self.inner.timeout),
+                self.inner.timeout,
             )
             .await
         {
@@ -614,13 +615,9 @@ impl S3Store {
             .put(url)
             .header(reqwest::header::CONTENT_LENGTH, len)
             .body(self.spool_body(file, 0, len));
-        let response = self
-            .send("put", request, Some(self.transfer_timeout(len)))
-            .await?;
-        if !response.status().is_success() {
-            return Err(self.failed("put", &response));
-        }
-        Ok(())
+        self.send_ok("put", request, self.transfer_timeout(len))
+            .await
+            .map(drop)
     }
 
     /// How long a transfer of `n` bytes may take: the timeout, plus a second per MiB (a
@@ -636,27 +633,19 @@ impl S3Store {
         body: Vec<u8>,
     ) -> Result<(), StorageError> {
         let url = PutObject::new(&self.inner.bucket, self.creds(), object).sign(SIGNED_FOR);
-        let response = self
-            .send(
-                op,
-                self.inner.client.put(url).body(body),
-                Some(self.inner.timeout),
-            )
-            .await?;
-        if !response.status().is_success() {
-            return Err(self.failed(op, &response));
-        }
-        Ok(())
+        self.send_ok(
+            op,
+            self.inner.client.put(url).body(body),
+            self.inner.timeout,
+        )
+        .await
+        .map(drop)
     }
 
     async fn delete(&self, object: &str) -> Result<(), StorageError> {
         let url = DeleteObject::new(&self.inner.bucket, self.creds(), object).sign(SIGNED_FOR);
         let response = self
-            .send(
-                "delete",
-                self.inner.client.delete(url),
-                Some(self.inner.timeout),
-            )
+            .send("delete", self.inner.client.delete(url), self.inner.timeout)
             .await?;
         if response.status().is_success() || response.status() == StatusCode::NOT_FOUND {
             Ok(())
@@ -703,7 +692,7 @@ impl S3Store {
         let object = self.name("meta", digest);
         let url = GetObject::new(&self.inner.bucket, self.creds(), &object).sign(SIGNED_FOR);
         let response = self
-            .send("load", self.inner.client.get(url), Some(self.inner.timeout))
+            .send("load", self.inner.client.get(url), self.inner.timeout)
             .await?;
         match response.status() {
             StatusCode::OK => {}
@@ -748,7 +737,7 @@ impl S3Store {
             .header(reqwest::header::RANGE, format!("bytes={start}-{}", end - 1));
         // The answer's head within the timeout; the body then reads with the read timeout.
         let response = self
-            .send("get", request, Some(self.transfer_timeout(end - start)))
+            .send("get", request, self.transfer_timeout(end - start))
             .await?;
         match response.status() {
             StatusCode::OK if start == 0 && end == meta.len => {}
@@ -798,11 +787,7 @@ impl S3Store {
         let object = self.name("access", &key.digest());
         let url = HeadObject::new(&self.inner.bucket, self.creds(), &object).sign(SIGNED_FOR);
         let response = self
-            .send(
-                "head",
-                self.inner.client.head(url),
-                Some(self.inner.timeout),
-            )
+            .send("head", self.inner.client.head(url), self.inner.timeout)
             .await
             .ok()?;
         if !response.status().is_success() {
@@ -834,15 +819,8 @@ impl S3Store {
         }
         let url = action.sign(SIGNED_FOR);
         let response = self
-            .send(
-                "list",
-                self.inner.client.get(url),
-                Some(self.inner.timeout * 2),
-            )
+            .send_ok("list", self.inner.client.get(url), self.inner.timeout * 2)
             .await?;
-        if !response.status().is_success() {
-            return Err(self.failed("list", &response));
-        }
         let text = read_limited("list", response, MAX_LISTING).await?;
         let parsed = ListObjectsV2::parse_response(&String::from_utf8_lossy(&text))
             .map_err(|e| remote("list", e))?;
@@ -1013,15 +991,12 @@ impl S3Store {
             }
             let url = self.signed_bucket_get(&query);
             let response = self
-                .send(
+                .send_ok(
                     "list_uploads",
                     self.inner.client.get(url),
-                    Some(self.inner.timeout * 2),
+                    self.inner.timeout * 2,
                 )
                 .await?;
-            if !response.status().is_success() {
-                return Err(self.failed("list_uploads", &response));
-            }
             let text = read_limited("list_uploads", response, MAX_LISTING).await?;
             let text = String::from_utf8_lossy(&text);
             for upload in xml_values(&text, "Upload") {

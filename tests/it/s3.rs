@@ -374,6 +374,8 @@ async fn the_size_limit_purge_and_ttl_act_on_the_bucket_for_the_whole_fleet() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    let removal: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    assert_eq!(removal["removed_items"], 1, "the entry kept is not counted: {removal}");
     let metas = weed.names(&bucket, "meta").await;
     assert_eq!(metas.len(), 1, "{metas:?}");
     assert_eq!(fetch(&a, &paths[0]).await.1, "HIT");
