@@ -91,8 +91,8 @@ pub fn read_whole(file: &File, len: u64) -> io::Result<Bytes> {
 
 /// A stored body's bytes `start..end`: its first chunk is read before the response head is
 /// sent (a small file costs one read, a body shorter than its entry is found in time).
-pub async fn from_file(file: File, start: u64, end: u64, served: Counter) -> io::Result<Body> {
-    let open_and_read = move || -> io::Result<(File, Bytes)> {
+pub async fn from_file(file: Arc<File>, start: u64, end: u64, served: Counter) -> io::Result<Body> {
+    let open_and_read = move || -> io::Result<(Arc<File>, Bytes)> {
         let first = if end > start {
             read_at(&file, start, (end - start).min(FIRST_CHUNK))?
         } else {
@@ -116,7 +116,7 @@ pub async fn from_file(file: File, start: u64, end: u64, served: Counter) -> io:
     }
     // The file is let go with the last chunk read, not when the connection drops the body: a
     // removed body's blocks are freed only once no one holds it open.
-    let rest = stream::unfold((Some(Arc::new(file)), next), move |(file, pos)| {
+    let rest = stream::unfold((Some(file), next), move |(file, pos)| {
         let served = served.clone();
         async move {
             let file = file.filter(|_| pos < end)?;

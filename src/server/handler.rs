@@ -699,7 +699,7 @@ async fn stored(
         };
     }
     match source {
-        Source::File(file) => match body::from_file(file, start, end, served).await {
+        Source::File(file) => match body::from_file(Arc::new(file), start, end, served).await {
             Ok(b) => Ok(respond(b)),
             Err(e) => Err(unreadable(state, key, meta, &e.to_string())),
         },
@@ -720,12 +720,17 @@ async fn spooled(
     let builder = serve::head(&rep, plan, "MISS");
     let body = match plan.body_range(Some(meta.len)) {
         Some((start, end)) if !head_only && plan != Plan::NotModified => {
-            let (_sender, rx) = watch::channel(FillState::Spooled {
-                meta: Arc::new(meta.clone()),
-                file: file.clone(),
-            });
-            let served = served(state, "upstream");
-            body::growing(file, rx, (start, end, false), served, None)
+            let end = end.unwrap_or(meta.len);
+            match body::from_file(file, start, end, served(state, "upstream")).await {
+                Ok(body) => body,
+                Err(e) => {
+                    tracing::error!(key = %meta.key, error = %e, "spooled download unreadable");
+                    return text(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "download unreadable, try again",
+                    );
+                }
+            }
         }
         _ => body::empty(),
     };

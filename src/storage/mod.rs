@@ -131,7 +131,7 @@ pub struct StoreMetrics {
     pub operations: Family<OpLabel, Counter>,
     pub errors: Family<OpLabel, Counter>,
     pub duration: Family<OpLabel, Histogram>,
-    /// Bytes of upload parts held in memory, all uploads together.
+    /// Bytes read from spools for uploads and not yet sent, all uploads together.
     pub upload_buffered: Gauge,
 }
 

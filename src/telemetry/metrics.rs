@@ -169,7 +169,7 @@ impl Metrics {
         );
         registry.register(
             "apt_proxy_storage_upload_buffered_bytes",
-            "Bytes of upload parts held in memory, all uploads together",
+            "Bytes read from spools for uploads and not yet sent to the store, all uploads together",
             storage.upload_buffered.clone(),
         );
         Metrics {

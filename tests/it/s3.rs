@@ -268,6 +268,29 @@ async fn a_failing_store_never_fails_a_request_the_mirror_can_answer() {
     let (p, _d) = proxy(&origin, settings, |_| {}).await;
     assert_eq!(fetch(&p, &files[0].0).await.1, "HIT");
 
+    // An index its Release names is held until verified; when the store then refuses it, its
+    // client gets the verified copy from the spool.
+    let packages = b"Package: a\nVersion: 1\n".to_vec();
+    let release = {
+        use sha2::Digest as _;
+        format!(
+            "Origin: Test\nSuite: stable\nSHA256:\n {} {} main/binary-amd64/Packages\n",
+            hex::encode(sha2::Sha256::digest(&packages)),
+            packages.len()
+        )
+    };
+    origin.put("/debian/dists/stable/InRelease", release.clone());
+    origin.put(
+        "/debian/dists/stable/main/binary-amd64/Packages",
+        packages.clone(),
+    );
+    relay.set(Mode::Unavailable);
+    let (status, _, got) = fetch(&p, "debian/dists/stable/InRelease").await;
+    assert_eq!((status, got), (200, digest(release.as_bytes())));
+    let (status, _, got) = fetch(&p, "debian/dists/stable/main/binary-amd64/Packages").await;
+    assert_eq!((status, got), (200, digest(&packages)));
+    relay.set(Mode::Pass);
+
     for (next, mode) in [Mode::Hang, Mode::Unavailable, Mode::Refuse]
         .into_iter()
         .enumerate()
@@ -375,7 +398,10 @@ async fn the_size_limit_purge_and_ttl_act_on_the_bucket_for_the_whole_fleet() {
         .unwrap();
     assert_eq!(r.status(), 200);
     let removal: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
-    assert_eq!(removal["removed_items"], 1, "the entry kept is not counted: {removal}");
+    assert_eq!(
+        removal["removed_items"], 1,
+        "the entry kept is not counted: {removal}"
+    );
     let metas = weed.names(&bucket, "meta").await;
     assert_eq!(metas.len(), 1, "{metas:?}");
     assert_eq!(fetch(&a, &paths[0]).await.1, "HIT");
