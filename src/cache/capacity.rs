@@ -118,6 +118,12 @@ impl Cache {
     /// memory and storage, unless a newer version replaced it meanwhile; counted in
     /// `apt_proxy_cache_damaged_entries_total`.
     pub fn drop_damaged(self: &Arc<Self>, key: &CacheKey, meta: &Arc<EntryMeta>) {
+        self.metrics.cache_damaged.inc();
+        self.drop_entry(key, meta);
+    }
+
+    /// Drops an entry from memory and storage, unless a newer version replaced it meanwhile.
+    pub(super) fn drop_entry(self: &Arc<Self>, key: &CacheKey, meta: &Arc<EntryMeta>) {
         let mut entries = self.entries();
         if entries
             .peek(key)
@@ -128,12 +134,11 @@ impl Cache {
         drop(entries);
         self.hot.remove(&meta.body);
         self.update_gauges();
-        self.metrics.cache_damaged.inc();
         let cache = self.clone();
         let (key, meta) = (key.clone(), meta.clone());
         tokio::spawn(async move {
             if let Err(e) = cache.store.remove(&key, &meta).await {
-                tracing::warn!(key = %key, error = %e, "removing a damaged cache entry failed");
+                tracing::warn!(key = %key, error = %e, "removing a cache entry failed");
             }
         });
     }
@@ -312,6 +317,9 @@ impl Cache {
             }
             return;
         };
+        // The Release files are known, and package requests wait for the package indexes in
+        // the cache, from now on.
+        self.restore_indexes().await;
         self.loaded.store(true, Ordering::Release);
         let (bytes, items) = {
             let e = self.entries();

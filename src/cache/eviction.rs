@@ -197,6 +197,7 @@ mod tests {
             last_modified: None,
             etag: None,
             sha256: String::new(),
+            digests: Default::default(),
             stored_at: 0,
             fresh_until,
         })

@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use futures_util::StreamExt;
 use reqwest::header::{CONTENT_RANGE, CONTENT_TYPE, ETAG, HeaderMap, LAST_MODIFIED};
-use sha2::{Digest as _, Sha256, Sha512};
 use tokio::sync::watch;
 
-use super::index::{Digest, Source};
+use super::index::{self, Digest, Source};
+use super::verify::{Digests, Hashes, Wanted};
 use super::{Cache, FillRequest, policy};
 use crate::distro::class::{HashAlgo, by_hash_digest};
 use crate::mirror::{MAX_ATTEMPTS, Mirror};
@@ -104,6 +104,10 @@ pub enum FillError {
     Digest,
     #[error("mirror sent a file whose hash differs from the one its index lists")]
     Mismatch,
+    /// A package that contradicts itself (an `.apk` whose data is not what its control
+    /// segment declares, or no package at all).
+    #[error("mirror sent a damaged package: {0}")]
+    Damaged(String),
     #[error("mirror is inconsistent (mid-sync?): the index does not match its Release")]
     Inconsistent,
     /// The request's path does not make a URL under the mirror's base: the client's fault.
@@ -141,7 +145,10 @@ pub(super) async fn run(
         };
         match e {
             FillError::Upstream(_) => cache.metrics.upstream_errors.get_or_create(&label).inc(),
-            FillError::Digest | FillError::Mismatch | FillError::Inconsistent => {
+            FillError::Digest
+            | FillError::Mismatch
+            | FillError::Damaged(_)
+            | FillError::Inconsistent => {
                 cache.metrics.integrity_failures.get_or_create(&label).inc()
             }
             _ => 0,
@@ -273,11 +280,26 @@ async fn fetch(
                     return Err(FillError::Inconsistent);
                 }
             }
-            _ => {
-                tracing::warn!(key = %request.key, want = %expect.digest.sha256, got = %body.sha256, "download does not match its index; not stored");
-                return Err(FillError::Mismatch);
-            }
+            _ => return Err(body.contradicts(cache, request, &expect.digest)),
         }
+    }
+    // A package no index vouched for when its fill started may have one now.
+    if request.expect.is_none()
+        && status == 200
+        && let Some(expect) = cache.indexes.expected(&request.repo, &request.path)
+        && !body.matches(&expect.digest)
+    {
+        return Err(body.contradicts(cache, request, &expect.digest));
+    }
+    if let Some(why) = body.digests.unchecked.filter(|_| status == 200) {
+        tracing::debug!(key = %request.key, "stored on its length alone: {why}");
+        cache
+            .metrics
+            .integrity_unchecked
+            .get_or_create(&DistroLabel {
+                distro: request.repo.clone(),
+            })
+            .inc();
     }
 
     let now = unix_now();
@@ -290,7 +312,8 @@ async fn fetch(
         content_type: body.head.content_type.clone(),
         last_modified: body.head.last_modified.clone(),
         etag: body.head.etag.clone(),
-        sha256: body.sha256.clone(),
+        sha256: body.digests.sha256.clone(),
+        digests: body.digests.others.clone(),
         stored_at: now,
         fresh_until: policy::fresh_until_with_rule(
             request.class,
@@ -311,6 +334,20 @@ async fn fetch(
             let meta = Arc::new(meta);
             cache.storage_ok();
             cache.remember(request.key.clone(), meta.clone());
+            // An index learnt while the body was committed: it is checked now, or by the
+            // learning, which checks what is stored once its table is in place.
+            if request.expect.is_none()
+                && status == 200
+                && let Some(digest) = cache.index_contradicts(&request.repo, &request.path, &meta)
+            {
+                cache.drop_entry(&request.key, &meta);
+                tracing::warn!(key = %request.key, mirror = %body.mirror.base, want = %digest.hex, "download does not match an index learnt meanwhile; dropped");
+                body.mirror.failed(
+                    "sent a file that contradicts its index",
+                    cache.tuning.mirror_demotion,
+                );
+                return Err(FillError::Mismatch);
+            }
             tracing::debug!(key = %request.key, bytes = meta.len, ms = started.elapsed().as_millis() as u64, "fill committed");
             FillState::Done {
                 meta,
@@ -506,18 +543,31 @@ pub(crate) fn content_range(response: &reqwest::Response) -> Option<(u64, Option
     Some((from.trim().parse().ok()?, total.trim().parse().ok()))
 }
 
-/// A body received into a temporary file, with its digest.
+/// A body received into a temporary file, with its digests and the mirror that sent it.
 struct Received {
     head: Arc<Head>,
     headers: HeaderMap,
     temp: Writer,
     written: u64,
-    sha256: String,
+    digests: Digests,
+    mirror: Arc<Mirror>,
 }
 
 impl Received {
     fn matches(&self, digest: &Digest) -> bool {
-        self.written == digest.size && self.sha256 == digest.sha256
+        self.written == digest.size && self.digests.get(digest.algo) == Some(digest.hex.as_str())
+    }
+
+    /// A package that contradicts its index: logged with the mirror that sent it, which is
+    /// demoted so that the next try goes elsewhere.
+    fn contradicts(&self, cache: &Cache, request: &FillRequest, digest: &Digest) -> FillError {
+        let got = self.digests.get(digest.algo).unwrap_or("-");
+        tracing::warn!(key = %request.key, mirror = %self.mirror.base, algo = digest.algo.name(), want = %digest.hex, got, size = self.written, want_size = digest.size, "download does not match its index; not stored");
+        self.mirror.failed(
+            "sent a file that contradicts its index",
+            cache.tuning.mirror_demotion,
+        );
+        FillError::Mismatch
     }
 }
 
@@ -548,8 +598,16 @@ async fn receive(
     } else {
         None
     };
-    let mut sha256 = Sha256::new();
-    let mut sha512 = matches!(pinned, Some((HashAlgo::Sha512, _))).then(Sha512::new);
+    let mut hashes = Hashes::new(if status == 200 {
+        let named = match &pinned {
+            Some((HashAlgo::Sha512, _)) => Some(index::Algo::Sha512),
+            Some((HashAlgo::Sha256, _)) => Some(index::Algo::Sha256),
+            None => request.expect.as_ref().map(|e| e.digest.algo),
+        };
+        Wanted::for_path(path, named)
+    } else {
+        Wanted::default()
+    });
     let mut written = 0u64;
     // While another mirror resends the start: the offset of its next byte.
     let mut replay: Option<u64> = None;
@@ -617,10 +675,7 @@ async fn receive(
                 tracing::warn!(key = %request.key, limit = cache.limits.max_object_bytes, "mirror body past the largest file stored; cut");
                 return Err(FillError::TooLarge(cache.limits.max_object_bytes));
             }
-            sha256.update(data);
-            if let Some(h) = sha512.as_mut() {
-                h.update(data);
-            }
+            hashes.update(data);
             if let Err(e) = temp.write(data).await {
                 return Err(cache.write_failed(e));
             }
@@ -664,13 +719,18 @@ async fn receive(
             got: written,
         });
     }
-    mirror.succeeded();
-    let sha256 = hex::encode(sha256.finalize());
-    let digest_ok = match &pinned {
-        Some((HashAlgo::Sha256, want)) => *want == sha256,
-        Some((HashAlgo::Sha512, want)) => {
-            sha512.map(|h| hex::encode(h.finalize())).as_deref() == Some(want.as_str())
+    let digests = match hashes.finish() {
+        Ok(digests) => digests,
+        Err(why) => {
+            tracing::warn!(key = %request.key, mirror = %mirror.base, "{why}; not stored");
+            mirror.failed("sent a damaged package", cache.tuning.mirror_demotion);
+            return Err(FillError::Damaged(why));
         }
+    };
+    mirror.succeeded();
+    let digest_ok = match &pinned {
+        Some((HashAlgo::Sha256, want)) => digests.get(index::Algo::Sha256) == Some(want),
+        Some((HashAlgo::Sha512, want)) => digests.get(index::Algo::Sha512) == Some(want),
         None => true,
     };
     if !digest_ok {
@@ -681,7 +741,8 @@ async fn receive(
         headers,
         temp,
         written,
-        sha256,
+        digests,
+        mirror,
     })
 }
 

@@ -13,9 +13,11 @@ pub mod eviction;
 pub mod fill;
 pub mod hot;
 pub mod index;
+mod learn;
 pub mod policy;
 pub mod scrub;
 pub mod serve;
+pub mod verify;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -269,126 +271,6 @@ impl Cache {
         Ok(Some(meta))
     }
 
-    /// What an index says `path` in `repo` must be. After a restart, the Release of the path's
-    /// suite is read back from the cache the first time it is needed.
-    pub async fn expectation(&self, repo: &str, path: &str) -> Option<Expectation> {
-        if let Some(dir) = crate::distro::class::suite_dir(path)
-            && !self.indexes.knows_release(repo, dir)
-        {
-            let mut found = false;
-            for name in ["InRelease", "Release"] {
-                let release_path = format!("{dir}{name}");
-                if let Some(text) = self
-                    .read_stored_text(repo, &CacheKey::new(repo, &release_path))
-                    .await
-                {
-                    self.indexes.learn_release(repo, &release_path, &text);
-                    found = true;
-                    break;
-                }
-            }
-            if !found {
-                self.indexes.set_release(repo, dir, None);
-            }
-        }
-        self.indexes.expected(repo, path)
-    }
-
-    /// The body of a stored 200 entry as text (for small index files), within the size
-    /// limit of such files; an index past it is counted and not learnt from.
-    async fn read_stored_text(&self, repo: &str, key: &CacheKey) -> Option<String> {
-        let meta = self.entry(key).await.ok()??;
-        if meta.status != 200 {
-            return None;
-        }
-        match self.store.open(&meta, 0, meta.len).await.ok()? {
-            crate::storage::Source::File(file) => self.index_text(repo, key, file).await,
-            crate::storage::Source::Stream(mut stream) => {
-                use futures_util::StreamExt;
-                let limit = self.tuning.index_limits.release_bytes;
-                let mut bytes = Vec::new();
-                while let Some(chunk) = stream.next().await {
-                    bytes.extend_from_slice(&chunk.ok()?);
-                    if bytes.len() as u64 > limit {
-                        break;
-                    }
-                }
-                self.index_text(repo, key, std::io::Cursor::new(bytes))
-                    .await
-            }
-        }
-    }
-
-    /// The text of an index (a Release or repomd), read on the blocking pool within the size
-    /// limit of such files; one past it, or unreadable, is counted and not learnt from.
-    async fn index_text(
-        &self,
-        repo: &str,
-        key: &CacheKey,
-        input: impl std::io::Read + Send + 'static,
-    ) -> Option<String> {
-        let limit = self.tuning.index_limits.release_bytes;
-        let read = tokio::task::spawn_blocking(move || index::read_text(input, limit))
-            .await
-            .ok()?;
-        read.inspect_err(|e| self.unparsed(repo, key.as_str(), e))
-            .ok()
-    }
-
-    /// Counts and logs an index that is served but not learnt from.
-    fn unparsed(&self, repo: &str, key: &str, error: &index::IndexError) {
-        tracing::warn!(key, error = %error, "index not parsed: the files it lists are not verified against it");
-        self.metrics
-            .index_unparsed
-            .get_or_create(&DistroLabel {
-                distro: repo.to_string(),
-            })
-            .inc();
-    }
-
-    /// Learns from an index just received (`body`: its spool), before its clients get their last byte: once a client
-    /// has a Release or Packages file, the proxy knows the hashes it lists.
-    pub(crate) async fn learn(
-        self: &Arc<Self>,
-        repo: &str,
-        path: &str,
-        key: &CacheKey,
-        body: Arc<std::fs::File>,
-    ) {
-        if index::is_release(path) || index::is_repomd(path) {
-            let text = self
-                .index_text(repo, key, crate::storage::FileReader::new(body))
-                .await;
-            if let Some(text) = text {
-                if index::is_release(path) {
-                    self.indexes.learn_release(repo, path, &text);
-                } else {
-                    self.indexes.learn_repomd(repo, path, &text);
-                }
-            }
-            return;
-        }
-
-        let Some(compression) = self.indexes.packages_index(repo, path) else {
-            return;
-        };
-        let file = crate::storage::FileReader::new(body);
-        let limits = self.tuning.index_limits;
-        let parsed =
-            tokio::task::spawn_blocking(move || index::parse_packages(file, compression, &limits))
-                .await;
-        let learnt = match parsed {
-            Ok(Ok(entries)) => self
-                .indexes
-                .learn_packages(repo, entries, limits.repo_entries),
-            Ok(Err(e)) => Err(e),
-            Err(e) => Err(index::IndexError::Io(std::io::Error::other(e))),
-        };
-        if let Err(e) = learnt {
-            self.unparsed(repo, key.as_str(), &e);
-        }
-    }
-
     /// A fresh entry, or the fill to follow: joined, or started when `start_fill` (a HEAD or a
     /// byte range of a file not cached does not start one, and gets [`Lookup::Absent`]).
     pub async fn lookup(
@@ -401,7 +283,7 @@ impl Cache {
             request
                 .expect
                 .as_ref()
-                .is_none_or(|e| m.status != 200 || m.sha256 == e.digest.sha256)
+                .is_none_or(|e| m.status != 200 || e.digest.matches(m))
         };
         let mut stored = self.entry(&request.key).await?;
         // On a shared store another instance may hold the version the index names.

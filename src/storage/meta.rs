@@ -1,5 +1,7 @@
 //! What is stored about a cached response besides its body.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// Metadata format version; an entry written by another version is treated as absent.
@@ -26,6 +28,11 @@ pub struct EntryMeta {
     pub etag: Option<String>,
     /// Lower-case hex SHA256 of the body.
     pub sha256: String,
+    /// Other digests computed while the body was written, by name (lower-case hex): those an
+    /// index may name later (`sha1`, `sha512`), or digests of a part of the body. The cache
+    /// decides which; storage only keeps them. Absent in records written before they existed.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub digests: BTreeMap<String, String>,
     /// Unix seconds when the body was stored.
     pub stored_at: u64,
     /// Unix seconds until which the entry is served without asking upstream

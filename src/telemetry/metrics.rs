@@ -44,6 +44,7 @@ pub struct Metrics {
     pub mirror_failovers: Family<DistroLabel, Counter>,
     pub mirror_benchmarks: Family<DistroLabel, Counter>,
     pub index_unparsed: Family<DistroLabel, Counter>,
+    pub integrity_unchecked: Family<DistroLabel, Counter>,
     pub cache_damaged: Counter,
     /// Storage backend operations.
     pub storage: crate::storage::StoreMetrics,
@@ -80,6 +81,7 @@ impl Metrics {
         let mirror_failovers = Family::<DistroLabel, Counter>::default();
         let mirror_benchmarks = Family::<DistroLabel, Counter>::default();
         let index_unparsed = Family::<DistroLabel, Counter>::default();
+        let integrity_unchecked = Family::<DistroLabel, Counter>::default();
         let cache_damaged = Counter::default();
         registry.register(
             "apt_proxy_cache_hits",
@@ -128,7 +130,7 @@ impl Metrics {
         );
         registry.register(
             "apt_proxy_integrity_failures",
-            "Downloads refused because they did not match their index or URL hash",
+            "Downloads refused or stored copies dropped because they did not match their index or URL hash, or a package contradicted itself",
             integrity_failures.clone(),
         );
         registry.register(
@@ -145,6 +147,11 @@ impl Metrics {
             "apt_proxy_index_unparsed",
             "Indexes served but not parsed (past a parsing limit, or unreadable): the files they list are not verified against them",
             index_unparsed.clone(),
+        );
+        registry.register(
+            "apt_proxy_integrity_unchecked",
+            "Packages stored on their length alone because their format carries no hash the proxy can check (apk v3, apk without datahash)",
+            integrity_unchecked.clone(),
         );
         registry.register(
             "apt_proxy_cache_damaged_entries",
@@ -188,6 +195,7 @@ impl Metrics {
             mirror_failovers,
             mirror_benchmarks,
             index_unparsed,
+            integrity_unchecked,
             cache_damaged,
         }
     }

@@ -63,7 +63,7 @@ async fn a_distribution_from_the_file_is_routed_cached_and_ruled() {
 #[tokio::test]
 async fn reload_by_api_swaps_distributions_and_keeps_them_on_a_broken_file() {
     let origin = Origin::start().await;
-    origin.put("/extra/x.apk", "extra");
+    origin.put("/extra/x.dat", "extra");
     let dir = cache_dir();
     let file = dir.path().join("distributions.yaml");
     std::fs::write(&file, fedora_file(&origin, "")).unwrap();
@@ -73,7 +73,7 @@ async fn reload_by_api_swaps_distributions_and_keeps_them_on_a_broken_file() {
     })
     .await;
     let client = proxy.client();
-    assert_eq!(proxy.get("extra/x.apk").await.status(), 404);
+    assert_eq!(proxy.get("extra/x.dat").await.status(), 404);
 
     std::fs::write(&file, with_extra(&origin)).unwrap();
     let r = client
@@ -83,7 +83,7 @@ async fn reload_by_api_swaps_distributions_and_keeps_them_on_a_broken_file() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "application/json");
-    assert_eq!(proxy.text("extra/x.apk").await, "extra");
+    assert_eq!(proxy.text("extra/x.dat").await, "extra");
 
     std::fs::write(&file, "distributions:\n  - id: extra\n    mirrorz: []\n").unwrap();
     let r = client
@@ -101,7 +101,7 @@ async fn reload_by_api_swaps_distributions_and_keeps_them_on_a_broken_file() {
         "{body}"
     );
     assert_eq!(
-        proxy.get("extra/x.apk").await.status(),
+        proxy.get("extra/x.dat").await.status(),
         200,
         "the previous configuration stays"
     );
@@ -168,7 +168,7 @@ async fn an_api_key_guards_the_api_and_only_the_api() {
 #[tokio::test]
 async fn sighup_reloads_and_coalesces() {
     let origin = Origin::start().await;
-    origin.put("/extra/x.apk", "extra");
+    origin.put("/extra/x.dat", "extra");
     let dir = cache_dir();
     let file = dir.path().join("distributions.yaml");
     std::fs::write(&file, fedora_file(&origin, "")).unwrap();
@@ -180,7 +180,7 @@ async fn sighup_reloads_and_coalesces() {
     let client = crate::client_builder().build().unwrap();
     assert_eq!(
         client
-            .get(proxy.url("extra/x.apk"))
+            .get(proxy.url("extra/x.dat"))
             .send()
             .await
             .unwrap()
@@ -202,7 +202,7 @@ async fn sighup_reloads_and_coalesces() {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if client
-            .get(proxy.url("extra/x.apk"))
+            .get(proxy.url("extra/x.dat"))
             .send()
             .await
             .unwrap()

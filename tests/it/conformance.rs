@@ -23,6 +23,8 @@ fn record(key: &CacheKey, body: &[u8]) -> EntryMeta {
         last_modified: None,
         etag: None,
         sha256: hex::encode(sha2::Sha256::digest(body)),
+        // A digest of another kind travels with the record.
+        digests: [("sha1".to_string(), "0".repeat(40))].into(),
         stored_at: apt_proxy::unix_now(),
         fresh_until: u64::MAX,
     }

@@ -2,35 +2,113 @@
 //! do not verify against each other.
 //!
 //! - A Release or InRelease file lists the size and SHA256 of every index file under its
-//!   directory (`dists/<suite>/`). A cached Packages file whose hash is not the one the current
-//!   Release names is refetched; when the mirror still serves the old one (caught mid-sync),
-//!   the file is taken from its `by-hash/SHA256/<hex>` name instead.
-//! - A Packages file (plain, .gz or .xz, also when fetched by hash) lists the SHA256 of every
-//!   package in the pool. A package download that does not match is not stored, and a cached
-//!   package the index no longer names with that hash is refetched.
+//!   directory (`dists/<suite>/`); a repomd.xml lists the metadata files of its repository. A
+//!   cached index whose hash is not the one its Release names is refetched; when the mirror
+//!   still serves the old one (caught mid-sync), the file is taken from its
+//!   `by-hash/SHA256/<hex>` name instead.
+//! - Package indexes list every package with its size and a hash: a Packages file (plain,
+//!   .gz or .xz, also when fetched by hash) the SHA256 of each `.deb`; the primary metadata a
+//!   repomd.xml names (plain, .gz, .xz or .zst) the SHA256, SHA512 or SHA-1 of each `.rpm`;
+//!   an APKINDEX.tar.gz the hash of each `.apk`'s control segment. A package download that
+//!   does not match is not stored, and a cached package the index no longer names with that
+//!   hash is refetched.
 //!
-//! The tables are kept in memory, learnt as indexes are stored, and reloaded from the cache
-//! after a restart when a file under a suite is first asked for.
+//! The tables are kept in memory: learnt as indexes are stored, and learnt again from the
+//! stored indexes after a restart (see `cache::learn`).
 
-use crate::config::IndexLimits;
+mod apk;
+mod deb;
+mod decode;
+mod rpm;
+
+#[cfg(test)]
+pub(crate) use apk::tests as apk_test;
+pub use apk::{TarStream, control_hash, parse_apkindex};
+pub use deb::{parse_packages, parse_release};
+pub use decode::Compression;
+pub use rpm::{parse_primary, parse_repomd};
+
 use std::collections::HashMap;
-use std::io::{self, BufReader, Read};
+use std::io::{self, Read};
 use std::sync::{Arc, Mutex, PoisonError};
 
-/// Size and SHA256 (lower-case hex) a file must have.
+use crate::storage::EntryMeta;
+
+/// A hash an index may name for a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Algo {
+    Sha256,
+    Sha512,
+    Sha1,
+    /// SHA-1 of an apk v2 package's control segment (the `Q1` checksum of APKINDEX).
+    ApkControlSha1,
+    /// SHA-256 of an apk v2 package's control segment (`Q2`).
+    ApkControlSha256,
+}
+
+impl Algo {
+    /// The name of the digest in an entry's record (`EntryMeta::digests`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Algo::Sha256 => "sha256",
+            Algo::Sha512 => "sha512",
+            Algo::Sha1 => "sha1",
+            Algo::ApkControlSha1 => "apk-control-sha1",
+            Algo::ApkControlSha256 => "apk-control-sha256",
+        }
+    }
+
+    /// Length of the digest in hex digits.
+    pub fn hex_len(self) -> usize {
+        match self {
+            Algo::Sha256 | Algo::ApkControlSha256 => 64,
+            Algo::Sha512 => 128,
+            Algo::Sha1 | Algo::ApkControlSha1 => 40,
+        }
+    }
+}
+
+/// Size and hash (lower-case hex) a file must have.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Digest {
     pub size: u64,
-    pub sha256: String,
+    pub algo: Algo,
+    pub hex: String,
+}
+
+impl Digest {
+    pub fn new(size: u64, algo: Algo, hex: &str) -> Digest {
+        Digest {
+            size,
+            algo,
+            hex: hex.to_ascii_lowercase(),
+        }
+    }
+
+    /// Whether a stored entry is this file: its length and the digest of this kind recorded
+    /// when it was written. An entry without such a digest does not match.
+    pub fn matches(&self, meta: &EntryMeta) -> bool {
+        meta.len == self.size && recorded(meta, self.algo) == Some(self.hex.as_str())
+    }
+}
+
+/// The digest of kind `algo` recorded for a stored body, if it was computed.
+pub fn recorded(meta: &EntryMeta, algo: Algo) -> Option<&str> {
+    match algo {
+        Algo::Sha256 => Some(meta.sha256.as_str()),
+        _ => meta.digests.get(algo.name()).map(String::as_str),
+    }
 }
 
 /// Who vouches for a digest, which decides what a mismatch means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
-    /// A Release file: the index is held back until verified, and a mismatch is retried by hash.
+    /// A Release file or a repomd.xml: the index is held back until verified, and a mismatch
+    /// is retried by hash.
     Release,
-    /// A Packages file: the package is streamed; a mismatch is not stored.
-    Packages,
+    /// A package index (Packages, primary, APKINDEX): the package is streamed; a mismatch is
+    /// not stored.
+    PackageIndex,
 }
 
 /// What a file is expected to be, and where else to find it.
@@ -46,10 +124,73 @@ pub struct Expectation {
 #[derive(Debug, Default)]
 pub struct ReleaseTable {
     files: HashMap<String, Digest>,
-    /// SHA256 hex -> relative path, to know what a by-hash file is.
+    /// Hex digest -> relative path, to know what a by-hash file is.
     by_hash: HashMap<String, String>,
     /// Whether the mirror keeps `by-hash/` copies (APT repositories; not YUM ones).
     has_by_hash: bool,
+    /// The href of a repomd.xml's primary metadata.
+    primary: Option<String>,
+}
+
+impl ReleaseTable {
+    /// The package indexes this table names, relative to its directory: the primary
+    /// metadata of a repomd.xml, or the Packages files of a Release (smallest first: the best
+    /// compression is the cheapest read).
+    pub fn package_indexes(&self) -> Vec<(&str, &Digest)> {
+        if let Some(primary) = &self.primary {
+            return self
+                .files
+                .get_key_value(primary)
+                .map(|(k, d)| (k.as_str(), d))
+                .into_iter()
+                .collect();
+        }
+        let mut out: Vec<_> = self
+            .files
+            .iter()
+            .filter(|(path, _)| {
+                PackageFormat::of_name(file_name(path))
+                    .is_some_and(|(f, _)| f == PackageFormat::Packages)
+            })
+            .map(|(path, d)| (path.as_str(), d))
+            .collect();
+        out.sort_by_key(|(path, d)| (d.size, *path));
+        out
+    }
+}
+
+/// Which kind of package index a file is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PackageFormat {
+    /// An APT Packages file.
+    Packages,
+    /// YUM primary metadata.
+    Primary,
+    /// An Alpine APKINDEX.tar.gz.
+    ApkIndex,
+}
+
+impl PackageFormat {
+    /// The format of an APT or Alpine package index, by file name (primary metadata is
+    /// known only through its repomd.xml).
+    fn of_name(name: &str) -> Option<(PackageFormat, Compression)> {
+        match name {
+            "Packages" => Some((PackageFormat::Packages, Compression::None)),
+            "Packages.gz" => Some((PackageFormat::Packages, Compression::Gzip)),
+            "Packages.xz" => Some((PackageFormat::Packages, Compression::Xz)),
+            "APKINDEX.tar.gz" => Some((PackageFormat::ApkIndex, Compression::Gzip)),
+            _ => None,
+        }
+    }
+}
+
+/// A package index: its format, its compression, and the directory its names are relative
+/// to (`""`: the repo's root).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackageIndex {
+    pub format: PackageFormat,
+    pub compression: Compression,
+    pub root: String,
 }
 
 /// The tables of every repo.
@@ -57,8 +198,17 @@ pub struct ReleaseTable {
 pub struct IndexTables {
     /// `repo/dir/` -> the Release of that directory (`None`: looked for, none cached).
     releases: Mutex<HashMap<String, Option<Arc<ReleaseTable>>>>,
-    /// repo -> pool path -> digest.
+    /// repo -> package path -> digest.
     packages: Mutex<HashMap<String, HashMap<String, Digest>>>,
+    /// Package indexes being learnt from.
+    learning: Arc<LearningNow>,
+}
+
+/// The package indexes being learnt from, per repo, and a wake-up when one is done.
+#[derive(Debug, Default)]
+struct LearningNow {
+    repos: Mutex<HashMap<String, usize>>,
+    done: tokio::sync::Notify,
 }
 
 /// Whether `path` names a Release file (whose table applies to its directory).
@@ -71,12 +221,20 @@ pub fn is_repomd(path: &str) -> bool {
     path == "repodata/repomd.xml" || path.ends_with("/repodata/repomd.xml")
 }
 
+/// Whether `path` names a package file the indexes may vouch for.
+pub fn is_package(path: &str) -> bool {
+    let name = file_name(path);
+    [".deb", ".udeb", ".ddeb", ".rpm", ".apk"]
+        .iter()
+        .any(|ext| name.ends_with(ext))
+}
+
 fn file_name(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
 }
 
 /// The directory part of a path, with its trailing `/` (`""` at the top).
-fn dir_of(path: &str) -> &str {
+pub fn dir_of(path: &str) -> &str {
     path.rfind('/').map_or("", |i| &path[..=i])
 }
 
@@ -113,6 +271,26 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Marks a package index of a repo as being learnt from until dropped.
+pub struct Learning {
+    now: Arc<LearningNow>,
+    repo: String,
+}
+
+impl Drop for Learning {
+    fn drop(&mut self) {
+        let mut repos = lock(&self.now.repos);
+        if let Some(n) = repos.get_mut(&self.repo) {
+            *n -= 1;
+            if *n == 0 {
+                repos.remove(&self.repo);
+            }
+        }
+        drop(repos);
+        self.now.done.notify_waiters();
+    }
+}
+
 impl IndexTables {
     /// Whether the Release of `repo`'s directory `dir` was already looked for.
     pub fn knows_release(&self, repo: &str, dir: &str) -> bool {
@@ -122,6 +300,11 @@ impl IndexTables {
     /// Records the Release of `repo`'s directory `dir` (`None`: there is none in the cache).
     pub fn set_release(&self, repo: &str, dir: &str, table: Option<ReleaseTable>) {
         lock(&self.releases).insert(format!("{repo}/{dir}"), table.map(Arc::new));
+    }
+
+    /// The Release table recorded for `repo`'s directory `dir`.
+    pub fn release(&self, repo: &str, dir: &str) -> Option<Arc<ReleaseTable>> {
+        lock(&self.releases).get(&format!("{repo}/{dir}"))?.clone()
     }
 
     /// Learns a Release file stored at `path`.
@@ -136,8 +319,7 @@ impl IndexTables {
     pub fn learn_repomd(&self, repo: &str, path: &str, text: &str) {
         let table = parse_repomd(text);
         tracing::debug!(repo, path, files = table.files.len(), "learnt repomd");
-        let root = &path[..path.len() - "repodata/repomd.xml".len()];
-        self.set_release(repo, root, Some(table));
+        self.set_release(repo, repomd_root(path), Some(table));
     }
 
     /// The index at `path`: its Release's directory, its relative path inside it, and that
@@ -170,22 +352,23 @@ impl IndexTables {
         {
             return None;
         }
-        if let Some(digest) = lock(&self.packages)
-            .get(repo)
-            .and_then(|t| t.get(path))
-            .cloned()
-        {
+        if is_package(path) {
+            // Index names are plain; clients may percent-encode some characters (`+`).
+            let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
+            let digest = lock(&self.packages)
+                .get(repo)
+                .and_then(|t| t.get(decoded.as_ref()))
+                .cloned()?;
             return Some(Expectation {
                 digest,
-                source: Source::Packages,
+                source: Source::PackageIndex,
                 by_hash_path: None,
             });
         }
         let (_, rel, table) = self.resolve_index(repo, path)?;
         let digest = table.files.get(&rel)?.clone();
-        let by_hash_path = table
-            .has_by_hash
-            .then(|| format!("{}by-hash/SHA256/{}", dir_of(path), digest.sha256));
+        let by_hash_path = (table.has_by_hash && digest.algo == Algo::Sha256)
+            .then(|| format!("{}by-hash/SHA256/{}", dir_of(path), digest.hex));
         Some(Expectation {
             digest,
             source: Source::Release,
@@ -193,28 +376,42 @@ impl IndexTables {
         })
     }
 
-    /// Whether the file at `path` (possibly a by-hash name) is a Packages index, and how it is
-    /// compressed (its name's extension).
-    pub fn packages_index(&self, repo: &str, path: &str) -> Option<Compression> {
-        let name = if path.contains("/by-hash/") {
-            self.resolve_index(repo, path)?.1
-        } else {
-            path.to_string()
-        };
-        match file_name(&name) {
-            "Packages" => Some(Compression::None),
-            "Packages.gz" => Some(Compression::Gzip),
-            "Packages.xz" => Some(Compression::Xz),
-            _ => None,
+    /// Whether the file at `path` (possibly a by-hash name) is a package index, and which.
+    pub fn package_index(&self, repo: &str, path: &str) -> Option<PackageIndex> {
+        if let Some((format, compression)) = PackageFormat::of_name(file_name(path)) {
+            let root = match format {
+                PackageFormat::ApkIndex => dir_of(path).to_string(),
+                _ => String::new(),
+            };
+            return Some(PackageIndex {
+                format,
+                compression,
+                root,
+            });
         }
+        let (dir, rel, table) = self.resolve_index(repo, path)?;
+        if table.primary.as_deref() == Some(rel.as_str()) {
+            return Some(PackageIndex {
+                format: PackageFormat::Primary,
+                compression: Compression::of_name(&rel)?,
+                root: dir,
+            });
+        }
+        let (format, compression) = PackageFormat::of_name(file_name(&rel))?;
+        Some(PackageIndex {
+            format,
+            compression,
+            root: String::new(),
+        })
     }
 
-    /// Adds the packages a Packages index lists to `repo`'s table.
-    /// Refused when the repo's table would hold more than `cap` packages.
+    /// Adds the packages a package index lists (`entries`, relative to `root`) to `repo`'s
+    /// table. Refused when the repo's table would hold more than `cap` packages.
     pub fn learn_packages(
         &self,
         repo: &str,
-        entries: Vec<(String, Digest)>,
+        root: &str,
+        entries: &[(String, Digest)],
         cap: usize,
     ) -> Result<(), IndexError> {
         let n = entries.len();
@@ -225,50 +422,46 @@ impl IndexTables {
                 "the repo would know more than {cap} packages"
             )));
         }
-        table.extend(entries);
+        table.extend(
+            entries
+                .iter()
+                .map(|(name, digest)| (format!("{root}{name}"), digest.clone())),
+        );
         tracing::debug!(repo, packages = n, "learnt package hashes");
         Ok(())
     }
-}
 
-/// Parses the SHA256 section of a Release or InRelease file.
-pub fn parse_release(text: &str) -> ReleaseTable {
-    let mut table = ReleaseTable {
-        has_by_hash: true,
-        ..ReleaseTable::default()
-    };
-
-    let mut in_sha256 = false;
-    for line in text.lines() {
-        if let Some(entry) = line.strip_prefix(' ') {
-            if !in_sha256 {
-                continue;
-            }
-            let mut fields = entry.split_whitespace();
-            if let (Some(hash), Some(size), Some(path)) =
-                (fields.next(), fields.next(), fields.next())
-                && hash.len() == 64
-                && let Ok(size) = size.parse()
-            {
-                let sha256 = hash.to_ascii_lowercase();
-                table.by_hash.insert(sha256.clone(), path.to_string());
-                table
-                    .files
-                    .insert(path.to_string(), Digest { size, sha256 });
-            }
-        } else {
-            in_sha256 = line.trim_end() == "SHA256:";
+    /// Marks a package index of `repo` as being learnt from: package requests of that repo
+    /// wait for it ([`IndexTables::settled`]).
+    pub fn learning(&self, repo: &str) -> Learning {
+        *lock(&self.learning.repos)
+            .entry(repo.to_string())
+            .or_default() += 1;
+        Learning {
+            now: self.learning.clone(),
+            repo: repo.to_string(),
         }
     }
-    table
+
+    /// Waits, at most `max`, until no package index of `repo` is being learnt from.
+    pub async fn settled(&self, repo: &str, max: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + max;
+        loop {
+            let woken = self.learning.done.notified();
+            if !lock(&self.learning.repos).contains_key(repo) {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, woken).await.is_err() {
+                tracing::debug!(repo, "package index still being learnt; not waiting longer");
+                return;
+            }
+        }
+    }
 }
 
-/// How an index file is compressed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Compression {
-    None,
-    Gzip,
-    Xz,
+/// The directory a repomd.xml's hrefs are relative to: the one above `repodata/`.
+pub fn repomd_root(path: &str) -> &str {
+    &path[..path.len() - "repodata/repomd.xml".len()]
 }
 
 /// Why an index was not learnt from.
@@ -278,174 +471,6 @@ pub enum IndexError {
     Io(#[from] io::Error),
     #[error("index past the parsing limit: {0}")]
     Limit(String),
-}
-
-/// A reader that fails once more than `left` bytes have come through it.
-struct Bounded<R> {
-    inner: R,
-    left: u64,
-    limit: u64,
-}
-
-impl<R: Read> Read for Bounded<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        if n as u64 > self.left {
-            return Err(io::Error::new(
-                io::ErrorKind::FileTooLarge,
-                format!("expands to more than {} bytes", self.limit),
-            ));
-        }
-        self.left -= n as u64;
-        Ok(n)
-    }
-}
-
-/// Reads a Packages index and returns `(Filename, digest)` for each stanza that has a
-/// Filename, a Size and a SHA256, within `limits`: decompressed and parsed as a stream, so
-/// memory stays bounded whatever the index says. Blocking.
-pub fn parse_packages(
-    input: impl Read,
-    compression: Compression,
-    limits: &IndexLimits,
-) -> Result<Vec<(String, Digest)>, IndexError> {
-    let input = BufReader::new(input);
-    let decoded: Box<dyn Read> = match compression {
-        Compression::None => Box::new(input),
-        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(input)),
-        Compression::Xz => Box::new(lzma_rust2::XzReader::new_mem_limit(
-            input,
-            true,
-            limits.xz_memory_kib,
-        )),
-    };
-    let mut reader = Bounded {
-        inner: decoded,
-        left: limits.unpacked_bytes,
-        limit: limits.unpacked_bytes,
-    };
-    let mut sink = StanzaSink {
-        line_max: limits.line_bytes,
-        entries_max: limits.entries,
-        ..StanzaSink::default()
-    };
-    let mut buf = vec![0u8; 64 << 10];
-    loop {
-        let n = match reader.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) if e.kind() == io::ErrorKind::FileTooLarge => {
-                return Err(IndexError::Limit(e.to_string()));
-            }
-            Err(e) => {
-                // The xz decoder reports its memory limit as a plain error.
-                let text = e.to_string();
-                if text.contains("mem_limit") || text.contains("memory") {
-                    return Err(IndexError::Limit(format!(
-                        "xz dictionary larger than {} KiB",
-                        limits.xz_memory_kib
-                    )));
-                }
-                return Err(IndexError::Io(e));
-            }
-        };
-        sink.feed(&buf[..n])?;
-    }
-    sink.finish()?;
-    Ok(sink.out)
-}
-
-/// Parses deb822 stanzas line by line, so a large decompressed index is never held in memory
-/// whole; a line is kept up to `line_max` bytes.
-#[derive(Default)]
-struct StanzaSink {
-    partial: Vec<u8>,
-    /// The line being read is longer than `line_max`: skip to its end.
-    overlong: bool,
-    line_max: usize,
-    entries_max: usize,
-    filename: Option<String>,
-    sha256: Option<String>,
-    size: Option<u64>,
-    out: Vec<(String, Digest)>,
-}
-
-impl StanzaSink {
-    fn line(&mut self, line: &[u8]) -> Result<(), IndexError> {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.is_empty() {
-            return self.end_stanza();
-        }
-        let Ok(text) = std::str::from_utf8(line) else {
-            return Ok(());
-        };
-        if let Some(v) = text.strip_prefix("Filename:") {
-            self.filename = Some(v.trim().to_string());
-        } else if let Some(v) = text.strip_prefix("SHA256:") {
-            self.sha256 = Some(v.trim().to_ascii_lowercase());
-        } else if let Some(v) = text.strip_prefix("Size:") {
-            self.size = v.trim().parse().ok();
-        }
-        Ok(())
-    }
-
-    fn end_stanza(&mut self) -> Result<(), IndexError> {
-        if let (Some(filename), Some(sha256), Some(size)) =
-            (self.filename.take(), self.sha256.take(), self.size.take())
-            && sha256.len() == 64
-        {
-            if self.out.len() >= self.entries_max {
-                return Err(IndexError::Limit(format!(
-                    "more than {} packages",
-                    self.entries_max
-                )));
-            }
-            self.out.push((filename, Digest { size, sha256 }));
-        }
-        self.filename = None;
-        self.sha256 = None;
-        self.size = None;
-        Ok(())
-    }
-
-    fn feed(&mut self, buf: &[u8]) -> Result<(), IndexError> {
-        let mut rest = buf;
-        while let Some(i) = rest.iter().position(|&b| b == b'\n') {
-            let piece = &rest[..i];
-            rest = &rest[i + 1..];
-            if std::mem::take(&mut self.overlong) {
-                self.partial.clear();
-                continue;
-            }
-            if self.partial.is_empty() {
-                self.line(piece)?;
-            } else if self.partial.len() + piece.len() <= self.line_max {
-                self.partial.extend_from_slice(piece);
-                let line = std::mem::take(&mut self.partial);
-                self.line(&line)?;
-            } else {
-                self.partial.clear();
-            }
-        }
-        if !self.overlong {
-            if self.partial.len() + rest.len() > self.line_max {
-                self.partial.clear();
-                self.overlong = true;
-            } else {
-                self.partial.extend_from_slice(rest);
-            }
-        }
-        Ok(())
-    }
-
-    fn finish(&mut self) -> Result<(), IndexError> {
-        if !self.partial.is_empty() && !self.overlong {
-            let line = std::mem::take(&mut self.partial);
-            self.line(&line)?;
-        }
-        self.end_stanza()
-    }
 }
 
 /// Reads a small index (Release, InRelease, repomd.xml) whole as text, lossily, refusing one
@@ -462,6 +487,7 @@ pub fn read_text(input: impl Read, limit: u64) -> Result<String, IndexError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::IndexLimits;
     use std::io::Write;
 
     const RELEASE: &str = "-----BEGIN PGP SIGNED MESSAGE-----\nHash: SHA512\n\nOrigin: Test\nSuite: stable\nMD5Sum:\n 0123 12 main/binary-amd64/Packages\nSHA256:\n aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa 120 main/binary-amd64/Packages\n BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB 80 main/binary-amd64/Packages.gz\n-----BEGIN PGP SIGNATURE-----\n\nxyz\n-----END PGP SIGNATURE-----\n";
@@ -473,13 +499,7 @@ mod tests {
         let e = t
             .expected("debian", "dists/stable/main/binary-amd64/Packages.gz")
             .unwrap();
-        assert_eq!(
-            e.digest,
-            Digest {
-                size: 80,
-                sha256: "b".repeat(64)
-            }
-        );
+        assert_eq!(e.digest, Digest::new(80, Algo::Sha256, &"b".repeat(64)));
         assert_eq!(e.source, Source::Release);
         assert_eq!(
             e.by_hash_path.unwrap(),
@@ -505,8 +525,12 @@ mod tests {
             "b".repeat(64)
         );
         assert_eq!(
-            t.packages_index("debian", &by_hash),
-            Some(Compression::Gzip)
+            t.package_index("debian", &by_hash),
+            Some(PackageIndex {
+                format: PackageFormat::Packages,
+                compression: Compression::Gzip,
+                root: String::new()
+            })
         );
         assert_eq!(
             crate::distro::class::suite_dir("dists/stable/main/x"),
@@ -521,17 +545,11 @@ mod tests {
         let want = vec![
             (
                 "pool/main/a/a_1_all.deb".to_string(),
-                Digest {
-                    size: 10,
-                    sha256: "c".repeat(64),
-                },
+                Digest::new(10, Algo::Sha256, &"c".repeat(64)),
             ),
             (
                 "pool/main/b/b_1_all.deb".to_string(),
-                Digest {
-                    size: 20,
-                    sha256: "d".repeat(64),
-                },
+                Digest::new(20, Algo::Sha256, &"d".repeat(64)),
             ),
         ];
         let limits = IndexLimits::default();
@@ -607,25 +625,23 @@ mod tests {
 
     #[test]
     fn endless_lines_are_skipped_with_bounded_memory() {
-        let mut sink = StanzaSink {
-            line_max: 64 << 10,
-            entries_max: 10,
-            ..StanzaSink::default()
+        let mut lines = decode::Lines::new(64 << 10);
+        let mut seen: Vec<Vec<u8>> = Vec::new();
+        let mut keep = |l: &[u8]| {
+            seen.push(l.to_vec());
+            Ok(())
         };
         let junk = vec![b'A'; 1 << 20];
         for _ in 0..16 {
-            sink.feed(&junk).unwrap();
-            assert!(
-                sink.partial.capacity() <= 2 * (64 << 10),
-                "line buffer grew"
-            );
+            lines.feed(&junk, &mut keep).unwrap();
+            assert!(lines.buffered() <= 2 * (64 << 10), "line buffer grew");
         }
-        // The overlong line ends; the next stanza is read.
-        sink.feed(b"\n").unwrap();
-        sink.feed(STANZA.as_bytes()).unwrap();
-        sink.finish().unwrap();
-        assert_eq!(sink.out.len(), 1);
-        assert_eq!(sink.out[0].0, "pool/a.deb");
+        // The overlong line ends; the next lines are read.
+        lines.feed(b"\n", &mut keep).unwrap();
+        lines.feed(STANZA.as_bytes(), &mut keep).unwrap();
+        lines.finish(&mut keep).unwrap();
+        assert_eq!(seen.len(), STANZA.lines().count());
+        assert_eq!(seen[1], b"Filename: pool/a.deb");
     }
 
     #[test]
@@ -654,56 +670,16 @@ mod tests {
         let entry = |n: u32| {
             (
                 format!("pool/{n}.deb"),
-                Digest {
-                    size: 1,
-                    sha256: "c".repeat(64),
-                },
+                Digest::new(1, Algo::Sha256, &"c".repeat(64)),
             )
         };
-        t.learn_packages("debian", vec![entry(1), entry(2)], 3)
+        t.learn_packages("debian", "", &[entry(1), entry(2)], 3)
             .unwrap();
         assert!(
-            t.learn_packages("debian", vec![entry(3), entry(4)], 3)
+            t.learn_packages("debian", "", &[entry(3), entry(4)], 3)
                 .is_err()
         );
     }
-}
-
-/// Parses the `<data>` entries of a repomd.xml: location href, size and SHA256 checksum.
-/// Entries with another checksum type are skipped. A plain scan, not an XML parser: repomd
-/// files are machine-written and regular.
-pub fn parse_repomd(text: &str) -> ReleaseTable {
-    let mut table = ReleaseTable::default();
-    for block in text.split("<data ").skip(1) {
-        let block = block.split("</data>").next().unwrap_or(block);
-        let sha256 = block.split("<checksum").nth(1).and_then(|c| {
-            let (attrs, rest) = c.split_once('>')?;
-            (attrs.contains("\"sha256\"") || attrs.contains("'sha256'")).then(|| {
-                rest.split('<')
-                    .next()
-                    .unwrap_or("")
-                    .trim()
-                    .to_ascii_lowercase()
-            })
-        });
-        let href = block.split("<location").nth(1).and_then(|l| {
-            let after = l.split("href=").nth(1)?;
-            let quote = after.chars().next()?;
-            after[1..].split(quote).next().map(str::to_string)
-        });
-        let size = block
-            .split("<size>")
-            .nth(1)
-            .and_then(|s| s.split('<').next())
-            .and_then(|s| s.trim().parse().ok());
-        if let (Some(sha256), Some(href), Some(size)) = (sha256, href, size)
-            && sha256.len() == 64
-        {
-            table.by_hash.insert(sha256.clone(), href.clone());
-            table.files.insert(href, Digest { size, sha256 });
-        }
-    }
-    table
 }
 
 #[cfg(test)]
@@ -725,13 +701,7 @@ mod repomd_tests {
                 &format!("9/os/x86_64/repodata/{h}-primary.xml.gz"),
             )
             .unwrap();
-        assert_eq!(
-            e.digest,
-            Digest {
-                size: 321,
-                sha256: h.clone()
-            }
-        );
+        assert_eq!(e.digest, Digest::new(321, Algo::Sha256, &h.clone()));
         assert!(e.by_hash_path.is_none());
         assert!(
             t.expected("centos", "9/os/x86_64/repodata/x-other.xml.gz")

@@ -1,0 +1,429 @@
+//! Learning from indexes: the Release files and repomd.xml that vouch for other indexes, and
+//! the package indexes (Packages, primary metadata, APKINDEX) that vouch for packages.
+//!
+//! - A Release or repomd.xml is small: it is learnt before its clients get their last byte.
+//! - A package index can be tens of megabytes: it is parsed on the blocking pool, off the
+//!   client's path. Until that is done, requests for packages of the same repo wait for it
+//!   (at most [`SETTLE_MAX`]), so that a client that reads the index and then asks for a
+//!   package finds the package vouched for.
+//! - A package stored before its index was learnt carries the digests the index may name
+//!   (computed while it was written): when the index arrives, each stored package it lists is
+//!   checked against it from its record, and one that contradicts it is dropped.
+//! - After a restart, the indexes in the cache are learnt again in the background
+//!   ([`Cache::restore_indexes`]).
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::Cache;
+use super::index::{
+    self, Digest, Expectation, IndexError, PackageFormat, PackageIndex, ReleaseTable,
+};
+use crate::storage::{CacheKey, EntryMeta, FileReader, Source};
+use crate::telemetry::metrics::DistroLabel;
+
+/// Longest a package request waits for its repo's package index to be learnt.
+pub const SETTLE_MAX: Duration = Duration::from_secs(10);
+
+/// Stored entries checked against a new index per hold of the entries' lock.
+const CHECK_BATCH: usize = 1024;
+
+/// Stored entries by repo and path.
+type Stored = std::collections::BTreeMap<String, HashMap<String, Arc<EntryMeta>>>;
+
+/// A blocking reader over the chunks of an async stream (a body read from a remote store).
+struct ChunkReader {
+    rx: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>,
+    current: Bytes,
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(Ok(chunk)) => self.current = chunk,
+                Some(Err(e)) => return Err(e),
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current.split_to(n));
+        Ok(n)
+    }
+}
+
+impl Cache {
+    /// What an index says `path` in `repo` must be. After a restart, the Release of the path's
+    /// suite is read back from the cache the first time it is needed. A package waits while a
+    /// package index of its repo is being learnt.
+    pub async fn expectation(&self, repo: &str, path: &str) -> Option<Expectation> {
+        if let Some(dir) = crate::distro::class::suite_dir(path)
+            && !self.indexes.knows_release(repo, dir)
+        {
+            let mut found = false;
+            for name in ["InRelease", "Release"] {
+                let release_path = format!("{dir}{name}");
+                if let Some(text) = self
+                    .read_stored_text(repo, &CacheKey::new(repo, &release_path))
+                    .await
+                {
+                    self.indexes.learn_release(repo, &release_path, &text);
+                    found = true;
+                    break;
+                }
+            }
+            if !found {
+                self.indexes.set_release(repo, dir, None);
+            }
+        }
+        if index::is_package(path) {
+            self.indexes.settled(repo, SETTLE_MAX).await;
+        }
+        self.indexes.expected(repo, path)
+    }
+
+    /// The body of a stored 200 entry as text (for small index files), within the size
+    /// limit of such files; an index past it is counted and not learnt from.
+    async fn read_stored_text(&self, repo: &str, key: &CacheKey) -> Option<String> {
+        let meta = self.entry(key).await.ok()??;
+        if meta.status != 200 {
+            return None;
+        }
+        match self.store.open(&meta, 0, meta.len).await.ok()? {
+            Source::File(file) => self.index_text(repo, key, file).await,
+            Source::Stream(mut stream) => {
+                use futures_util::StreamExt;
+                let limit = self.tuning.index_limits.release_bytes;
+                let mut bytes = Vec::new();
+                while let Some(chunk) = stream.next().await {
+                    bytes.extend_from_slice(&chunk.ok()?);
+                    if bytes.len() as u64 > limit {
+                        break;
+                    }
+                }
+                self.index_text(repo, key, std::io::Cursor::new(bytes))
+                    .await
+            }
+        }
+    }
+
+    /// The text of an index (a Release or repomd), read on the blocking pool within the size
+    /// limit of such files; one past it, or unreadable, is counted and not learnt from.
+    pub(super) async fn index_text(
+        &self,
+        repo: &str,
+        key: &CacheKey,
+        input: impl Read + Send + 'static,
+    ) -> Option<String> {
+        let limit = self.tuning.index_limits.release_bytes;
+        let read = tokio::task::spawn_blocking(move || index::read_text(input, limit))
+            .await
+            .ok()?;
+        read.inspect_err(|e| self.unparsed(repo, key.as_str(), e))
+            .ok()
+    }
+
+    /// Counts and logs an index that is served but not learnt from.
+    fn unparsed(&self, repo: &str, key: &str, error: &IndexError) {
+        tracing::warn!(key, error = %error, "index not parsed: the files it lists are not verified against it");
+        self.metrics
+            .index_unparsed
+            .get_or_create(&DistroLabel {
+                distro: repo.to_string(),
+            })
+            .inc();
+    }
+
+    /// Learns from an index just received (`body`: its spool). A Release or repomd.xml is
+    /// learnt before this returns; a package index is parsed in the background.
+    pub(crate) async fn learn(
+        self: &Arc<Self>,
+        repo: &str,
+        path: &str,
+        key: &CacheKey,
+        body: Arc<std::fs::File>,
+    ) {
+        if index::is_release(path) || index::is_repomd(path) {
+            let text = self.index_text(repo, key, FileReader::new(body)).await;
+            if let Some(text) = text {
+                if index::is_release(path) {
+                    self.indexes.learn_release(repo, path, &text);
+                } else {
+                    self.indexes.learn_repomd(repo, path, &text);
+                }
+            }
+            return;
+        }
+        let Some(kind) = self.indexes.package_index(repo, path) else {
+            return;
+        };
+        let learning = Arc::new(self.indexes.learning(repo));
+        let cache = self.clone();
+        let (repo, key) = (repo.to_string(), key.clone());
+        tokio::spawn(async move {
+            cache
+                .learn_packages(&repo, &key, kind, FileReader::new(body))
+                .await;
+            drop(learning);
+        });
+    }
+
+    /// Parses a package index on the blocking pool, adds what it lists to the tables, and
+    /// checks the stored packages it lists against it.
+    async fn learn_packages(
+        self: &Arc<Self>,
+        repo: &str,
+        key: &CacheKey,
+        kind: PackageIndex,
+        input: impl Read + Send + 'static,
+    ) {
+        let limits = self.tuning.index_limits;
+        let PackageIndex {
+            format,
+            compression,
+            root,
+        } = kind;
+        let parsed = tokio::task::spawn_blocking(move || match format {
+            PackageFormat::Packages => index::parse_packages(input, compression, &limits),
+            PackageFormat::Primary => index::parse_primary(input, compression, &limits),
+            PackageFormat::ApkIndex => index::parse_apkindex(input, &limits),
+        })
+        .await
+        .unwrap_or_else(|e| Err(IndexError::Io(std::io::Error::other(e))));
+        let learnt = parsed.and_then(|entries| {
+            self.indexes
+                .learn_packages(repo, &root, &entries, limits.repo_entries)
+                .map(|()| entries)
+        });
+        match learnt {
+            Ok(entries) => self.check_stored(repo, &root, &entries),
+            Err(e) => self.unparsed(repo, key.as_str(), &e),
+        }
+    }
+
+    /// Checks the stored packages an index just learnt lists against it, from the digests in
+    /// their records; drops those it contradicts.
+    fn check_stored(self: &Arc<Self>, repo: &str, root: &str, entries: &[(String, Digest)]) {
+        let mut contradicted = Vec::new();
+        for batch in entries.chunks(CHECK_BATCH) {
+            let memory = self.entries();
+            for (name, digest) in batch {
+                let key = CacheKey::new(repo, &format!("{root}{name}"));
+                if let Some(slot) = memory.peek(&key)
+                    && slot.meta.status == 200
+                    && index::recorded(&slot.meta, digest.algo).is_some()
+                    && !digest.matches(&slot.meta)
+                {
+                    contradicted.push((key, slot.meta.clone(), digest.clone()));
+                }
+            }
+        }
+        for (key, meta, digest) in contradicted {
+            self.drop_contradicted(repo, &key, &meta, &digest);
+        }
+    }
+
+    /// The digest an index learnt meanwhile names for a package just stored without one to
+    /// check it against, when the stored body contradicts it.
+    pub(super) fn index_contradicts(
+        &self,
+        repo: &str,
+        path: &str,
+        meta: &EntryMeta,
+    ) -> Option<Digest> {
+        let expect = self.indexes.expected(repo, path)?;
+        (meta.status == 200 && !expect.digest.matches(meta)).then_some(expect.digest)
+    }
+
+    /// Drops a stored entry that an index contradicts, counted as an integrity failure.
+    fn drop_contradicted(
+        self: &Arc<Self>,
+        repo: &str,
+        key: &CacheKey,
+        meta: &Arc<EntryMeta>,
+        digest: &Digest,
+    ) {
+        tracing::warn!(key = %key, want = %digest.hex, algo = digest.algo.name(), got = index::recorded(meta, digest.algo).unwrap_or("-"), "a stored package contradicts its index; dropped");
+        self.metrics
+            .integrity_failures
+            .get_or_create(&DistroLabel {
+                distro: repo.to_string(),
+            })
+            .inc();
+        self.drop_entry(key, meta);
+    }
+
+    /// Learns again from the indexes in the cache, after the start-up listing: the Release
+    /// files and repomd.xml (read before this returns: they are small), then in the
+    /// background the package indexes they vouch for (those stored with the hash their
+    /// Release names) and every APKINDEX. Package requests of a repo wait for its package
+    /// indexes (at most [`SETTLE_MAX`]).
+    pub async fn restore_indexes(self: &Arc<Self>) {
+        let started = std::time::Instant::now();
+        // repo -> path -> meta, for the entries that matter here.
+        let mut stored: Stored = Default::default();
+        for (key, meta) in self.entries().metas() {
+            let Some((repo, path)) = key.as_str().split_once('/') else {
+                continue;
+            };
+            let name = path.rsplit('/').next().unwrap_or(path);
+            let wanted = index::is_release(path)
+                || index::is_repomd(path)
+                || path.contains("/by-hash/")
+                || path.contains("repodata/")
+                || name == "APKINDEX.tar.gz"
+                || name.starts_with("Packages");
+            if meta.status == 200 && wanted {
+                stored
+                    .entry(repo.to_string())
+                    .or_default()
+                    .insert(path.to_string(), meta);
+            }
+        }
+        let mut work = Vec::new();
+        for (repo, files) in stored {
+            let paths = self.restore_releases(&repo, &files).await;
+            if !paths.is_empty() {
+                let guard = self.indexes.learning(&repo);
+                work.push((repo, files, paths, guard));
+            }
+        }
+        if work.is_empty() {
+            return;
+        }
+        let cache = self.clone();
+        tokio::spawn(async move {
+            let mut read = 0usize;
+            for (repo, files, paths, guard) in work {
+                read += cache.restore_packages(&repo, &files, paths).await;
+                drop(guard);
+            }
+            tracing::info!(
+                indexes = read,
+                ms = started.elapsed().as_millis() as u64,
+                "package indexes in the cache learnt again"
+            );
+        });
+    }
+
+    /// Learns the stored Release files and repomd.xml of `repo` (InRelease before Release in
+    /// each directory) and returns the stored package indexes to read.
+    async fn restore_releases(
+        self: &Arc<Self>,
+        repo: &str,
+        files: &HashMap<String, Arc<EntryMeta>>,
+    ) -> Vec<String> {
+        let mut package_indexes: Vec<String> = Vec::new();
+        let mut releases: Vec<&String> = files
+            .keys()
+            .filter(|p| index::is_release(p) || index::is_repomd(p))
+            .collect();
+        releases.sort_by_key(|p| (index::dir_of(p), !p.ends_with("InRelease")));
+        let mut seen_dirs = std::collections::HashSet::new();
+        for path in releases {
+            let dir = if index::is_repomd(path) {
+                index::repomd_root(path)
+            } else {
+                index::dir_of(path)
+            };
+            if !seen_dirs.insert(dir.to_string()) {
+                continue;
+            }
+            let key = CacheKey::new(repo, path);
+            let Some(text) = self.read_stored_text(repo, &key).await else {
+                // Not asked again when a file of the suite is.
+                self.indexes.set_release(repo, dir, None);
+                continue;
+            };
+            if index::is_release(path) {
+                self.indexes.learn_release(repo, path, &text);
+            } else {
+                self.indexes.learn_repomd(repo, path, &text);
+            }
+            if let Some(table) = self.indexes.release(repo, dir) {
+                package_indexes.extend(vouched(&table, dir, files));
+            }
+        }
+        package_indexes.extend(
+            files
+                .keys()
+                .filter(|p| p.ends_with("/APKINDEX.tar.gz") || *p == "APKINDEX.tar.gz")
+                .cloned(),
+        );
+        package_indexes
+    }
+
+    /// Reads the stored package indexes `paths` of `repo`; returns how many were read.
+    async fn restore_packages(
+        self: &Arc<Self>,
+        repo: &str,
+        files: &HashMap<String, Arc<EntryMeta>>,
+        paths: Vec<String>,
+    ) -> usize {
+        let mut read = 0;
+        for path in paths {
+            let (Some(kind), Some(meta)) =
+                (self.indexes.package_index(repo, &path), files.get(&path))
+            else {
+                continue;
+            };
+            let key = CacheKey::new(repo, &path);
+            let input: Box<dyn Read + Send> = match self.store.open(meta, 0, meta.len).await {
+                Ok(Source::File(file)) => Box::new(FileReader::new(Arc::new(file))),
+                Ok(Source::Stream(mut stream)) => {
+                    let (tx, rx) = tokio::sync::mpsc::channel(4);
+                    tokio::spawn(async move {
+                        use futures_util::StreamExt;
+                        while let Some(chunk) = stream.next().await {
+                            if tx.send(chunk).await.is_err() {
+                                break;
+                            }
+                        }
+                    });
+                    Box::new(ChunkReader {
+                        rx,
+                        current: Bytes::new(),
+                    })
+                }
+                Err(e) => {
+                    tracing::warn!(key = %key, error = %e, "cannot read a stored package index");
+                    continue;
+                }
+            };
+            self.learn_packages(repo, &key, kind, input).await;
+            read += 1;
+        }
+        read
+    }
+}
+
+/// The stored copies of the package indexes `table` (the Release of `dir`) names with the
+/// hash it names: under their own name or their by-hash name.
+fn vouched(
+    table: &ReleaseTable,
+    dir: &str,
+    files: &HashMap<String, Arc<EntryMeta>>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut dirs = std::collections::HashSet::new();
+    for (rel, digest) in table.package_indexes() {
+        // One index per directory: the same list in another compression teaches nothing.
+        if dirs.contains(index::dir_of(rel)) {
+            continue;
+        }
+        let plain = format!("{dir}{rel}");
+        let by_hash = format!("{dir}{}by-hash/SHA256/{}", index::dir_of(rel), digest.hex);
+        if let Some(path) = [plain, by_hash]
+            .into_iter()
+            .find(|p| files.get(p).is_some_and(|m| digest.matches(m)))
+        {
+            dirs.insert(index::dir_of(rel));
+            out.push(path);
+        }
+    }
+    out
+}
