@@ -14,6 +14,7 @@ mod disk;
 mod failures;
 mod fill;
 mod hostile;
+mod integrity;
 mod mirrors;
 mod ops;
 mod otlp;
