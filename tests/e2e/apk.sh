@@ -21,6 +21,10 @@
 # a file the proxy never saw must fail fast with a 502/504; then the origin returns and a fresh
 # client updates (whether the proxy revalidated is reported).
 #
+# Tampered phase (tamper_phase, lib.sh): a first mirror serves e2e-hello with one byte changed in
+# its data segment; the proxy must count it, store nothing, and serve the good copy from the
+# second mirror.
+#
 # DIRECT=1: no proxy, the client uses the origin (checks the repository and the client part).
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -149,4 +153,15 @@ fi
 # installed ones.
 if [ "$DIRECT" = 1 ]; then max=2; else max=1; fi
 assert_origin_gets 1 "$max" "${APKS[@]/#//alpine/$BRANCH/x86_64/}"
+
+# tamper_fetch DIR MUST: a fresh path-mode client fetches e2e-hello into DIR (MUST=0: it may fail).
+tamper_fetch() {
+  fresh_client
+  run_step "[tampered] apk add --initdb" "${APK[@]}" add --initdb
+  run_step "[tampered] apk update" "${APK[@]}" update
+  local step=run_step
+  [ "$2" = 1 ] || step=try_step
+  "$step" "[tampered] apk fetch e2e-hello" "${APK[@]}" fetch -o "$1" e2e-hello
+}
+tamper_phase alpine "$BRANCH/x86_64/e2e-hello-1.0-r0.apk" tamper_fetch
 say PASS

@@ -20,6 +20,9 @@
 # a file the proxy never saw must fail fast with a 502/504; then the origin returns and a fresh
 # client updates (whether the proxy revalidated is reported).
 #
+# Tampered phase (tamper_phase, lib.sh): a first mirror serves e2e-hello with one byte changed;
+# the proxy must count it, store nothing, and serve the good copy from the second mirror.
+#
 # DIRECT=1: no proxy, the client uses the origin (checks the repository and the client part).
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -209,4 +212,14 @@ fi
 if [ "$DIRECT" = 1 ]; then max=2; else max=1; fi
 assert_origin_gets 1 "$max" "${RPMS[@]/#//centos/e2e/}"
 assert_origin_gets 0 1 "${REPODATA[@]/#//centos/e2e/}"
+
+# tamper_fetch DIR MUST: a fresh path-mode client downloads e2e-hello into DIR (MUST=0: it may fail).
+tamper_fetch() {
+  fresh_client
+  run_step "[tampered] dnf makecache" "${DNF[@]}" makecache
+  local step=run_step
+  [ "$2" = 1 ] || step=try_step
+  "$step" "[tampered] dnf download e2e-hello" "${DNF[@]}" download --destdir "$1" e2e-hello
+}
+tamper_phase centos e2e/Packages/e2e-hello-1.0-1.noarch.rpm tamper_fetch
 say PASS

@@ -339,7 +339,8 @@ proxy_start() {
 }
 
 # _proxy_spawn: starts apt-proxy on $PROXY_PORT with $PROXY_CACHE, its output appended to $PROXY_LOG.
-# DEBIAN_MIRRORS, when set, replaces the Debian pin (a comma-separated failover list).
+# DEBIAN_MIRRORS, CENTOS_MIRRORS, ALPINE_MIRRORS, when set, replace that pin (a comma-separated
+# failover list).
 _proxy_spawn() {
   # The caller's APT_PROXY_* settings stay out (the CLI below is the whole configuration);
   # extra flags, e.g. --debug, come from PROXY_ARGS.
@@ -347,7 +348,8 @@ _proxy_spawn() {
   for v in $(compgen -e | grep '^APT_PROXY_' || true); do strip+=(-u "$v"); done
   # shellcheck disable=SC2086
   spawn apt-proxy "$PROXY_LOG" env "${strip[@]}" "$APT_PROXY_BIN" ${PROXY_ARGS:-} --host 127.0.0.1 --port "$PROXY_PORT" --cachedir "$PROXY_CACHE" \
-    --debian "${DEBIAN_MIRRORS:-$ORIGIN_URL/debian/}" --centos "$ORIGIN_URL/centos/" --alpine "$ORIGIN_URL/alpine/" \
+    --debian "${DEBIAN_MIRRORS:-$ORIGIN_URL/debian/}" --centos "${CENTOS_MIRRORS:-$ORIGIN_URL/centos/}" \
+    --alpine "${ALPINE_MIRRORS:-$ORIGIN_URL/alpine/}" \
     --ubuntu "$ORIGIN_URL/ubuntu/" --ubuntu-ports "$ORIGIN_URL/ubuntu-ports/"
   PROXY_PID=$SPAWNED_PID
   wait_port "$PROXY_PORT" "$PROXY_PID" 30 || die "apt-proxy did not listen on 127.0.0.1:$PROXY_PORT"
@@ -571,4 +573,76 @@ same_bytes() {
 # random_file PATH MIB: incompressible content.
 random_file() {
   head -c "$(($2 * 1024 * 1024))" /dev/urandom >"$1"
+}
+
+# ---------------------------------------------------------------- tampered mirror
+
+# metric NAME: the value of one Prometheus sample of the proxy (0 when absent).
+metric() {
+  curl -fsS "$(proxy_url)/metrics" | awk -v n="$1" '$1 == n { v = $2 } END { print v + 0 }'
+}
+
+# try_step DESC CMD...: like run_step, but a failure is reported and returned, not fatal.
+try_step() {
+  local desc=$1 rc=0
+  shift
+  _E2E_STEP=$((_E2E_STEP + 1))
+  STEP_LOG=$LOGS/$(printf '%02d' "$_E2E_STEP")-$(echo "$desc" | tr -c 'A-Za-z0-9_.-' '_' | cut -c1-60).log
+  say "$desc (may fail)"
+  timeout -k 10 "$STEP_TIMEOUT" "$@" >"$STEP_LOG" 2>&1 || rc=$?
+  if [ "$rc" = 0 ]; then say "  ok"; else say "  failed (exit $rc; log $STEP_LOG)"; fi
+  proxy_alive
+  return "$rc"
+}
+
+# tamper_phase DISTRO PACKAGE FETCH: the first of two pinned mirrors of DISTRO serves PACKAGE
+# (a path under $WWW/DISTRO/) with the right length and one byte changed; the second is the
+# real tree. With an empty cache, `FETCH DIR 0` (a fresh path-mode client fetching PACKAGE into
+# DIR with try_step) runs once and may fail: the proxy cuts the tampered transfer (the client
+# checks too). Then the proxy must have counted one integrity failure for DISTRO and stored
+# nothing, `FETCH DIR 1` (with run_step) must succeed with the good file from the second
+# mirror, and the cache must hold that file (a HIT, byte for byte). The tampered mirror is
+# asked for the package once.
+tamper_phase() {
+  [ "$DIRECT" != 1 ] || return 0
+  local distro=$1 package=$2 fetch=$3 good bad tree var n
+  [ -n "$ORIGIN_PID" ] || origin_start
+  tree=$distro-tampered
+  good=$WWW/$distro/$package
+  bad=$WWW/$tree/$package
+  say "=== tampered mirror: /$tree/ serves $package with one byte changed, the real tree is the second mirror"
+  rm -rf "${WWW:?}/$tree"
+  cp -al "$WWW/$distro" "$WWW/$tree"
+  rm -f "$bad"
+  python3 - "$good" "$bad" <<'PY'
+import sys
+data = bytearray(open(sys.argv[1], "rb").read())
+# Near the end: inside the payload (the data segment of an .apk, the archive of an .rpm).
+data[len(data) - 16] ^= 0x01
+open(sys.argv[2], "wb").write(data)
+PY
+  [ "$(stat -c %s "$bad")" = "$(stat -c %s "$good")" ] || die "the tampered copy has another length"
+  stop_pid "$PROXY_PID" apt-proxy
+  PROXY_CACHE=$WORK/proxy-cache-tamper
+  rm -rf "$PROXY_CACHE"
+  mkdir -p "$PROXY_CACHE"
+  var=$(echo "$distro" | tr '[:lower:]' '[:upper:]')_MIRRORS
+  export "$var=$ORIGIN_URL/$tree/,$ORIGIN_URL/$distro/"
+  proxy_restart
+  client_setup path
+  mkdir -p "$WORK/tamper-1" "$WORK/tamper-2"
+  "$fetch" "$WORK/tamper-1" 0 || true
+  n=$(metric "apt_proxy_integrity_failures_total{distro=\"$distro\"}")
+  [ "$n" = 1 ] || die "apt_proxy_integrity_failures_total{distro=\"$distro\"} is $n after the tampered package, expected 1"
+  "$fetch" "$WORK/tamper-2" 1
+  same_bytes "$WORK/tamper-2/$(basename "$package")" "$good"
+  [ "$(x_cache "$(proxy_url)/$distro/$package")" = HIT ] || die "the good $package is not cached after the tampered one"
+  curl -fsS "$(proxy_url)/$distro/$package" -o "$WORK/tamper-cached"
+  same_bytes "$WORK/tamper-cached" "$good"
+  n=$(origin_gets "/$tree/$package")
+  [ "$n" = 1 ] || die "the tampered mirror was asked $n times for $package, expected once"
+  n=$(metric "apt_proxy_integrity_failures_total{distro=\"$distro\"}")
+  [ "$n" = 1 ] || die "apt_proxy_integrity_failures_total{distro=\"$distro\"} is $n at the end, expected 1"
+  say "tampered package: counted once, not stored; the good copy came from the second mirror and is cached"
+  unset "$var"
 }
