@@ -375,6 +375,20 @@ async fn an_apk_that_contradicts_itself_is_never_stored() {
     assert_eq!(x_cache(&r), "MISS");
     assert_eq!(read_all(r).await.unwrap(), good);
     assert_eq!(x_cache(&proxy.get(&path[1..]).await), "HIT");
+
+    // An apk v3 package carries no hash the proxy can check: stored on its length, counted.
+    let v3 = "/alpine/v3.19/main/x86_64/w-3.0-r0.apk";
+    origin.put(v3, [b"ADB.pckg".as_slice(), &data(2000, 6)].concat());
+    let r = proxy.get(&v3[1..]).await;
+    assert_eq!(r.status(), 200);
+    read_all(r).await.unwrap();
+    assert_eq!(x_cache(&proxy.get(&v3[1..]).await), "HIT");
+    let text = proxy.text("metrics").await;
+    assert!(
+        text.contains(r#"apt_proxy_integrity_unchecked_total{distro="alpine"} 1"#),
+        "{text}"
+    );
+    assert_eq!(failures(&proxy, "alpine").await, 2);
 }
 
 /// A tampered package from the first mirror is answered from the next one on the client's

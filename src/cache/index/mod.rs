@@ -675,8 +675,19 @@ mod tests {
         };
         t.learn_packages("debian", "", &[entry(1), entry(2)], 3)
             .unwrap();
+        assert!(t.expected("debian", "pool/1.deb").is_some());
+        // Clients may percent-encode what the index writes plainly.
+        t.learn_packages(
+            "debian",
+            "pool/",
+            &[("lib++1.deb".to_string(), entry(0).1)],
+            4,
+        )
+        .unwrap();
+        assert!(t.expected("debian", "pool/lib%2B%2B1.deb").is_some());
+        assert!(t.expected("debian", "pool/lib++1.deb").is_some());
         assert!(
-            t.learn_packages("debian", "", &[entry(3), entry(4)], 3)
+            t.learn_packages("debian", "", &[entry(3), entry(4)], 4)
                 .is_err()
         );
     }
