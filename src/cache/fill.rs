@@ -284,7 +284,8 @@ async fn fetch(
         }
     }
     // A package no index vouched for when its fill started may have one now.
-    if request.expect.is_none()
+    let unvouched_package = request.expect.is_none() && index::is_package(&request.path);
+    if unvouched_package
         && status == 200
         && let Some(expect) = cache.indexes.expected(&request.repo, &request.path)
         && !body.matches(&expect.digest)
@@ -336,7 +337,7 @@ async fn fetch(
             cache.remember(request.key.clone(), meta.clone());
             // An index learnt while the body was committed: it is checked now, or by the
             // learning, which checks what is stored once its table is in place.
-            if request.expect.is_none()
+            if unvouched_package
                 && status == 200
                 && let Some(digest) = cache.index_contradicts(&request.repo, &request.path, &meta)
             {
