@@ -605,7 +605,7 @@ async fn receive(
             Some((HashAlgo::Sha256, _)) => Some(index::Algo::Sha256),
             None => request.expect.as_ref().map(|e| e.digest.algo),
         };
-        Wanted::for_path(path, named)
+        Wanted::for_path(path, named, request.alpine)
     } else {
         Wanted::default()
     });

@@ -29,6 +29,9 @@ use crate::telemetry::metrics::DistroLabel;
 /// Longest a package request waits for its repo's package index to be learnt.
 pub const SETTLE_MAX: Duration = Duration::from_secs(10);
 
+/// Longest silence of a store read while a stored package index is learnt again.
+const STORE_SILENCE: Duration = Duration::from_secs(30);
+
 /// Stored entries checked against a new index per hold of the entries' lock.
 const CHECK_BATCH: usize = 1024;
 
@@ -206,24 +209,42 @@ impl Cache {
     }
 
     /// Checks the stored packages an index just learnt lists against it, from the digests in
-    /// their records; drops those it contradicts.
+    /// their records (under the index's name, or the percent-encoded spellings clients use):
+    /// those it contradicts are dropped and counted; those whose record lacks the digest it
+    /// names (stored before such digests were kept) are dropped too, as a request would not
+    /// take them.
     fn check_stored(self: &Arc<Self>, repo: &str, root: &str, entries: &[(String, Digest)]) {
         let mut contradicted = Vec::new();
+        let mut unknown = Vec::new();
         for batch in entries.chunks(CHECK_BATCH) {
             let memory = self.entries();
             for (name, digest) in batch {
-                let key = CacheKey::new(repo, &format!("{root}{name}"));
-                if let Some(slot) = memory.peek(&key)
-                    && slot.meta.status == 200
-                    && index::recorded(&slot.meta, digest.algo).is_some()
-                    && !digest.matches(&slot.meta)
-                {
-                    contradicted.push((key, slot.meta.clone(), digest.clone()));
+                let path = format!("{root}{name}");
+                for spelling in spellings(&path) {
+                    let key = CacheKey::new(repo, &spelling);
+                    let Some(slot) = memory.peek(&key).filter(|s| s.meta.status == 200) else {
+                        continue;
+                    };
+                    if index::recorded(&slot.meta, digest.algo).is_none() {
+                        unknown.push((key, slot.meta.clone()));
+                    } else if !digest.matches(&slot.meta) {
+                        contradicted.push((key, slot.meta.clone(), digest.clone()));
+                    }
                 }
             }
         }
         for (key, meta, digest) in contradicted {
             self.drop_contradicted(repo, &key, &meta, &digest);
+        }
+        if !unknown.is_empty() {
+            tracing::info!(
+                repo,
+                entries = unknown.len(),
+                "stored packages without the digest their index names dropped"
+            );
+        }
+        for (key, meta) in unknown {
+            self.drop_entry(&key, &meta);
         }
     }
 
@@ -292,22 +313,20 @@ impl Cache {
                 work.push((repo, files, paths, guard));
             }
         }
-        if work.is_empty() {
-            return;
-        }
-        let cache = self.clone();
-        tokio::spawn(async move {
-            let mut read = 0usize;
-            for (repo, files, paths, guard) in work {
-                read += cache.restore_packages(&repo, &files, paths).await;
+        // One task per repo: a repo's package requests wait only for its own indexes.
+        for (repo, files, paths, guard) in work {
+            let cache = self.clone();
+            tokio::spawn(async move {
+                let read = cache.restore_packages(&repo, &files, paths).await;
                 drop(guard);
-            }
-            tracing::info!(
-                indexes = read,
-                ms = started.elapsed().as_millis() as u64,
-                "package indexes in the cache learnt again"
-            );
-        });
+                tracing::info!(
+                    repo,
+                    indexes = read,
+                    ms = started.elapsed().as_millis() as u64,
+                    "package indexes in the cache learnt again"
+                );
+            });
+        }
     }
 
     /// Learns the stored Release files and repomd.xml of `repo` (InRelease before Release in
@@ -378,8 +397,18 @@ impl Cache {
                     let (tx, rx) = tokio::sync::mpsc::channel(4);
                     tokio::spawn(async move {
                         use futures_util::StreamExt;
-                        while let Some(chunk) = stream.next().await {
-                            if tx.send(chunk).await.is_err() {
+                        loop {
+                            let chunk =
+                                match tokio::time::timeout(STORE_SILENCE, stream.next()).await {
+                                    Ok(Some(chunk)) => chunk,
+                                    Ok(None) => break,
+                                    Err(_) => Err(std::io::Error::new(
+                                        std::io::ErrorKind::TimedOut,
+                                        "the store sent nothing for 30 s",
+                                    )),
+                                };
+                            let failed = chunk.is_err();
+                            if tx.send(chunk).await.is_err() || failed {
                                 break;
                             }
                         }
@@ -399,6 +428,30 @@ impl Cache {
         }
         read
     }
+}
+
+/// The spellings a client may use for `path`: as written, and with the characters some
+/// clients percent-encode (`+`, `~`, `:`, …) encoded, in upper- and lower-case hex.
+fn spellings(path: &str) -> Vec<String> {
+    const ENCODED: &[char] = &[
+        '+', '~', ':', '@', '=', ',', '!', '$', '&', '\'', '(', ')', '*', ';', ' ',
+    ];
+    let mut out = vec![path.to_string()];
+    if path.contains(ENCODED) {
+        for upper in [true, false] {
+            let mut spelled = String::with_capacity(path.len() + 8);
+            for c in path.chars() {
+                if ENCODED.contains(&c) {
+                    let hex = format!("%{:02X}", c as u32);
+                    spelled.push_str(&if upper { hex } else { hex.to_lowercase() });
+                } else {
+                    spelled.push(c);
+                }
+            }
+            out.push(spelled);
+        }
+    }
+    out
 }
 
 /// The stored copies of the package indexes `table` (the Release of `dir`) names with the

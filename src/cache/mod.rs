@@ -108,6 +108,8 @@ pub struct FillRequest {
     pub expect: Option<Expectation>,
     /// Lifetime set by a distributions.yaml cache rule matching the path.
     pub rule_max_age: Option<u64>,
+    /// The repo is an Alpine tree: an `.apk` is checked as an Alpine package.
+    pub alpine: bool,
 }
 
 impl FillRequest {

@@ -15,8 +15,9 @@ use super::index::{Algo, TarStream};
 pub const APK_CONTROL_MAX: u64 = 16 << 20;
 /// Most bytes of `.PKGINFO` read.
 const PKGINFO_MAX: usize = 1 << 20;
-/// Most bytes of a gzip member header (its optional name, comment and extra field included).
-const GZIP_HEADER_MAX: usize = 64 << 10;
+/// Most bytes of a gzip member header (its optional name, comment and extra field included);
+/// real ones are a few dozen.
+const GZIP_HEADER_MAX: usize = 4 << 10;
 
 /// What to compute for one body.
 #[derive(Debug, Default, Clone, Copy)]
@@ -29,14 +30,15 @@ pub struct Wanted {
 
 impl Wanted {
     /// What a 200 response for `path` needs, given the hash an index or its URL already
-    /// names (`named`, `None` when nothing vouches for it yet).
-    pub fn for_path(path: &str, named: Option<Algo>) -> Wanted {
+    /// names (`named`, `None` when nothing vouches for it yet); `alpine`: the repo is an
+    /// Alpine tree (elsewhere an `.apk` may be anything, an Android package for one).
+    pub fn for_path(path: &str, named: Option<Algo>, alpine: bool) -> Wanted {
         let name = path.rsplit('/').next().unwrap_or(path);
         let rpm = name.ends_with(".rpm");
         Wanted {
             sha1: named == Some(Algo::Sha1) || (rpm && named.is_none()),
             sha512: named == Some(Algo::Sha512) || (rpm && named.is_none()),
-            apk: name.ends_with(".apk"),
+            apk: alpine && name.ends_with(".apk"),
         }
     }
 }
@@ -105,9 +107,14 @@ impl Hashes {
         let mut unchecked = None;
         if let Some(walk) = self.apk {
             match walk.finish()? {
-                ApkVerdict::Verified { sha1, sha256 } => {
+                ApkVerdict::Verified {
+                    sha1,
+                    sha256,
+                    unchecked: why,
+                } => {
                     others.insert(Algo::ApkControlSha1.name().to_string(), sha1);
                     others.insert(Algo::ApkControlSha256.name().to_string(), sha256);
+                    unchecked = why;
                 }
                 ApkVerdict::Unchecked(why) => unchecked = Some(why),
             }
@@ -122,8 +129,13 @@ impl Hashes {
 
 /// What an `.apk` turned out to be.
 enum ApkVerdict {
-    /// A v2 package whose data segment matches its `datahash`: the control segment's hashes.
-    Verified { sha1: String, sha256: String },
+    /// A v2 package whose data segment matches its `datahash`: the control segment's hashes
+    /// (of control and data when it has no `datahash`, and then `unchecked` says so).
+    Verified {
+        sha1: String,
+        sha256: String,
+        unchecked: Option<&'static str>,
+    },
     /// A package the proxy cannot check beyond its length.
     Unchecked(&'static str),
 }
@@ -162,10 +174,13 @@ struct ApkWalk {
     tar: TarStream,
     expanded: u64,
     pkginfo: Vec<u8>,
-    /// Hashes of the current member's bytes (kept when it is the control segment).
+    /// Hashes of the current member's bytes; from the control segment on, of every byte (the
+    /// identity of a package without `datahash` covers its data too).
     member_sha1: Sha1,
     member_sha256: Sha256,
+    /// The control segment's hashes, and its `datahash`.
     control: Option<(String, String)>,
+    datahash: Option<String>,
     data: Sha256,
 }
 
@@ -197,7 +212,7 @@ impl ApkWalk {
                     }
                 }
                 Phase::Header => {
-                    let n = data.len().min(1024);
+                    let n = data.len().min(256);
                     let chunk = &data[..n];
                     self.header.extend_from_slice(chunk);
                     match gzip_header_len(&self.header) {
@@ -235,6 +250,9 @@ impl ApkWalk {
                 }
                 Phase::Data => {
                     self.data.update(data);
+                    if self.datahash.is_none() {
+                        self.member_bytes(data);
+                    }
                     return;
                 }
                 Phase::V3 | Phase::Broken(_) => return,
@@ -247,6 +265,8 @@ impl ApkWalk {
         self.member_sha256 = Sha256::new();
         self.tar = TarStream::new(b".PKGINFO");
         self.expanded = 0;
+        // `.PKGINFO` counts only in the control segment.
+        self.pkginfo.clear();
     }
 
     fn member_bytes(&mut self, bytes: &[u8]) {
@@ -309,26 +329,32 @@ impl ApkWalk {
         }
     }
 
-    /// A member ended: a signature segment is followed by another member, the control
-    /// segment by the data.
+    /// A member ended: a signature segment (every file in it `.SIGN.*`, as apk reads it) is
+    /// followed by another member, the control segment by the data.
     fn end_member(&mut self) {
         self.members += 1;
-        let signature = self
-            .tar
-            .first_name()
-            .is_some_and(|n| n.starts_with(b".SIGN."));
-        if signature && self.members < 4 {
-            self.phase = Phase::Header;
-            self.start_member();
+        if self.tar.only_signatures() {
+            if self.members < 4 {
+                self.phase = Phase::Header;
+                self.start_member();
+            } else {
+                self.broken("more signature segments than a package has");
+            }
             return;
         }
-        if signature {
-            self.broken("more signature segments than a package has");
-            return;
+        // `key = value` lines; the last `datahash` wins, as in apk.
+        let pkginfo = String::from_utf8_lossy(&self.pkginfo);
+        self.datahash = pkginfo
+            .lines()
+            .rev()
+            .filter_map(|line| line.split_once(" = "))
+            .find(|(key, _)| *key == "datahash")
+            .map(|(_, value)| value.trim().to_ascii_lowercase());
+        if self.datahash.is_some() {
+            let sha1 = std::mem::replace(&mut self.member_sha1, Sha1::new());
+            let sha256 = std::mem::replace(&mut self.member_sha256, Sha256::new());
+            self.control = Some((hex::encode(sha1.finalize()), hex::encode(sha256.finalize())));
         }
-        let sha1 = std::mem::replace(&mut self.member_sha1, Sha1::new());
-        let sha256 = std::mem::replace(&mut self.member_sha256, Sha256::new());
-        self.control = Some((hex::encode(sha1.finalize()), hex::encode(sha256.finalize())));
         self.phase = Phase::Data;
     }
 
@@ -339,28 +365,31 @@ impl ApkWalk {
             Phase::Data => {}
             _ => return Err("not a valid apk package: it ends inside its control segment".into()),
         }
-        let Some((sha1, sha256)) = self.control else {
-            return Err("not a valid apk package: no control segment".into());
-        };
-        let pkginfo = String::from_utf8_lossy(&self.pkginfo);
-        let datahash = pkginfo.lines().find_map(|line| {
-            let (key, value) = line.split_once('=')?;
-            (key.trim() == "datahash").then(|| value.trim().to_ascii_lowercase())
-        });
-        let Some(datahash) = datahash else {
-            return Ok(ApkVerdict::Unchecked("an apk package without a datahash"));
+        let (Some((sha1, sha256)), Some(datahash)) = (self.control, self.datahash) else {
+            // Without a datahash, the package's identity covers control and data alike: it
+            // is checked against its index, but not against itself.
+            return Ok(ApkVerdict::Verified {
+                sha1: hex::encode(self.member_sha1.finalize()),
+                sha256: hex::encode(self.member_sha256.finalize()),
+                unchecked: Some("an apk package without a datahash"),
+            });
         };
         if hex::encode(self.data.finalize()) != datahash {
             return Err(
                 "the apk package's data segment does not match the datahash of its .PKGINFO".into(),
             );
         }
-        Ok(ApkVerdict::Verified { sha1, sha256 })
+        Ok(ApkVerdict::Verified {
+            sha1,
+            sha256,
+            unchecked: None,
+        })
     }
 }
 
 /// The length of a complete gzip member header at the start of `h`: `Ok(None)` while more
-/// bytes are needed.
+/// bytes are needed. Each call scans `h` from its start: [`GZIP_HEADER_MAX`] keeps a header
+/// sent byte by byte cheap.
 fn gzip_header_len(h: &[u8]) -> Result<Option<usize>, &'static str> {
     if h.len() < 10 {
         return Ok(None);
@@ -411,7 +440,7 @@ pub(crate) mod tests {
     }
 
     fn digest(body: &[u8], chunk: usize) -> Result<Digests, String> {
-        let mut h = Hashes::new(Wanted::for_path("x/pkg-1-r0.apk", None));
+        let mut h = Hashes::new(Wanted::for_path("x/pkg-1-r0.apk", None, true));
         for piece in body.chunks(chunk) {
             h.update(piece);
         }
@@ -469,6 +498,49 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_pkginfo_hidden_in_a_signature_segment_does_not_count() {
+        // A first member with a signature and a .PKGINFO vouching for forged data, then a
+        // genuine control segment, then the forged data: apk takes the first member for the
+        // control segment, and so does the proxy.
+        let forged = gzip(&tar(&[("usr/bin/x", b"forged")], false));
+        let pkginfo = format!("datahash = {}\n", hex::encode(Sha256::digest(&forged)));
+        let first = gzip(&tar(
+            &[
+                (".SIGN.RSA.k.rsa.pub", b"sig"),
+                (".PKGINFO", pkginfo.as_bytes()),
+            ],
+            true,
+        ));
+        let (genuine, control) = apk(&[("usr/bin/x", b"genuine")], false);
+        let mut file = first.clone();
+        file.extend_from_slice(&control);
+        file.extend_from_slice(&forged);
+        let err = digest(&file, 64).unwrap_err();
+        assert!(err.contains("datahash"), "{err}");
+        assert!(digest(&genuine, 64).is_ok());
+    }
+
+    #[test]
+    fn without_a_datahash_the_identity_covers_control_and_data() {
+        let data = gzip(&tar(&[("a", b"a")], false));
+        let control = gzip(&tar(&[(".PKGINFO", b"pkgname = x\n")], true));
+        let mut file = gzip(&tar(&[(".SIGN.RSA.k.rsa.pub", b"sig")], true));
+        file.extend_from_slice(&control);
+        file.extend_from_slice(&data);
+        let whole = [control.as_slice(), &data].concat();
+        for chunk in [1, 100, file.len()] {
+            let d = digest(&file, chunk).unwrap();
+            assert_eq!(
+                d.get(Algo::ApkControlSha1).unwrap(),
+                hex::encode(Sha1::digest(&whole))
+            );
+            assert_eq!(d.unchecked, Some("an apk package without a datahash"));
+        }
+        // Outside an Alpine tree an .apk is just a file.
+        assert!(!Wanted::for_path("android/app.apk", None, false).apk);
+    }
+
+    #[test]
     fn a_control_segment_bomb_stops_at_the_limit() {
         let bomb = gzip(&vec![0u8; APK_CONTROL_MAX as usize + (1 << 20)]);
         assert!(bomb.len() < 1 << 20);
@@ -478,13 +550,13 @@ pub(crate) mod tests {
 
     #[test]
     fn rpms_get_every_digest_an_index_may_name() {
-        let w = Wanted::for_path("Packages/a.rpm", None);
+        let w = Wanted::for_path("Packages/a.rpm", None, false);
         assert!(w.sha1 && w.sha512 && !w.apk);
-        let w = Wanted::for_path("Packages/a.rpm", Some(Algo::Sha256));
+        let w = Wanted::for_path("Packages/a.rpm", Some(Algo::Sha256), false);
         assert!(!w.sha1 && !w.sha512);
-        let w = Wanted::for_path("pool/a.deb", None);
+        let w = Wanted::for_path("pool/a.deb", None, false);
         assert!(!w.sha1 && !w.sha512 && !w.apk);
-        let mut h = Hashes::new(Wanted::for_path("Packages/a.rpm", None));
+        let mut h = Hashes::new(Wanted::for_path("Packages/a.rpm", None, false));
         h.update(b"abc");
         let d = h.finish().unwrap();
         assert_eq!(

@@ -125,6 +125,13 @@ pub struct Repo {
 }
 
 impl Repo {
+    /// Whether the repo is an Alpine tree (type 5): its `.apk` files are Alpine packages.
+    pub fn is_alpine(&self) -> bool {
+        self.kind == 5
+    }
+}
+
+impl Repo {
     /// Base URL of the configured first mirror of this tree (before any ranking); ends with `/`.
     pub fn upstream(&self) -> &Url {
         &self.mirror_set.candidates[0].url

@@ -223,6 +223,7 @@ async fn answer(
         repo: matched.repo.id.clone(),
         expect,
         rule_max_age,
+        alpine: matched.repo.is_alpine(),
     };
 
     let response = serve(

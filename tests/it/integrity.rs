@@ -427,3 +427,45 @@ async fn the_mirror_that_sent_a_tampered_package_is_left_for_the_next_one() {
     assert_eq!(bad_mirror.hits(&upstream), 1);
     assert_eq!(failures(&proxy, "centos").await, 1);
 }
+
+/// Clients percent-encode some characters of package names (`+` as `%2B` or `%2b`); the index
+/// writes them plainly. Both the check of a download and the check of a stored package when
+/// its index arrives find the package under either spelling.
+#[tokio::test]
+async fn percent_encoded_package_names_are_checked_too() {
+    let origin = Origin::start().await;
+    let plain = "pool/main/l/libx++/libx++1_1.0_all.deb";
+    let spelled = "pool/main/l/libx%2B%2B/libx%2B%2B1_1.0_all.deb";
+    let first = data(3000, 1);
+    let second = data(3000, 2);
+    origin.put(&format!("/debian/{spelled}"), first.clone());
+    // The test origin matches paths as sent: it keeps the file under the client's spelling.
+    let dir = cache_dir();
+    let proxy = Proxy::start(&origin, dir.path(), |_| {}).await;
+    let r = proxy.get(&format!("debian/{spelled}")).await;
+    assert_eq!(read_all(r).await.unwrap(), first);
+
+    // The index names other bytes: the stored copy is dropped when the index arrives.
+    let packages = format!(
+        "Package: libx++1\nFilename: {plain}\nSize: {}\nSHA256: {}\n\n",
+        second.len(),
+        hex_of::<Sha256>(&second)
+    );
+    origin.put("/debian/dists/stable/main/binary-amd64/Packages", packages);
+    fetch_all(
+        &proxy,
+        "debian",
+        &["dists/stable/main/binary-amd64/Packages".to_string()],
+    )
+    .await;
+    origin.put(&format!("/debian/{spelled}"), first.clone());
+    let r = proxy.get(&format!("debian/{spelled}")).await;
+    let cache = x_cache(&r);
+    let body = read_all(r).await.ok();
+    assert!(body.is_none(), "the old bytes are not served ({cache})");
+    // One failure for the stored copy, one for the download that still has the old bytes.
+    assert_eq!(failures(&proxy, "debian").await, 2);
+    origin.put(&format!("/debian/{spelled}"), second.clone());
+    let r = proxy.get(&format!("debian/{spelled}")).await;
+    assert_eq!(read_all(r).await.unwrap(), second);
+}

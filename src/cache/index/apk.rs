@@ -40,6 +40,8 @@ pub struct TarStream {
     want: &'static [u8],
     /// The name of the first member (extended headers aside).
     first: Option<Vec<u8>>,
+    /// A member whose name does not start with `.SIGN.` was seen.
+    unsigned_names: bool,
     header: Vec<u8>,
     /// Bytes of the current member's body still to come, and whether it is the index.
     body_left: u64,
@@ -60,6 +62,11 @@ impl TarStream {
     /// The name of the first member, once its header was read.
     pub fn first_name(&self) -> Option<&[u8]> {
         self.first.as_deref()
+    }
+
+    /// Whether every member so far is a signature (`.SIGN.*`), as in an apk signature segment.
+    pub fn only_signatures(&self) -> bool {
+        self.first.is_some() && !self.unsigned_names
     }
 
     /// Reads `buf`, handing the wanted member's body to `member`.
@@ -101,8 +108,11 @@ impl TarStream {
             })?;
             let kind = header[156];
             // Extended headers (pax, GNU long names) describe the next member.
-            if self.first.is_none() && !matches!(kind, b'x' | b'g' | b'L' | b'K') {
-                self.first = Some(name.to_vec());
+            if !matches!(kind, b'x' | b'g' | b'L' | b'K') {
+                if self.first.is_none() {
+                    self.first = Some(name.to_vec());
+                }
+                self.unsigned_names |= !name.starts_with(b".SIGN.");
             }
             self.wanted = matches!(kind, b'0' | 0) && name == self.want;
             self.body_left = size;

@@ -229,6 +229,13 @@ pub fn is_package(path: &str) -> bool {
         .any(|ext| name.ends_with(ext))
 }
 
+/// `path` with its percent-encoding undone: how an index writes it.
+fn decoded(path: &str) -> String {
+    percent_encoding::percent_decode_str(path)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
 fn file_name(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
 }
@@ -354,10 +361,9 @@ impl IndexTables {
         }
         if is_package(path) {
             // Index names are plain; clients may percent-encode some characters (`+`).
-            let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
             let digest = lock(&self.packages)
                 .get(repo)
-                .and_then(|t| t.get(decoded.as_ref()))
+                .and_then(|t| t.get(&decoded(path)))
                 .cloned()?;
             return Some(Expectation {
                 digest,
@@ -380,7 +386,7 @@ impl IndexTables {
     pub fn package_index(&self, repo: &str, path: &str) -> Option<PackageIndex> {
         if let Some((format, compression)) = PackageFormat::of_name(file_name(path)) {
             let root = match format {
-                PackageFormat::ApkIndex => dir_of(path).to_string(),
+                PackageFormat::ApkIndex => decoded(dir_of(path)),
                 _ => String::new(),
             };
             return Some(PackageIndex {
@@ -394,7 +400,7 @@ impl IndexTables {
             return Some(PackageIndex {
                 format: PackageFormat::Primary,
                 compression: Compression::of_name(&rel)?,
-                root: dir,
+                root: decoded(&dir),
             });
         }
         let (format, compression) = PackageFormat::of_name(file_name(&rel))?;
