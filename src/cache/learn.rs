@@ -67,26 +67,29 @@ impl Cache {
         if let Some(dir) = crate::distro::class::suite_dir(path)
             && !self.indexes.knows_release(repo, dir)
         {
-            let mut found = false;
-            for name in ["InRelease", "Release"] {
-                let release_path = format!("{dir}{name}");
-                if let Some(text) = self
-                    .read_stored_text(repo, &CacheKey::new(repo, &release_path))
-                    .await
-                {
-                    self.indexes.learn_release(repo, &release_path, &text);
-                    found = true;
-                    break;
-                }
-            }
-            if !found {
-                self.indexes.set_release(repo, dir, None);
-            }
+            self.learn_stored_release(repo, dir).await;
         }
         if index::is_package(path) {
             self.indexes.settled(repo, SETTLE_MAX).await;
         }
         self.indexes.expected(repo, path)
+    }
+
+    /// Learns the Release of `repo`'s directory `dir` from the cache: its InRelease, else its
+    /// Release; recorded as absent when neither is stored (or readable), so that it is not
+    /// looked for again.
+    async fn learn_stored_release(&self, repo: &str, dir: &str) {
+        for name in ["InRelease", "Release"] {
+            let path = format!("{dir}{name}");
+            if let Some(text) = self
+                .read_stored_text(repo, &CacheKey::new(repo, &path))
+                .await
+            {
+                self.indexes.learn_release(repo, &path, &text);
+                return;
+            }
+        }
+        self.indexes.set_release(repo, dir, None);
     }
 
     /// The body of a stored 200 entry as text (for small index files), within the size
@@ -96,22 +99,43 @@ impl Cache {
         if meta.status != 200 {
             return None;
         }
-        match self.store.open(&meta, 0, meta.len).await.ok()? {
-            Source::File(file) => self.index_text(repo, key, file).await,
+        let input = self.stored_reader(&meta).await.ok()?;
+        self.index_text(repo, key, input).await
+    }
+
+    /// A blocking reader over a stored body: its file, or the store's stream through a
+    /// channel (a silence of [`STORE_SILENCE`] ends it with an error).
+    async fn stored_reader(
+        &self,
+        meta: &EntryMeta,
+    ) -> Result<Box<dyn Read + Send>, crate::storage::StorageError> {
+        Ok(match self.store.open(meta, 0, meta.len).await? {
+            Source::File(file) => Box::new(file),
             Source::Stream(mut stream) => {
-                use futures_util::StreamExt;
-                let limit = self.tuning.index_limits.release_bytes;
-                let mut bytes = Vec::new();
-                while let Some(chunk) = stream.next().await {
-                    bytes.extend_from_slice(&chunk.ok()?);
-                    if bytes.len() as u64 > limit {
-                        break;
+                let (tx, rx) = tokio::sync::mpsc::channel(4);
+                tokio::spawn(async move {
+                    use futures_util::StreamExt;
+                    loop {
+                        let chunk = match tokio::time::timeout(STORE_SILENCE, stream.next()).await {
+                            Ok(Some(chunk)) => chunk,
+                            Ok(None) => break,
+                            Err(_) => Err(std::io::Error::new(
+                                std::io::ErrorKind::TimedOut,
+                                "the store sent nothing for 30 s",
+                            )),
+                        };
+                        let failed = chunk.is_err();
+                        if tx.send(chunk).await.is_err() || failed {
+                            break;
+                        }
                     }
-                }
-                self.index_text(repo, key, std::io::Cursor::new(bytes))
-                    .await
+                });
+                Box::new(ChunkReader {
+                    rx,
+                    current: Bytes::new(),
+                })
             }
-        }
+        })
     }
 
     /// The text of an index (a Release or repomd), read on the blocking pool within the size
@@ -197,13 +221,19 @@ impl Cache {
         })
         .await
         .unwrap_or_else(|e| Err(IndexError::Io(std::io::Error::other(e))));
-        let learnt = parsed.and_then(|entries| {
+        let learnt = parsed.and_then(|mut entries| {
+            // Names relative to the index's directory become paths in the repo.
+            if !root.is_empty() {
+                for (name, _) in &mut entries {
+                    name.insert_str(0, &root);
+                }
+            }
             self.indexes
-                .learn_packages(repo, &root, &entries, limits.repo_entries)
+                .learn_packages(repo, &entries, limits.repo_entries)
                 .map(|()| entries)
         });
         match learnt {
-            Ok(entries) => self.check_stored(repo, &root, &entries),
+            Ok(entries) => self.check_stored(repo, &entries),
             Err(e) => self.unparsed(repo, key.as_str(), &e),
         }
     }
@@ -213,14 +243,13 @@ impl Cache {
     /// those it contradicts are dropped and counted; those whose record lacks the digest it
     /// names (stored before such digests were kept) are dropped too, as a request would not
     /// take them.
-    fn check_stored(self: &Arc<Self>, repo: &str, root: &str, entries: &[(String, Digest)]) {
+    fn check_stored(self: &Arc<Self>, repo: &str, entries: &[(String, Digest)]) {
         let mut contradicted = Vec::new();
         let mut unknown = Vec::new();
         for batch in entries.chunks(CHECK_BATCH) {
             let memory = self.entries();
-            for (name, digest) in batch {
-                let path = format!("{root}{name}");
-                for spelling in spellings(&path) {
+            for (path, digest) in batch {
+                for spelling in spellings(path) {
                     let key = CacheKey::new(repo, &spelling);
                     let Some(slot) = memory.peek(&key).filter(|s| s.meta.status == 200) else {
                         continue;
@@ -337,34 +366,30 @@ impl Cache {
         files: &HashMap<String, Arc<EntryMeta>>,
     ) -> Vec<String> {
         let mut package_indexes: Vec<String> = Vec::new();
-        let mut releases: Vec<&String> = files
+        let mut dirs: Vec<&str> = files
             .keys()
-            .filter(|p| index::is_release(p) || index::is_repomd(p))
+            .filter(|p| index::is_release(p))
+            .map(|p| index::dir_of(p))
             .collect();
-        releases.sort_by_key(|p| (index::dir_of(p), !p.ends_with("InRelease")));
-        let mut seen_dirs = std::collections::HashSet::new();
-        for path in releases {
-            let dir = if index::is_repomd(path) {
-                index::repomd_root(path)
-            } else {
-                index::dir_of(path)
-            };
-            if !seen_dirs.insert(dir.to_string()) {
-                continue;
-            }
-            let key = CacheKey::new(repo, path);
-            let Some(text) = self.read_stored_text(repo, &key).await else {
-                // Not asked again when a file of the suite is.
-                self.indexes.set_release(repo, dir, None);
-                continue;
-            };
-            if index::is_release(path) {
-                self.indexes.learn_release(repo, path, &text);
-            } else {
-                self.indexes.learn_repomd(repo, path, &text);
-            }
+        dirs.sort_unstable();
+        dirs.dedup();
+        for dir in dirs {
+            self.learn_stored_release(repo, dir).await;
             if let Some(table) = self.indexes.release(repo, dir) {
                 package_indexes.extend(vouched(&table, dir, files));
+            }
+        }
+        for path in files.keys().filter(|p| index::is_repomd(p)) {
+            let root = index::repomd_root(path);
+            match self
+                .read_stored_text(repo, &CacheKey::new(repo, path))
+                .await
+            {
+                Some(text) => self.indexes.learn_repomd(repo, path, &text),
+                None => self.indexes.set_release(repo, root, None),
+            }
+            if let Some(table) = self.indexes.release(repo, root) {
+                package_indexes.extend(vouched(&table, root, files));
             }
         }
         package_indexes.extend(
@@ -391,33 +416,8 @@ impl Cache {
                 continue;
             };
             let key = CacheKey::new(repo, &path);
-            let input: Box<dyn Read + Send> = match self.store.open(meta, 0, meta.len).await {
-                Ok(Source::File(file)) => Box::new(FileReader::new(Arc::new(file))),
-                Ok(Source::Stream(mut stream)) => {
-                    let (tx, rx) = tokio::sync::mpsc::channel(4);
-                    tokio::spawn(async move {
-                        use futures_util::StreamExt;
-                        loop {
-                            let chunk =
-                                match tokio::time::timeout(STORE_SILENCE, stream.next()).await {
-                                    Ok(Some(chunk)) => chunk,
-                                    Ok(None) => break,
-                                    Err(_) => Err(std::io::Error::new(
-                                        std::io::ErrorKind::TimedOut,
-                                        "the store sent nothing for 30 s",
-                                    )),
-                                };
-                            let failed = chunk.is_err();
-                            if tx.send(chunk).await.is_err() || failed {
-                                break;
-                            }
-                        }
-                    });
-                    Box::new(ChunkReader {
-                        rx,
-                        current: Bytes::new(),
-                    })
-                }
+            let input = match self.stored_reader(meta).await {
+                Ok(input) => input,
                 Err(e) => {
                     tracing::warn!(key = %key, error = %e, "cannot read a stored package index");
                     continue;

@@ -449,7 +449,7 @@ pub(crate) mod tests {
 
     #[test]
     fn an_apk_yields_its_control_hashes_in_any_slicing() {
-        let payload = crate::cache::verify::tests::noise(200_000);
+        let payload = noise(200_000);
         let (file, control) = apk(&[("usr/share/x/README", b"hi"), ("big", &payload)], false);
         for chunk in [1, 7, 512, 4096, file.len()] {
             let d = digest(&file, chunk).unwrap();
@@ -467,7 +467,7 @@ pub(crate) mod tests {
         }
     }
 
-    pub(crate) fn noise(len: usize) -> Vec<u8> {
+    fn noise(len: usize) -> Vec<u8> {
         let mut x = 0x9e37_79b9_7f4a_7c15u64;
         (0..len)
             .map(|_| {

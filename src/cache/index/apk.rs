@@ -8,7 +8,7 @@ use std::io::Read;
 use base64::Engine as _;
 
 use super::decode::{self, Compression, Lines};
-use super::{Algo, Digest, IndexError};
+use super::{Algo, Digest, IndexError, Listing};
 use crate::config::IndexLimits;
 
 /// Reads an APKINDEX.tar.gz and returns `(file name, digest)` for every package it lists
@@ -21,7 +21,7 @@ pub fn parse_apkindex(
     let mut tar = TarStream::new(b"APKINDEX");
     let mut lines = Lines::new(limits.line_bytes);
     let mut records = Records {
-        entries_max: limits.entries,
+        out: Listing::new(limits.entries),
         ..Records::default()
     };
     decode::pump(reader, limits, |buf| {
@@ -29,7 +29,7 @@ pub fn parse_apkindex(
     })?;
     lines.finish(|line| records.line(line))?;
     records.end()?;
-    Ok(records.out)
+    Ok(records.out.entries)
 }
 
 /// The body of one named member of a tar stream, handed out in slices; other members are
@@ -148,12 +148,11 @@ pub fn control_hash(field: &str) -> Option<(Algo, String)> {
 /// The fields of the record being read, and the entries read so far.
 #[derive(Default)]
 struct Records {
-    entries_max: usize,
     name: Option<String>,
     version: Option<String>,
     size: Option<u64>,
     hash: Option<(Algo, String)>,
-    out: Vec<(String, Digest)>,
+    out: Listing,
 }
 
 impl Records {
@@ -192,17 +191,10 @@ impl Records {
         if name.contains('/') || version.contains('/') {
             return Ok(());
         }
-        if self.out.len() >= self.entries_max {
-            return Err(IndexError::Limit(format!(
-                "more than {} packages",
-                self.entries_max
-            )));
-        }
-        self.out.push((
+        self.out.push(
             format!("{name}-{version}.apk"),
             Digest::new(size, algo, &hex),
-        ));
-        Ok(())
+        )
     }
 }
 

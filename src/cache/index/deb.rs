@@ -4,7 +4,7 @@
 use std::io::Read;
 
 use super::decode::{self, Compression, Lines};
-use super::{Algo, Digest, IndexError, ReleaseTable};
+use super::{Algo, Digest, IndexError, Listing, ReleaseTable};
 use crate::config::IndexLimits;
 
 /// Parses the SHA256 section of a Release or InRelease file.
@@ -48,7 +48,7 @@ pub fn parse_packages(
     let reader = decode::decoded(input, compression, limits)?;
     let mut lines = Lines::new(limits.line_bytes);
     let mut sink = Stanzas {
-        entries_max: limits.entries,
+        out: Listing::new(limits.entries),
         ..Stanzas::default()
     };
     decode::pump(reader, limits, |buf| {
@@ -56,17 +56,16 @@ pub fn parse_packages(
     })?;
     lines.finish(|line| sink.line(line))?;
     sink.end_stanza()?;
-    Ok(sink.out)
+    Ok(sink.out.entries)
 }
 
 /// The fields of the stanza being read, and the entries read so far.
 #[derive(Default)]
 struct Stanzas {
-    entries_max: usize,
     filename: Option<String>,
     sha256: Option<String>,
     size: Option<u64>,
-    out: Vec<(String, Digest)>,
+    out: Listing,
 }
 
 impl Stanzas {
@@ -92,14 +91,8 @@ impl Stanzas {
             (self.filename.take(), self.sha256.take(), self.size.take())
             && sha256.len() == 64
         {
-            if self.out.len() >= self.entries_max {
-                return Err(IndexError::Limit(format!(
-                    "more than {} packages",
-                    self.entries_max
-                )));
-            }
             self.out
-                .push((filename, Digest::new(size, Algo::Sha256, &sha256)));
+                .push(filename, Digest::new(size, Algo::Sha256, &sha256))?;
         }
         self.filename = None;
         self.sha256 = None;

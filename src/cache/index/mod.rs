@@ -229,11 +229,10 @@ pub fn is_package(path: &str) -> bool {
         .any(|ext| name.ends_with(ext))
 }
 
-/// `path` with its percent-encoding undone: how an index writes it.
-fn decoded(path: &str) -> String {
-    percent_encoding::percent_decode_str(path)
-        .decode_utf8_lossy()
-        .into_owned()
+/// `path` with its percent-encoding undone: how an index writes it (borrowed when there was
+/// none).
+fn decoded(path: &str) -> std::borrow::Cow<'_, str> {
+    percent_encoding::percent_decode_str(path).decode_utf8_lossy()
 }
 
 fn file_name(path: &str) -> &str {
@@ -363,7 +362,7 @@ impl IndexTables {
             // Index names are plain; clients may percent-encode some characters (`+`).
             let digest = lock(&self.packages)
                 .get(repo)
-                .and_then(|t| t.get(&decoded(path)))
+                .and_then(|t| t.get(decoded(path).as_ref()))
                 .cloned()?;
             return Some(Expectation {
                 digest,
@@ -386,7 +385,7 @@ impl IndexTables {
     pub fn package_index(&self, repo: &str, path: &str) -> Option<PackageIndex> {
         if let Some((format, compression)) = PackageFormat::of_name(file_name(path)) {
             let root = match format {
-                PackageFormat::ApkIndex => decoded(dir_of(path)),
+                PackageFormat::ApkIndex => decoded(dir_of(path)).into_owned(),
                 _ => String::new(),
             };
             return Some(PackageIndex {
@@ -400,7 +399,7 @@ impl IndexTables {
             return Some(PackageIndex {
                 format: PackageFormat::Primary,
                 compression: Compression::of_name(&rel)?,
-                root: decoded(&dir),
+                root: decoded(&dir).into_owned(),
             });
         }
         let (format, compression) = PackageFormat::of_name(file_name(&rel))?;
@@ -411,12 +410,11 @@ impl IndexTables {
         })
     }
 
-    /// Adds the packages a package index lists (`entries`, relative to `root`) to `repo`'s
-    /// table. Refused when the repo's table would hold more than `cap` packages.
+    /// Adds the packages a package index lists (`entries`: path in the repo, digest) to
+    /// `repo`'s table. Refused when the repo's table would hold more than `cap` packages.
     pub fn learn_packages(
         &self,
         repo: &str,
-        root: &str,
         entries: &[(String, Digest)],
         cap: usize,
     ) -> Result<(), IndexError> {
@@ -428,11 +426,7 @@ impl IndexTables {
                 "the repo would know more than {cap} packages"
             )));
         }
-        table.extend(
-            entries
-                .iter()
-                .map(|(name, digest)| (format!("{root}{name}"), digest.clone())),
-        );
+        table.extend(entries.iter().cloned());
         tracing::debug!(repo, packages = n, "learnt package hashes");
         Ok(())
     }
@@ -470,6 +464,34 @@ pub fn repomd_root(path: &str) -> &str {
     &path[..path.len() - "repodata/repomd.xml".len()]
 }
 
+/// What a package index lists so far: (path, digest), at most `max` of them.
+#[derive(Default)]
+struct Listing {
+    entries: Vec<(String, Digest)>,
+    max: usize,
+}
+
+impl Listing {
+    fn new(max: usize) -> Listing {
+        Listing {
+            entries: Vec::new(),
+            max,
+        }
+    }
+
+    /// Adds one package; an index that lists more than `max` is past the parsing limit.
+    fn push(&mut self, path: String, digest: Digest) -> Result<(), IndexError> {
+        if self.entries.len() >= self.max {
+            return Err(IndexError::Limit(format!(
+                "more than {} packages",
+                self.max
+            )));
+        }
+        self.entries.push((path, digest));
+        Ok(())
+    }
+}
+
 /// Why an index was not learnt from.
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
@@ -492,6 +514,7 @@ pub fn read_text(input: impl Read, limit: u64) -> Result<String, IndexError> {
 
 #[cfg(test)]
 mod tests {
+    use super::apk_test::gzip;
     use super::*;
     use crate::config::IndexLimits;
     use std::io::Write;
@@ -575,12 +598,6 @@ mod tests {
             parse_packages(&b"not xz"[..], Compression::Xz, &limits),
             Err(IndexError::Io(_))
         ));
-    }
-
-    fn gzip(data: &[u8]) -> Vec<u8> {
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        gz.write_all(data).unwrap();
-        gz.finish().unwrap()
     }
 
     fn xz(data: &[u8], preset: u32) -> Vec<u8> {
@@ -679,21 +696,16 @@ mod tests {
                 Digest::new(1, Algo::Sha256, &"c".repeat(64)),
             )
         };
-        t.learn_packages("debian", "", &[entry(1), entry(2)], 3)
+        t.learn_packages("debian", &[entry(1), entry(2)], 3)
             .unwrap();
         assert!(t.expected("debian", "pool/1.deb").is_some());
         // Clients may percent-encode what the index writes plainly.
-        t.learn_packages(
-            "debian",
-            "pool/",
-            &[("lib++1.deb".to_string(), entry(0).1)],
-            4,
-        )
-        .unwrap();
+        t.learn_packages("debian", &[("pool/lib++1.deb".to_string(), entry(0).1)], 4)
+            .unwrap();
         assert!(t.expected("debian", "pool/lib%2B%2B1.deb").is_some());
         assert!(t.expected("debian", "pool/lib++1.deb").is_some());
         assert!(
-            t.learn_packages("debian", "", &[entry(3), entry(4)], 4)
+            t.learn_packages("debian", &[entry(3), entry(4)], 4)
                 .is_err()
         );
     }

@@ -8,7 +8,7 @@
 use std::io::Read;
 
 use super::decode::{self, Compression};
-use super::{Algo, Digest, IndexError, ReleaseTable};
+use super::{Algo, Digest, IndexError, Listing, ReleaseTable};
 use crate::config::IndexLimits;
 
 /// The checksum types the proxy can check, by their name in repository metadata.
@@ -108,18 +108,17 @@ pub fn parse_primary(
     let reader = decode::decoded(input, compression, limits)?;
     let mut scan = PrimaryScan {
         tag_max: limits.line_bytes,
-        entries_max: limits.entries,
+        out: Listing::new(limits.entries),
         ..PrimaryScan::default()
     };
     decode::pump(reader, limits, |buf| scan.feed(buf))?;
-    Ok(scan.out)
+    Ok(scan.out.entries)
 }
 
 /// The state of a scan of primary.xml.
 #[derive(Default)]
 struct PrimaryScan {
     tag_max: usize,
-    entries_max: usize,
     /// Inside `<…>`: the tag text so far (without `<`), and the open quote, if any.
     in_tag: bool,
     tag: Vec<u8>,
@@ -129,7 +128,7 @@ struct PrimaryScan {
     /// The text of the `<checksum>` being read.
     capture: Option<Vec<u8>>,
     package: Option<Package>,
-    out: Vec<(String, Digest)>,
+    out: Listing,
 }
 
 #[derive(Default)]
@@ -260,14 +259,7 @@ impl PrimaryScan {
         if !inside || hex.len() != algo.hex_len() || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Ok(());
         }
-        if self.out.len() >= self.entries_max {
-            return Err(IndexError::Limit(format!(
-                "more than {} packages",
-                self.entries_max
-            )));
-        }
-        self.out.push((href, Digest::new(size, algo, &hex)));
-        Ok(())
+        self.out.push(href, Digest::new(size, algo, &hex))
     }
 }
 
@@ -321,13 +313,13 @@ mod tests {
         // Fed one byte at a time, the scan finds the same.
         let mut scan = PrimaryScan {
             tag_max: 1024,
-            entries_max: 10,
+            out: Listing::new(10),
             ..PrimaryScan::default()
         };
         for b in xml.as_bytes() {
             scan.feed(std::slice::from_ref(b)).unwrap();
         }
-        assert_eq!(scan.out, want);
+        assert_eq!(scan.out.entries, want);
     }
 
     #[test]
@@ -356,7 +348,7 @@ mod tests {
         // An endless tag is dropped with bounded memory; the packages after it are read.
         let mut scan = PrimaryScan {
             tag_max: 4096,
-            entries_max: 10,
+            out: Listing::new(10),
             ..PrimaryScan::default()
         };
         scan.feed(b"<junk ").unwrap();
@@ -366,7 +358,7 @@ mod tests {
         }
         scan.feed(b">").unwrap();
         scan.feed(xml.as_bytes()).unwrap();
-        assert_eq!(scan.out.len(), 3);
+        assert_eq!(scan.out.entries.len(), 3);
     }
 
     #[test]
