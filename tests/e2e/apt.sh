@@ -415,7 +415,7 @@ failover_phase() {
     [ "$count" -ge "${#ALL_PKGS[@]}" ] || die "[$m] $count .debs downloaded, expected ${#ALL_PKGS[@]}"
     say "[$m] all $count downloaded .debs equal the origin's"
   done
-  n=$(curl -fsS "$(proxy_url)/metrics" | awk '$1 == "apt_proxy_mirror_failovers_total{distro=\"debian\"}" { print $2 }')
+  n=$(metric 'apt_proxy_mirror_failovers_total{distro="debian"}')
   [ "${n:-0}" -ge 1 ] || die "the dead mirror caused no counted failover"
   curl -fsS "$(proxy_url)/api/mirrors" >"$LOGS/mirrors-failover.json"
   python3 - "$LOGS/mirrors-failover.json" "$dead" <<'PY' || die "/api/mirrors does not show the dead mirror's failures (see $LOGS/mirrors-failover.json)"

@@ -525,11 +525,16 @@ origin_revalidated() {
 # run_step DESC cmd...: run a client command with a timeout; output in $LOGS/NN-*.log.
 # With STEP_MAX set, the step also fails when it takes more than STEP_MAX seconds.
 # On failure: the command, its output's tail, the proxy's log tail, then exit 1.
+# _step_log DESC: the next step's number, and its log file in $STEP_LOG.
+_step_log() {
+  _E2E_STEP=$((_E2E_STEP + 1))
+  STEP_LOG=$LOGS/$(printf '%02d' "$_E2E_STEP")-$(echo "$1" | tr -c 'A-Za-z0-9_.-' '_' | cut -c1-60).log
+}
+
 run_step() {
   local desc=$1
   shift
-  _E2E_STEP=$((_E2E_STEP + 1))
-  STEP_LOG=$LOGS/$(printf '%02d' "$_E2E_STEP")-$(echo "$desc" | tr -c 'A-Za-z0-9_.-' '_' | cut -c1-60).log
+  _step_log "$desc"
   local t0 rc=0 limit=$STEP_TIMEOUT
   if [ -n "${STEP_MAX:-}" ] && [ "$STEP_MAX" -lt "$limit" ]; then limit=$STEP_MAX; fi
   t0=$(_now_ms)
@@ -586,8 +591,7 @@ metric() {
 try_step() {
   local desc=$1 rc=0
   shift
-  _E2E_STEP=$((_E2E_STEP + 1))
-  STEP_LOG=$LOGS/$(printf '%02d' "$_E2E_STEP")-$(echo "$desc" | tr -c 'A-Za-z0-9_.-' '_' | cut -c1-60).log
+  _step_log "$desc"
   say "$desc (may fail)"
   timeout -k 10 "$STEP_TIMEOUT" "$@" >"$STEP_LOG" 2>&1 || rc=$?
   if [ "$rc" = 0 ]; then say "  ok"; else say "  failed (exit $rc; log $STEP_LOG)"; fi
