@@ -1,4 +1,5 @@
 //! The `apt-proxy` binary: parse the command line, start the server, run until a signal.
+//! `--check-config` and `--health-check` are one-shot modes that start no server.
 
 use std::process::ExitCode;
 
@@ -7,20 +8,22 @@ use apt_proxy::server::Server;
 
 fn main() -> ExitCode {
     let cli = Cli::parse_args();
+    let (check_config, health_check) = (cli.check_config, cli.health_check);
     let env = |name: &str| std::env::var(name).ok();
     let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
     let (config, notes) = match Config::resolve(cli, &env, home.as_deref()) {
         Ok(resolved) => resolved,
+        Err(e) if check_config || health_check => {
+            eprintln!("apt-proxy: configuration error: {e}");
+            return ExitCode::from(1);
+        }
         Err(e) => {
             eprintln!("apt-proxy: configuration error: {e}");
             return ExitCode::from(2);
         }
     };
-    if let Some(warning) = apt_proxy::telemetry::logging::init(config.debug) {
-        tracing::warn!("{warning}");
-    }
-    for note in notes {
-        tracing::info!("{note}");
+    if check_config {
+        return check(&config, &notes);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -32,6 +35,24 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if health_check {
+        return match runtime.block_on(apt_proxy::admin::health::probe(&config)) {
+            Ok(url) => {
+                println!("{url}: alive");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("apt-proxy: health check failed: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
+    if let Some(warning) = apt_proxy::telemetry::logging::init(config.debug) {
+        tracing::warn!("{warning}");
+    }
+    for note in notes {
+        tracing::info!("{note}");
+    }
     let code = match runtime.block_on(run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -44,6 +65,28 @@ fn main() -> ExitCode {
     code
 }
 
+/// `--check-config`: the resolved settings and the repos they serve on stdout, exit 0; or the
+/// first problem on stderr, exit 1.
+fn check(config: &Config, notes: &[String]) -> ExitCode {
+    match apt_proxy::server::preflight(config) {
+        Ok(repos) => {
+            for note in notes {
+                println!("# {note}");
+            }
+            print!("{}", config.report());
+            println!("repos served:");
+            for line in repos {
+                println!("  {line}");
+            }
+            println!("configuration OK");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("apt-proxy: configuration error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
 async fn run(config: Config) -> anyhow::Result<()> {
     let listen = format!("{}:{}", config.host, config.port);
     let protocol = if config.tls.is_some() {

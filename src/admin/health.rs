@@ -90,3 +90,68 @@ pub async fn readyz(state: &AppState) -> Response<Body> {
         }),
     )
 }
+
+/// The address `--health-check` probes: the configured host, or loopback when the proxy
+/// listens on every interface (or on `localhost`).
+fn probe_url(config: &crate::config::Config) -> String {
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let host = match config.host.parse::<std::net::IpAddr>() {
+        Ok(ip) if ip.is_unspecified() && ip.is_ipv6() => "[::1]".to_string(),
+        Ok(ip) if ip.is_unspecified() => "127.0.0.1".to_string(),
+        Ok(std::net::IpAddr::V6(ip)) => format!("[{ip}]"),
+        Ok(ip) => ip.to_string(),
+        Err(_) if config.host.is_empty() || config.host == "localhost" => "127.0.0.1".into(),
+        Err(_) => config.host.clone(),
+    };
+    format!("{scheme}://{host}:{}/livez", config.port)
+}
+
+/// `--health-check`: asks the proxy configured by `config` for `/livez` (5 s at most, any
+/// certificate accepted since the proxy's own is often self-signed) and returns the URL it
+/// asked, or why the proxy is not alive.
+pub async fn probe(config: &crate::config::Config) -> Result<String, String> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let url = probe_url(config);
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(std::time::Duration::from_secs(5))
+        .danger_accept_invalid_certs(true)
+        .build()
+        .map_err(|e| format!("cannot build the probe: {e}"))?;
+    let response = client.get(&url).send().await.map_err(|e| {
+        let mut cause: &dyn std::error::Error = &e;
+        while let Some(inner) = cause.source() {
+            cause = inner;
+        }
+        format!("{url}: no answer ({cause})")
+    })?;
+    match response.status() {
+        StatusCode::OK => Ok(url),
+        status => Err(format!("{url}: answered {status}")),
+    }
+}
+
+#[cfg(test)]
+mod probe_tests {
+    use super::probe_url;
+    use crate::config::Config;
+
+    #[test]
+    fn the_probe_asks_loopback_for_a_wildcard_listener() {
+        let mut c = Config::new("/tmp/x");
+        c.port = 8080;
+        assert_eq!(probe_url(&c), "http://127.0.0.1:8080/livez");
+        c.host = "::".into();
+        assert_eq!(probe_url(&c), "http://[::1]:8080/livez");
+        c.host = "10.1.2.3".into();
+        assert_eq!(probe_url(&c), "http://10.1.2.3:8080/livez");
+        c.host = "fd00::5".into();
+        assert_eq!(probe_url(&c), "http://[fd00::5]:8080/livez");
+        c.host = "localhost".into();
+        assert_eq!(probe_url(&c), "http://127.0.0.1:8080/livez");
+    }
+}

@@ -3,7 +3,7 @@
 
 pub mod auth;
 pub mod client_ip;
-mod health;
+pub mod health;
 pub mod ratelimit;
 mod status_page;
 

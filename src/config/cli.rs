@@ -168,12 +168,29 @@ pub struct Cli {
     /// Path to apt-proxy.yaml [env: APT_PROXY_CONFIG_FILE]
     #[arg(long, help_heading = "Configuration files")]
     pub config: Option<PathBuf>,
+    /// Check flags, environment, apt-proxy.yaml, distributions.yaml and TLS files, print the
+    /// resolved configuration and exit: 0 when it is valid, 1 when not. Starts nothing.
+    #[arg(long = "check-config", help_heading = "Configuration files")]
+    pub check_config: bool,
+    /// Ask the proxy this configuration describes for /livez (on loopback when it listens on
+    /// every interface) and exit 0 when it answers 200, else 1: a container health check
+    #[arg(long = "health-check", help_heading = "Configuration files")]
+    pub health_check: bool,
 }
 
 impl Cli {
     /// Parses the process arguments, accepting Go-style `-flag` spellings.
     pub fn parse_args() -> Cli {
-        Cli::parse_from(normalize_args(std::env::args_os()))
+        let args = normalize_args(std::env::args_os());
+        let checking = args.iter().any(|a| a == "--check-config");
+        Cli::try_parse_from(args).unwrap_or_else(|e| {
+            // `--check-config` promises exit status 1 for any invalid setting, flags included.
+            if checking && e.use_stderr() {
+                let _ = e.print();
+                std::process::exit(1);
+            }
+            e.exit()
+        })
     }
 }
 

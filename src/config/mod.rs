@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod file;
+mod report;
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -280,6 +281,7 @@ impl Config {
         let storage = f.storage.unwrap_or_default();
         let s3 = storage.s3.unwrap_or_default();
         let mut config = Config::new(PathBuf::new());
+        config.config_file = config_file.clone();
 
         config.host = pick(cli.host, env, "APT_PROXY_HOST", server.host)?.unwrap_or(config.host);
         config.port = pick(cli.port, env, "APT_PROXY_PORT", server.port)?.unwrap_or(config.port);

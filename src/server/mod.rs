@@ -79,6 +79,38 @@ pub enum StartError {
     },
 }
 
+/// What `--check-config` checks beyond the values themselves: distributions.yaml and the
+/// pinned mirrors build a registry, and the TLS files load. Touches neither the network nor the
+/// cache. Returns one line per repo served, with its first mirror.
+pub fn preflight(config: &Config) -> Result<Vec<String>, StartError> {
+    let registry = RegistrySource {
+        mode: config.mode,
+        pins: config.mirrors.clone(),
+        distributions_config: config.distributions_config.clone(),
+    }
+    .load()?;
+    if let Some(files) = &config.tls {
+        tls::acceptor(files)?;
+    }
+    Ok(registry
+        .repos()
+        .iter()
+        .map(|repo| {
+            let how = if repo.pinned() {
+                "pinned"
+            } else {
+                "first candidate"
+            };
+            format!(
+                "/{}/ -> {} ({how}, {} mirror(s))",
+                repo.id,
+                repo.upstream(),
+                repo.mirror_set.candidates.len()
+            )
+        })
+        .collect())
+}
+
 /// A bound, not yet running server.
 pub struct Server {
     listener: TcpListener,

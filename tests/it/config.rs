@@ -323,3 +323,194 @@ async fn https_listener_serves_with_its_certificate() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Runs the binary with `args` and `env` only (none of the caller's APT_PROXY_* variables), in
+/// `dir`, and returns (exit code, stdout, stderr).
+fn one_shot(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_apt-proxy"));
+    command.current_dir(dir).args(args).env_clear();
+    command.env("HOME", dir);
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let out = command.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_config_prints_the_resolved_settings_and_names_each_broken_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cache = d.join("never-created");
+    let yaml = d.join("apt-proxy.yaml");
+    std::fs::write(
+        &yaml,
+        "server:\n  port: 4000\nsecurity:\n  api_key: ${KEY}\nmirrors:\n  debian: http://127.0.0.1:9/debian/\n",
+    )
+    .unwrap();
+    let config = yaml.to_str().unwrap();
+    let cachedir = cache.to_str().unwrap();
+
+    let (code, out, err) = one_shot(
+        d,
+        &["--check-config", "--config", config, "--cachedir", cachedir],
+        &[("KEY", "very-secret-key"), ("APT_PROXY_MODE", "debian")],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(config), "{out}");
+    let line = |key: &str| {
+        out.lines()
+            .find(|l| l.split_whitespace().next() == Some(key))
+            .unwrap_or_else(|| panic!("no {key} in {out}"))
+            .to_string()
+    };
+    assert!(line("server.port").ends_with(" 4000"), "{out}");
+    assert!(line("mode").ends_with(" debian"), "{out}");
+    assert!(line("security.enable_api_auth").ends_with(" true"), "{out}");
+    assert!(line("mirrors.debian").ends_with(" http://127.0.0.1:9/debian/"));
+    assert!(
+        !out.contains("very-secret-key"),
+        "a secret was printed: {out}"
+    );
+    assert!(
+        out.contains("/debian/ -> http://127.0.0.1:9/debian/ (pinned"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("/ubuntu/"),
+        "mode debian serves only debian: {out}"
+    );
+    assert!(out.trim_end().ends_with("configuration OK"), "{out}");
+    assert!(
+        !cache.exists(),
+        "--check-config created the cache directory"
+    );
+
+    // Each kind of bad input: exit 1 and a message that names what is wrong.
+    std::fs::write(d.join("typo.yaml"), "server:\n  prot: 4000\n").unwrap();
+    let broken_dist = d.join("broken-distributions.yaml");
+    std::fs::write(&broken_dist, "distributions:\n  - id: x\n    mirrors: 5\n").unwrap();
+    let garbage = d.join("garbage.pem");
+    std::fs::write(&garbage, "not a certificate").unwrap();
+    let typo = d.join("typo.yaml");
+    // (flags, environment, words the message must contain)
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, Vec<&'a str>);
+    let cases: Vec<Case> = vec![
+        (
+            vec!["--config", typo.to_str().unwrap()],
+            vec![],
+            vec!["typo.yaml", "prot"],
+        ),
+        (vec!["--port", "http"], vec![], vec!["--port"]),
+        (
+            vec![],
+            vec![("APT_PROXY_PORT", "eighty")],
+            vec!["APT_PROXY_PORT", "eighty"],
+        ),
+        (
+            vec!["--distributions-config", broken_dist.to_str().unwrap()],
+            vec![],
+            vec!["broken-distributions.yaml"],
+        ),
+        (vec!["--debian", "cn:nowhere"], vec![], vec!["cn:nowhere"]),
+        (
+            vec![
+                "--tls",
+                "--tls-cert",
+                garbage.to_str().unwrap(),
+                "--tls-key",
+                garbage.to_str().unwrap(),
+            ],
+            vec![],
+            vec!["garbage.pem"],
+        ),
+        (vec!["--storage-backend", "s3"], vec![], vec!["S3 endpoint"]),
+    ];
+    for (args, env, named) in cases {
+        let mut argv = vec!["--check-config"];
+        argv.extend(&args);
+        let (code, out, err) = one_shot(d, &argv, &env);
+        assert_eq!(code, 1, "{args:?} {env:?}: {out}{err}");
+        assert!(!out.contains("configuration OK"), "{args:?}: {out}");
+        for word in named {
+            assert!(err.contains(word), "{args:?} {env:?}: {word} not in {err}");
+        }
+    }
+}
+
+#[test]
+fn the_shipped_templates_pass_the_check_and_name_every_flag() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    let template = root.join("config/apt-proxy.yaml");
+    let (code, out, err) = one_shot(
+        dir.path(),
+        &[
+            "--check-config",
+            "--config",
+            template.to_str().unwrap(),
+            "--distributions-config",
+            root.join("config/distributions.yaml").to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    // Each key in the template names its flag; a flag missing there is a key the template lacks.
+    let text = std::fs::read_to_string(&template).unwrap();
+    let (_, help, _) = one_shot(dir.path(), &["--help"], &[]);
+    let flags: Vec<&str> = help
+        .split_whitespace()
+        .filter(|w| w.starts_with("--"))
+        .map(|w| w.trim_end_matches(|c: char| !c.is_ascii_alphanumeric() && c != '-'))
+        .collect();
+    assert!(flags.len() > 30, "{help}");
+    for flag in flags {
+        if matches!(
+            flag,
+            "--help" | "--version" | "--config" | "--check-config" | "--health-check"
+        ) {
+            continue;
+        }
+        let named = text.match_indices(flag).any(|(at, _)| {
+            text[at + flag.len()..]
+                .chars()
+                .next()
+                .is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '-'))
+        });
+        assert!(named, "config/apt-proxy.yaml has no key for {flag}");
+    }
+}
+
+#[tokio::test]
+async fn health_check_asks_livez_of_the_configured_proxy() {
+    let origin = Origin::start().await;
+    let dir = cache_dir();
+    let proxy = Proxy::start(&origin, dir.path(), |_| {}).await;
+    let port = proxy.addr.port().to_string();
+    let work = tempfile::tempdir().unwrap();
+    let probe = |args: Vec<String>| {
+        let path = work.path().to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            one_shot(&path, &args, &[])
+        })
+    };
+    let (code, out, err) = probe(vec!["--health-check".into(), "--port".into(), port.clone()])
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&format!("http://127.0.0.1:{port}/livez")),
+        "{out}"
+    );
+    proxy.stop().await;
+    let (code, out, err) = probe(vec!["--health-check".into(), "--port".into(), port])
+        .await
+        .unwrap();
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("health check failed"), "{err}");
+}
