@@ -2,7 +2,7 @@
 # End-to-end: Alpine's real apk client (apk-tools 3, set up by setup.sh) through apt-proxy against
 # a signed local v2 repository.
 #
-# Repository (built here, no network): v2 .apk packages made by apkpkg.py (e2e-hello depends on
+# Repository (built here, no network): v2 .apk packages made by packaging/apkpkg.py (e2e-hello depends on
 # e2e-dep, a name with '+' like libstdc++, and e2e-big: 25 MiB of random data), indexed by
 # `apk index --rewrite-arch x86_64` (as abuild does), APKINDEX.tar.gz signed with a throwaway RSA
 # key; served by nginx under /alpine/v3.23/main/x86_64/.
@@ -40,7 +40,7 @@ TRUSTED=$WORK/trusted
 KEYNAME=apt-proxy-e2e-$(date +%s)
 WANT=(e2e-hello e2e-big e2e-lib++)         # e2e-dep comes in as a dependency
 INSTALL=(e2e-hello e2e-lib++)
-MKAPK=(python3 "$E2E_DIR/apkpkg.py")
+MKAPK=(python3 "$E2E_DIR/../../packaging/apkpkg.py")
 
 # ---------------------------------------------------------------- repository
 

@@ -53,6 +53,7 @@ if [ "$DIRECT" = 1 ]; then MODES=direct; else MODES=${MODES:-forward path}; fi
 unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY all_proxy ALL_PROXY no_proxy NO_PROXY
 
 _E2E_PIDS=()     # pids started by this suite (stopped in reverse order on exit)
+_E2E_CLEANUP=()  # shell commands run on exit, last first (on_exit)
 _E2E_NAMES=()
 _E2E_STEP=0
 _E2E_T0=$(($(date +%s%N) / 1000000))
@@ -120,6 +121,9 @@ _e2e_exit() {
   set +e
   if [ "$rc" != 0 ]; then dump_server_logs; fi
   local i
+  for ((i = ${#_E2E_CLEANUP[@]} - 1; i >= 0; i--)); do
+    eval "${_E2E_CLEANUP[$i]}" >/dev/null 2>&1
+  done
   for ((i = ${#_E2E_PIDS[@]} - 1; i >= 0; i--)); do
     stop_pid "${_E2E_PIDS[$i]}" "${_E2E_NAMES[$i]}"
   done
@@ -649,4 +653,68 @@ PY
   [ "$n" = 1 ] || die "apt_proxy_integrity_failures_total{distro=\"$distro\"} is $n at the end, expected 1"
   say "tampered package: counted once, not stored; the good copy came from the second mirror and is cached"
   unset "$var"
+}
+
+# ---------------------------------------------------------------- release artefacts and podman
+
+DIST=${DIST:-$PROJECT_ROOT/dist}
+
+# on_exit CMD: a shell command run when the suite ends (containers, volumes, installed packages).
+on_exit() { _E2E_CLEANUP+=("$1"); }
+
+# dist_file GLOB: the one artefact in $DIST (scripts/release.sh) whose name matches GLOB.
+dist_file() {
+  local found=()
+  mapfile -t found < <(find "$DIST" -maxdepth 1 -name "$1" 2>/dev/null)
+  [ "${#found[@]}" = 1 ] || die "expected one $1 in $DIST (scripts/release.sh makes it), found ${#found[@]}"
+  echo "${found[0]}"
+}
+
+# version: the package version (Cargo.toml), as the artefacts carry it.
+version() { sed -n 's/^version = "\(.*\)"$/\1/p' "$PROJECT_ROOT/Cargo.toml" | head -n 1; }
+
+# podman_init: podman and podman-compose with the settings this machine needs (no default
+# ulimits, cgroupfs, runc), through a containers.conf of the suite's own.
+podman_init() {
+  export CONTAINERS_CONF=$WORK/containers.conf
+  printf '[containers]\ndefault_ulimits = []\n[engine]\ncgroup_manager = "cgroupfs"\nruntime = "runc"\n' >"$CONTAINERS_CONF"
+}
+
+# image_load: loads dist/apt-proxy-image.tar, tags it localhost/apt-proxy:latest as well, and
+# sets IMAGE to localhost/apt-proxy:<version>.
+image_load() {
+  local tar
+  tar=$(dist_file apt-proxy-image.tar)
+  podman load -q -i "$tar" >"$LOGS/podman-load.log" 2>&1 || { cat "$LOGS/podman-load.log" >&2; die "podman load $tar failed"; }
+  IMAGE=localhost/apt-proxy:$(version)
+  podman image exists "$IMAGE" || die "$tar did not load as $IMAGE: $(cat "$LOGS/podman-load.log")"
+  podman tag "$IMAGE" localhost/apt-proxy:latest
+  say "image $IMAGE loaded from $tar"
+}
+
+# wait_livez PORT SECONDS: until GET /livez on 127.0.0.1:PORT answers 200.
+wait_livez() {
+  local deadline=$(($(_now_ms) + ${2:-30} * 1000))
+  until curl -fsS -o /dev/null --max-time 2 "http://127.0.0.1:$1/livez" 2>/dev/null; do
+    [ "$(_now_ms)" -lt "$deadline" ] || return 1
+    sleep 0.2
+  done
+}
+
+# fetch_expect BASE PATH WANT: GET BASE/PATH answers X-Cache WANT (MISS or HIT) with the bytes
+# of $WWW/PATH.
+fetch_expect() {
+  local base=$1 path=$2 want=$3 got out=$WORK/fetched.body
+  got=$(curl -sS -o "$out" -D - --max-time 60 "$base/$path" | tr -d '\r' |
+    awk -F': *' 'tolower($1) == "x-cache" { print $2 }')
+  [ "$got" = "$want" ] || die "GET $base/$path: X-Cache '$got', expected $want"
+  same_bytes "$out" "$WWW/$path"
+  say "GET /$path: $want, bytes identical"
+}
+
+# package_fixture: a package on the origin, in $PKG_PATH (under $WWW, a Debian pool path).
+package_fixture() {
+  PKG_PATH=debian/pool/main/e/e2e-pkg/e2e-pkg_1.0_all.deb
+  mkdir -p "$WWW/$(dirname "$PKG_PATH")"
+  random_file "$WWW/$PKG_PATH" 2
 }

