@@ -377,6 +377,7 @@ proxy_restart() {
 
 proxy_alive() {
   [ "$DIRECT" = 1 ] && return 0
+  [ -n "$PROXY_PID" ] || return 0   # suites that start no proxy of lib.sh's (packages, image)
   kill -0 "$PROXY_PID" 2>/dev/null || die "apt-proxy (pid $PROXY_PID) is no longer running"
 }
 
