@@ -47,9 +47,10 @@ COPY --from=binary /out/apt-proxy /usr/bin/apt-proxy
 # The cache (a volume) and the temp dir (S3 upload spools) belong to the unprivileged user.
 COPY --from=binary --chown=65532:65532 /out/empty/ /app/.aptcache/
 COPY --from=binary --chown=65532:65532 /out/empty/ /tmp/
+# The default cache directory, ./.aptcache, is the volume: a mounted apt-proxy.yaml may still
+# set cache.dir (no APT_PROXY_CACHEDIR here, which would override it).
 WORKDIR /app
 USER 65532:65532
-ENV APT_PROXY_CACHEDIR=/app/.aptcache
 EXPOSE 3142
 VOLUME ["/app/.aptcache"]
 # The probe reads the same APT_PROXY_* environment as the server: set the port with

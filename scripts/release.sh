@@ -83,15 +83,24 @@ if [ "${SKIP_IMAGE:-0}" != 1 ]; then
   mkdir -p "$ctx/empty"
   install -m 0755 "$BIN" "$ctx/apt-proxy"
   install -m 0644 /etc/ssl/certs/ca-certificates.crt "$ctx/ca-certificates.crt"
-  source_url=$(git remote get-url origin 2>/dev/null || echo unknown)
+  # No credentials of the remote's URL in a label.
+  source_url=$(git remote get-url origin 2>/dev/null | sed -E 's#://[^/@]*@#://#' || true)
+  # buildah 1.28 leaves a working container (and its image) behind for the aliased stage
+  # `FROM ${BINARY} AS binary`: whatever this build leaves is removed below.
+  before=$(buildah containers --format '{{.ContainerID}}' | sort)
   buildah bud --quiet --format docker --build-arg BINARY=prebuilt \
     --build-arg VERSION="$VERSION" \
     --build-arg REVISION="$(git rev-parse HEAD 2>/dev/null || echo unknown)" \
-    --build-arg SOURCE="$source_url" \
+    --build-arg SOURCE="${source_url:-unknown}" \
     --build-arg CREATED="$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
     -t "localhost/apt-proxy:$VERSION" -f Dockerfile "$ctx" >/dev/null
   buildah push --quiet "localhost/apt-proxy:$VERSION" \
     "docker-archive:$DIST/apt-proxy-image.tar:apt-proxy:$VERSION" >/dev/null
+  buildah rmi "localhost/apt-proxy:$VERSION" >/dev/null   # the archive is the artefact
+  buildah containers --format '{{.ContainerID}} {{.ImageID}}' | sort | while read -r c image; do
+    grep -qx "$c" <<<"$before" && continue
+    buildah rm "$c" >/dev/null && buildah rmi "$image" >/dev/null 2>&1 || true
+  done
 fi
 
 (cd "$DIST" && sha256sum -- * >SHA256SUMS)

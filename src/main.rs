@@ -68,24 +68,40 @@ fn main() -> ExitCode {
 /// `--check-config`: the resolved settings and the repos they serve on stdout, exit 0; or the
 /// first problem on stderr, exit 1.
 fn check(config: &Config, notes: &[String]) -> ExitCode {
-    match apt_proxy::server::preflight(config) {
-        Ok(repos) => {
-            for note in notes {
-                println!("# {note}");
-            }
-            print!("{}", config.report());
-            println!("repos served:");
-            for line in repos {
-                println!("  {line}");
-            }
-            println!("configuration OK");
-            ExitCode::SUCCESS
-        }
+    use std::io::Write;
+    let repos = match apt_proxy::server::preflight(config) {
+        Ok(repos) => repos,
         Err(e) => {
             eprintln!("apt-proxy: configuration error: {e}");
-            ExitCode::from(1)
+            return ExitCode::from(1);
         }
+    };
+    let problems = config.check_problems();
+    for problem in &problems {
+        eprintln!("apt-proxy: configuration error: {problem}");
     }
+    if !problems.is_empty() {
+        return ExitCode::from(1);
+    }
+    let mut text = String::new();
+    for note in notes
+        .iter()
+        .filter(|n| !n.starts_with("loaded configuration file"))
+    {
+        text.push_str(&format!("# {note}\n"));
+    }
+    for note in config.check_notes() {
+        text.push_str(&format!("# note: {note}\n"));
+    }
+    text.push_str(&config.report());
+    text.push_str("repos served:\n");
+    for line in repos {
+        text.push_str(&format!("  {line}\n"));
+    }
+    text.push_str("configuration OK\n");
+    // A closed pipe (`--check-config | head`) is not an error of the configuration.
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+    ExitCode::SUCCESS
 }
 async fn run(config: Config) -> anyhow::Result<()> {
     let listen = format!("{}:{}", config.host, config.port);

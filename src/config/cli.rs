@@ -174,7 +174,11 @@ pub struct Cli {
     pub check_config: bool,
     /// Ask the proxy this configuration describes for /livez (on loopback when it listens on
     /// every interface) and exit 0 when it answers 200, else 1: a container health check
-    #[arg(long = "health-check", help_heading = "Configuration files")]
+    #[arg(
+        long = "health-check",
+        conflicts_with = "check_config",
+        help_heading = "Configuration files"
+    )]
     pub health_check: bool,
 }
 
@@ -182,10 +186,13 @@ impl Cli {
     /// Parses the process arguments, accepting Go-style `-flag` spellings.
     pub fn parse_args() -> Cli {
         let args = normalize_args(std::env::args_os());
-        let checking = args.iter().any(|a| a == "--check-config");
+        let one_shot = args
+            .iter()
+            .any(|a| a == "--check-config" || a == "--health-check");
         Cli::try_parse_from(args).unwrap_or_else(|e| {
-            // `--check-config` promises exit status 1 for any invalid setting, flags included.
-            if checking && e.use_stderr() {
+            // `--check-config` promises exit status 1 for any invalid setting, flags included;
+            // for `--health-check` 2 would be a status container runtimes reserve.
+            if one_shot && e.use_stderr() {
                 let _ = e.print();
                 std::process::exit(1);
             }

@@ -11,8 +11,19 @@ use super::{Config, StorageChoice};
 /// A secret's value in the report.
 fn secret(value: Option<&str>) -> String {
     match value {
+        Some(v) if v.contains("${") => "(an unexpanded ${VAR}: the variable is not set)".into(),
         Some(v) if !v.is_empty() => "(set, hidden)".into(),
         _ => "(not set)".into(),
+    }
+}
+
+/// `url` with any `user:password@` replaced by `***@`.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.find('@')) {
+        (Some(scheme), Some(at)) if at > scheme && !url[scheme + 3..at].contains('/') => {
+            format!("{}***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_string(),
     }
 }
 
@@ -110,11 +121,10 @@ impl Config {
                 "centos" => "mirrors.centos",
                 _ => "mirrors.alpine",
             };
-            let value = self
-                .mirrors
-                .get(id)
-                .cloned()
-                .unwrap_or_else(|| "(fastest, benchmarked)".into());
+            let value = self.mirrors.get(id).map_or_else(
+                || "(fastest, benchmarked)".into(),
+                |pins| pins.split(',').map(redact).collect::<Vec<_>>().join(","),
+            );
             out.push((key, value));
         }
         out.extend([
@@ -176,11 +186,50 @@ impl Config {
             (
                 "tracing (OTEL_EXPORTER_OTLP_*)",
                 self.otlp_traces_url
-                    .clone()
-                    .unwrap_or_else(|| "(off)".into()),
+                    .as_deref()
+                    .map_or_else(|| "(off)".into(), redact),
             ),
         ]);
         out
+    }
+
+    /// What `--check-config` refuses although the server would start: a secret that still
+    /// holds a `${VAR}` because the variable was not set (the literal text would become the
+    /// key). One message per setting.
+    pub fn check_problems(&self) -> Vec<String> {
+        let mut secrets = vec![("security.api_key", self.security.api_key.as_deref())];
+        if let StorageChoice::S3(s3) = &self.storage {
+            secrets.extend([
+                ("storage.s3.access_key", s3.access_key.as_deref()),
+                ("storage.s3.secret_key", s3.secret_key.as_deref()),
+                ("storage.s3.session_token", s3.session_token.as_deref()),
+            ]);
+        }
+        secrets
+            .into_iter()
+            .filter(|(_, v)| v.is_some_and(|v| v.contains("${")))
+            .map(|(key, _)| {
+                format!("{key}: holds an unexpanded ${{VAR}}: the variable it names is not set")
+            })
+            .collect()
+    }
+
+    /// Remarks on a valid configuration worth an operator's attention.
+    pub fn check_notes(&self) -> Vec<String> {
+        let loopback: [std::net::IpAddr; 2] = [
+            std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::Ipv6Addr::LOCALHOST.into(),
+        ];
+        let allowed = &self.security.allowed_clients;
+        let mut notes = Vec::new();
+        if !allowed.is_empty()
+            && !loopback
+                .iter()
+                .any(|ip| allowed.iter().any(|n| n.contains(ip)))
+        {
+            notes.push("security.allowed_clients does not admit loopback: --health-check (the image's health check) will be refused".to_string());
+        }
+        notes
     }
 
     /// [`Config::describe`] as aligned lines, headed by the file that was read.
@@ -229,5 +278,31 @@ mod tests {
         }
         assert!(text.contains("/var/cache/apt-proxy"));
         assert!(!text.contains("Some("), "{text}");
+    }
+
+    #[test]
+    fn credentials_in_urls_and_unexpanded_secrets_are_caught() {
+        let mut config = Config::new("/c");
+        config.mirrors.insert(
+            "debian".into(),
+            "http://u:pw@m1/debian/,http://m2/debian/".into(),
+        );
+        config.otlp_traces_url = Some("https://tok@collector:4318/v1/traces".into());
+        config.security.api_key = Some("${API_KEY}".into());
+        let text = config.report();
+        assert!(!text.contains("pw") && !text.contains("tok@"), "{text}");
+        assert!(
+            text.contains("http://***@m1/debian/,http://m2/debian/"),
+            "{text}"
+        );
+        assert_eq!(config.check_problems().len(), 1);
+        assert!(config.check_problems()[0].starts_with("security.api_key"));
+        config.security.allowed_clients = vec!["10.0.0.0/8".parse().unwrap()];
+        assert_eq!(config.check_notes().len(), 1);
+        config
+            .security
+            .allowed_clients
+            .push("127.0.0.0/8".parse().unwrap());
+        assert!(config.check_notes().is_empty());
     }
 }

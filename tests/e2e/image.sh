@@ -5,7 +5,8 @@
 # Checked:
 #   - the image: under 10 MB, user 65532:65532, port 3142, the /app/.aptcache volume, a health
 #     check that runs the binary itself, the OCI version label;
-#   - a package fetched twice through the container: a MISS, then a HIT, bytes identical;
+#   - a package fetched twice through the container: a MISS, then a HIT, bytes identical; the
+#     mirror is named by a host name (podman's /etc/hosts), which the static binary resolves;
 #   - /livez from outside, and `podman healthcheck run`;
 #   - the server process does not run as root, and the cache files on the volume are its own;
 #   - `podman stop` (SIGTERM) ends it cleanly: exit status 0, "SIGTERM received" in its log;
@@ -36,10 +37,11 @@ origin_start
 PORT=$(free_port)
 CTR=apt-proxy-e2e-image-$$
 VOL=apt-proxy-e2e-cache-$$
-on_exit "podman rm -f $CTR; podman volume rm -f $VOL"
 PROXY_LOG=$WORK/container.log
-podman run -d --name "$CTR" --network host -v "$VOL:/app/.aptcache" \
-  -e APT_PROXY_PORT="$PORT" -e APT_PROXY_MODE=debian -e APT_PROXY_DEBIAN="$ORIGIN_URL/debian/" \
+on_exit "podman rm -f $CTR; podman volume rm -f $VOL"
+on_exit "podman logs $CTR >$PROXY_LOG 2>&1"
+podman run -d --name "$CTR" --network host --add-host "origin.test:127.0.0.1" -v "$VOL:/app/.aptcache" \
+  -e APT_PROXY_PORT="$PORT" -e APT_PROXY_MODE=debian -e APT_PROXY_DEBIAN="http://origin.test:$ORIGIN_PORT/debian/" \
   "$IMAGE" >"$LOGS/run.log" 2>&1 || { cat "$LOGS/run.log" >&2; die "podman run failed"; }
 # podman logs the absence of systemd (no health-check timers here); the check still runs on demand.
 wait_livez "$PORT" 30 || { podman logs "$CTR" >"$PROXY_LOG" 2>&1; die "the container did not answer /livez on $PORT"; }

@@ -120,11 +120,13 @@ _e2e_exit() {
   local rc=$?
   trap - EXIT INT TERM
   set +e
-  if [ "$rc" != 0 ]; then dump_server_logs; fi
   local i
+  # Cleanup first: it may save the logs of what it removes (a container's) for the dump below.
   for ((i = ${#_E2E_CLEANUP[@]} - 1; i >= 0; i--)); do
-    eval "${_E2E_CLEANUP[$i]}" >/dev/null 2>&1
+    eval "${_E2E_CLEANUP[$i]}" >>"$LOGS/cleanup.log" 2>&1 ||
+      echo "${SUITE}: cleanup failed (see $LOGS/cleanup.log): ${_E2E_CLEANUP[$i]}" >&2
   done
+  if [ "$rc" != 0 ]; then dump_server_logs; fi
   for ((i = ${#_E2E_PIDS[@]} - 1; i >= 0; i--)); do
     stop_pid "${_E2E_PIDS[$i]}" "${_E2E_NAMES[$i]}"
   done
@@ -659,16 +661,16 @@ PY
 
 # ---------------------------------------------------------------- release artefacts and podman
 
-DIST=${DIST:-$PROJECT_ROOT/dist}
+DIST_DIR=${APT_PROXY_DIST_DIR:-$PROJECT_ROOT/dist}
 
 # on_exit CMD: a shell command run when the suite ends (containers, volumes, installed packages).
 on_exit() { _E2E_CLEANUP+=("$1"); }
 
-# dist_file GLOB: the one artefact in $DIST (scripts/release.sh) whose name matches GLOB.
+# dist_file GLOB: the one artefact in $DIST_DIR (scripts/release.sh) whose name matches GLOB.
 dist_file() {
   local found=()
-  mapfile -t found < <(find "$DIST" -maxdepth 1 -name "$1" 2>/dev/null)
-  [ "${#found[@]}" = 1 ] || die "expected one $1 in $DIST (scripts/release.sh makes it), found ${#found[@]}"
+  mapfile -t found < <(find "$DIST_DIR" -maxdepth 1 -name "$1" 2>/dev/null)
+  [ "${#found[@]}" = 1 ] || die "expected one $1 in $DIST_DIR (scripts/release.sh makes it), found ${#found[@]}"
   echo "${found[0]}"
 }
 
@@ -691,6 +693,7 @@ image_load() {
   IMAGE=localhost/apt-proxy:$(version)
   podman image exists "$IMAGE" || die "$tar did not load as $IMAGE: $(cat "$LOGS/podman-load.log")"
   podman tag "$IMAGE" localhost/apt-proxy:latest
+  on_exit "podman rmi -f $IMAGE localhost/apt-proxy:latest"
   say "image $IMAGE loaded from $tar"
 }
 
@@ -706,9 +709,10 @@ wait_livez() {
 # fetch_expect BASE PATH WANT: GET BASE/PATH answers X-Cache WANT (MISS or HIT) with the bytes
 # of $WWW/PATH.
 fetch_expect() {
-  local base=$1 path=$2 want=$3 got out=$WORK/fetched.body
-  got=$(curl -sS -o "$out" -D - --max-time 60 "$base/$path" | tr -d '\r' |
-    awk -F': *' 'tolower($1) == "x-cache" { print $2 }')
+  local base=$1 path=$2 want=$3 got head
+  local out=$WORK/fetched.body
+  head=$(curl -sS -o "$out" -D - --max-time 60 "$base/$path" 2>&1) || die "GET $base/$path failed: $head"
+  got=$(tr -d '\r' <<<"$head" | awk -F': *' 'tolower($1) == "x-cache" { print $2 }')
   [ "$got" = "$want" ] || die "GET $base/$path: X-Cache '$got', expected $want"
   same_bytes "$out" "$WWW/$path"
   say "GET /$path: $want, bytes identical"

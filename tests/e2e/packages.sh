@@ -32,7 +32,10 @@ serve_once() {
   shift
   port=$(free_port)
   PROXY_LOG=$WORK/$label.log
-  spawn "$label" "$PROXY_LOG" env APT_PROXY_PORT="$port" APT_PROXY_MODE=debian \
+  # None of the caller's APT_PROXY_* settings: only the installed configuration and these.
+  local strip=() v
+  for v in $(compgen -e | grep '^APT_PROXY_' || true); do strip+=(-u "$v"); done
+  spawn "$label" "$PROXY_LOG" env "${strip[@]}" APT_PROXY_PORT="$port" APT_PROXY_MODE=debian \
     APT_PROXY_DEBIAN="$ORIGIN_URL/debian/" "$@"
   local pid=$SPAWNED_PID
   wait_livez "$port" 30 || die "$label: no answer on /livez at 127.0.0.1:$port"
@@ -44,6 +47,19 @@ serve_once() {
   grep -q 'SIGTERM received' "$PROXY_LOG" || die "$label: SIGTERM not handled"
   say "$label: served a MISS and a HIT, stopped cleanly"
 }
+
+# ---------------------------------------------------------------- checksums, tarball
+(cd "$DIST_DIR" && sha256sum --quiet -c SHA256SUMS) || die "SHA256SUMS does not match the artefacts in $DIST_DIR"
+[ "$(wc -l <"$DIST_DIR/SHA256SUMS")" = 5 ] || die "SHA256SUMS does not cover the five artefacts (tarball, deb, rpm, apk, image)"
+TARBALL=$(dist_file "apt-proxy-${VERSION}-*-linux.tar.gz")
+mkdir -p "$WORK/tarball"
+tar -C "$WORK/tarball" -xzf "$TARBALL"
+T=$WORK/tarball/$(basename "$TARBALL" .tar.gz)
+[ "$("$T/apt-proxy" --version)" = "apt-proxy $VERSION" ] || die "the tarball's binary does not run"
+ldd "$T/apt-proxy" 2>&1 | grep -q 'statically linked' || die "the tarball's binary is not statically linked: $(ldd "$T/apt-proxy" 2>&1)"
+run_step "tarball apt-proxy --check-config (its templates)" "$T/apt-proxy" --check-config \
+  --config "$T/apt-proxy.yaml" --distributions-config "$T/distributions.yaml"
+say "SHA256SUMS verified; the tarball's static binary checks its own templates"
 
 # ---------------------------------------------------------------- .deb
 DEB=$(dist_file "apt-proxy_${VERSION}-1_*.deb")

@@ -6,7 +6,7 @@
 #   DIRECT=1 bash tests/e2e/run.sh           no proxy: checks the repositories and clients only
 #   SUITES="apt dnf" SKIP_SETUP=1 bash tests/e2e/run.sh
 # Suites: apt dnf apk status apt-s3 (the proxy binary), image packages examples (the artefacts
-# scripts/release.sh leaves in dist/: run it first).
+# scripts/release.sh leaves in dist/, or in APT_PROXY_DIST_DIR: run it first).
 # Other knobs (MODES, KEEP, VERBOSE, E2E_WORK, STEP_TIMEOUT, STALE_WAIT, DOWN_WAYS, DOWN_STEP_MAX):
 # see lib.sh; apt.sh also reads NEW_VERSION_WAIT, SLOW_MIB and SLOW_RATE.
 set -uo pipefail

@@ -429,11 +429,25 @@ fn check_config_prints_the_resolved_settings_and_names_each_broken_input() {
             vec!["garbage.pem"],
         ),
         (vec!["--storage-backend", "s3"], vec![], vec!["S3 endpoint"]),
+        // The server would start with the literal text as its key: the check refuses it.
+        (
+            vec!["--config", yaml.to_str().unwrap()],
+            vec![],
+            vec!["security.api_key", "unexpanded"],
+        ),
     ];
+    // Each case in an empty directory with an explicit file (an empty one unless the case
+    // names its own), so that nothing is picked up from a search path.
+    let empty_dir = tempfile::tempdir().unwrap();
+    let empty = d.join("empty.yaml");
+    std::fs::write(&empty, "").unwrap();
     for (args, env, named) in cases {
         let mut argv = vec!["--check-config"];
+        if !args.contains(&"--config") {
+            argv.extend(["--config", empty.to_str().unwrap()]);
+        }
         argv.extend(&args);
-        let (code, out, err) = one_shot(d, &argv, &env);
+        let (code, out, err) = one_shot(empty_dir.path(), &argv, &env);
         assert_eq!(code, 1, "{args:?} {env:?}: {out}{err}");
         assert!(!out.contains("configuration OK"), "{args:?}: {out}");
         for word in named {
@@ -492,11 +506,16 @@ async fn health_check_asks_livez_of_the_configured_proxy() {
     let proxy = Proxy::start(&origin, dir.path(), |_| {}).await;
     let port = proxy.addr.port().to_string();
     let work = tempfile::tempdir().unwrap();
+    let empty = work.path().join("empty.yaml");
+    std::fs::write(&empty, "").unwrap();
+    // An explicit empty file: no apt-proxy.yaml of the machine's is read.
     let probe = |args: Vec<String>| {
         let path = work.path().to_path_buf();
+        let empty = empty.clone();
         tokio::task::spawn_blocking(move || {
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            one_shot(&path, &args, &[])
+            let mut argv = vec!["--config", empty.to_str().unwrap()];
+            argv.extend(args.iter().map(String::as_str));
+            one_shot(&path, &argv, &[])
         })
     };
     let (code, out, err) = probe(vec!["--health-check".into(), "--port".into(), port.clone()])
