@@ -693,7 +693,8 @@ image_load() {
   IMAGE=localhost/apt-proxy:$(version)
   podman image exists "$IMAGE" || die "$tar did not load as $IMAGE: $(cat "$LOGS/podman-load.log")"
   podman tag "$IMAGE" localhost/apt-proxy:latest
-  on_exit "podman rmi -f $IMAGE localhost/apt-proxy:latest"
+  # By id: every name the load gave it (podman also adds docker.io/library/apt-proxy:<version>).
+  on_exit "podman rmi -f $(podman image inspect --format '{{.Id}}' "$IMAGE")"
   say "image $IMAGE loaded from $tar"
 }
 
