@@ -25,7 +25,11 @@ pub fn check(security: &Security, headers: &HeaderMap) -> Option<Response<Body>>
             headers
                 .get(http::header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
+                .and_then(|v| {
+                    // The scheme is case-insensitive (RFC 9110 §11.1): `bearer k` counts too.
+                    let (scheme, key) = v.split_once(' ')?;
+                    scheme.eq_ignore_ascii_case("bearer").then_some(key)
+                })
         })
         .map(str::trim);
     match given {
@@ -74,6 +78,14 @@ mod tests {
         assert!(check(&security, &h).is_some());
         h.insert("authorization", "Bearer k".parse().unwrap());
         assert!(check(&security, &h).is_none());
+        h.insert("authorization", "bEaReR k".parse().unwrap());
+        assert!(
+            check(&security, &h).is_none(),
+            "the scheme is case-insensitive"
+        );
+        h.insert("authorization", "Basic k".parse().unwrap());
+        assert!(check(&security, &h).is_some(), "only the Bearer scheme");
+        h.insert("authorization", "Bearer k".parse().unwrap());
         h.insert("x-api-key", "wrong".parse().unwrap());
         assert!(
             check(&security, &h).is_some(),

@@ -18,7 +18,7 @@ use crate::distro::Mode;
 /// Every flag can also be set by the environment variable shown, or in apt-proxy.yaml.
 /// Precedence: flag, then environment, then file, then default.
 #[derive(Debug, Default, Parser)]
-#[command(name = "apt-proxy", version, about, long_about = None)]
+#[command(name = "apt-proxy", version, about, long_about = None, after_help = ENVIRONMENT_HELP)]
 pub struct Cli {
     /// Network interface to bind to [env: APT_PROXY_HOST] [default: 0.0.0.0]
     #[arg(long, help_heading = "Server")]
@@ -182,6 +182,16 @@ pub struct Cli {
     pub health_check: bool,
 }
 
+/// The variables that have no flag, listed after the flags in `--help`.
+const ENVIRONMENT_HELP: &str = "\
+Environment (no flag):
+  APT_PROXY_LOG_LEVEL    debug, info, warn or error [default: info; --debug forces debug]
+                         (legacy name: LOG_LEVEL)
+  APT_PROXY_LOG_FORMAT   json, console, or auto: console on a terminal [default: auto]
+                         (legacy name: LOG_FORMAT)
+  OTEL_EXPORTER_OTLP_ENDPOINT         OTLP/HTTP collector base URL; spans go to <url>/v1/traces
+  OTEL_EXPORTER_OTLP_TRACES_ENDPOINT  OTLP/HTTP traces URL, used as it is (wins over the above)";
+
 impl Cli {
     /// Parses the process arguments, accepting Go-style `-flag` spellings.
     pub fn parse_args() -> Cli {
@@ -275,5 +285,18 @@ mod tests {
     #[test]
     fn cli_contract() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn help_names_the_variables_without_a_flag() {
+        let help = Cli::command().render_help().to_string();
+        for var in [
+            "APT_PROXY_LOG_LEVEL",
+            "APT_PROXY_LOG_FORMAT",
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        ] {
+            assert!(help.contains(var), "{var} missing from --help");
+        }
     }
 }
