@@ -26,6 +26,8 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// The git commit the binary was built from (`unknown` outside a checkout).
 pub const COMMIT: &str = env!("APT_PROXY_COMMIT");
+/// When the commit the binary is built from was made (or `SOURCE_DATE_EPOCH`), RFC 3339 UTC.
+pub const BUILD_DATE: &str = env!("APT_PROXY_BUILD_DATE");
 
 /// Unix time in whole seconds.
 pub fn unix_now() -> u64 {

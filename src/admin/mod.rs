@@ -77,7 +77,7 @@ pub async fn management(
         "/readyz" => health::readyz(state).await,
         "/version" => json(
             StatusCode::OK,
-            serde_json::json!({ "version": crate::VERSION, "commit": crate::COMMIT }),
+            serde_json::json!({ "version": crate::VERSION, "commit": crate::COMMIT, "build_date": crate::BUILD_DATE }),
         ),
         "/metrics" => {
             let mut r = Response::new(body::full(state.cache.metrics().encode()));

@@ -50,6 +50,7 @@ pub async fn handle(
     let headers = response.headers_mut();
     headers.insert("x-version", HeaderValue::from_static(crate::VERSION));
     headers.insert("x-build-commit", HeaderValue::from_static(crate::COMMIT));
+    headers.insert("x-build-date", HeaderValue::from_static(crate::BUILD_DATE));
     headers.insert(
         "x-content-type-options",
         HeaderValue::from_static("nosniff"),

@@ -29,6 +29,12 @@ async fn probes_version_and_headers() {
     assert_eq!(json(ready).await["index_loaded"], true);
     let version = json(proxy.get("version").await).await;
     assert_eq!(version["version"], env!("CARGO_PKG_VERSION"));
+    // The build date: RFC 3339 UTC, from the commit (or SOURCE_DATE_EPOCH).
+    let date = version["build_date"].as_str().unwrap().to_string();
+    assert!(
+        date.len() == 20 && date.ends_with('Z') && date.as_bytes()[10] == b'T',
+        "{date}"
+    );
 
     let health = proxy.get("healthz").await;
     assert_eq!(health.status(), 200);
@@ -54,6 +60,7 @@ async fn probes_version_and_headers() {
         let h = r.headers();
         assert_eq!(h["x-version"], env!("CARGO_PKG_VERSION"), "{path}");
         assert!(h.contains_key("x-build-commit"), "{path}");
+        assert_eq!(h["x-build-date"], date.as_str(), "{path}");
         assert_eq!(h["x-content-type-options"], "nosniff", "{path}");
         assert_eq!(h["x-frame-options"], "DENY", "{path}");
         assert_eq!(h["referrer-policy"], "no-referrer", "{path}");
