@@ -18,6 +18,8 @@ pub mod route;
 pub mod server;
 pub mod storage;
 pub mod telemetry;
+#[doc(hidden)]
+pub mod testkit;
 pub mod units;
 pub mod upstream;
 

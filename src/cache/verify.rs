@@ -420,24 +420,9 @@ fn gzip_header_len(h: &[u8]) -> Result<Option<usize>, &'static str> {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-    use crate::cache::index::apk_test::{gzip, tar};
-
-    /// An Alpine v2 package: signature, control (with `datahash` unless `wrong_hash`), data.
-    pub(crate) fn apk(data_files: &[(&str, &[u8])], wrong_hash: bool) -> (Vec<u8>, Vec<u8>) {
-        let data = gzip(&tar(data_files, false));
-        let mut hash = hex::encode(Sha256::digest(&data));
-        if wrong_hash {
-            hash = "0".repeat(64);
-        }
-        let pkginfo = format!("pkgname = x\npkgver = 1-r0\ndatahash = {hash}\n");
-        let control = gzip(&tar(&[(".PKGINFO", pkginfo.as_bytes())], true));
-        let mut file = gzip(&tar(&[(".SIGN.RSA.test.rsa.pub", b"sig")], true));
-        file.extend_from_slice(&control);
-        file.extend_from_slice(&data);
-        (file, control)
-    }
+    use crate::testkit::{apk, gzip, tar};
 
     fn digest(body: &[u8], chunk: usize) -> Result<Digests, String> {
         let mut h = Hashes::new(Wanted::for_path("x/pkg-1-r0.apk", None, true));

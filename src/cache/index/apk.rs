@@ -199,42 +199,9 @@ impl Records {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-    use std::io::Write;
-
-    /// A tar member (ustar header, body, padding); `cut`: no end-of-archive blocks.
-    pub(crate) fn tar(members: &[(&str, &[u8])], cut: bool) -> Vec<u8> {
-        let mut out = Vec::new();
-        for (name, body) in members {
-            let mut h = [0u8; 512];
-            h[..name.len()].copy_from_slice(name.as_bytes());
-            h[100..107].copy_from_slice(b"0000644");
-            h[108..115].copy_from_slice(b"0000000");
-            h[116..123].copy_from_slice(b"0000000");
-            h[124..135].copy_from_slice(format!("{:011o}", body.len()).as_bytes());
-            h[136..147].copy_from_slice(b"00000000000");
-            h[156] = b'0';
-            h[257..263].copy_from_slice(b"ustar\0");
-            h[263..265].copy_from_slice(b"00");
-            h[148..156].copy_from_slice(b"        ");
-            let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
-            h[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
-            out.extend_from_slice(&h);
-            out.extend_from_slice(body);
-            out.resize(out.len().div_ceil(512) * 512, 0);
-        }
-        if !cut {
-            out.extend_from_slice(&[0u8; 1024]);
-        }
-        out
-    }
-
-    pub(crate) fn gzip(data: &[u8]) -> Vec<u8> {
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        gz.write_all(data).unwrap();
-        gz.finish().unwrap()
-    }
+    use crate::testkit::{gzip, tar};
 
     #[test]
     fn apkindex_lists_packages_by_file_name() {

@@ -21,8 +21,6 @@ mod deb;
 mod decode;
 mod rpm;
 
-#[cfg(test)]
-pub(crate) use apk::tests as apk_test;
 pub use apk::{TarStream, control_hash, parse_apkindex};
 pub use deb::{parse_packages, parse_release};
 pub use decode::Compression;
@@ -514,9 +512,9 @@ pub fn read_text(input: impl Read, limit: u64) -> Result<String, IndexError> {
 
 #[cfg(test)]
 mod tests {
-    use super::apk_test::gzip;
     use super::*;
     use crate::config::IndexLimits;
+    use crate::testkit::gzip;
     use std::io::Write;
 
     const RELEASE: &str = "-----BEGIN PGP SIGNED MESSAGE-----\nHash: SHA512\n\nOrigin: Test\nSuite: stable\nMD5Sum:\n 0123 12 main/binary-amd64/Packages\nSHA256:\n aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa 120 main/binary-amd64/Packages\n BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB 80 main/binary-amd64/Packages.gz\n-----BEGIN PGP SIGNATURE-----\n\nxyz\n-----END PGP SIGNATURE-----\n";
