@@ -47,6 +47,15 @@ fi
 rm -rf "$DIST"
 mkdir -p "$DIST"
 
+# The installed tree the .rpm and the .apk carry (the .deb's list is Cargo.toml's, for cargo deb).
+TREE=$WORK/tree
+install -D -m 0755 "$BIN" "$TREE/usr/bin/apt-proxy"
+install -D -m 0644 packaging/apt-proxy.yaml "$TREE/etc/apt-proxy/apt-proxy.yaml"
+install -D -m 0644 config/distributions.yaml "$TREE/etc/apt-proxy/distributions.yaml"
+install -D -m 0644 packaging/apt-proxy.service "$TREE/usr/lib/systemd/system/apt-proxy.service"
+install -D -m 0644 config/apt-proxy.yaml "$TREE/usr/share/doc/apt-proxy/examples/apt-proxy.yaml"
+install -D -m 0644 README.md "$TREE/usr/share/doc/apt-proxy/README.md"
+
 say "tarball"
 name=apt-proxy-$VERSION-$ARCH-linux
 mkdir -p "$WORK/$name"
@@ -63,19 +72,16 @@ rpmbuild -bb --quiet \
   --define "_rpmdir $DIST" \
   --define "_build_name_fmt %%{NAME}-%%{VERSION}-%%{RELEASE}.%%{ARCH}.rpm" \
   --define "ap_version $VERSION" \
-  --define "ap_root $PWD" \
-  --define "ap_bin $PWD/$BIN" \
+  --define "ap_tree $TREE" \
   --target "$ARCH" \
   packaging/apt-proxy.spec >/dev/null
 
 say "apk (packaging/apkpkg.py)"
+apk_files=()
+while read -r f; do apk_files+=(--file "$f=$TREE/$f"); done < <(cd "$TREE" && find . -type f ! -path './usr/lib/systemd/*' -printf '%P\n' | sort)
 python3 packaging/apkpkg.py build "$DIST" - apt-proxy "$VERSION-r0" "$ARCH" \
   --description "Caching proxy for APT, YUM/DNF and APK package managers" --license Apache-2.0 \
-  --file "usr/bin/apt-proxy=$BIN" \
-  --file "etc/apt-proxy/apt-proxy.yaml=packaging/apt-proxy.yaml" \
-  --file "etc/apt-proxy/distributions.yaml=config/distributions.yaml" \
-  --file "usr/share/doc/apt-proxy/examples/apt-proxy.yaml=config/apt-proxy.yaml" \
-  --file "usr/share/doc/apt-proxy/README.md=README.md" >/dev/null
+  "${apk_files[@]}" >/dev/null
 
 if [ "${SKIP_IMAGE:-0}" != 1 ]; then
   say "image (buildah, Dockerfile with BINARY=prebuilt)"

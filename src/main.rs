@@ -11,7 +11,7 @@ fn main() -> ExitCode {
     let (check_config, health_check) = (cli.check_config, cli.health_check);
     let env = |name: &str| std::env::var(name).ok();
     let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
-    let (config, notes) = match Config::resolve(cli, &env, home.as_deref()) {
+    let config = match Config::resolve(cli, &env, home.as_deref()) {
         Ok(resolved) => resolved,
         Err(e) if check_config || health_check => {
             eprintln!("apt-proxy: configuration error: {e}");
@@ -23,7 +23,7 @@ fn main() -> ExitCode {
         }
     };
     if check_config {
-        return check(&config, &notes);
+        return check(&config);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -50,8 +50,8 @@ fn main() -> ExitCode {
     if let Some(warning) = apt_proxy::telemetry::logging::init(config.debug) {
         tracing::warn!("{warning}");
     }
-    for note in notes {
-        tracing::info!("{note}");
+    if let Some(path) = &config.config_file {
+        tracing::info!("loaded configuration file {}", path.display());
     }
     let code = match runtime.block_on(run(config)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -67,7 +67,7 @@ fn main() -> ExitCode {
 
 /// `--check-config`: the resolved settings and the repos they serve on stdout, exit 0; or the
 /// first problem on stderr, exit 1.
-fn check(config: &Config, notes: &[String]) -> ExitCode {
+fn check(config: &Config) -> ExitCode {
     use std::io::Write;
     let repos = match apt_proxy::server::preflight(config) {
         Ok(repos) => repos,
@@ -84,12 +84,6 @@ fn check(config: &Config, notes: &[String]) -> ExitCode {
         return ExitCode::from(1);
     }
     let mut text = String::new();
-    for note in notes
-        .iter()
-        .filter(|n| !n.starts_with("loaded configuration file"))
-    {
-        text.push_str(&format!("# {note}\n"));
-    }
     for note in config.check_notes() {
         text.push_str(&format!("# note: {note}\n"));
     }

@@ -248,13 +248,9 @@ impl Config {
     }
 
     /// Merges flags, environment (`env`), the YAML file and defaults. `home` is the user's home
-    /// directory for the `~` search locations. Returns the configuration and notes for the log.
-    pub fn resolve(
-        cli: Cli,
-        env: &Env<'_>,
-        home: Option<&Path>,
-    ) -> Result<(Config, Vec<String>), ConfigError> {
-        let mut notes = Vec::new();
+    /// directory for the `~` search locations. The apt-proxy.yaml read, if any, is in
+    /// `config_file`.
+    pub fn resolve(cli: Cli, env: &Env<'_>, home: Option<&Path>) -> Result<Config, ConfigError> {
         let given = pick(cli.config, env, "APT_PROXY_CONFIG_FILE", None)?;
         let config_file = match given {
             Some(path) if !path.is_file() => {
@@ -267,10 +263,7 @@ impl Config {
             None => file::search(&file::main_candidates(home)),
         };
         let f: FileConfig = match &config_file {
-            Some(path) => {
-                notes.push(format!("loaded configuration file {}", path.display()));
-                file::load(path, env)?
-            }
+            Some(path) => file::load(path, env)?,
             None => FileConfig::default(),
         };
         let server = f.server.unwrap_or_default();
@@ -635,7 +628,7 @@ impl Config {
             }));
         }
         config.otlp_traces_url = crate::telemetry::tracing::endpoint_from_env(env);
-        Ok((config, notes))
+        Ok(config)
     }
 }
 

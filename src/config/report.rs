@@ -113,14 +113,13 @@ impl Config {
                 ("storage.s3.timeout_s", s3.timeout.as_secs().to_string()),
             ]),
         }
-        for id in ["ubuntu", "ubuntu-ports", "debian", "centos", "alpine"] {
-            let key = match id {
-                "ubuntu" => "mirrors.ubuntu",
-                "ubuntu-ports" => "mirrors.ubuntu_ports",
-                "debian" => "mirrors.debian",
-                "centos" => "mirrors.centos",
-                _ => "mirrors.alpine",
-            };
+        for (id, key) in [
+            ("ubuntu", "mirrors.ubuntu"),
+            ("ubuntu-ports", "mirrors.ubuntu_ports"),
+            ("debian", "mirrors.debian"),
+            ("centos", "mirrors.centos"),
+            ("alpine", "mirrors.alpine"),
+        ] {
             let value = self.mirrors.get(id).map_or_else(
                 || "(fastest, benchmarked)".into(),
                 |pins| pins.split(',').map(redact).collect::<Vec<_>>().join(","),
@@ -241,13 +240,9 @@ impl Config {
                 "(none: flags, environment, defaults)"
             )
         );
-        let width = self
-            .describe()
-            .iter()
-            .map(|(k, _)| k.len())
-            .max()
-            .unwrap_or(0);
-        for (key, value) in self.describe() {
+        let settings = self.describe();
+        let width = settings.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+        for (key, value) in settings {
             text.push_str(&format!("{key:width$}  {value}\n"));
         }
         text

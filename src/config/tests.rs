@@ -43,7 +43,7 @@ impl Case {
         all.extend(args.iter().map(|s| s.to_string()));
         let refs: Vec<&str> = all.iter().map(String::as_str).collect();
         let env = |k: &str| self.env.get(k).cloned();
-        Config::resolve(cli(&refs), &env, Some(self.dir.path())).map(|(c, _)| c)
+        Config::resolve(cli(&refs), &env, Some(self.dir.path()))
     }
 }
 
@@ -51,7 +51,7 @@ impl Case {
 fn defaults_without_anything() {
     let env = |_: &str| None;
     let home = tempfile::tempdir().unwrap();
-    let (c, notes) = Config::resolve(cli(&[]), &env, Some(home.path())).unwrap();
+    let c = Config::resolve(cli(&[]), &env, Some(home.path())).unwrap();
     assert_eq!(
         (c.host.as_str(), c.port, c.mode, c.debug),
         ("0.0.0.0", 3142, Mode::All, false)
@@ -75,7 +75,7 @@ fn defaults_without_anything() {
             allowed_clients: vec![],
         }
     );
-    assert!(notes.is_empty(), "{notes:?}");
+    assert_eq!(c.config_file, None);
 }
 
 #[test]
@@ -425,15 +425,15 @@ fn search_order_finds_the_home_file() {
     std::fs::create_dir_all(home.path().join(".config/apt-proxy")).unwrap();
     std::fs::write(home.path().join(".apt-proxy.yaml"), "server:\n  port: 2\n").unwrap();
     let env = |_: &str| None;
-    let (c, notes) = Config::resolve(cli(&[]), &env, Some(home.path())).unwrap();
+    let c = Config::resolve(cli(&[]), &env, Some(home.path())).unwrap();
     assert_eq!(c.port, 2);
-    assert!(notes[0].contains(".apt-proxy.yaml"));
+    assert_eq!(c.config_file, Some(home.path().join(".apt-proxy.yaml")));
     std::fs::write(
         home.path().join(".config/apt-proxy/apt-proxy.yaml"),
         "server:\n  port: 1\n",
     )
     .unwrap();
-    let (c, _) = Config::resolve(cli(&[]), &env, Some(home.path())).unwrap();
+    let c = Config::resolve(cli(&[]), &env, Some(home.path())).unwrap();
     assert_eq!(
         c.port, 1,
         "~/.config/apt-proxy/apt-proxy.yaml comes before ~/.apt-proxy.yaml"

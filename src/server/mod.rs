@@ -83,12 +83,7 @@ pub enum StartError {
 /// pinned mirrors build a registry, and the TLS files load. Touches neither the network nor the
 /// cache. Returns one line per repo served, with its first mirror.
 pub fn preflight(config: &Config) -> Result<Vec<String>, StartError> {
-    let registry = RegistrySource {
-        mode: config.mode,
-        pins: config.mirrors.clone(),
-        distributions_config: config.distributions_config.clone(),
-    }
-    .load()?;
+    let registry = RegistrySource::of(config).load()?;
     if let Some(files) = &config.tls {
         tls::acceptor(files)?;
     }
@@ -136,14 +131,7 @@ impl Server {
             metrics.clone(),
             policy.clone(),
         ));
-        let reloader = Arc::new(Reloader::new(
-            RegistrySource {
-                mode: config.mode,
-                pins: config.mirrors.clone(),
-                distributions_config: config.distributions_config.clone(),
-            },
-            selector.clone(),
-        )?);
+        let reloader = Arc::new(Reloader::new(RegistrySource::of(config), selector.clone())?);
 
         if let Some(path) = &config.distributions_config {
             tracing::info!(file = %path.display(), "loaded distributions config");

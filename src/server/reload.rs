@@ -31,6 +31,15 @@ pub struct RegistrySource {
 pub struct LoadError(pub String);
 
 impl RegistrySource {
+    /// The registry the configuration describes.
+    pub fn of(config: &crate::config::Config) -> RegistrySource {
+        RegistrySource {
+            mode: config.mode,
+            pins: config.mirrors.clone(),
+            distributions_config: config.distributions_config.clone(),
+        }
+    }
+
     /// Reads distributions.yaml (if any) and builds the registry.
     pub fn load(&self) -> Result<Registry, LoadError> {
         match &self.distributions_config {

@@ -345,14 +345,23 @@ proxy_start() {
   say "apt-proxy up: 127.0.0.1:$PROXY_PORT, cache $PROXY_CACHE, log $PROXY_LOG"
 }
 
+# no_proxy_env ARRAY: sets ARRAY to `env` arguments that unset every APT_PROXY_* variable of the
+# caller's, so that an apt-proxy started with them reads only what the suite gives it.
+no_proxy_env() {
+  local -n _unset=$1
+  local v
+  _unset=()
+  for v in $(compgen -e | grep '^APT_PROXY_' || true); do _unset+=(-u "$v"); done
+}
+
 # _proxy_spawn: starts apt-proxy on $PROXY_PORT with $PROXY_CACHE, its output appended to $PROXY_LOG.
 # DEBIAN_MIRRORS, CENTOS_MIRRORS, ALPINE_MIRRORS, when set, replace that pin (a comma-separated
 # failover list).
 _proxy_spawn() {
   # The caller's APT_PROXY_* settings stay out (the CLI below is the whole configuration);
   # extra flags, e.g. --debug, come from PROXY_ARGS.
-  local strip=() v
-  for v in $(compgen -e | grep '^APT_PROXY_' || true); do strip+=(-u "$v"); done
+  local strip
+  no_proxy_env strip
   # shellcheck disable=SC2086
   spawn apt-proxy "$PROXY_LOG" env "${strip[@]}" "$APT_PROXY_BIN" ${PROXY_ARGS:-} --host 127.0.0.1 --port "$PROXY_PORT" --cachedir "$PROXY_CACHE" \
     --debian "${DEBIAN_MIRRORS:-$ORIGIN_URL/debian/}" --centos "${CENTOS_MIRRORS:-$ORIGIN_URL/centos/}" \
@@ -401,8 +410,11 @@ proxy_url() { echo "http://127.0.0.1:$PROXY_PORT"; }
 x_cache() {
   local args=(-sS -o /dev/null -D - --max-time 60)
   [ -n "${2:-}" ] && args+=(--proxy "$2")
-  curl "${args[@]}" "$1" | tr -d '\r' | awk -F': *' 'tolower($1) == "x-cache" { print $2 }'
+  curl "${args[@]}" "$1" | x_cache_of
 }
+
+# x_cache_of: the X-Cache value in the response head on stdin.
+x_cache_of() { tr -d '\r' | awk -F': *' 'tolower($1) == "x-cache" { print $2 }'; }
 
 # expect_hit DISTRO PATH: both URL forms of an object the proxy has cached answer X-Cache: HIT.
 expect_hit() {
@@ -713,7 +725,7 @@ fetch_expect() {
   local base=$1 path=$2 want=$3 got head
   local out=$WORK/fetched.body
   head=$(curl -sS -o "$out" -D - --max-time 60 "$base/$path" 2>&1) || die "GET $base/$path failed: $head"
-  got=$(tr -d '\r' <<<"$head" | awk -F': *' 'tolower($1) == "x-cache" { print $2 }')
+  got=$(x_cache_of <<<"$head")
   [ "$got" = "$want" ] || die "GET $base/$path: X-Cache '$got', expected $want"
   same_bytes "$out" "$WWW/$path"
   say "GET /$path: $want, bytes identical"

@@ -33,8 +33,8 @@ serve_once() {
   port=$(free_port)
   PROXY_LOG=$WORK/$label.log
   # None of the caller's APT_PROXY_* settings: only the installed configuration and these.
-  local strip=() v
-  for v in $(compgen -e | grep '^APT_PROXY_' || true); do strip+=(-u "$v"); done
+  local strip
+  no_proxy_env strip
   spawn "$label" "$PROXY_LOG" env "${strip[@]}" APT_PROXY_PORT="$port" APT_PROXY_MODE=debian \
     APT_PROXY_DEBIAN="$ORIGIN_URL/debian/" "$@"
   local pid=$SPAWNED_PID
@@ -60,6 +60,15 @@ ldd "$T/apt-proxy" 2>&1 | grep -q 'statically linked' || die "the tarball's bina
 run_step "tarball apt-proxy --check-config (its templates)" "$T/apt-proxy" --check-config \
   --config "$T/apt-proxy.yaml" --distributions-config "$T/distributions.yaml"
 say "SHA256SUMS verified; the tarball's static binary checks its own templates"
+
+# run_installed LABEL ROOT: the apt-proxy installed under ROOT checks its installed configuration
+# and serves once (serve_once), its cache under $WORK.
+run_installed() {
+  local label=$1 root=$2
+  local args=(--config "$root/etc/apt-proxy/apt-proxy.yaml" --distributions-config "$root/etc/apt-proxy/distributions.yaml")
+  run_step "$label apt-proxy --check-config" "$root/usr/bin/apt-proxy" --check-config "${args[@]}"
+  serve_once "$label" "$root/usr/bin/apt-proxy" "${args[@]}" --cachedir "$WORK/$label-cache"
+}
 
 # ---------------------------------------------------------------- .deb
 DEB=$(dist_file "apt-proxy_${VERSION}-1_*.deb")
@@ -121,9 +130,7 @@ run_step "dnf install $(basename "$RPM") (installroot)" dnf -y --installroot="$R
 rpm --root "$R" -q apt-proxy >/dev/null || die "rpm does not list apt-proxy as installed"
 [ "$(rpm --root "$R" -qc apt-proxy | sort | tr '\n' ' ')" = "/etc/apt-proxy/apt-proxy.yaml /etc/apt-proxy/distributions.yaml " ] ||
   die "rpm conffiles: $(rpm --root "$R" -qc apt-proxy | tr '\n' ' ')"
-installed_args=(--config "$R/etc/apt-proxy/apt-proxy.yaml" --distributions-config "$R/etc/apt-proxy/distributions.yaml")
-run_step "rpm-installed apt-proxy --check-config" "$R/usr/bin/apt-proxy" --check-config "${installed_args[@]}"
-serve_once rpm-installed "$R/usr/bin/apt-proxy" "${installed_args[@]}" --cachedir "$WORK/rpm-cache"
+run_installed rpm-installed "$R"
 
 # ---------------------------------------------------------------- .apk (apk-tools)
 APKF=$(dist_file "apt-proxy-${VERSION}-r0.apk")
@@ -132,6 +139,4 @@ mkdir -p "$A"
 run_step "apk add $(basename "$APKF") (--root, --allow-untrusted)" "$APK_BIN" --root "$A" --initdb \
   --arch x86_64 --allow-untrusted --no-network --no-interactive --no-progress add "$APKF"
 "$APK_BIN" --root "$A" info -e apt-proxy >/dev/null || die "apk does not list apt-proxy as installed"
-installed_args=(--config "$A/etc/apt-proxy/apt-proxy.yaml" --distributions-config "$A/etc/apt-proxy/distributions.yaml")
-run_step "apk-installed apt-proxy --check-config" "$A/usr/bin/apt-proxy" --check-config "${installed_args[@]}"
-serve_once apk-installed "$A/usr/bin/apt-proxy" "${installed_args[@]}" --cachedir "$WORK/apk-cache"
+run_installed apk-installed "$A"
