@@ -36,7 +36,9 @@ const STORE_SILENCE: Duration = Duration::from_secs(30);
 const CHECK_BATCH: usize = 1024;
 
 /// Stored entries by repo and path.
-type Stored = std::collections::BTreeMap<String, HashMap<String, Arc<EntryMeta>>>;
+/// A repo's stored index files (path in the repo to record), as the restart lists them.
+type StoredFiles = HashMap<String, Arc<EntryMeta>>;
+type Stored = std::collections::BTreeMap<String, StoredFiles>;
 
 /// A blocking reader over the chunks of an async stream (a body read from a remote store).
 struct ChunkReader {
@@ -67,7 +69,7 @@ impl Cache {
         if let Some(dir) = crate::distro::class::suite_dir(path)
             && !self.indexes.knows_release(repo, dir)
         {
-            self.learn_stored_release(repo, dir).await;
+            self.learn_stored_release(repo, dir, None).await;
         }
         if index::is_package(path) {
             self.indexes.settled(repo, SETTLE_MAX).await;
@@ -77,14 +79,17 @@ impl Cache {
 
     /// Learns the Release of `repo`'s directory `dir` from the cache: its InRelease, else its
     /// Release; recorded as absent when neither is stored (or readable), so that it is not
-    /// looked for again.
-    async fn learn_stored_release(&self, repo: &str, dir: &str) {
+    /// looked for again. `known`: the repo's stored index records when the caller has them
+    /// (the restart), so that none is looked up again.
+    async fn learn_stored_release(&self, repo: &str, dir: &str, known: Option<&StoredFiles>) {
         for name in ["InRelease", "Release"] {
             let path = format!("{dir}{name}");
-            if let Some(text) = self
-                .read_stored_text(repo, &CacheKey::new(repo, &path))
-                .await
-            {
+            let key = CacheKey::new(repo, &path);
+            let meta = match known {
+                Some(files) => files.get(&path).cloned(),
+                None => self.entry(&key).await.ok().flatten(),
+            };
+            if let Some(text) = self.stored_text(repo, &key, meta).await {
                 self.indexes.learn_release(repo, &path, &text);
                 return;
             }
@@ -94,8 +99,13 @@ impl Cache {
 
     /// The body of a stored 200 entry as text (for small index files), within the size
     /// limit of such files; an index past it is counted and not learnt from.
-    async fn read_stored_text(&self, repo: &str, key: &CacheKey) -> Option<String> {
-        let meta = self.entry(key).await.ok()??;
+    async fn stored_text(
+        &self,
+        repo: &str,
+        key: &CacheKey,
+        meta: Option<Arc<EntryMeta>>,
+    ) -> Option<String> {
+        let meta = meta?;
         if meta.status != 200 {
             return None;
         }
@@ -320,7 +330,7 @@ impl Cache {
             let Some((repo, path)) = key.as_str().split_once('/') else {
                 continue;
             };
-            let name = path.rsplit('/').next().unwrap_or(path);
+            let name = index::file_name(path);
             let wanted = index::is_release(path)
                 || index::is_repomd(path)
                 || path.contains("/by-hash/")
@@ -360,11 +370,7 @@ impl Cache {
 
     /// Learns the stored Release files and repomd.xml of `repo` (InRelease before Release in
     /// each directory) and returns the stored package indexes to read.
-    async fn restore_releases(
-        self: &Arc<Self>,
-        repo: &str,
-        files: &HashMap<String, Arc<EntryMeta>>,
-    ) -> Vec<String> {
+    async fn restore_releases(self: &Arc<Self>, repo: &str, files: &StoredFiles) -> Vec<String> {
         let mut package_indexes: Vec<String> = Vec::new();
         let mut dirs: Vec<&str> = files
             .keys()
@@ -374,17 +380,15 @@ impl Cache {
         dirs.sort_unstable();
         dirs.dedup();
         for dir in dirs {
-            self.learn_stored_release(repo, dir).await;
+            self.learn_stored_release(repo, dir, Some(files)).await;
             if let Some(table) = self.indexes.release(repo, dir) {
                 package_indexes.extend(vouched(&table, dir, files));
             }
         }
         for path in files.keys().filter(|p| index::is_repomd(p)) {
             let root = index::repomd_root(path);
-            match self
-                .read_stored_text(repo, &CacheKey::new(repo, path))
-                .await
-            {
+            let key = CacheKey::new(repo, path);
+            match self.stored_text(repo, &key, files.get(path).cloned()).await {
                 Some(text) => self.indexes.learn_repomd(repo, path, &text),
                 None => self.indexes.set_release(repo, root, None),
             }
@@ -395,7 +399,7 @@ impl Cache {
         package_indexes.extend(
             files
                 .keys()
-                .filter(|p| p.ends_with("/APKINDEX.tar.gz") || *p == "APKINDEX.tar.gz")
+                .filter(|p| index::file_name(p) == "APKINDEX.tar.gz")
                 .cloned(),
         );
         package_indexes
@@ -405,7 +409,7 @@ impl Cache {
     async fn restore_packages(
         self: &Arc<Self>,
         repo: &str,
-        files: &HashMap<String, Arc<EntryMeta>>,
+        files: &StoredFiles,
         paths: Vec<String>,
     ) -> usize {
         let mut read = 0;
@@ -456,11 +460,7 @@ fn spellings(path: &str) -> Vec<String> {
 
 /// The stored copies of the package indexes `table` (the Release of `dir`) names with the
 /// hash it names: under their own name or their by-hash name.
-fn vouched(
-    table: &ReleaseTable,
-    dir: &str,
-    files: &HashMap<String, Arc<EntryMeta>>,
-) -> Vec<String> {
+fn vouched(table: &ReleaseTable, dir: &str, files: &StoredFiles) -> Vec<String> {
     let mut out = Vec::new();
     let mut dirs = std::collections::HashSet::new();
     for (rel, digest) in table.package_indexes() {

@@ -33,7 +33,7 @@ impl Wanted {
     /// names (`named`, `None` when nothing vouches for it yet); `alpine`: the repo is an
     /// Alpine tree (elsewhere an `.apk` may be anything, an Android package for one).
     pub fn for_path(path: &str, named: Option<Algo>, alpine: bool) -> Wanted {
-        let name = path.rsplit('/').next().unwrap_or(path);
+        let name = super::index::file_name(path);
         let rpm = name.ends_with(".rpm");
         Wanted {
             sha1: named == Some(Algo::Sha1) || (rpm && named.is_none()),

@@ -38,8 +38,8 @@ pub fn parse_apkindex(
 #[derive(Default)]
 pub struct TarStream {
     want: &'static [u8],
-    /// The name of the first member (extended headers aside).
-    first: Option<Vec<u8>>,
+    /// A member (extended headers aside) was seen.
+    any_member: bool,
     /// A member whose name does not start with `.SIGN.` was seen.
     unsigned_names: bool,
     header: Vec<u8>,
@@ -59,14 +59,9 @@ impl TarStream {
         }
     }
 
-    /// The name of the first member, once its header was read.
-    pub fn first_name(&self) -> Option<&[u8]> {
-        self.first.as_deref()
-    }
-
     /// Whether every member so far is a signature (`.SIGN.*`), as in an apk signature segment.
     pub fn only_signatures(&self) -> bool {
-        self.first.is_some() && !self.unsigned_names
+        self.any_member && !self.unsigned_names
     }
 
     /// Reads `buf`, handing the wanted member's body to `member`.
@@ -109,9 +104,7 @@ impl TarStream {
             let kind = header[156];
             // Extended headers (pax, GNU long names) describe the next member.
             if !matches!(kind, b'x' | b'g' | b'L' | b'K') {
-                if self.first.is_none() {
-                    self.first = Some(name.to_vec());
-                }
+                self.any_member = true;
                 self.unsigned_names |= !name.starts_with(b".SIGN.");
             }
             self.wanted = matches!(kind, b'0' | 0) && name == self.want;

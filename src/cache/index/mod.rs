@@ -21,7 +21,7 @@ mod deb;
 mod decode;
 mod rpm;
 
-pub use apk::{TarStream, control_hash, parse_apkindex};
+pub use apk::{TarStream, parse_apkindex};
 pub use deb::{parse_packages, parse_release};
 pub use decode::Compression;
 pub use rpm::{parse_primary, parse_repomd};
@@ -233,7 +233,8 @@ fn decoded(path: &str) -> std::borrow::Cow<'_, str> {
     percent_encoding::percent_decode_str(path).decode_utf8_lossy()
 }
 
-fn file_name(path: &str) -> &str {
+/// The last segment of a path.
+pub(crate) fn file_name(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
 }
 
