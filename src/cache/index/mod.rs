@@ -206,6 +206,8 @@ pub struct IndexTables {
 #[derive(Debug, Default)]
 struct LearningNow {
     repos: Mutex<HashMap<String, usize>>,
+    /// The sum of `repos`' counts: package requests skip the lock when nothing is learnt.
+    active: std::sync::atomic::AtomicUsize,
     done: tokio::sync::Notify,
 }
 
@@ -290,6 +292,9 @@ impl Drop for Learning {
             if *n == 0 {
                 repos.remove(&self.repo);
             }
+            self.now
+                .active
+                .fetch_sub(1, std::sync::atomic::Ordering::Release);
         }
         drop(repos);
         self.now.done.notify_waiters();
@@ -433,9 +438,12 @@ impl IndexTables {
     /// Marks a package index of `repo` as being learnt from: package requests of that repo
     /// wait for it ([`IndexTables::settled`]).
     pub fn learning(&self, repo: &str) -> Learning {
-        *lock(&self.learning.repos)
-            .entry(repo.to_string())
-            .or_default() += 1;
+        let mut repos = lock(&self.learning.repos);
+        *repos.entry(repo.to_string()).or_default() += 1;
+        self.learning
+            .active
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
+        drop(repos);
         Learning {
             now: self.learning.clone(),
             repo: repo.to_string(),
@@ -444,6 +452,14 @@ impl IndexTables {
 
     /// Waits, at most `max`, until no package index of `repo` is being learnt from.
     pub async fn settled(&self, repo: &str, max: std::time::Duration) {
+        if self
+            .learning
+            .active
+            .load(std::sync::atomic::Ordering::Acquire)
+            == 0
+        {
+            return;
+        }
         let deadline = tokio::time::Instant::now() + max;
         loop {
             let woken = self.learning.done.notified();
