@@ -196,6 +196,7 @@ mod tests {
             content_type: None,
             last_modified: None,
             etag: None,
+            cache_control: None,
             sha256: String::new(),
             digests: Default::default(),
             stored_at: 0,

@@ -5,7 +5,7 @@ use std::fs::File;
 use std::sync::Arc;
 
 use futures_util::StreamExt;
-use reqwest::header::{CONTENT_RANGE, CONTENT_TYPE, ETAG, HeaderMap, LAST_MODIFIED};
+use reqwest::header::{CACHE_CONTROL, CONTENT_RANGE, CONTENT_TYPE, ETAG, HeaderMap, LAST_MODIFIED};
 use tokio::sync::watch;
 
 use super::index::{self, Digest, Source};
@@ -28,6 +28,7 @@ pub struct Head {
     pub content_type: Option<String>,
     pub last_modified: Option<String>,
     pub etag: Option<String>,
+    pub cache_control: Option<String>,
 }
 
 impl Head {
@@ -40,6 +41,7 @@ impl Head {
             content_type: header(headers, CONTENT_TYPE),
             last_modified: header(headers, LAST_MODIFIED),
             etag: header(headers, ETAG),
+            cache_control: header(headers, CACHE_CONTROL),
         }
     }
 
@@ -115,10 +117,15 @@ pub enum FillError {
     BadPath,
 }
 
+/// The longest upstream header value kept with an entry (Content-Type, Last-Modified, ETag,
+/// Cache-Control); a longer one is dropped, so a hostile mirror cannot bloat every record.
+pub const MAX_KEPT_HEADER: usize = 1024;
+
 fn header(headers: &HeaderMap, name: reqwest::header::HeaderName) -> Option<String> {
     headers
         .get(name)
         .and_then(|v| v.to_str().ok())
+        .filter(|v| v.len() <= MAX_KEPT_HEADER)
         .map(str::to_owned)
 }
 
@@ -197,6 +204,10 @@ async fn fetch(
     if let (304, Some(old)) = (status, stale.filter(|m| m.status == 200)) {
         mirror.succeeded();
         let mut meta = old.clone();
+        // A 304 updates the stored headers it carries (RFC 9111, 4.3.4).
+        if let Some(cc) = header(response.headers(), CACHE_CONTROL) {
+            meta.cache_control = Some(cc);
+        }
         meta.fresh_until = policy::fresh_until_with_rule(
             request.class,
             200,
@@ -313,6 +324,7 @@ async fn fetch(
         content_type: body.head.content_type.clone(),
         last_modified: body.head.last_modified.clone(),
         etag: body.head.etag.clone(),
+        cache_control: body.head.cache_control.clone(),
         sha256: body.digests.sha256.clone(),
         digests: body.digests.others.clone(),
         stored_at: now,

@@ -2,8 +2,8 @@
 //! `If-Range`, HEAD, and the headers kept from upstream.
 
 use http::header::{
-    ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, HeaderMap, HeaderValue,
-    IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, LAST_MODIFIED, RANGE,
+    ACCEPT_RANGES, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, HeaderMap,
+    HeaderValue, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, LAST_MODIFIED, RANGE,
 };
 use http::{StatusCode, response};
 
@@ -16,6 +16,7 @@ pub struct Representation<'a> {
     pub content_type: Option<&'a str>,
     pub last_modified: Option<&'a str>,
     pub etag: Option<&'a str>,
+    pub cache_control: Option<&'a str>,
 }
 
 impl<'a> Representation<'a> {
@@ -27,6 +28,7 @@ impl<'a> Representation<'a> {
             content_type: meta.content_type.as_deref(),
             last_modified: meta.last_modified.as_deref(),
             etag: meta.etag.as_deref(),
+            cache_control: meta.cache_control.as_deref(),
         }
     }
 
@@ -38,6 +40,7 @@ impl<'a> Representation<'a> {
             content_type: head.content_type.as_deref(),
             last_modified: head.last_modified.as_deref(),
             etag: head.etag.as_deref(),
+            cache_control: head.cache_control.as_deref(),
         }
     }
 }
@@ -187,6 +190,7 @@ pub fn head(rep: &Representation<'_>, plan: Plan, cache_status: &'static str) ->
     };
     b = put(b, ETAG, rep.etag);
     b = put(b, LAST_MODIFIED, rep.last_modified);
+    b = put(b, CACHE_CONTROL, rep.cache_control);
     if rep.status == 200 {
         b = b.header(ACCEPT_RANGES, "bytes");
     }
@@ -234,6 +238,7 @@ mod tests {
             content_type: None,
             last_modified: Some(LM),
             etag: Some("\"abc\""),
+            cache_control: None,
         }
     }
 

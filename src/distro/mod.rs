@@ -626,7 +626,8 @@ mod file_tests {
             fedora.upstream().as_str(),
             "https://mirror.example.org/pub/fedora/"
         );
-        assert_eq!(fedora.cache_rules[0].max_age, 300);
+        assert_eq!(fedora.cache_rules[0].max_age, Some(300));
+        assert_eq!(fedora.cache_rules[0].cache_control, "max-age=300");
         let (repo, rest) = reg
             .by_host_path("mirror.example.org", None, "/pub/fedora/releases/x")
             .unwrap();
@@ -691,6 +692,14 @@ mod file_tests {
             (
                 "distributions:\n  - id: \"a/b\"\n    mirrors: {official: [\"x/y/\"]}\n",
                 "path segment",
+            ),
+            (
+                "distributions:\n  - id: a\n    cache_rules: [{pattern: x, cache_control: \"\"}]\n    mirrors: {official: [\"x/y/\"]}\n",
+                "cache_rules.cache_control",
+            ),
+            (
+                "distributions:\n  - id: a\n    cache_rules: [{pattern: x, cache_control: \"max-age=1\\u0001\"}]\n    mirrors: {official: [\"x/y/\"]}\n",
+                "cache_rules.cache_control",
             ),
         ] {
             let err = load(text).unwrap_err().to_string();

@@ -8,12 +8,14 @@ use regex_lite::Regex;
 use super::file::{DistributionsFile, DistroEntry};
 use super::{DistroError, alias_name, builtin};
 
-/// A freshness override: files whose path in the repo matches `pattern` are fresh for
+/// A cache rule: 200 and 404 answers for paths in the repo that match `pattern` carry
+/// `cache_control` as their Cache-Control, and, when it gives a lifetime, are fresh for
 /// `max_age` seconds (immutable files excepted: they never change under their name).
 #[derive(Debug, Clone)]
 pub struct CacheRule {
     pub pattern: Regex,
-    pub max_age: u64,
+    pub cache_control: http::HeaderValue,
+    pub max_age: Option<u64>,
 }
 
 /// One upstream tree of a distribution.
@@ -184,12 +186,8 @@ fn apply(spec: &mut DistroSpec, entry: &DistroEntry) -> Result<(), DistroError> 
         spec.cache_rules = rules
             .iter()
             .filter_map(|r| {
-                let max_age = max_age(r.cache_control.as_deref()?)?;
-                Some(
-                    Regex::new(&r.pattern)
-                        .map(|pattern| CacheRule { pattern, max_age })
-                        .map_err(|e| invalid(id, "cache_rules.pattern", e.to_string())),
-                )
+                let value = r.cache_control.as_deref()?.trim();
+                Some(cache_rule(id, &r.pattern, value))
             })
             .collect::<Result<_, _>>()?;
     }
@@ -252,6 +250,26 @@ fn new_spec(entry: &DistroEntry) -> Result<DistroSpec, DistroError> {
     };
     apply(&mut spec, entry)?;
     Ok(spec)
+}
+
+fn cache_rule(id: &str, pattern: &str, value: &str) -> Result<CacheRule, DistroError> {
+    let cache_control = http::HeaderValue::from_str(value)
+        .ok()
+        .filter(|_| !value.is_empty())
+        .ok_or_else(|| {
+            invalid(
+                id,
+                "cache_rules.cache_control",
+                "must be a non-empty header value (visible ASCII)",
+            )
+        })?;
+    let pattern =
+        Regex::new(pattern).map_err(|e| invalid(id, "cache_rules.pattern", e.to_string()))?;
+    Ok(CacheRule {
+        pattern,
+        cache_control,
+        max_age: max_age(value),
+    })
 }
 
 /// `max-age=N` (or `s-maxage`) of a Cache-Control value; `no-cache`/`no-store` mean 0.

@@ -210,12 +210,12 @@ async fn answer(
         .cache
         .expectation(&matched.repo.id, &matched.path)
         .await;
-    let rule_max_age = matched
+    let rule = matched
         .repo
         .cache_rules
         .iter()
         .find(|r| r.pattern.is_match(&matched.path))
-        .map(|r| r.max_age);
+        .map(|r| (r.cache_control.clone(), r.max_age));
     let fill = FillRequest {
         key: CacheKey::new(&matched.repo.id, &matched.path),
         mirrors: matched.repo.mirror_set.clone(),
@@ -223,11 +223,11 @@ async fn answer(
         path: matched.path,
         repo: matched.repo.id.clone(),
         expect,
-        rule_max_age,
+        rule_max_age: rule.as_ref().and_then(|r| r.1),
         alpine: matched.repo.is_alpine(),
     };
 
-    let response = serve(
+    let mut response = serve(
         state,
         fill,
         &matched.repo.distro,
@@ -235,6 +235,14 @@ async fn answer(
         head_only,
     )
     .await;
+    // The rule's Cache-Control replaces the mirror's on the answers it is meant for.
+    if let Some((cache_control, _)) = rule
+        && matches!(response.status().as_u16(), 200 | 404)
+    {
+        response
+            .headers_mut()
+            .insert(http::header::CACHE_CONTROL, cache_control);
+    }
     (response, repo)
 }
 

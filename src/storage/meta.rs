@@ -26,6 +26,10 @@ pub struct EntryMeta {
     pub content_type: Option<String>,
     pub last_modified: Option<String>,
     pub etag: Option<String>,
+    /// The mirror's Cache-Control, passed on to clients. Absent in records written before it
+    /// was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_control: Option<String>,
     /// Lower-case hex SHA256 of the body.
     pub sha256: String,
     /// Other digests computed while the body was written, by name (lower-case hex): those an

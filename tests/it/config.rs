@@ -5,7 +5,14 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::crash::Binary;
-use crate::{Origin, Proxy, cache_dir, x_cache};
+use crate::{Behavior, Origin, Proxy, cache_dir, x_cache};
+
+fn cache_control(r: &reqwest::Response) -> String {
+    r.headers()
+        .get("cache-control")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default()
+}
 
 fn fedora_file(origin: &Origin, extra: &str) -> String {
     format!(
@@ -28,6 +35,11 @@ async fn a_distribution_from_the_file_is_routed_cached_and_ruled() {
     let origin = Origin::start().await;
     origin.put("/fedora/41/x86_64/os/Packages/a.rpm", "rpm");
     origin.put("/fedora/41/x86_64/os/repodata/repomd.xml", "<repomd/>");
+    origin.set_cache_control(
+        "/fedora/41/x86_64/os/Packages/a.rpm",
+        "public, max-age=86400",
+    );
+    origin.set_cache_control("/fedora/41/x86_64/os/repodata/repomd.xml", "max-age=3600");
     let dir = cache_dir();
     let file = dir.path().join("distributions.yaml");
     std::fs::write(&file, fedora_file(&origin, "")).unwrap();
@@ -36,11 +48,22 @@ async fn a_distribution_from_the_file_is_routed_cached_and_ruled() {
         c.distributions_config = Some(file.clone())
     })
     .await;
+    // No rule matches a package: the mirror's Cache-Control is passed on, stored or not.
     for expected in ["MISS", "HIT"] {
         let r = proxy.get("fedora/41/x86_64/os/Packages/a.rpm").await;
         assert_eq!(x_cache(&r), expected);
+        assert_eq!(cache_control(&r), "public, max-age=86400");
         assert_eq!(r.text().await.unwrap(), "rpm");
     }
+    // A header longer than the proxy keeps (1 KiB) is dropped, not stored.
+    origin.put("/fedora/41/x86_64/os/Packages/b.rpm", "b");
+    let long = format!("max-age=1, x=\"{}\"", "y".repeat(1100));
+    origin.set_cache_control("/fedora/41/x86_64/os/Packages/b.rpm", &long);
+    let r = proxy.get("fedora/41/x86_64/os/Packages/b.rpm").await;
+    assert_eq!(
+        (r.status().as_u16(), cache_control(&r)),
+        (200, String::new())
+    );
     let r = proxy
         .forward_client()
         .get(format!(
@@ -52,11 +75,20 @@ async fn a_distribution_from_the_file_is_routed_cached_and_ruled() {
         .unwrap();
     assert_eq!(x_cache(&r), "HIT");
     // The rule makes repomd.xml stale at once: every request revalidates.
+    // The rule's Cache-Control replaces the mirror's, on 200s and on 404s, but not on a 502.
     for _ in 0..3 {
         let r = proxy.get("fedora/41/x86_64/os/repodata/repomd.xml").await;
+        assert_eq!(cache_control(&r), "max-age=0");
         assert_eq!(r.text().await.unwrap(), "<repomd/>");
     }
     assert_eq!(origin.hits("/fedora/41/x86_64/os/repodata/repomd.xml"), 3);
+    let r = proxy.get("fedora/42/repodata/repomd.xml").await;
+    assert_eq!(r.status(), 404);
+    assert_eq!(cache_control(&r), "max-age=0");
+    origin.set("/fedora/43/repodata/repomd.xml", Behavior::Status(500));
+    let r = proxy.get("fedora/43/repodata/repomd.xml").await;
+    assert_eq!(r.status(), 502);
+    assert_eq!(cache_control(&r), "");
     assert_eq!(origin.hits("/fedora/41/x86_64/os/Packages/a.rpm"), 1);
 }
 

@@ -22,6 +22,8 @@ fn record(key: &CacheKey, body: &[u8]) -> EntryMeta {
         content_type: Some("application/vnd.debian.binary-package".into()),
         last_modified: None,
         etag: None,
+        // Kept headers travel with the record.
+        cache_control: Some("public, max-age=60".into()),
         sha256: hex::encode(sha2::Sha256::digest(body)),
         // A digest of another kind travels with the record.
         digests: [("sha1".to_string(), "0".repeat(40))].into(),

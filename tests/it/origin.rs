@@ -51,6 +51,7 @@ struct File {
     behavior: Behavior,
     etag: String,
     last_modified: String,
+    cache_control: Option<String>,
 }
 
 /// A request the origin received.
@@ -144,6 +145,7 @@ impl Origin {
             ),
             body,
             behavior: Behavior::Normal,
+            cache_control: None,
         };
         self.inner
             .files
@@ -160,8 +162,18 @@ impl Origin {
             behavior: Behavior::Normal,
             etag: "\"empty\"".into(),
             last_modified: httpdate::fmt_http_date(std::time::SystemTime::now()),
+            cache_control: None,
         });
         file.behavior = behavior;
+    }
+
+    /// Makes the answers for `path` (already put) carry this Cache-Control.
+    pub fn set_cache_control(&self, path: &str, value: &str) {
+        let mut files = self.inner.files.lock().unwrap();
+        files
+            .get_mut(path)
+            .expect("a file put before")
+            .cache_control = Some(value.to_string());
     }
 
     /// Kills the origin: every open connection is dropped, mid-body or not, and new ones are
@@ -350,6 +362,11 @@ fn build(inner: &Arc<Inner>, file: &File, headers: &HeaderMap) -> (u16, Response
     response
         .headers_mut()
         .insert("last-modified", file.last_modified.parse().unwrap());
+    if let Some(cc) = &file.cache_control {
+        response
+            .headers_mut()
+            .insert("cache-control", cc.parse().unwrap());
+    }
     (status, response)
 }
 
