@@ -53,6 +53,9 @@ fn main() -> ExitCode {
     if let Some(path) = &config.config_file {
         tracing::info!("loaded configuration file {}", path.display());
     }
+    for warning in &config.file_warnings {
+        tracing::warn!("{warning}");
+    }
     let code = match runtime.block_on(run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -66,7 +69,7 @@ fn main() -> ExitCode {
 }
 
 /// `--check-config`: the resolved settings and the repos they serve on stdout, exit 0; or the
-/// first problem on stderr, exit 1.
+/// problems (ignored keys included) on stderr, exit 1.
 fn check(config: &Config) -> ExitCode {
     use std::io::Write;
     let repos = match apt_proxy::server::preflight(config) {
@@ -76,11 +79,16 @@ fn check(config: &Config) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // A key the server would ignore at start-up fails the check: it is a typo or a setting
+    // that does nothing.
+    for warning in &config.file_warnings {
+        eprintln!("apt-proxy: configuration warning: {warning}");
+    }
     let problems = config.check_problems();
     for problem in &problems {
         eprintln!("apt-proxy: configuration error: {problem}");
     }
-    if !problems.is_empty() {
+    if !problems.is_empty() || !config.file_warnings.is_empty() {
         return ExitCode::from(1);
     }
     let mut text = String::new();

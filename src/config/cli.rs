@@ -34,7 +34,7 @@ pub struct Cli {
     #[arg(long, value_enum, help_heading = "Server")]
     pub mode: Option<Mode>,
     /// Verbose debug logging [env: APT_PROXY_DEBUG] [default: false]
-    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", help_heading = "Server")]
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_parser = super::lenient::bool_flag, help_heading = "Server")]
     pub debug: Option<bool>,
 
     /// Ubuntu mirror URL or shortcut (cn:tsinghua, …) [env: APT_PROXY_UBUNTU]
@@ -53,7 +53,7 @@ pub struct Cli {
     #[arg(long, help_heading = "Mirrors")]
     pub alpine: Option<String>,
     /// HTTP keep-alive to upstream mirrors [env: APT_PROXY_UPSTREAM_KEEP_ALIVE] [default: true]
-    #[arg(long = "upstream-keep-alive", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", help_heading = "Mirrors")]
+    #[arg(long = "upstream-keep-alive", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_parser = super::lenient::bool_flag, help_heading = "Mirrors")]
     pub upstream_keep_alive: Option<bool>,
     /// Slowest transfer accepted from a mirror, in KiB/s over the window below; a slower one is
     /// left for the next mirror. 0 disables [env: APT_PROXY_UPSTREAM_MIN_RATE] [default: 10]
@@ -87,7 +87,7 @@ pub struct Cli {
     pub cache_cleanup_interval: Option<u64>,
 
     /// Serve HTTPS (needs --tls-cert and --tls-key) [env: APT_PROXY_TLS_ENABLED] [default: false]
-    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", help_heading = "TLS")]
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_parser = super::lenient::bool_flag, help_heading = "TLS")]
     pub tls: Option<bool>,
     /// TLS certificate file (PEM) [env: APT_PROXY_TLS_CERT]
     #[arg(long = "tls-cert", help_heading = "TLS")]
@@ -100,7 +100,7 @@ pub struct Cli {
     #[arg(long = "api-key", help_heading = "Security")]
     pub api_key: Option<String>,
     /// Force API authentication on or off [env: APT_PROXY_ENABLE_API_AUTH] [default: on when an API key is set]
-    #[arg(long = "enable-api-auth", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", help_heading = "Security")]
+    #[arg(long = "enable-api-auth", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_parser = super::lenient::bool_flag, help_heading = "Security")]
     pub enable_api_auth: Option<bool>,
     /// API requests per IP per minute, 0 disables [env: APT_PROXY_API_RATE_LIMIT_PER_MINUTE] [default: 60]
     #[arg(long = "api-rate-limit", help_heading = "Security")]
@@ -142,10 +142,10 @@ pub struct Cli {
     #[arg(long = "s3-session-token", help_heading = "Storage")]
     pub s3_session_token: Option<String>,
     /// Use HTTPS to the S3 endpoint [env: APT_PROXY_S3_USE_SSL] [default: true]
-    #[arg(long = "s3-use-ssl", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", help_heading = "Storage")]
+    #[arg(long = "s3-use-ssl", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_parser = super::lenient::bool_flag, help_heading = "Storage")]
     pub s3_use_ssl: Option<bool>,
     /// Path-style S3 URLs [env: APT_PROXY_S3_USE_PATH_STYLE] [default: false]
-    #[arg(long = "s3-use-path-style", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", help_heading = "Storage")]
+    #[arg(long = "s3-use-path-style", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_parser = super::lenient::bool_flag, help_heading = "Storage")]
     pub s3_use_path_style: Option<bool>,
     /// Bodies up to this many MiB are uploaded with one PUT, larger ones in 8 MiB parts [env: APT_PROXY_S3_INLINE_MAX_MB] [default: 32]
     #[arg(long = "s3-inline-max-mb", help_heading = "Storage")]

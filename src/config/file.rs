@@ -1,16 +1,18 @@
-//! apt-proxy.yaml: its schema (every field optional, unknown keys refused), `${VAR}` and
+//! apt-proxy.yaml: its schema (every field optional; unknown keys and the Go program's lenient
+//! spellings accepted, see [`lenient`]), `${VAR}` and
 //! `${VAR:-default}` expansion, and where it is looked for.
 
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use super::lenient::{self, Ignored, IgnoredKey};
 use super::{ConfigError, Env};
 use crate::distro::Mode;
 
-/// The whole file.
+/// The whole file. Unknown keys do not stop it from loading (the Go program ignores them):
+/// each section keeps them in `ignored`, and they are reported with their line.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub server: Option<ServerSection>,
     pub cache: Option<CacheSection>,
@@ -19,40 +21,58 @@ pub struct FileConfig {
     pub tls: Option<TlsSection>,
     pub security: Option<SecuritySection>,
     pub mode: Option<Mode>,
+    #[serde(default, deserialize_with = "lenient::bool")]
     pub upstream_keep_alive: Option<bool>,
+    #[serde(default, deserialize_with = "lenient::number")]
     pub upstream_min_rate_kib: Option<u64>,
+    #[serde(default, deserialize_with = "lenient::number")]
     pub upstream_min_rate_window_s: Option<u64>,
     pub distributions_config: Option<PathBuf>,
+    /// Keys no setting reads (warned about, see [`FileConfig::ignored_keys`]).
+    #[serde(flatten)]
+    pub ignored: Ignored,
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ServerSection {
     pub host: Option<String>,
+    #[serde(default, deserialize_with = "lenient::number")]
     pub port: Option<u16>,
+    #[serde(default, deserialize_with = "lenient::bool")]
     pub debug: Option<bool>,
+    #[serde(default, deserialize_with = "lenient::number")]
     pub max_connections_per_client: Option<usize>,
+    /// Keys no setting reads (warned about, see [`FileConfig::ignored_keys`]).
+    #[serde(flatten)]
+    pub ignored: Ignored,
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct CacheSection {
     pub dir: Option<PathBuf>,
+    #[serde(default, deserialize_with = "lenient::number")]
     pub max_size_gb: Option<f64>,
+    #[serde(default, deserialize_with = "lenient::number")]
     pub max_object_size_gb: Option<f64>,
+    #[serde(default, deserialize_with = "lenient::number")]
     pub ttl_hours: Option<u64>,
+    #[serde(default, deserialize_with = "lenient::number")]
     pub cleanup_interval_min: Option<u64>,
+    /// Keys no setting reads (warned about, see [`FileConfig::ignored_keys`]).
+    #[serde(flatten)]
+    pub ignored: Ignored,
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct StorageSection {
     pub backend: Option<String>,
     pub s3: Option<S3Section>,
+    /// Keys no setting reads (warned about, see [`FileConfig::ignored_keys`]).
+    #[serde(flatten)]
+    pub ignored: Ignored,
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct S3Section {
     pub endpoint: Option<String>,
     pub region: Option<String>,
@@ -61,42 +81,94 @@ pub struct S3Section {
     pub access_key: Option<String>,
     pub secret_key: Option<String>,
     pub session_token: Option<String>,
+    #[serde(default, deserialize_with = "lenient::bool")]
     pub use_ssl: Option<bool>,
+    #[serde(default, deserialize_with = "lenient::bool")]
     pub use_path_style: Option<bool>,
+    #[serde(default, deserialize_with = "lenient::number")]
     pub inline_max_mb: Option<u64>,
     pub temp_dir: Option<PathBuf>,
+    #[serde(default, deserialize_with = "lenient::number")]
     pub abandoned_upload_age_s: Option<u64>,
+    #[serde(default, deserialize_with = "lenient::number")]
     pub timeout_s: Option<u64>,
+    /// Keys no setting reads (warned about, see [`FileConfig::ignored_keys`]).
+    #[serde(flatten)]
+    pub ignored: Ignored,
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct MirrorsSection {
     pub ubuntu: Option<String>,
     pub ubuntu_ports: Option<String>,
     pub debian: Option<String>,
     pub centos: Option<String>,
     pub alpine: Option<String>,
+    #[serde(default, deserialize_with = "lenient::number")]
     pub refresh_interval_min: Option<u64>,
+    /// Keys no setting reads (warned about, see [`FileConfig::ignored_keys`]).
+    #[serde(flatten)]
+    pub ignored: Ignored,
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct TlsSection {
+    #[serde(default, deserialize_with = "lenient::bool")]
     pub enabled: Option<bool>,
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
+    /// Keys no setting reads (warned about, see [`FileConfig::ignored_keys`]).
+    #[serde(flatten)]
+    pub ignored: Ignored,
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct SecuritySection {
     pub api_key: Option<String>,
+    #[serde(default, deserialize_with = "lenient::bool")]
     pub enable_api_auth: Option<bool>,
+    #[serde(default, deserialize_with = "lenient::number")]
     pub api_rate_limit_per_minute: Option<u32>,
     pub trusted_proxies: Option<Vec<String>>,
     pub allow_private_upstreams: Option<Vec<String>>,
     pub allowed_clients: Option<Vec<String>>,
+    /// Keys no setting reads (warned about, see [`FileConfig::ignored_keys`]).
+    #[serde(flatten)]
+    pub ignored: Ignored,
+}
+
+impl FileConfig {
+    /// Every key of the file that no setting reads, in file order, with its line in `text`.
+    pub fn ignored_keys(&self, text: &str) -> Vec<IgnoredKey> {
+        let mut out = Vec::new();
+        let mut add = |section: Option<&str>, ignored: Option<&Ignored>| {
+            if let Some(ignored) = ignored {
+                lenient::collect(text, section, ignored, &mut out);
+            }
+        };
+        add(None, Some(&self.ignored));
+        add(Some("server"), self.server.as_ref().map(|s| &s.ignored));
+        add(Some("cache"), self.cache.as_ref().map(|s| &s.ignored));
+        let storage = self.storage.as_ref();
+        add(Some("storage"), storage.map(|s| &s.ignored));
+        add(
+            Some("storage.s3"),
+            storage.and_then(|s| s.s3.as_ref()).map(|s| &s.ignored),
+        );
+        add(Some("mirrors"), self.mirrors.as_ref().map(|s| &s.ignored));
+        add(Some("tls"), self.tls.as_ref().map(|s| &s.ignored));
+        add(Some("security"), self.security.as_ref().map(|s| &s.ignored));
+        out.sort_by_key(|k| k.line);
+        out
+    }
+
+    /// Reads apt-proxy.yaml at `path`: the settings and the keys it ignored.
+    pub fn load(path: &Path, env: &Env<'_>) -> Result<(FileConfig, Vec<IgnoredKey>), ConfigError> {
+        let text = read(path)?;
+        let file: FileConfig = parse(&text, path, env)?;
+        let ignored = file.ignored_keys(&text);
+        Ok((file, ignored))
+    }
 }
 
 /// Expands `${VAR}` and `${VAR:-default}`. A bare `$VAR` is left alone, and so is `${VAR}`
@@ -150,11 +222,14 @@ pub fn load<T: serde::de::DeserializeOwned + Default>(
     path: &Path,
     env: &Env<'_>,
 ) -> Result<T, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+    parse(&read(path)?, path, env)
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| ConfigError::File {
         path: path.to_path_buf(),
         message: e.to_string(),
-    })?;
-    parse(&text, path, env)
+    })
 }
 
 /// The first existing file among the search locations for `name` (`apt-proxy.yaml` or
@@ -216,17 +291,20 @@ mod tests {
     #[test]
     fn errors_name_file_and_key() {
         let p = Path::new("/etc/apt-proxy/apt-proxy.yaml");
-        let err = parse::<FileConfig>("server:\n  hots: x\n", p, &env)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("apt-proxy.yaml") && err.contains("hots") && err.contains("host"),
-            "{err}"
+        let text = "server:\n  hots: x\n";
+        let f = parse::<FileConfig>(text, p, &env).unwrap();
+        let ignored = f.ignored_keys(text);
+        assert_eq!(
+            (ignored[0].key.as_str(), ignored[0].line),
+            ("server.hots", Some(2))
         );
         let err = parse::<FileConfig>("server:\n  port: lots\n", p, &env)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("port") && err.contains("u16"), "{err}");
+        assert!(
+            err.contains("server.port") && err.contains("0 to 65535"),
+            "{err}"
+        );
         let err = parse::<FileConfig>("mode: fedora\n", p, &env)
             .unwrap_err()
             .to_string();

@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod file;
+pub mod lenient;
 mod report;
 
 use std::net::IpAddr;
@@ -54,6 +55,8 @@ pub struct Config {
     pub debug: bool,
     /// The apt-proxy.yaml that was loaded, if any.
     pub config_file: Option<PathBuf>,
+    /// Keys of `config_file` that no setting reads, as `file:line: key …; ignored` warnings.
+    pub file_warnings: Vec<String>,
     /// The distributions.yaml to load (given, or found in the search path).
     pub distributions_config: Option<PathBuf>,
     pub cache_limits: CacheLimits,
@@ -226,6 +229,7 @@ impl Config {
             upstream_keep_alive: true,
             debug: false,
             config_file: None,
+            file_warnings: Vec::new(),
             distributions_config: None,
             cache_limits: CacheLimits {
                 max_size_bytes: Some(10 * GIB),
@@ -262,9 +266,9 @@ impl Config {
             Some(path) => Some(path),
             None => file::search(&file::main_candidates(home)),
         };
-        let f: FileConfig = match &config_file {
-            Some(path) => file::load(path, env)?,
-            None => FileConfig::default(),
+        let (f, ignored) = match &config_file {
+            Some(path) => FileConfig::load(path, env)?,
+            None => (FileConfig::default(), Vec::new()),
         };
         let server = f.server.unwrap_or_default();
         let cache = f.cache.unwrap_or_default();
@@ -274,6 +278,15 @@ impl Config {
         let storage = f.storage.unwrap_or_default();
         let s3 = storage.s3.unwrap_or_default();
         let mut config = Config::new(PathBuf::new());
+        if let Some(path) = &config_file {
+            config.file_warnings = ignored
+                .iter()
+                .map(|k| match k.line {
+                    Some(line) => format!("{}:{line}: {}", path.display(), k.reason()),
+                    None => format!("{}: {}", path.display(), k.reason()),
+                })
+                .collect();
+        }
         config.config_file = config_file.clone();
 
         config.host = pick(cli.host, env, "APT_PROXY_HOST", server.host)?.unwrap_or(config.host);
@@ -661,7 +674,8 @@ where
     Ok(from_file)
 }
 
-/// Like [`pick`] for booleans, accepting the spellings Go's strconv.ParseBool does.
+/// Like [`pick`] for booleans, accepting the spellings Go's strconv.ParseBool does, and
+/// yes/no/on/off.
 fn pick_bool(
     flag: Option<bool>,
     env: &Env<'_>,
@@ -672,10 +686,9 @@ fn pick_bool(
         return Ok(flag);
     }
     if let Some(value) = env(var).filter(|v| !v.is_empty()) {
-        return match value.trim() {
-            "1" | "t" | "T" | "true" | "TRUE" | "True" | "yes" | "on" => Ok(Some(true)),
-            "0" | "f" | "F" | "false" | "FALSE" | "False" | "no" | "off" => Ok(Some(false)),
-            _ => Err(ConfigError::Env {
+        return match lenient::parse_bool(&value) {
+            Some(b) => Ok(Some(b)),
+            None => Err(ConfigError::Env {
                 var: var.into(),
                 value,
                 expected: "expected true or false".into(),

@@ -420,6 +420,54 @@ fn bad_values_name_their_source() {
 }
 
 #[test]
+fn a_go_users_file_starts_with_its_ignored_keys_named() {
+    let case = Case::new(
+        "server:\n  host: 127.0.0.1\n  port: \"3150\"\n  debug: yes\ncache:\n  dir: /tmp/c\n  max_size_gb: \"2\"\n  max_size: 1073741824\n  ttl: 1h\n  cleanup_interval: 10m\ntls:\n  enabled: off\nsecurity:\n  enable_api_auth: On\n  api_key: k\nstorage:\n  s3:\n    use_ssl: NO\n    colour: blue\nupstream_keep_alive: n\nlegacy_option: 1\n",
+    );
+    let c = case.resolve(&[]).unwrap();
+    assert_eq!(
+        (c.port, c.debug, c.upstream_keep_alive),
+        (3150, true, false)
+    );
+    assert_eq!(c.cache_limits.max_size_bytes, Some(2 * GIB));
+    assert!(c.tls.is_none() && c.security.api_auth);
+    let file = case.dir.path().join("apt-proxy.yaml").display().to_string();
+    let want = [
+        format!(
+            "{file}:8: cache.max_size is an internal field that is not read from the file (use cache.max_size_gb); ignored"
+        ),
+        format!(
+            "{file}:9: cache.ttl is an internal field that is not read from the file (use cache.ttl_hours); ignored"
+        ),
+        format!(
+            "{file}:10: cache.cleanup_interval is an internal field that is not read from the file (use cache.cleanup_interval_min); ignored"
+        ),
+        format!("{file}:19: storage.s3.colour is not a setting; ignored"),
+        format!("{file}:21: legacy_option is not a setting; ignored"),
+    ];
+    assert_eq!(c.file_warnings, want);
+    // Flags take Go's spellings too.
+    let c = Case::new("")
+        .resolve(&["--debug=1", "--tls=FALSE"])
+        .unwrap();
+    assert!(c.debug && c.tls.is_none());
+    assert!(Case::new("").resolve(&["--debug=TRUE"]).unwrap().debug);
+    // Still refused: a value no spelling makes sense of, naming the key.
+    for (text, key) in [
+        ("server:\n  debug: maybe\n", "server.debug"),
+        ("server:\n  port: \"80a\"\n", "server.port"),
+        ("server:\n  port: 70000\n", "server.port"),
+        ("cache:\n  max_size_gb: lots\n", "cache.max_size_gb"),
+    ] {
+        let err = Case::new(text).resolve(&[]).unwrap_err().to_string();
+        assert!(
+            err.contains("apt-proxy.yaml") && err.contains(key),
+            "{text}: {err}"
+        );
+    }
+}
+
+#[test]
 fn search_order_finds_the_home_file() {
     let home = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(home.path().join(".config/apt-proxy")).unwrap();

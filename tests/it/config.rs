@@ -435,7 +435,7 @@ fn check_config_prints_the_resolved_settings_and_names_each_broken_input() {
         (
             vec!["--config", typo.to_str().unwrap()],
             vec![],
-            vec!["typo.yaml", "prot"],
+            vec!["typo.yaml:2:", "server.prot is not a setting"],
         ),
         (vec!["--port", "http"], vec![], vec!["--port"]),
         (
@@ -564,4 +564,40 @@ async fn health_check_asks_livez_of_the_configured_proxy() {
         .unwrap();
     assert_eq!(code, 1, "{out}{err}");
     assert!(err.contains("health check failed"), "{err}");
+}
+
+#[tokio::test]
+async fn a_go_users_file_starts_and_its_ignored_keys_are_logged_with_their_line() {
+    let origin = Origin::start().await;
+    origin.put("/debian/pool/a.deb", "deb");
+    let dir = cache_dir();
+    let file = dir.path().join("apt-proxy.yaml");
+    std::fs::write(
+        &file,
+        "server:\n  port: \"3142\"\n  debug: \"no\"\ncache:\n  ttl: 168h\nupstream_keep_alive: on\n",
+    )
+    .unwrap();
+    let cache = dir.path().join("cache");
+    let binary = crate::crash::Binary::start_with(
+        &cache,
+        &[
+            "--config",
+            file.to_str().unwrap(),
+            "--mode",
+            "debian",
+            "--debian",
+            &origin.base("debian"),
+        ],
+        &[],
+    );
+    let r = reqwest::get(binary.url("debian/pool/a.deb")).await.unwrap();
+    assert_eq!(r.text().await.unwrap(), "deb");
+    let lines = binary.lines.lock().unwrap().clone();
+    let want = format!("{}:5: cache.ttl is an internal field", file.display());
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(&want) && l.to_ascii_lowercase().contains("warn")),
+        "{lines:#?}"
+    );
 }
