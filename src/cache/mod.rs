@@ -195,10 +195,10 @@ impl Cache {
         }
     }
 
-    /// Counts a request answered from the cache (`hit`) or from a mirror.
-    pub fn count(&self, distro: &str, hit: bool) {
+    /// Counts a request for `repo` answered from the cache (`hit`) or from a mirror.
+    pub fn count(&self, repo: &str, hit: bool) {
         let label = DistroLabel {
-            distro: distro.to_string(),
+            distro: repo.to_string(),
         };
         if hit {
             self.hits.fetch_add(1, Ordering::Relaxed);

@@ -45,6 +45,11 @@ impl Selector {
         }
     }
 
+    /// The metrics it counts benchmarks in (shared with the whole proxy).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// The upstream address policy (its trusted mirrors change with each reload).
     pub fn policy(&self) -> &Arc<AddressPolicy> {
         &self.policy

@@ -227,14 +227,7 @@ async fn answer(
         alpine: matched.repo.is_alpine(),
     };
 
-    let mut response = serve(
-        state,
-        fill,
-        &matched.repo.distro,
-        request.headers(),
-        head_only,
-    )
-    .await;
+    let mut response = serve(state, fill, &matched.repo.id, request.headers(), head_only).await;
     // The rule's Cache-Control replaces the mirror's on the answers it is meant for.
     if let Some((cache_control, _)) = rule
         && matches!(response.status().as_u16(), 200 | 404)
@@ -249,7 +242,7 @@ async fn answer(
 async fn serve(
     state: &AppState,
     fill: FillRequest,
-    distro: &str,
+    repo: &str,
     headers: &HeaderMap,
     head_only: bool,
 ) -> Response<Body> {
@@ -258,7 +251,7 @@ async fn serve(
         .headers()
         .get("x-cache")
         .is_some_and(|v| v == "HIT");
-    state.cache.count(distro, hit);
+    state.cache.count(repo, hit);
     response
 }
 

@@ -166,6 +166,9 @@ impl Reloader {
 /// Makes the registry's configured mirrors and geo-list addresses the origins the address
 /// policy trusts (a candidate written without a scheme, over both schemes).
 fn trust(selector: &Selector, registry: &Registry) {
+    selector
+        .metrics()
+        .zero_repos(registry.repos().iter().map(|r| r.id.as_str()));
     let mut urls = Vec::new();
     for repo in registry.repos() {
         urls.extend(crate::mirror::benchmark::probe_urls(

@@ -149,6 +149,15 @@ impl Default for StoreMetrics {
 }
 
 impl StoreMetrics {
+    /// Makes the operation and error counters of `backend`'s `ops` exist, at zero.
+    pub(crate) fn zero(&self, backend: &'static str, ops: &[&'static str]) {
+        for &op in ops {
+            let label = OpLabel { backend, op };
+            drop(self.operations.get_or_create(&label));
+            drop(self.errors.get_or_create(&label));
+        }
+    }
+
     pub(crate) fn observe(
         &self,
         backend: &'static str,

@@ -229,6 +229,24 @@ fn xml_values<'a>(xml: &'a str, tag: &str) -> Vec<String> {
     out
 }
 
+/// Every operation the store counts, by its `op` label.
+const OPS: &[&str] = &[
+    "check",
+    "head",
+    "get",
+    "put",
+    "put_meta",
+    "touch",
+    "load",
+    "list",
+    "delete",
+    "create_upload",
+    "upload_part",
+    "complete_upload",
+    "abort_upload",
+    "list_uploads",
+];
+
 impl S3Store {
     /// Checks the bucket and returns the store. A bucket that does not exist or credentials
     /// refused are errors; a store that cannot be reached is not (the proxy starts, serves
@@ -283,6 +301,7 @@ impl S3Store {
         let seed = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
+        metrics.zero("s3", OPS);
         let store = S3Store {
             inner: Arc::new(Inner {
                 bucket,
@@ -346,6 +365,7 @@ impl S3Store {
         let started = Instant::now();
         let result = request.timeout(timeout).send().await;
         let ok = result.as_ref().is_ok_and(|r| !store_failing(r.status()));
+        debug_assert!(OPS.contains(&op), "{op} is missing from OPS");
         self.inner.metrics.observe("s3", op, started, ok);
         result.map_err(|e| remote(op, describe(&e)))
     }

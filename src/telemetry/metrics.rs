@@ -1,6 +1,8 @@
 //! Prometheus metrics, under the names of the interface we keep. Labels take only bounded
-//! values: distribution ids (from the configuration), cache status, method, status code,
-//! byte source. Never a host or a path.
+//! values: repo ids (from the configuration; the label is called `distro`, as in the
+//! interface, and `debian-security` is its own series), cache status, method, status code,
+//! byte source. Never a host or a path. Every series a configured repo can have exists from
+//! start-up at zero ([`Metrics::zero_repos`]).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -9,7 +11,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-/// A distribution id.
+/// A repo id (`debian`, `debian-security`, …), under the interface's label name.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DistroLabel {
     pub distro: String,
@@ -83,6 +85,14 @@ impl Metrics {
         let index_unparsed = Family::<DistroLabel, Counter>::default();
         let integrity_unchecked = Family::<DistroLabel, Counter>::default();
         let cache_damaged = Counter::default();
+        // The series that need no repo exist from the start, at zero.
+        for source in ["cache", "upstream"] {
+            drop(bytes_served.get_or_create(&SourceLabel { source }));
+        }
+        drop(upstream_duration.get_or_create(&UpstreamLabel {
+            method: "GET",
+            status: "200".into(),
+        }));
         registry.register(
             "apt_proxy_cache_hits",
             "Requests answered from the cache",
@@ -197,6 +207,29 @@ impl Metrics {
             index_unparsed,
             integrity_unchecked,
             cache_damaged,
+        }
+    }
+
+    /// Makes every per-repo series of `repos` exist, at zero until its first event, so that
+    /// `rate()` and `absent()` work from start-up. Called with each registry, at start and on
+    /// reload (a repo that is gone keeps its series, as counters must).
+    pub fn zero_repos<'a>(&self, repos: impl IntoIterator<Item = &'a str>) {
+        for repo in repos {
+            let label = DistroLabel {
+                distro: repo.to_string(),
+            };
+            for family in [
+                &self.cache_hits,
+                &self.cache_misses,
+                &self.upstream_errors,
+                &self.integrity_failures,
+                &self.mirror_failovers,
+                &self.mirror_benchmarks,
+                &self.index_unparsed,
+                &self.integrity_unchecked,
+            ] {
+                drop(family.get_or_create(&label));
+            }
         }
     }
 

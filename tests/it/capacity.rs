@@ -279,7 +279,7 @@ async fn stats_purge_and_metrics() {
 /// A strict reader of the Prometheus text format: every line is a comment (`# HELP`, `# TYPE`)
 /// or `name{labels} value`, every sample's family has a TYPE line before it. Returns
 /// `(name{labels}, value)` pairs.
-fn parse_prometheus_text(text: &str) -> Vec<(String, f64)> {
+pub fn parse_prometheus_text(text: &str) -> Vec<(String, f64)> {
     let mut typed = std::collections::HashSet::new();
     let mut samples = Vec::new();
     for line in text.lines().filter(|l| !l.is_empty()) {
@@ -336,4 +336,73 @@ fn parse_prometheus_text(text: &str) -> Vec<(String, f64)> {
         samples.push((series.to_string(), value));
     }
     samples
+}
+
+/// Every family the interface lists has a sample before the first request, each repo its own
+/// series (debian-security apart from debian), and a request moves only its repo's series.
+#[tokio::test]
+async fn every_series_exists_at_zero_from_start_and_counts_by_repo() {
+    let origin = Origin::start().await;
+    origin.put("/debian-security/pool/s.deb", "sec");
+    let dir = cache_dir();
+    let proxy = Proxy::start(&origin, dir.path(), |_| {}).await;
+    let text = proxy.text("metrics").await;
+    let samples = parse_prometheus_text(&text);
+    let value = |name: &str| samples.iter().find(|(n, _)| n == name).map(|(_, v)| *v);
+    let mut want: Vec<String> = [
+        "apt_proxy_cache_size_bytes",
+        "apt_proxy_cache_items",
+        "apt_proxy_cache_evictions_total",
+        "apt_proxy_cache_cleanup_duration_seconds_count",
+        "apt_proxy_cache_upstream_request_duration_seconds_count{method=\"GET\",status=\"200\"}",
+        "apt_proxy_bytes_served_total{source=\"cache\"}",
+        "apt_proxy_bytes_served_total{source=\"upstream\"}",
+        "apt_proxy_cache_damaged_entries_total",
+    ]
+    .map(String::from)
+    .into();
+    for repo in [
+        "debian",
+        "debian-security",
+        "ubuntu",
+        "ubuntu-ports",
+        "centos",
+        "alpine",
+    ] {
+        for family in [
+            "cache_hits",
+            "cache_misses",
+            "cache_upstream_errors",
+            "integrity_failures",
+            "mirror_failovers",
+            "mirror_benchmarks",
+            "index_unparsed",
+            "integrity_unchecked",
+        ] {
+            want.push(format!("apt_proxy_{family}_total{{distro=\"{repo}\"}}"));
+        }
+    }
+    for name in &want {
+        assert_eq!(value(name), Some(0.0), "{name} at start:\n{text}");
+    }
+
+    assert_eq!(get(&proxy, "debian-security/pool/s.deb").await.0, "MISS");
+    assert_eq!(get(&proxy, "debian-security/pool/s.deb").await.0, "HIT");
+    let text = proxy.text("metrics").await;
+    let samples = parse_prometheus_text(&text);
+    let value = |name: &str| samples.iter().find(|(n, _)| n == name).map(|(_, v)| *v);
+    for (name, n) in [
+        (
+            "apt_proxy_cache_misses_total{distro=\"debian-security\"}",
+            1.0,
+        ),
+        (
+            "apt_proxy_cache_hits_total{distro=\"debian-security\"}",
+            1.0,
+        ),
+        ("apt_proxy_cache_misses_total{distro=\"debian\"}", 0.0),
+        ("apt_proxy_cache_hits_total{distro=\"debian\"}", 0.0),
+    ] {
+        assert_eq!(value(name), Some(n), "{name}:\n{text}");
+    }
 }

@@ -76,6 +76,9 @@ async fn what_one_instance_stored_is_a_hit_for_another() {
     let settings = weed.settings(&weed.endpoint, &bucket);
     let (a, _da) = proxy(&origin, settings.clone(), |_| {}).await;
     let (b, _db) = proxy(&origin, settings, |_| {}).await;
+    // The store's counters exist from the start, even for operations not yet made.
+    let zero = "apt_proxy_storage_errors_total{backend=\"s3\",op=\"abort_upload\"} 0";
+    assert!(a.text("metrics").await.lines().any(|l| l == zero));
 
     let path = "debian/pool/main/f/foo/foo_1.0_amd64.deb";
     assert_eq!(fetch(&a, path).await, (200, "MISS".into(), digest(&body)));
