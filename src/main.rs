@@ -121,7 +121,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
         None => tracing::warn!("could not raise the open files limit"),
     }
     let server = Server::bind(&config).await?;
-    tracing::info!(listen = %server.local_addr()?, protocol = server.protocol(), "proxy listening");
+    let addrs = server.local_addrs();
+    let also: Vec<String> = addrs.iter().skip(1).map(|a| a.to_string()).collect();
+    if also.is_empty() {
+        tracing::info!(listen = %server.local_addr()?, protocol = server.protocol(), "proxy listening");
+    } else {
+        tracing::info!(listen = %server.local_addr()?, also = %also.join(" "), protocol = server.protocol(), "proxy listening");
+    }
     let reloader = server.reloader();
     tokio::spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};

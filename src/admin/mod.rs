@@ -58,14 +58,16 @@ pub fn is_probe(path: &str) -> bool {
         || path.starts_with("/_/ping/")
 }
 
-/// Answers management requests (origin-form paths only); `None` for package traffic.
+/// Answers management requests addressed to the proxy itself (`to_us`: origin-form, or
+/// absolute-form to its port naming no mirror); `None` for package traffic.
 pub async fn management(
     state: &AppState,
     request: &Request<Incoming>,
     peer: IpAddr,
+    to_us: bool,
 ) -> Option<Response<Body>> {
     let uri = request.uri();
-    if uri.authority().is_some() {
+    if !to_us || request.method() == Method::CONNECT {
         return None;
     }
     let path = uri.path();

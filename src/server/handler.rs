@@ -165,15 +165,39 @@ pub fn text(status: StatusCode, message: impl Into<String>) -> Response<Body> {
     response
 }
 
+/// Whether a request is for the proxy's own pages: origin-form (`GET /metrics`), or
+/// absolute-form to the proxy's port naming no mirror (`GET http://proxy:3142/`, which a
+/// browser sends when the proxy is also its proxy). Nothing is fetched for such a request, so
+/// any host name will do: the port and the absence of a mirror decide.
+fn addressed_to_us(state: &AppState, registry: &crate::distro::Registry, uri: &http::Uri) -> bool {
+    let Some(authority) = uri.authority() else {
+        return true;
+    };
+    let default_port = if uri.scheme_str() == Some("https") {
+        443
+    } else {
+        80
+    };
+    authority.port_u16().unwrap_or(default_port) == state.port && route(registry, uri).is_err()
+}
+
 async fn answer(
     state: &AppState,
     request: Request<Incoming>,
     peer: IpAddr,
 ) -> (Response<Body>, Option<Routed>) {
-    if let Some(response) = crate::admin::management(state, &request, peer).await {
+    let uri = request.uri();
+    let registry = state.reloader.registry.load();
+    if let Some(response) = crate::admin::management(
+        state,
+        &request,
+        peer,
+        addressed_to_us(state, &registry, uri),
+    )
+    .await
+    {
         return (response, None);
     }
-    let uri = request.uri();
     if request.method() == Method::CONNECT {
         return (
             text(
@@ -183,7 +207,6 @@ async fn answer(
             None,
         );
     }
-    let registry = state.reloader.registry.load();
     let matched = match route(&registry, uri) {
         Ok(m) => m,
         Err(e) => return (text(e.status(), e.to_string()), None),

@@ -52,6 +52,9 @@ pub struct AppState {
     pub limiter: RateLimiter,
     /// Per-IP limit on refused API keys, kept apart so they never use up `limiter`.
     pub auth_failures: RateLimiter,
+    /// The port the server listens on: an absolute-form request to this port that names no
+    /// mirror is addressed to the proxy itself (a browser using it as its proxy).
+    pub port: u16,
     /// Whether the listener serves HTTPS (HSTS header).
     pub tls: bool,
     /// The OTLP span exporter, when tracing is on.
@@ -106,9 +109,43 @@ pub fn preflight(config: &Config) -> Result<Vec<String>, StartError> {
         .collect())
 }
 
+/// Linux's "address family not supported": a kernel without IPv6.
+const EAFNOSUPPORT: i32 = 97;
+
+/// Binds `host:port`. `localhost` is both loopback addresses, 127.0.0.1 and ::1, on one port
+/// (::1 is skipped with a warning on a machine without IPv6); any other name or address is
+/// bound as the system resolves it, to its first address that works.
+async fn listen(host: &str, port: u16) -> Result<Vec<TcpListener>, StartError> {
+    let failed = |addr: String| move |source| StartError::Bind { addr, source };
+    if !host.eq_ignore_ascii_case("localhost") {
+        let listener = TcpListener::bind((host, port))
+            .await
+            .map_err(failed(format!("{host}:{port}")))?;
+        return Ok(vec![listener]);
+    }
+    let v4 = SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port));
+    let first = TcpListener::bind(v4)
+        .await
+        .map_err(failed(v4.to_string()))?;
+    let port = first.local_addr().map_or(port, |a| a.port());
+    let v6 = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port));
+    match TcpListener::bind(v6).await {
+        Ok(second) => Ok(vec![first, second]),
+        Err(e)
+            if e.kind() == std::io::ErrorKind::AddrNotAvailable
+                || e.raw_os_error() == Some(EAFNOSUPPORT) =>
+        {
+            tracing::warn!("no IPv6 loopback on this machine: listening on {v4} only");
+            Ok(vec![first])
+        }
+        Err(e) => Err(failed(v6.to_string())(e)),
+    }
+}
+
 /// A bound, not yet running server.
 pub struct Server {
-    listener: TcpListener,
+    /// One socket, or two for `localhost` (127.0.0.1 and ::1), all on the same port.
+    listeners: Vec<TcpListener>,
     per_client: Arc<limits::PerClient>,
     /// How long a write to a client that stopped reading may stay blocked.
     write_timeout: Duration,
@@ -183,14 +220,10 @@ impl Server {
         if let Some(every) = maintenance {
             tokio::spawn(cache.clone().run_maintenance(every));
         }
-        let addr = format!("{}:{}", config.host, config.port);
-        let listener = TcpListener::bind((config.host.as_str(), config.port))
-            .await
-            .map_err(|source| StartError::Bind {
-                addr: addr.clone(),
-                source,
-            })?;
+        let listeners = listen(&config.host, config.port).await?;
+        let port = listeners[0].local_addr().map_or(config.port, |a| a.port());
         let state = Arc::new(AppState {
+            port,
             reloader,
             cache,
             security: config.security.clone(),
@@ -210,7 +243,7 @@ impl Server {
         let sets = state.reloader.clone();
         tokio::spawn(selector.run(move || sets.mirror_sets()));
         Ok(Server {
-            listener,
+            listeners,
             per_client: limits::PerClient::new(config.max_connections_per_client),
             write_timeout: config.tuning.client_write_timeout,
             state,
@@ -234,9 +267,18 @@ impl Server {
         if self.tls.is_some() { "https" } else { "http" }
     }
 
-    /// The address the server listens on (the real port when bound to port 0).
+    /// The address the server listens on (the real port when bound to port 0); the first,
+    /// when it listens on several.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listener.local_addr()
+        self.listeners[0].local_addr()
+    }
+
+    /// Every address the server listens on.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
     }
 
     /// Serves until `shutdown` completes, then stops accepting and waits (at most the grace
@@ -257,9 +299,22 @@ impl Server {
             .header_read_timeout(Duration::from_secs(30));
         tokio::spawn(self.state.reloader.clone().run(Duration::from_millis(500)));
         tracing::info!("server started successfully");
+        let mut next = 0;
         loop {
+            // Every listener is polled, starting with a different one each time.
+            let accept = std::future::poll_fn(|cx| {
+                let n = self.listeners.len();
+                for i in 0..n {
+                    let listener = &self.listeners[(next + i) % n];
+                    if let std::task::Poll::Ready(accepted) = listener.poll_accept(cx) {
+                        next = (next + i + 1) % n;
+                        return std::task::Poll::Ready(accepted);
+                    }
+                }
+                std::task::Poll::Pending
+            });
             tokio::select! {
-                accepted = self.listener.accept() => match accepted {
+                accepted = accept => match accepted {
                     Ok((stream, peer)) => {
                         // A dual-stack listener's IPv4 clients arrive as ::ffff:a.b.c.d.
                         let peer = peer.ip().to_canonical();
@@ -315,7 +370,7 @@ impl Server {
                 _ = &mut shutdown => break,
             }
         }
-        drop(self.listener);
+        drop(self.listeners);
         tracing::info!("shutting down: no new connections, waiting for transfers in flight");
         tokio::select! {
             _ = graceful.shutdown() => tracing::info!("all connections finished"),

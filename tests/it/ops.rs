@@ -182,3 +182,104 @@ async fn api_rate_limit_per_client_and_forwarded_for() {
         assert_eq!(r.status(), want, "{xff}");
     }
 }
+
+/// A browser whose proxy is apt-proxy asks for the proxy's own pages in absolute form: they
+/// are served whatever name it uses, as long as the port is the proxy's and no mirror is named;
+/// another port, or a CONNECT, still gets the forward proxy's refusal.
+#[tokio::test]
+async fn the_status_page_answers_a_browser_that_uses_the_proxy_as_its_proxy() {
+    let origin = Origin::start().await;
+    origin.put("/debian/pool/a.deb", "a");
+    let dir = cache_dir();
+    let proxy = Proxy::start(&origin, dir.path(), |_| {}).await;
+    let port = proxy.addr.port();
+    let browser = proxy.forward_client();
+    for host in [
+        proxy.addr.to_string(),
+        format!("apt-cache.invalid:{port}"),
+        format!("localhost:{port}"),
+    ] {
+        let r = browser.get(format!("http://{host}/")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{host}");
+        assert!(
+            r.text().await.unwrap().contains("id=\"hit-rate\""),
+            "{host}"
+        );
+        let r = browser
+            .get(format!("http://{host}/metrics"))
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            r.text()
+                .await
+                .unwrap()
+                .contains("apt_proxy_cache_hits_total")
+        );
+    }
+    // A mirror named through the proxy is still package traffic.
+    let r = browser
+        .get(format!("{}pool/a.deb", origin.base("debian")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "a");
+    // Another port is another server: refused, not answered with the proxy's page.
+    let other = if port == 3142 { 3143 } else { 3142 };
+    let r = browser
+        .get(format!("http://apt-cache.invalid:{other}/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let answer = raw_exchange(
+        proxy.addr,
+        format!("CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n").as_bytes(),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+}
+
+/// `--host localhost` listens on both loopback addresses, on one port.
+#[tokio::test]
+async fn localhost_listens_on_both_loopback_families() {
+    let origin = Origin::start().await;
+    let dir = cache_dir();
+    let mut config = apt_proxy::config::Config::new(dir.path());
+    config.host = "localhost".into();
+    config.port = 0;
+    config
+        .mirrors
+        .insert("debian".into(), origin.base("debian"));
+    config.mode = apt_proxy::distro::Mode::Debian;
+    let server = apt_proxy::server::Server::bind(&config).await.unwrap();
+    let addrs = server.local_addrs();
+    let port = addrs[0].port();
+    assert_eq!(
+        addrs,
+        [
+            format!("127.0.0.1:{port}").parse().unwrap(),
+            format!("[::1]:{port}")
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+        ]
+    );
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.run(async move {
+        let _ = rx.await;
+    }));
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    for base in [
+        format!("http://127.0.0.1:{port}"),
+        format!("http://[::1]:{port}"),
+    ] {
+        for _ in 0..3 {
+            let r = client.get(format!("{base}/livez")).send().await.unwrap();
+            assert_eq!(r.text().await.unwrap(), "ok", "{base}");
+        }
+    }
+    drop(client);
+    let _ = tx.send(());
+    task.await.unwrap();
+}
