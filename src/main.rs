@@ -59,8 +59,9 @@ fn main() -> ExitCode {
     let code = match runtime.block_on(run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("apt-proxy: {e:#}");
+            let e = apt_proxy::telemetry::logging::chain(e.as_ref());
+            tracing::error!("{e}");
+            eprintln!("apt-proxy: {e}");
             ExitCode::from(2)
         }
     };
@@ -124,9 +125,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let addrs = server.local_addrs();
     let also: Vec<String> = addrs.iter().skip(1).map(|a| a.to_string()).collect();
     if also.is_empty() {
-        tracing::info!(listen = %server.local_addr()?, protocol = server.protocol(), "proxy listening");
+        tracing::info!(listen = %addrs[0], protocol = server.protocol(), "proxy listening on {}", addrs[0]);
     } else {
-        tracing::info!(listen = %server.local_addr()?, also = %also.join(" "), protocol = server.protocol(), "proxy listening");
+        tracing::info!(listen = %addrs[0], also = %also.join(" "), protocol = server.protocol(), "proxy listening on {} and {}", addrs[0], also.join(" and "));
     }
     let reloader = server.reloader();
     tokio::spawn(async move {

@@ -13,6 +13,7 @@ use crate::distro::Mode;
 /// The whole file. Unknown keys do not stop it from loading (the Go program ignores them):
 /// each section keeps them in `ignored`, and they are reported with their line.
 #[derive(Debug, Default, Deserialize)]
+#[serde(expecting = "a mapping of sections (server, cache, storage, mirrors, tls, security, …)")]
 pub struct FileConfig {
     pub server: Option<ServerSection>,
     pub cache: Option<CacheSection>,
@@ -34,6 +35,7 @@ pub struct FileConfig {
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[serde(expecting = "a mapping of server settings (host, port, …)")]
 pub struct ServerSection {
     pub host: Option<String>,
     #[serde(default, deserialize_with = "lenient::number")]
@@ -48,6 +50,7 @@ pub struct ServerSection {
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[serde(expecting = "a mapping of cache settings (dir, max_size_gb, …)")]
 pub struct CacheSection {
     pub dir: Option<PathBuf>,
     #[serde(default, deserialize_with = "lenient::number")]
@@ -64,6 +67,7 @@ pub struct CacheSection {
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[serde(expecting = "a mapping of storage settings (backend, s3)")]
 pub struct StorageSection {
     pub backend: Option<String>,
     pub s3: Option<S3Section>,
@@ -73,6 +77,7 @@ pub struct StorageSection {
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[serde(expecting = "a mapping of S3 settings (endpoint, bucket, …)")]
 pub struct S3Section {
     pub endpoint: Option<String>,
     pub region: Option<String>,
@@ -98,6 +103,7 @@ pub struct S3Section {
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[serde(expecting = "a mapping of mirror settings (ubuntu, debian, …)")]
 pub struct MirrorsSection {
     pub ubuntu: Option<String>,
     pub ubuntu_ports: Option<String>,
@@ -112,6 +118,7 @@ pub struct MirrorsSection {
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[serde(expecting = "a mapping of TLS settings (enabled, cert_file, key_file)")]
 pub struct TlsSection {
     #[serde(default, deserialize_with = "lenient::bool")]
     pub enabled: Option<bool>,
@@ -123,6 +130,7 @@ pub struct TlsSection {
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[serde(expecting = "a mapping of security settings (api_key, …)")]
 pub struct SecuritySection {
     pub api_key: Option<String>,
     #[serde(default, deserialize_with = "lenient::bool")]

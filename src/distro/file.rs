@@ -6,7 +6,10 @@ use serde::Deserialize;
 
 /// The whole file.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with a `distributions` list"
+)]
 pub struct DistributionsFile {
     #[serde(default)]
     pub distributions: Vec<DistroEntry>,
@@ -15,7 +18,10 @@ pub struct DistributionsFile {
 /// One distribution. An entry whose id is built in changes that distribution (the fields it
 /// gives replace the built-in ones); another id adds a distribution.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a distribution: a mapping with id, name, mirrors, …"
+)]
 pub struct DistroEntry {
     pub id: String,
     pub name: Option<String>,
@@ -31,7 +37,10 @@ pub struct DistroEntry {
 
 /// A per-pattern freshness override.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a cache rule: a mapping with pattern and cache_control"
+)]
 pub struct CacheRuleEntry {
     pub pattern: String,
     pub cache_control: Option<String>,
@@ -41,7 +50,10 @@ pub struct CacheRuleEntry {
 
 /// Mirror host lists (`host/path/`, scheme optional).
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with `official` and `custom` lists of mirrors"
+)]
 pub struct MirrorLists {
     pub official: Option<Vec<String>>,
     pub custom: Option<Vec<String>>,

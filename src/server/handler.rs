@@ -29,6 +29,35 @@ use crate::unix_now;
 use crate::upstream::{Ask, UpstreamError};
 use tokio::sync::watch;
 
+/// Request headers for the debug log, credentials hidden: `name: value; …`.
+struct Redacted<'a>(&'a HeaderMap);
+
+/// Headers whose values are never logged.
+const SECRET_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "x-api-key",
+    "cookie",
+    "set-cookie",
+];
+
+impl std::fmt::Display for Redacted<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (name, value)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            let value = if SECRET_HEADERS.contains(&name.as_str()) {
+                "[redacted]"
+            } else {
+                value.to_str().unwrap_or("[not text]")
+            };
+            write!(f, "{name}: {value}")?;
+        }
+        Ok(())
+    }
+}
+
 /// Answers one request. Never fails: every problem becomes an HTTP status with a short reason.
 pub async fn handle(
     state: Arc<AppState>,
@@ -45,6 +74,9 @@ pub async fn handle(
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let wall_start = std::time::SystemTime::now();
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        tracing::debug!(request_id = id, method = %method, uri = %uri, client = %peer, headers = %Redacted(request.headers()), "request headers");
+    }
     let (mut response, routed) = answer(&state, request, peer).await;
     let repo = routed.as_ref().map(|r| r.repo.clone());
     let headers = response.headers_mut();

@@ -66,7 +66,7 @@ pub struct AppState {
 pub enum StartError {
     #[error(transparent)]
     Load(#[from] LoadError),
-    #[error("cache directory: {0}")]
+    #[error("cache directory (--cachedir, APT_PROXY_CACHEDIR, cache.dir): {0}")]
     Storage(#[from] StorageError),
     #[error("{0}")]
     Bucket(#[from] S3SetupError),
@@ -74,7 +74,7 @@ pub enum StartError {
     Upstream(#[from] UpstreamError),
     #[error("TLS: {0}")]
     Tls(String),
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr} (--host, --port): {source}")]
     Bind {
         addr: String,
         #[source]

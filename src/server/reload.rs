@@ -109,7 +109,12 @@ impl Reloader {
     /// Reloads now; returns the number of repos served.
     pub async fn reload(&self) -> Result<usize, LoadError> {
         let _one_at_a_time = self.running.lock().await;
-        tracing::info!(file = ?self.source.distributions_config, "reloading distributions and mirrors (changes to apt-proxy.yaml need a restart)");
+        let file = self
+            .source
+            .distributions_config
+            .as_ref()
+            .map_or("(built-in only)".to_string(), |p| p.display().to_string());
+        tracing::info!(file = %file, "reloading distributions and mirrors (changes to apt-proxy.yaml need a restart)");
         match self.source.load() {
             Ok(registry) => {
                 log_mirrors(&registry);
@@ -190,7 +195,11 @@ fn log_mirrors(registry: &Registry) {
         let set = &repo.mirror_set;
         if repo.pinned() {
             let mirrors: Vec<&str> = set.candidates.iter().map(|c| c.url.as_str()).collect();
-            tracing::info!(repo = %repo.id, mirror = %repo.upstream(), failover = ?&mirrors[1..], "using specified {} mirror", repo.id);
+            if mirrors.len() > 1 {
+                tracing::info!(repo = %repo.id, mirror = %repo.upstream(), failover = %mirrors[1..].join(" "), "using specified {} mirror", repo.id);
+            } else {
+                tracing::info!(repo = %repo.id, mirror = %repo.upstream(), "using specified {} mirror", repo.id);
+            }
         } else {
             tracing::info!(repo = %repo.id, mirror = %repo.upstream(), candidates = set.candidates.len(), benchmarked = set.is_benchmarked(), "using default {} mirror until the benchmark ranks the candidates", repo.id);
         }

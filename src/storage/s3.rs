@@ -766,9 +766,11 @@ impl S3Store {
             _ => return Err(self.failed("get", &response)),
         }
         if response.content_length() != Some(end - start) {
+            let sent = response
+                .content_length()
+                .map_or("no Content-Length".to_string(), |n| format!("{n} bytes"));
             return Err(StorageError::Missing(format!(
-                "{object}: the store sent {:?} bytes, {} expected",
-                response.content_length(),
+                "{object}: the store sent {sent}, {} expected",
                 end - start
             )));
         }

@@ -72,17 +72,212 @@ pub fn init(debug: bool) -> Option<String> {
             AccessFormat::Console
         });
     }
-    let builder = tracing_subscriber::fmt()
+    tracing_subscriber::fmt()
         .with_writer(BufferedStdout)
         .with_max_level(level)
-        .with_target(false)
-        .with_ansi(ansi);
-    if json {
-        builder.json().flatten_event(true).init();
-    } else {
-        builder.init();
-    }
+        .event_format(GoFormat {
+            format: if json {
+                AccessFormat::Json
+            } else {
+                AccessFormat::Console
+            },
+            ansi,
+        })
+        .init();
     warning
+}
+
+/// Lines in the shape the Go program writes, so that its users' parsers keep working:
+/// console `2024/01/15 10:30:00 INF message key=value …` (UTC), JSON
+/// `{"level":"info","time":"2024-01-15T10:30:00.123Z","message":"…","key":value,…}`.
+struct GoFormat {
+    format: AccessFormat,
+    /// Colour the level (console on a terminal).
+    ansi: bool,
+}
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for GoFormat
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        _: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        let level = *event.metadata().level();
+        let mut line = String::with_capacity(128);
+        let mut head = Head {
+            format: self.format,
+            level,
+            ansi: self.ansi,
+            message: &fields.message,
+        };
+        head.write(&mut line, SystemTime::now());
+        for (name, value) in &fields.pairs {
+            field(&mut line, self.format, name, value);
+        }
+        end(&mut line, self.format);
+        writer.write_str(&line)
+    }
+}
+
+/// A field's value as the line shows it: JSON numbers and booleans stay bare.
+enum Value {
+    Text(String),
+    Bare(String),
+}
+
+/// An event's message and other fields, in the order given.
+#[derive(Default)]
+struct Fields {
+    message: String,
+    pairs: Vec<(&'static str, Value)>,
+}
+
+impl tracing::field::Visit for Fields {
+    fn record_debug(&mut self, f: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        // `%x` fields arrive here wrapped so that Debug is their Display.
+        let text = format!("{value:?}");
+        if f.name() == "message" {
+            self.message = text;
+        } else {
+            self.pairs.push((f.name(), Value::Text(text)));
+        }
+    }
+    fn record_str(&mut self, f: &tracing::field::Field, value: &str) {
+        if f.name() == "message" {
+            self.message = value.to_string();
+        } else {
+            self.pairs.push((f.name(), Value::Text(value.to_string())));
+        }
+    }
+    fn record_error(
+        &mut self,
+        f: &tracing::field::Field,
+        value: &(dyn std::error::Error + 'static),
+    ) {
+        self.pairs.push((f.name(), Value::Text(chain(value))));
+    }
+    fn record_u64(&mut self, f: &tracing::field::Field, value: u64) {
+        self.pairs.push((f.name(), Value::Bare(value.to_string())));
+    }
+    fn record_i64(&mut self, f: &tracing::field::Field, value: i64) {
+        self.pairs.push((f.name(), Value::Bare(value.to_string())));
+    }
+    fn record_bool(&mut self, f: &tracing::field::Field, value: bool) {
+        self.pairs.push((f.name(), Value::Bare(value.to_string())));
+    }
+    fn record_f64(&mut self, f: &tracing::field::Field, value: f64) {
+        let text = if value.is_finite() {
+            format!("{value:?}")
+        } else {
+            "null".to_string()
+        };
+        self.pairs.push((f.name(), Value::Bare(text)));
+    }
+}
+
+/// An error and its sources, each once: `cannot listen on …: Address already in use`. A
+/// source whose text the message already holds (`{source}` in the message and `#[source]`)
+/// is not repeated.
+pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        let more = e.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = e.source();
+    }
+    text
+}
+
+/// The start of a line: time, level and message.
+struct Head<'a> {
+    format: AccessFormat,
+    level: tracing::Level,
+    ansi: bool,
+    message: &'a str,
+}
+
+impl Head<'_> {
+    fn write(&mut self, out: &mut String, now: SystemTime) {
+        match self.format {
+            AccessFormat::Json => {
+                let level = match self.level {
+                    tracing::Level::ERROR => "error",
+                    tracing::Level::WARN => "warn",
+                    tracing::Level::INFO => "info",
+                    tracing::Level::DEBUG => "debug",
+                    tracing::Level::TRACE => "trace",
+                };
+                let _ = write!(out, "{{\"level\":\"{level}\",\"time\":\"");
+                timestamp(out, now, Clock::Rfc3339);
+                out.push_str("\",\"message\":\"");
+                json_escape(out, self.message);
+                out.push('"');
+            }
+            AccessFormat::Console => {
+                timestamp(out, now, Clock::Console);
+                let (level, colour) = match self.level {
+                    tracing::Level::ERROR => ("ERR", "31"),
+                    tracing::Level::WARN => ("WRN", "33"),
+                    tracing::Level::INFO => ("INF", "32"),
+                    tracing::Level::DEBUG => ("DBG", "36"),
+                    tracing::Level::TRACE => ("TRC", "35"),
+                };
+                if self.ansi {
+                    let _ = write!(out, " \x1b[{colour}m{level}\x1b[0m ");
+                } else {
+                    let _ = write!(out, " {level} ");
+                }
+                out.push_str(self.message);
+            }
+        }
+    }
+}
+
+/// Appends ` key=value` (console; the value quoted when it holds a space, a quote or `=`, or
+/// is empty) or `,"key":value` (JSON).
+fn field(out: &mut String, format: AccessFormat, name: &str, value: &Value) {
+    match (format, value) {
+        (AccessFormat::Json, Value::Text(text)) => {
+            let _ = write!(out, ",\"{name}\":\"");
+            json_escape(out, text);
+            out.push('"');
+        }
+        (AccessFormat::Json, Value::Bare(text)) => {
+            let _ = write!(out, ",\"{name}\":{text}");
+        }
+        (AccessFormat::Console, Value::Text(text)) => {
+            let _ = write!(out, " {name}=");
+            if text.is_empty() || text.contains([' ', '"', '=', '\n', '\t']) {
+                out.push('"');
+                json_escape(out, text);
+                out.push('"');
+            } else {
+                out.push_str(text);
+            }
+        }
+        (AccessFormat::Console, Value::Bare(text)) => {
+            let _ = write!(out, " {name}={text}");
+        }
+    }
+}
+
+/// Closes a line.
+fn end(out: &mut String, format: AccessFormat) {
+    if format == AccessFormat::Json {
+        out.push('}');
+    }
+    out.push('\n');
 }
 
 static BUFFER: Mutex<Option<BufWriter<std::io::Stdout>>> = Mutex::new(None);
@@ -179,47 +374,42 @@ pub fn access(a: &Access<'_>) {
 }
 
 fn format_access(out: &mut String, format: AccessFormat, now: SystemTime, a: &Access<'_>) {
-    match format {
-        AccessFormat::Json => {
-            out.push_str("{\"timestamp\":\"");
-            timestamp(out, now);
-            out.push_str("\",\"level\":\"INFO\",\"message\":\"request\",\"request_id\":");
-            let _ = write!(out, "{}", a.request_id);
-            for (name, value) in [("method", a.method), ("uri", a.uri), ("repo", a.repo)] {
-                let _ = write!(out, ",\"{name}\":\"");
-                json_escape(out, value);
-                out.push('"');
-            }
-            let _ = write!(
-                out,
-                ",\"client\":\"{}\",\"status\":{},\"cache\":\"",
-                a.client, a.status
-            );
-            json_escape(out, a.cache);
-            out.push('"');
-            if let Some(size) = a.size {
-                let _ = write!(out, ",\"size\":{size}");
-            }
-            let _ = write!(out, ",\"ms\":{:?}}}", a.ms);
-        }
-        AccessFormat::Console => {
-            timestamp(out, now);
-            let _ = write!(
-                out,
-                "  INFO request request_id={} method={} uri={} repo={:?} client={} status={} cache={:?}",
-                a.request_id, a.method, a.uri, a.repo, a.client, a.status, a.cache
-            );
-            if let Some(size) = a.size {
-                let _ = write!(out, " size={size}");
-            }
-            let _ = write!(out, " ms={:?}", a.ms);
-        }
+    Head {
+        format,
+        level: tracing::Level::INFO,
+        ansi: false,
+        message: "request",
     }
-    out.push('\n');
+    .write(out, now);
+    field(
+        out,
+        format,
+        "request_id",
+        &Value::Bare(a.request_id.to_string()),
+    );
+    for (name, value) in [("method", a.method), ("uri", a.uri), ("repo", a.repo)] {
+        field(out, format, name, &Value::Text(value.to_string()));
+    }
+    field(out, format, "client", &Value::Text(a.client.to_string()));
+    field(out, format, "status", &Value::Bare(a.status.to_string()));
+    field(out, format, "cache", &Value::Text(a.cache.to_string()));
+    if let Some(size) = a.size {
+        field(out, format, "size", &Value::Bare(size.to_string()));
+    }
+    field(out, format, "ms", &Value::Bare(format!("{:?}", a.ms)));
+    end(out, format);
 }
 
-/// RFC 3339 UTC with microseconds, as tracing's formatter writes it.
-fn timestamp(out: &mut String, now: SystemTime) {
+/// How a line's time is written, always in UTC.
+#[derive(Clone, Copy)]
+enum Clock {
+    /// `2024-01-15T10:30:00.123Z`
+    Rfc3339,
+    /// `2024/01/15 10:30:00`, the Go program's console format.
+    Console,
+}
+
+fn timestamp(out: &mut String, now: SystemTime, clock: Clock) {
     let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
     let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
@@ -233,14 +423,15 @@ fn timestamp(out: &mut String, now: SystemTime) {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    let _ = write!(
-        out,
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        since.subsec_micros()
-    );
+    let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
+    let _ = match clock {
+        Clock::Rfc3339 => write!(
+            out,
+            "{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{:03}Z",
+            since.subsec_millis()
+        ),
+        Clock::Console => write!(out, "{year:04}/{month:02}/{day:02} {h:02}:{m:02}:{s:02}"),
+    };
 }
 
 fn json_escape(out: &mut String, text: &str) {
@@ -279,15 +470,15 @@ mod tests {
     }
 
     #[test]
-    fn access_lines_have_the_formatters_shape() {
+    fn access_lines_have_the_go_programs_shape() {
         let at = UNIX_EPOCH + Duration::from_micros(1_704_535_200_123_456);
         let mut json = String::new();
         format_access(&mut json, AccessFormat::Json, at, &sample(Some(6)));
         let v: serde_json::Value = serde_json::from_str(&json).unwrap();
-        assert_eq!(v["timestamp"], "2024-01-06T10:00:00.123456Z");
+        assert_eq!(v["time"], "2024-01-06T10:00:00.123Z");
         assert_eq!(
             (v["level"].as_str(), v["message"].as_str()),
-            (Some("INFO"), Some("request"))
+            (Some("info"), Some("request"))
         );
         assert_eq!(v["uri"], "/debian/pool/a \"b\\c\u{1}.deb");
         assert_eq!(v["request_id"], 7);
@@ -299,6 +490,7 @@ mod tests {
         assert!(v["ms"].is_f64() && v["ms"] == 1.0);
         let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
         assert_eq!(keys.len(), 12);
+        assert!(json.starts_with("{\"level\":\"info\",\"time\":"), "{json}");
         let mut line = String::new();
         format_access(&mut line, AccessFormat::Json, at, &sample(None));
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
@@ -312,17 +504,118 @@ mod tests {
         format_access(&mut console, AccessFormat::Console, at, &plain);
         assert_eq!(
             console,
-            "2024-01-06T10:00:00.123456Z  INFO request request_id=7 method=GET uri=/x repo=\"debian\" client=127.0.0.1 status=200 cache=\"HIT\" size=6 ms=1.0\n"
+            "2024/01/06 10:00:00 INF request request_id=7 method=GET uri=/x repo=debian client=127.0.0.1 status=200 cache=HIT size=6 ms=1.0\n"
+        );
+        let mut quoted = String::new();
+        format_access(
+            &mut quoted,
+            AccessFormat::Console,
+            at,
+            &Access {
+                cache: "",
+                ..sample(None)
+            },
+        );
+        assert!(
+            quoted.contains(" uri=\"/debian/pool/a \\\"b\\\\c\\u0001.deb\" ")
+                && quoted.contains(" cache=\"\" "),
+            "{quoted}"
         );
         // Dates across month, year and leap-day boundaries.
-        for (secs, want) in [
-            (0, "1970-01-01T00:00:00.000000Z"),
-            (951_782_400, "2000-02-29T00:00:00.000000Z"),
-            (1_798_761_599, "2026-12-31T23:59:59.000000Z"),
+        for (secs, want, console) in [
+            (0, "1970-01-01T00:00:00.000Z", "1970/01/01 00:00:00"),
+            (
+                951_782_400,
+                "2000-02-29T00:00:00.000Z",
+                "2000/02/29 00:00:00",
+            ),
+            (
+                1_798_761_599,
+                "2026-12-31T23:59:59.000Z",
+                "2026/12/31 23:59:59",
+            ),
         ] {
-            let mut t = String::new();
-            timestamp(&mut t, UNIX_EPOCH + Duration::from_secs(secs));
-            assert_eq!(t, want);
+            let at = UNIX_EPOCH + Duration::from_secs(secs);
+            let (mut t, mut c) = (String::new(), String::new());
+            timestamp(&mut t, at, Clock::Rfc3339);
+            timestamp(&mut c, at, Clock::Console);
+            assert_eq!((t.as_str(), c.as_str()), (want, console));
+        }
+    }
+
+    /// Events through the subscriber come out in the same shapes, fields in order, with no
+    /// Rust debug formatting of strings and an error chain said once.
+    #[test]
+    fn events_have_the_go_programs_shape() {
+        use tracing_subscriber::fmt::MakeWriter;
+        #[derive(Clone, Default)]
+        struct Capture(std::sync::Arc<Mutex<Vec<u8>>>);
+        impl Write for Capture {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        impl<'a> MakeWriter<'a> for Capture {
+            type Writer = Capture;
+            fn make_writer(&'a self) -> Capture {
+                self.clone()
+            }
+        }
+        #[derive(Debug, thiserror::Error)]
+        #[error("cannot listen on 0.0.0.0:80: {0}")]
+        struct Bind(#[source] std::io::Error);
+        for format in [AccessFormat::Console, AccessFormat::Json] {
+            let capture = Capture::default();
+            let subscriber = tracing_subscriber::fmt()
+                .with_writer(capture.clone())
+                .event_format(GoFormat {
+                    format,
+                    ansi: false,
+                })
+                .finish();
+            tracing::subscriber::with_default(subscriber, || {
+                let e = Bind(std::io::Error::from(std::io::ErrorKind::AddrInUse));
+                tracing::info!(version = "1.0.0", listen = %"0.0.0.0:3142", protocol = "http", "starting apt-proxy");
+                tracing::warn!(
+                    error = &e as &(dyn std::error::Error + 'static),
+                    retry = true,
+                    n = 3u64,
+                    "bind failed"
+                );
+            });
+            let text = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+            let lines: Vec<&str> = text.lines().collect();
+            match format {
+                AccessFormat::Console => {
+                    assert_eq!(
+                        &lines[0][19..],
+                        " INF starting apt-proxy version=1.0.0 listen=0.0.0.0:3142 protocol=http"
+                    );
+                    assert_eq!(
+                        &lines[1][19..],
+                        " WRN bind failed error=\"cannot listen on 0.0.0.0:80: address in use\" retry=true n=3"
+                    );
+                }
+                AccessFormat::Json => {
+                    let v: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+                    assert_eq!(
+                        (v["level"].as_str(), v["message"].as_str()),
+                        (Some("info"), Some("starting apt-proxy"))
+                    );
+                    assert_eq!(v["listen"], "0.0.0.0:3142");
+                    let v: serde_json::Value = serde_json::from_str(lines[1]).unwrap();
+                    assert_eq!(v["level"], "warn");
+                    assert_eq!(v["error"], "cannot listen on 0.0.0.0:80: address in use");
+                    assert_eq!(
+                        (v["retry"].as_bool(), v["n"].as_u64()),
+                        (Some(true), Some(3))
+                    );
+                }
+            }
         }
     }
 }

@@ -446,7 +446,11 @@ fn check_config_prints_the_resolved_settings_and_names_each_broken_input() {
         (
             vec!["--distributions-config", broken_dist.to_str().unwrap()],
             vec![],
-            vec!["broken-distributions.yaml"],
+            vec![
+                "broken-distributions.yaml",
+                "distributions[0].mirrors",
+                "expected a mapping with `official` and `custom`",
+            ],
         ),
         (vec!["--debian", "cn:nowhere"], vec![], vec!["cn:nowhere"]),
         (
@@ -484,6 +488,10 @@ fn check_config_prints_the_resolved_settings_and_names_each_broken_input() {
         assert!(!out.contains("configuration OK"), "{args:?}: {out}");
         for word in named {
             assert!(err.contains(word), "{args:?} {env:?}: {word} not in {err}");
+        }
+        // No Rust type names or debug formatting reach the user.
+        for rust in ["struct ", "Some(", "Option<", "(os error", "Error {"] {
+            assert!(!err.contains(rust), "{args:?} {env:?}: {rust} in {err}");
         }
     }
 }

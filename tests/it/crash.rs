@@ -298,7 +298,61 @@ async fn logging_follows_its_variables_and_leaves_probes_out() {
     assert_eq!(r["status"], 200);
     assert_eq!(r["repo"], "debian");
     assert!(r["request_id"].is_u64() && r["ms"].is_f64(), "{r}");
-    assert!(lines.iter().any(|l| l.contains("\"level\":\"INFO\"")));
+    // The Go program's JSON field names.
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("{\"level\":\"info\",\"time\":\""))
+    );
+    assert!(
+        lines
+            .iter()
+            .all(|l| !l.contains("Some(") && !l.contains("\"fields\"")),
+        "{lines:?}"
+    );
+    drop(proxy);
+
+    // --debug logs each request's headers, credentials hidden.
+    let proxy = Binary::start_with(
+        &dir.path().join("c3"),
+        &[
+            "--mode",
+            "debian",
+            "--debian",
+            &origin.base("debian"),
+            "--debug",
+        ],
+        &[],
+    );
+    client
+        .get(proxy.url("debian/pool/l.deb"))
+        .header("x-api-key", "key-secret")
+        .header("authorization", "Bearer token-secret")
+        .header("cookie", "session=cookie-secret")
+        .header("user-agent", "Debian APT-HTTP/1.3 (2.6.1)")
+        .send()
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let lines = proxy.lines.lock().unwrap().clone();
+    let headers: Vec<serde_json::Value> = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["message"] == "request headers" && v["level"] == "debug")
+        .collect();
+    assert_eq!(headers.len(), 1, "{lines:?}");
+    let logged = headers[0]["headers"].as_str().unwrap();
+    assert!(
+        logged.contains("user-agent: Debian APT-HTTP/1.3 (2.6.1)")
+            && logged.contains("x-api-key: [redacted]")
+            && logged.contains("authorization: [redacted]")
+            && logged.contains("cookie: [redacted]"),
+        "{logged}"
+    );
+    assert!(
+        lines.iter().all(|l| !l.contains("-secret")),
+        "a credential reached the log: {lines:?}"
+    );
     drop(proxy);
 
     // Legacy names apply when the new ones are unset; warn hides the access log (and the
@@ -417,7 +471,7 @@ async fn logging_follows_its_variables_and_leaves_probes_out() {
         "console format: {lines:?}"
     );
     assert!(
-        lines.iter().any(|l| l.contains("DEBUG")),
+        lines.iter().any(|l| l.contains(" DBG ")),
         "--debug forces debug: {lines:?}"
     );
 }
