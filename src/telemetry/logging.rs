@@ -119,7 +119,10 @@ where
         };
         head.write(&mut line, SystemTime::now());
         for (name, value) in &fields.pairs {
-            field(&mut line, self.format, name, value);
+            match value {
+                Value::Text(text) => field(&mut line, self.format, name, text, false),
+                Value::Bare(text) => field(&mut line, self.format, name, text, true),
+            }
         }
         end(&mut line, self.format);
         writer.write_str(&line)
@@ -245,31 +248,46 @@ impl Head<'_> {
 }
 
 /// Appends ` key=value` (console; the value quoted when it holds a space, a quote or `=`, or
-/// is empty) or `,"key":value` (JSON).
-fn field(out: &mut String, format: AccessFormat, name: &str, value: &Value) {
-    match (format, value) {
-        (AccessFormat::Json, Value::Text(text)) => {
-            let _ = write!(out, ",\"{name}\":\"");
-            json_escape(out, text);
-            out.push('"');
-        }
-        (AccessFormat::Json, Value::Bare(text)) => {
-            let _ = write!(out, ",\"{name}\":{text}");
-        }
-        (AccessFormat::Console, Value::Text(text)) => {
-            let _ = write!(out, " {name}=");
-            if text.is_empty() || text.contains([' ', '"', '=', '\n', '\t']) {
-                out.push('"');
-                json_escape(out, text);
-                out.push('"');
+/// is empty) or `,"key":value` (JSON; a `bare` value, a number or a boolean, unquoted).
+fn field(out: &mut String, format: AccessFormat, name: &str, value: &str, bare: bool) {
+    match format {
+        AccessFormat::Json => {
+            let _ = write!(out, ",\"{name}\":");
+            if bare {
+                out.push_str(value);
             } else {
-                out.push_str(text);
+                out.push('"');
+                json_escape(out, value);
+                out.push('"');
             }
         }
-        (AccessFormat::Console, Value::Bare(text)) => {
-            let _ = write!(out, " {name}={text}");
+        AccessFormat::Console => {
+            let _ = write!(out, " {name}=");
+            if !bare && (value.is_empty() || value.contains([' ', '"', '=', '\n', '\t'])) {
+                out.push('"');
+                json_escape(out, value);
+                out.push('"');
+            } else {
+                out.push_str(value);
+            }
         }
     }
+}
+
+/// Appends a field whose text needs no escaping (a number, an address) without allocating;
+/// `quoted`: a JSON string.
+fn plain(
+    out: &mut String,
+    format: AccessFormat,
+    name: &str,
+    value: impl std::fmt::Display,
+    quoted: bool,
+) {
+    let _ = match (format, quoted) {
+        (AccessFormat::Json, false) => write!(out, ",\"{name}\":{value}"),
+        (AccessFormat::Json, true) => write!(out, ",\"{name}\":\"{value}\""),
+        (AccessFormat::Console, _) => write!(out, " {name}={value}"),
+    };
 }
 
 /// Closes a line.
@@ -381,22 +399,17 @@ fn format_access(out: &mut String, format: AccessFormat, now: SystemTime, a: &Ac
         message: "request",
     }
     .write(out, now);
-    field(
-        out,
-        format,
-        "request_id",
-        &Value::Bare(a.request_id.to_string()),
-    );
+    plain(out, format, "request_id", a.request_id, false);
     for (name, value) in [("method", a.method), ("uri", a.uri), ("repo", a.repo)] {
-        field(out, format, name, &Value::Text(value.to_string()));
+        field(out, format, name, value, false);
     }
-    field(out, format, "client", &Value::Text(a.client.to_string()));
-    field(out, format, "status", &Value::Bare(a.status.to_string()));
-    field(out, format, "cache", &Value::Text(a.cache.to_string()));
+    plain(out, format, "client", a.client, true);
+    plain(out, format, "status", a.status, false);
+    field(out, format, "cache", a.cache, false);
     if let Some(size) = a.size {
-        field(out, format, "size", &Value::Bare(size.to_string()));
+        plain(out, format, "size", size, false);
     }
-    field(out, format, "ms", &Value::Bare(format!("{:?}", a.ms)));
+    plain(out, format, "ms", format_args!("{:?}", a.ms), false);
     end(out, format);
 }
 
