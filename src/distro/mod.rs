@@ -8,6 +8,7 @@
 mod builtin;
 pub mod class;
 pub mod file;
+mod lists;
 mod spec;
 
 pub use file::DistributionsFile;
@@ -121,7 +122,6 @@ pub struct Repo {
     pub cache_rules: Vec<CacheRule>,
     /// A distributions.yaml `url_pattern` whose first group is the path in the repo.
     pub url_pattern: Option<regex_lite::Regex>,
-    known: Vec<KnownPrefix>,
 }
 
 impl Repo {
@@ -147,6 +147,34 @@ impl Repo {
 #[derive(Debug)]
 pub struct Registry {
     repos: Vec<Arc<Repo>>,
+    /// Where forward-proxy requests for each repo may point.
+    hosts: HostIndex,
+}
+
+/// The (host, port, path prefix)s of every repo: exact host names in a map (there are
+/// thousands, from the shipped mirror lists), `*.suffix` patterns in a short list.
+#[derive(Debug, Default)]
+struct HostIndex {
+    exact: std::collections::HashMap<String, Vec<(KnownPrefix, usize)>>,
+    patterns: Vec<(KnownPrefix, usize)>,
+}
+
+impl HostIndex {
+    fn add(&mut self, prefix: KnownPrefix, repo: usize) {
+        match &prefix.host {
+            HostPattern::Exact(host) => {
+                let list = self.exact.entry(host.clone()).or_default();
+                // The same prefix for the same repo comes from several sources.
+                if !list
+                    .iter()
+                    .any(|(k, r)| *r == repo && k.port == prefix.port && k.path == prefix.path)
+                {
+                    list.push((prefix, repo));
+                }
+            }
+            HostPattern::Subdomain(_) => self.patterns.push((prefix, repo)),
+        }
+    }
 }
 
 /// Mirror choices by distribution id (`--debian=…` gives `debian -> …`).
@@ -174,6 +202,7 @@ impl Registry {
         specs: &[spec::DistroSpec],
     ) -> Result<Registry, DistroError> {
         let mut repos = Vec::new();
+        let mut hosts = HostIndex::default();
         for def in specs {
             if !mode.serves(&def.id) {
                 continue;
@@ -249,7 +278,20 @@ impl Registry {
                         path: tree.mirror_path.clone(),
                     })
                     .collect();
+                // Every mirror the proxy knows for this tree is recognised, whichever is
+                // pinned: the built-in and configured candidates, the pins, the shipped lists.
                 known.extend(tree_candidates.iter().map(|c| prefix_of_url(&c.url)));
+                known.extend(candidates.iter().map(|c| prefix_of_url(&derive(&c.url))));
+                known.extend(lists::shipped(&tree.id).into_iter().map(|(host, path)| {
+                    KnownPrefix {
+                        host: HostPattern::Exact(host.to_string()),
+                        port: None,
+                        path,
+                    }
+                }));
+                for prefix in known {
+                    hosts.add(prefix, repos.len());
+                }
                 // Only the distribution's main tree is benchmarked: the benchmark file lives
                 // there.
                 let mirror_set = Arc::new(MirrorSet::new(
@@ -268,11 +310,10 @@ impl Registry {
                     mirror_set,
                     cache_rules: def.cache_rules.clone(),
                     url_pattern: def.url_pattern.clone(),
-                    known,
                 }));
             }
         }
-        Ok(Registry { repos })
+        Ok(Registry { repos, hosts })
     }
 
     /// The repo whose `url_pattern` (from distributions.yaml) matches an origin-form `path`,
@@ -302,22 +343,26 @@ impl Registry {
         port: Option<u16>,
         path: &'p str,
     ) -> Option<(&Arc<Repo>, &'p str)> {
-        let mut best: Option<(&Arc<Repo>, usize)> = None;
-        for repo in &self.repos {
-            for k in &repo.known {
-                let port_ok = match k.port {
-                    Some(p) => port == Some(p) || (port.is_none() && matches!(p, 80 | 443)),
-                    None => matches!(port, None | Some(80) | Some(443)),
-                };
-                if port_ok
-                    && k.host.matches(host)
-                    && path.starts_with(k.path.as_str())
-                    && best.is_none_or(|(_, len)| k.path.len() > len)
-                {
-                    best = Some((repo, k.path.len()));
-                }
+        let exact = self.hosts.exact.get(host).into_iter().flatten();
+        let patterns = self
+            .hosts
+            .patterns
+            .iter()
+            .filter(|(k, _)| k.host.matches(host));
+        let mut best: Option<(usize, usize)> = None;
+        for (k, repo) in exact.chain(patterns) {
+            let port_ok = match k.port {
+                Some(p) => port == Some(p) || (port.is_none() && matches!(p, 80 | 443)),
+                None => matches!(port, None | Some(80) | Some(443)),
+            };
+            if port_ok
+                && path.starts_with(k.path.as_str())
+                && best.is_none_or(|(_, len)| k.path.len() > len)
+            {
+                best = Some((*repo, k.path.len()));
             }
         }
+        let best = best.map(|(repo, len)| (&self.repos[repo], len));
         best.map(|(repo, len)| (repo, &path[len..]))
     }
 }
@@ -576,6 +621,56 @@ mod tests {
         );
         assert!(
             reg.by_host_path("ppa.launchpadcontent.net", None, "/ubuntu/x")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn any_known_mirror_is_recognised_whatever_is_pinned() {
+        let reg = Registry::builtin(
+            Mode::All,
+            &pins(&[
+                ("ubuntu", "cn:tsinghua"),
+                ("debian", "http://127.0.0.1:9/debian/"),
+            ]),
+        )
+        .unwrap();
+        let tree = |host: &str, path: &str| {
+            reg.by_host_path(host, None, path)
+                .map(|(r, rest)| (r.id.clone(), rest.to_string()))
+        };
+        let some = |id: &str, rest: &str| Some((id.to_string(), rest.to_string()));
+        // Another built-in mirror than the pinned one.
+        assert_eq!(
+            tree("mirrors.ustc.edu.cn", "/ubuntu/pool/a.deb"),
+            some("ubuntu", "pool/a.deb")
+        );
+        // From the shipped lists: regional and independent mirrors, with their own path.
+        assert_eq!(
+            tree("mirror.vcu.edu", "/pub/gnu+linux/ubuntu/dists/x"),
+            some("ubuntu", "dists/x")
+        );
+        assert_eq!(
+            tree("ftp.lanet.kr", "/ubuntu-ports/pool/b.deb"),
+            some("ubuntu-ports", "pool/b.deb")
+        );
+        assert_eq!(
+            tree("artfiles.org", "/debian/pool/c.deb"),
+            some("debian", "pool/c.deb")
+        );
+        assert_eq!(
+            tree("artfiles.org", "/debian-security/pool/d.deb"),
+            some("debian-security", "pool/d.deb")
+        );
+        // Only under the tree's path there: a listed host is not an open door.
+        assert_eq!(tree("artfiles.org", "/docker/pool/e.deb"), None);
+        assert_eq!(tree("mirror.vcu.edu", "/ubuntu/dists/x"), None);
+        assert_eq!(tree("ftp.lanet.kr", "/centos/pool/b.deb"), None);
+        // Only served distributions are recognised.
+        let debian_only = Registry::builtin(Mode::Debian, &MirrorPins::new()).unwrap();
+        assert!(
+            debian_only
+                .by_host_path("mirror.vcu.edu", None, "/pub/gnu+linux/ubuntu/x")
                 .is_none()
         );
     }

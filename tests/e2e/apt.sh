@@ -24,6 +24,8 @@
 # concurrent downloads of it through the proxy, the proxy killed with SIGKILL part-way; restarted
 # on the same port and cache dir, its tmp/ must be empty and fresh clients must download e2e-slow
 # byte-identical to the origin's.
+# Regional mirror: a client whose sources name a Debian mirror from the shipped official lists
+# (not the pinned one) updates and downloads from the proxy, byte for byte.
 # New repository version (NEW_VERSION_WAIT): clients update, then the origin publishes a new
 # version (new package e2e-extra, e2e-tools 0.9-3 -> 1.0-1; new Packages*, by-hash copies, Release,
 # InRelease, Release.gpg); past the proxy's fresh window the same clients update again: no error,
@@ -374,6 +376,26 @@ new_version_phase() {
 }
 NEW_DEBS=()
 new_version_phase
+
+# ---------------------------------------------------------------- a regional mirror named
+
+# regional_phase: a machine whose sources name a regional Debian mirror (one of the shipped
+# official lists, not the one the proxy is pinned to) is served from the proxy's cache and its
+# own mirror; the regional host is never contacted (it is not even resolved).
+regional_phase() {
+  [ "$DIRECT" != 1 ] || return 0
+  [ -n "$ORIGIN_PID" ] || origin_start
+  local regional=http://ftp.lanet.kr/debian/ deb=pool/main/e/e2e-hello/e2e-hello_2.0-1_all.deb
+  say "=== a client naming the regional mirror $regional while the proxy is pinned to the origin"
+  client_setup forward
+  echo "deb [signed-by=$KEYRING] $regional $DIST main" >"$C/etc/sources.list"
+  apt_update "[regional] apt-get update"
+  run_step "[regional] apt-get install --download-only e2e-hello" apt-get install --download-only e2e-hello
+  same_bytes "$C/cache/archives/$(basename "$deb")" "$REPO/$deb"
+  [ "$(x_cache "$regional$deb" "$(proxy_url)")" = HIT ] || die "[regional] $deb is not a HIT through the regional host name"
+  say "[regional] e2e-hello equals the origin's, and is a HIT under the regional host name"
+}
+regional_phase
 unset APT_CONFIG
 
 # The origin's log covers every mode: each .deb crossed the origin exactly once, each by-hash
