@@ -166,6 +166,11 @@ impl Cache {
         &self.metrics
     }
 
+    /// The metrics, shared (for tasks that outlive a request).
+    pub fn metrics_arc(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
     fn entries(&self) -> std::sync::MutexGuard<'_, Entries> {
         self.entries.lock().unwrap_or_else(PoisonError::into_inner)
     }

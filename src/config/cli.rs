@@ -117,6 +117,23 @@ pub struct Cli {
     #[arg(long = "allowed-clients", help_heading = "Security")]
     pub allowed_clients: Option<String>,
 
+    /// Comma-separated hosts (`*.example.org`: every sub-domain) CONNECT may tunnel to, besides
+    /// the mirror hosts of the served distributions [env: APT_PROXY_CONNECT_HOSTS]
+    #[arg(long = "connect-hosts", help_heading = "HTTPS tunnels")]
+    pub connect_hosts: Option<String>,
+    /// Comma-separated ports CONNECT may tunnel to; `none` turns tunnels off
+    /// [env: APT_PROXY_CONNECT_PORTS] [default: 443]
+    #[arg(long = "connect-ports", help_heading = "HTTPS tunnels")]
+    pub connect_ports: Option<String>,
+    /// Tunnels open at once per client IP, 0 for no limit [env: APT_PROXY_CONNECT_MAX_PER_CLIENT]
+    /// [default: 16]
+    #[arg(long = "connect-max-per-client", help_heading = "HTTPS tunnels")]
+    pub connect_max_per_client: Option<usize>,
+    /// Seconds a tunnel may carry nothing either way before it is closed
+    /// [env: APT_PROXY_CONNECT_IDLE_TIMEOUT] [default: 120]
+    #[arg(long = "connect-idle-timeout", help_heading = "HTTPS tunnels")]
+    pub connect_idle_timeout: Option<u64>,
+
     /// Cache storage backend: disk or s3 [env: APT_PROXY_STORAGE_BACKEND] [default: disk]
     #[arg(long = "storage-backend", help_heading = "Storage")]
     pub storage_backend: Option<String>,

@@ -21,6 +21,7 @@ pub struct FileConfig {
     pub mirrors: Option<MirrorsSection>,
     pub tls: Option<TlsSection>,
     pub security: Option<SecuritySection>,
+    pub connect: Option<ConnectSection>,
     pub mode: Option<Mode>,
     #[serde(default, deserialize_with = "lenient::bool")]
     pub upstream_keep_alive: Option<bool>,
@@ -166,6 +167,7 @@ impl FileConfig {
         add(Some("mirrors"), self.mirrors.as_ref().map(|s| &s.ignored));
         add(Some("tls"), self.tls.as_ref().map(|s| &s.ignored));
         add(Some("security"), self.security.as_ref().map(|s| &s.ignored));
+        add(Some("connect"), self.connect.as_ref().map(|s| &s.ignored));
         out.sort_by_key(|k| k.line);
         out
     }
@@ -177,6 +179,20 @@ impl FileConfig {
         let ignored = file.ignored_keys(&text);
         Ok((file, ignored))
     }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(expecting = "a mapping of HTTPS tunnel settings (hosts, ports, …)")]
+pub struct ConnectSection {
+    pub hosts: Option<Vec<String>>,
+    pub ports: Option<Vec<u16>>,
+    #[serde(default, deserialize_with = "lenient::number")]
+    pub max_per_client: Option<usize>,
+    #[serde(default, deserialize_with = "lenient::number")]
+    pub idle_timeout_s: Option<u64>,
+    /// Keys no setting reads (warned about, see [`FileConfig::ignored_keys`]).
+    #[serde(flatten)]
+    pub ignored: Ignored,
 }
 
 /// Expands `${VAR}` and `${VAR:-default}`. A bare `$VAR` is left alone, and so is `${VAR}`

@@ -55,6 +55,8 @@ pub struct Config {
     pub debug: bool,
     /// The apt-proxy.yaml that was loaded, if any.
     pub config_file: Option<PathBuf>,
+    /// CONNECT tunnels.
+    pub connect: ConnectSettings,
     /// Keys of `config_file` that no setting reads, as `file:line: key …; ignored` warnings.
     pub file_warnings: Vec<String>,
     /// The distributions.yaml to load (given, or found in the search path).
@@ -144,6 +146,31 @@ pub struct Security {
     pub allowed_clients: Vec<IpNet>,
 }
 
+/// CONNECT tunnels (HTTPS sources through the proxy, not cached).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectSettings {
+    /// Hosts tunnelled to besides the mirror hosts of served distributions (lower case;
+    /// `*.suffix` for every sub-domain).
+    pub hosts: Vec<String>,
+    /// Ports tunnelled to; empty: no tunnels.
+    pub ports: Vec<u16>,
+    /// Tunnels open at once per client IP (`None`: no limit).
+    pub max_per_client: Option<usize>,
+    /// A tunnel that carries nothing either way for this long is closed.
+    pub idle_timeout: Duration,
+}
+
+impl Default for ConnectSettings {
+    fn default() -> Self {
+        ConnectSettings {
+            hosts: Vec::new(),
+            ports: vec![443],
+            max_per_client: Some(16),
+            idle_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
 /// Timeouts and freshness windows. Defaults suit production; tests shorten them.
 #[derive(Debug, Clone)]
 pub struct Tuning {
@@ -230,6 +257,7 @@ impl Config {
             debug: false,
             config_file: None,
             file_warnings: Vec::new(),
+            connect: ConnectSettings::default(),
             distributions_config: None,
             cache_limits: CacheLimits {
                 max_size_bytes: Some(10 * GIB),
@@ -509,6 +537,14 @@ impl Config {
             allowed_clients,
         };
 
+        let flags = ConnectFlags {
+            hosts: cli.connect_hosts,
+            ports: cli.connect_ports,
+            max_per_client: cli.connect_max_per_client,
+            idle_timeout: cli.connect_idle_timeout,
+        };
+        config.connect = connect_settings(flags, env, f.connect.unwrap_or_default())?;
+
         let backend = pick(
             cli.storage_backend,
             env,
@@ -711,6 +747,108 @@ fn readable(path: Option<PathBuf>, setting: &'static str) -> Result<PathBuf, Con
 }
 
 /// A CIDR list from a comma-separated flag or variable, else from the file's YAML list.
+/// The CONNECT flags, taken out of the command line.
+struct ConnectFlags {
+    hosts: Option<String>,
+    ports: Option<String>,
+    max_per_client: Option<usize>,
+    idle_timeout: Option<u64>,
+}
+
+fn connect_settings(
+    cli: ConnectFlags,
+    env: &Env<'_>,
+    file: file::ConnectSection,
+) -> Result<ConnectSettings, ConfigError> {
+    let defaults = ConnectSettings::default();
+    let list = |flag: Option<String>, var: &str| -> Result<Option<Vec<String>>, ConfigError> {
+        Ok(pick(flag, env, var, None::<String>)?.map(|text| {
+            text.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect()
+        }))
+    };
+    const HOSTS: &str = "CONNECT hosts (--connect-hosts, APT_PROXY_CONNECT_HOSTS, connect.hosts)";
+    const PORTS: &str = "CONNECT ports (--connect-ports, APT_PROXY_CONNECT_PORTS, connect.ports)";
+    let hosts = list(cli.hosts, "APT_PROXY_CONNECT_HOSTS")?
+        .or(file.hosts)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|h| {
+            let h = h.trim().trim_end_matches('.').to_ascii_lowercase();
+            let name = h.strip_prefix("*.").unwrap_or(&h);
+            let valid = !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c));
+            if valid {
+                Ok(h)
+            } else {
+                Err(ConfigError::Invalid {
+                    setting: HOSTS,
+                    message: format!("{h:?} is not a host name or address"),
+                })
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let ports = match list(cli.ports, "APT_PROXY_CONNECT_PORTS")? {
+        Some(items) if items.len() == 1 && items[0].eq_ignore_ascii_case("none") => Vec::new(),
+        Some(items) => items
+            .iter()
+            .map(|p| match p.parse::<u16>() {
+                Ok(n) if n > 0 => Ok(n),
+                _ => Err(ConfigError::Invalid {
+                    setting: PORTS,
+                    message: format!("{p:?} is not a port (1-65535) or `none`"),
+                }),
+            })
+            .collect::<Result<_, _>>()?,
+        None => match file.ports {
+            Some(ports) if ports.contains(&0) => {
+                return Err(ConfigError::Invalid {
+                    setting: PORTS,
+                    message: "0 is not a port".into(),
+                });
+            }
+            Some(ports) => ports,
+            None => defaults.ports,
+        },
+    };
+    let max_per_client = match pick(
+        cli.max_per_client,
+        env,
+        "APT_PROXY_CONNECT_MAX_PER_CLIENT",
+        file.max_per_client,
+    )? {
+        Some(0) => None,
+        Some(n) => Some(n),
+        None => defaults.max_per_client,
+    };
+    let idle_timeout = match pick(
+        cli.idle_timeout,
+        env,
+        "APT_PROXY_CONNECT_IDLE_TIMEOUT",
+        file.idle_timeout_s,
+    )? {
+        Some(0) => {
+            return Err(ConfigError::Invalid {
+                setting: "CONNECT idle timeout (--connect-idle-timeout, APT_PROXY_CONNECT_IDLE_TIMEOUT, connect.idle_timeout_s)",
+                message: "must be at least 1 second".into(),
+            });
+        }
+        Some(s) => Duration::from_secs(s),
+        None => defaults.idle_timeout,
+    };
+    Ok(ConnectSettings {
+        hosts,
+        ports,
+        max_per_client,
+        idle_timeout,
+    })
+}
+
 fn cidr_list(
     text: Option<String>,
     from_file: Option<Vec<String>>,

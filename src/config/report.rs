@@ -179,6 +179,37 @@ impl Config {
                 cidrs(&s.allowed_clients, "everyone"),
             ),
             (
+                "connect.hosts",
+                if self.connect.hosts.is_empty() {
+                    "(the mirror hosts of served distributions)".into()
+                } else {
+                    format!(
+                        "{} and the mirror hosts of served distributions",
+                        self.connect.hosts.join(", ")
+                    )
+                },
+            ),
+            (
+                "connect.ports",
+                if self.connect.ports.is_empty() {
+                    "none (CONNECT refused)".into()
+                } else {
+                    let ports: Vec<String> =
+                        self.connect.ports.iter().map(u16::to_string).collect();
+                    ports.join(", ")
+                },
+            ),
+            (
+                "connect.max_per_client",
+                self.connect
+                    .max_per_client
+                    .map_or("no limit".into(), |n| n.to_string()),
+            ),
+            (
+                "connect.idle_timeout_s",
+                self.connect.idle_timeout.as_secs().to_string(),
+            ),
+            (
                 "distributions_config",
                 path_or(self.distributions_config.as_deref(), "(built-in only)"),
             ),

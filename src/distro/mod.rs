@@ -335,6 +335,17 @@ impl Registry {
         self.repos.iter().find(|r| r.id == id)
     }
 
+    /// Whether `host` (lower case) is a mirror host of a served distribution, under any path
+    /// or port: the CONNECT allow-list.
+    pub fn knows_host(&self, host: &str) -> bool {
+        self.hosts.exact.contains_key(host)
+            || self
+                .hosts
+                .patterns
+                .iter()
+                .any(|(k, _)| k.host.matches(host))
+    }
+
     /// The repo a forward-proxy URL names, with the path inside the repo. `host` must be lower
     /// case; `port` is the port written in the URL, if any. The longest matching prefix wins.
     pub fn by_host_path<'p>(

@@ -231,13 +231,7 @@ async fn answer(
         return (response, None);
     }
     if request.method() == Method::CONNECT {
-        return (
-            text(
-                StatusCode::FORBIDDEN,
-                "CONNECT tunnels are not offered: use http:// repository URLs",
-            ),
-            None,
-        );
+        return (super::tunnel::connect(state, request, peer).await, None);
     }
     let matched = match route(&registry, uri) {
         Ok(m) => m,

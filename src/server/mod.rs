@@ -6,6 +6,7 @@ pub mod limits;
 pub mod reload;
 mod stall;
 mod tls;
+pub mod tunnel;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -16,7 +17,6 @@ use std::time::{Duration, SystemTime};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
@@ -55,6 +55,8 @@ pub struct AppState {
     /// The port the server listens on: an absolute-form request to this port that names no
     /// mirror is addressed to the proxy itself (a browser using it as its proxy).
     pub port: u16,
+    /// CONNECT tunnels: settings and the tunnels open per client.
+    pub tunnels: tunnel::Tunnels,
     /// Whether the listener serves HTTPS (HSTS header).
     pub tls: bool,
     /// The OTLP span exporter, when tracing is on.
@@ -107,6 +109,38 @@ pub fn preflight(config: &Config) -> Result<Vec<String>, StartError> {
             )
         })
         .collect())
+}
+
+/// Serves one connection (CONNECT upgrades allowed) until it ends, or, once `stopping` turns
+/// true, until its request in flight is answered. `_open` is held for as long as it runs.
+async fn serve<I, S>(
+    builder: &http1::Builder,
+    io: I,
+    service: S,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+    _open: tokio::sync::mpsc::Sender<()>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = crate::cache::body::Body>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let conn = builder
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let stop = async move {
+        let _ = stopping.wait_for(|s| *s).await.map(|_| ());
+    };
+    let ended = tokio::select! {
+        ended = conn.as_mut() => ended,
+        _ = stop => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = ended {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
 }
 
 /// Linux's "address family not supported": a kernel without IPv6.
@@ -224,6 +258,7 @@ impl Server {
         let port = listeners[0].local_addr().map_or(config.port, |a| a.port());
         let state = Arc::new(AppState {
             port,
+            tunnels: tunnel::Tunnels::new(config.connect.clone()),
             reloader,
             cache,
             security: config.security.clone(),
@@ -284,7 +319,11 @@ impl Server {
     /// Serves until `shutdown` completes, then stops accepting and waits (at most the grace
     /// period) for connections in flight to finish.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let graceful = GracefulShutdown::new();
+        // Graceful shutdown: `stop` tells every connection to finish its request in flight and
+        // close; each holds a clone of `open`, so `drained` ends when the last one is gone.
+        // (hyper-util's GracefulShutdown cannot watch connections that allow CONNECT upgrades.)
+        let (stop, stopping) = tokio::sync::watch::channel(false);
+        let (open, mut drained) = tokio::sync::mpsc::channel::<()>(1);
         let mut shutdown = std::pin::pin!(shutdown);
         let mut builder = http1::Builder::new();
         builder
@@ -333,16 +372,13 @@ impl Server {
                         let stream = stall::WriteTimeout::new(stream, self.write_timeout);
                         let state = self.state.clone();
                         let service = service_fn(move |req| handler::handle(state.clone(), peer, req));
-                        let watcher = graceful.watcher();
                         let builder = builder.clone();
+                        let (stopping, open) = (stopping.clone(), open.clone());
                         match self.tls.clone() {
                             None => {
-                                let conn = watcher.watch(builder.serve_connection(TokioIo::new(stream), service));
                                 tokio::spawn(async move {
                                     let _admitted = admitted;
-                                    if let Err(e) = conn.await {
-                                        tracing::debug!(error = %e, "connection ended with an error");
-                                    }
+                                    serve(&builder, stream, service, stopping, open).await;
                                 });
                             }
                             Some(acceptor) => {
@@ -353,10 +389,7 @@ impl Server {
                                         tracing::debug!("TLS handshake failed or timed out");
                                         return;
                                     };
-                                    let conn = watcher.watch(builder.serve_connection(TokioIo::new(stream), service));
-                                    if let Err(e) = conn.await {
-                                        tracing::debug!(error = %e, "connection ended with an error");
-                                    }
+                                    serve(&builder, stream, service, stopping, open).await;
                                 });
                             }
                         }
@@ -372,8 +405,10 @@ impl Server {
         }
         drop(self.listeners);
         tracing::info!("shutting down: no new connections, waiting for transfers in flight");
+        stop.send_replace(true);
+        drop(open);
         tokio::select! {
-            _ = graceful.shutdown() => tracing::info!("all connections finished"),
+            _ = drained.recv() => tracing::info!("all connections finished"),
             _ = tokio::time::sleep(self.grace) => tracing::warn!(grace_s = self.grace.as_secs(), "grace period over, closing the remaining connections"),
         }
         if let Some(tracer) = &self.state.tracer {

@@ -23,6 +23,19 @@ pub struct SourceLabel {
     pub source: &'static str,
 }
 
+/// How a CONNECT request ended: `opened`, `refused` (not allowed, or over a limit) or
+/// `failed` (the host could not be reached).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TunnelLabel {
+    pub outcome: &'static str,
+}
+
+/// The direction of tunnelled bytes: `upstream` (client to host) or `client`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabel {
+    pub direction: &'static str,
+}
+
 /// An upstream request's method and status (`error` when there was no response).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpstreamLabel {
@@ -48,6 +61,9 @@ pub struct Metrics {
     pub index_unparsed: Family<DistroLabel, Counter>,
     pub integrity_unchecked: Family<DistroLabel, Counter>,
     pub cache_damaged: Counter,
+    pub tunnels: Family<TunnelLabel, Counter>,
+    pub tunnels_open: Gauge,
+    pub tunnel_bytes: Family<DirectionLabel, Counter>,
     /// Storage backend operations.
     pub storage: crate::storage::StoreMetrics,
 }
@@ -85,6 +101,15 @@ impl Metrics {
         let index_unparsed = Family::<DistroLabel, Counter>::default();
         let integrity_unchecked = Family::<DistroLabel, Counter>::default();
         let cache_damaged = Counter::default();
+        let tunnels = Family::<TunnelLabel, Counter>::default();
+        let tunnels_open = Gauge::default();
+        let tunnel_bytes = Family::<DirectionLabel, Counter>::default();
+        for outcome in ["opened", "refused", "failed"] {
+            drop(tunnels.get_or_create(&TunnelLabel { outcome }));
+        }
+        for direction in ["upstream", "client"] {
+            drop(tunnel_bytes.get_or_create(&DirectionLabel { direction }));
+        }
         // The series that need no repo exist from the start, at zero.
         for source in ["cache", "upstream"] {
             drop(bytes_served.get_or_create(&SourceLabel { source }));
@@ -168,6 +193,21 @@ impl Metrics {
             "Stored entries dropped because their body was truncated, changed or unreadable",
             cache_damaged.clone(),
         );
+        registry.register(
+            "apt_proxy_tunnels",
+            "CONNECT requests, by outcome: opened, refused (not allowed or over a limit), failed (host unreachable)",
+            tunnels.clone(),
+        );
+        registry.register(
+            "apt_proxy_tunnels_open",
+            "CONNECT tunnels open now",
+            tunnels_open.clone(),
+        );
+        registry.register(
+            "apt_proxy_tunnel_bytes",
+            "Bytes carried by CONNECT tunnels, by direction (upstream: client to host)",
+            tunnel_bytes.clone(),
+        );
         let storage = crate::storage::StoreMetrics::default();
         registry.register(
             "apt_proxy_storage_operations",
@@ -207,6 +247,9 @@ impl Metrics {
             index_unparsed,
             integrity_unchecked,
             cache_damaged,
+            tunnels,
+            tunnels_open,
+            tunnel_bytes,
         }
     }
 

@@ -145,7 +145,7 @@ impl AddressPolicy {
     }
 
     /// Whether `name` is the host of one of the operator's mirrors (resolved without checks).
-    fn trusts_name(&self, name: &str) -> bool {
+    pub fn trusts_name(&self, name: &str) -> bool {
         self.trusted
             .load()
             .names

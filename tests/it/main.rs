@@ -22,6 +22,7 @@ mod routing;
 mod s3;
 mod semantics;
 mod tls;
+mod tunnel;
 mod weed;
 
 use std::net::SocketAddr;

@@ -15,7 +15,7 @@ use crate::cache_dir;
 use crate::crash::Binary;
 
 /// A TLS origin that answers every request with `body`; returns its port and the CA's PEM.
-async fn tls_origin(body: &'static [u8]) -> (u16, String) {
+pub async fn tls_origin(body: &'static [u8]) -> (u16, String) {
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
