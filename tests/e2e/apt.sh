@@ -26,6 +26,8 @@
 # byte-identical to the origin's.
 # Regional mirror: a client whose sources name a Debian mirror from the shipped official lists
 # (not the pinned one) updates and downloads from the proxy, byte for byte.
+# HTTPS source: a client with an https:// source and Acquire::https::Proxy = apt-proxy is tunnelled
+# (CONNECT) to an nginx serving the repository over TLS with a test CA's certificate.
 # New repository version (NEW_VERSION_WAIT): clients update, then the origin publishes a new
 # version (new package e2e-extra, e2e-tools 0.9-3 -> 1.0-1; new Packages*, by-hash copies, Release,
 # InRelease, Release.gpg); past the proxy's fresh window the same clients update again: no error,
@@ -396,6 +398,68 @@ regional_phase() {
   say "[regional] e2e-hello equals the origin's, and is a HIT under the regional host name"
 }
 regional_phase
+
+# ---------------------------------------------------------------- an https source
+
+# https_phase: a client with an https:// source and Acquire::https::Proxy = apt-proxy sends
+# CONNECT; the proxy tunnels it (the host and port allowed by flags) to an nginx serving the
+# repository over TLS with a certificate of a test CA; apt verifies the certificate through the
+# tunnel and downloads byte for byte. Nothing of it is cached.
+https_phase() {
+  [ "$DIRECT" != 1 ] || return 0
+  local d=$WORK/tls port deb=pool/main/e/e2e-hello/e2e-hello_2.0-1_all.deb user_line= opened
+  mkdir -p "$d/tmp"
+  port=$(free_port)
+  say "=== an https source through a CONNECT tunnel (test CA, nginx on 127.0.0.1:$port)"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=apt-proxy e2e CA" \
+    -keyout "$d/ca.key" -out "$d/ca.pem" >"$d/openssl.log" 2>&1 || { cat "$d/openssl.log" >&2; die "test CA"; }
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" -keyout "$d/leaf.key" -out "$d/leaf.csr" >>"$d/openssl.log" 2>&1 ||
+    { cat "$d/openssl.log" >&2; die "test certificate request"; }
+  printf 'subjectAltName=DNS:localhost\n' >"$d/ext.cnf"
+  openssl x509 -req -in "$d/leaf.csr" -CA "$d/ca.pem" -CAkey "$d/ca.key" -CAcreateserial -days 2 \
+    -extfile "$d/ext.cnf" -out "$d/leaf.pem" >>"$d/openssl.log" 2>&1 || { cat "$d/openssl.log" >&2; die "test certificate"; }
+  [ "$(id -u)" = 0 ] && user_line='user root;'
+  cat >"$d/nginx.conf" <<EOF
+$user_line
+daemon off;
+worker_processes 1;
+pid $d/nginx.pid;
+error_log $d/error.log warn;
+events { worker_connections 64; }
+http {
+  access_log $d/access.log;
+  client_body_temp_path $d/tmp/body;
+  proxy_temp_path $d/tmp/proxy;
+  fastcgi_temp_path $d/tmp/fastcgi;
+  uwsgi_temp_path $d/tmp/uwsgi;
+  scgi_temp_path $d/tmp/scgi;
+  server {
+    listen 127.0.0.1:$port ssl;
+    server_name localhost;
+    ssl_certificate $d/leaf.pem;
+    ssl_certificate_key $d/leaf.key;
+    root $WWW;
+  }
+}
+EOF
+  spawn tls-origin "$d/stdout.log" nginx -e "$d/error.log" -c "$d/nginx.conf"
+  wait_port "$port" "$SPAWNED_PID" 20 || { cat "$d/error.log" >&2; die "the TLS origin did not listen on $port"; }
+  # localhost is 127.0.0.1: an internal address, allowed here for the test's sake.
+  stop_pid "$PROXY_PID" apt-proxy
+  PROXY_ARGS="${PROXY_ARGS:-} --connect-hosts localhost --connect-ports $port --allow-private-upstreams 127.0.0.1/32"
+  proxy_restart
+  client_setup forward
+  echo "deb [signed-by=$KEYRING] https://localhost:$port/debian $DIST main" >"$C/etc/sources.list"
+  sed -i "s|^Acquire::https::Proxy .*|Acquire::https::Proxy \"$(proxy_url)/\";\nAcquire::https::CaInfo \"$d/ca.pem\";|" "$C/apt.conf"
+  apt_update "[https] apt-get update through CONNECT"
+  run_step "[https] apt-get install --download-only e2e-hello" apt-get install --download-only e2e-hello
+  same_bytes "$C/cache/archives/$(basename "$deb")" "$REPO/$deb"
+  opened=$(metric 'apt_proxy_tunnels_total{outcome="opened"}')
+  [ "${opened:-0}" -ge 1 ] || die "[https] no tunnel counted"
+  grep -q "/debian/$deb " "$d/access.log" || die "[https] the TLS origin did not serve $deb"
+  say "[https] e2e-hello equals the origin's, fetched through $opened tunnel(s); the TLS origin logged $(wc -l <"$d/access.log") requests"
+}
+https_phase
 unset APT_CONFIG
 
 # The origin's log covers every mode: each .deb crossed the origin exactly once, each by-hash
