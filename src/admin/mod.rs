@@ -5,7 +5,7 @@ pub mod auth;
 pub mod client_ip;
 pub mod health;
 pub mod ratelimit;
-mod status_page;
+pub(crate) mod status_page;
 
 use std::net::IpAddr;
 
@@ -92,7 +92,12 @@ pub async fn management(
             r
         }
         "/" if request.method() == Method::GET || request.method() == Method::HEAD => {
-            let mut r = Response::new(body::full(status_page::render(state)));
+            // The address the browser used, for the client set-up snippets.
+            let host = uri
+                .authority()
+                .map(|a| a.as_str())
+                .or_else(|| request.headers().get(http::header::HOST)?.to_str().ok());
+            let mut r = Response::new(body::full(status_page::render(state, host)));
             r.headers_mut().insert(
                 http::header::CONTENT_TYPE,
                 http::HeaderValue::from_static("text/html; charset=utf-8"),

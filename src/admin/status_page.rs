@@ -40,10 +40,182 @@ h1{font-size:22px;margin:0}h2{font-size:16px;margin:24px 0 8px}.muted{color:var(
 table{border-collapse:collapse;width:100%;font-size:14px}th,td{text-align:left;padding:7px 10px;border-bottom:1px solid var(--line);white-space:nowrap}
 th{color:var(--muted);font-weight:500}tr:last-child td{border-bottom:0}td.path{white-space:normal;word-break:break-all;min-width:220px}
 .ok{color:var(--ok)}.bad{color:var(--bad)}code{font-size:13px}
+.setup{display:grid;grid-template-columns:repeat(auto-fit,minmax(300px,1fr));gap:12px}
+pre{margin:6px 0 0;padding:8px;background:var(--bg);border-radius:6px;font-size:12.5px;white-space:pre-wrap;word-break:break-all}
+.charts{display:grid;grid-template-columns:repeat(auto-fit,minmax(320px,1fr));gap:12px}
+svg{display:block;width:100%;height:160px;margin-top:8px;background:var(--bg);border-radius:6px}
+.cache,.key-cache{fill:var(--ok);color:var(--ok)}.upstream,.key-upstream{fill:var(--accent);color:var(--accent)}.midline{stroke:var(--line)}
+.legend{display:flex;flex-wrap:wrap;gap:4px 12px;margin-top:6px;font-size:13px}.legend i{display:inline-block;width:10px;height:10px;border-radius:2px;margin-right:4px}
+.axis{display:flex;justify-content:space-between;font-size:12px}
 "#;
 
-/// Renders the page.
-pub fn render(state: &AppState) -> String {
+/// Gives the traffic history the bytes served since its last sample.
+pub fn sample_traffic(state: &AppState) {
+    let metrics = state.cache.metrics();
+    let total = |source| {
+        metrics
+            .bytes_served
+            .get_or_create(&SourceLabel { source })
+            .get()
+    };
+    state
+        .traffic
+        .sample(total("cache"), total("upstream"), unix_now());
+}
+
+/// The address clients should use: `host` as the browser sent it (Host header or the
+/// absolute-form authority) when it is a plain `name[:port]`, else a placeholder.
+fn client_address(state: &AppState, host: Option<&str>) -> String {
+    let plain = |h: &&str| {
+        !h.is_empty()
+            && h.len() <= 255
+            && h.chars()
+                .all(|c| c.is_ascii_alphanumeric() || ".-:[]_".contains(c))
+    };
+    match host.filter(plain) {
+        Some(h) if h.contains(':') && !h.ends_with(']') => h.to_string(),
+        Some(h) => format!("{h}:{}", state.port),
+        None => format!("apt-proxy-host:{}", state.port),
+    }
+}
+
+/// Copy-paste set-up for each client, using `address`.
+fn setup_section(page: &mut String, address: &str, tls: bool) {
+    let scheme = if tls { "https" } else { "http" };
+    let url = esc(&format!("{scheme}://{address}"));
+    let _ = write!(
+        page,
+        r#"<h2>Set up a client</h2><div class="setup">
+<div class="card"><div class="label">APT, as a proxy (sources stay as they are)</div><pre id="setup-apt-proxy">echo 'Acquire::http::Proxy "{url}/";' | sudo tee /etc/apt/apt.conf.d/01apt-proxy</pre></div>
+<div class="card"><div class="label">APT, path form (in sources.list)</div><pre id="setup-apt-path">deb {url}/debian bookworm main
+deb {url}/ubuntu noble main</pre></div>
+<div class="card"><div class="label">DNF / YUM</div><pre id="setup-dnf">echo 'proxy={url}/' | sudo tee -a /etc/dnf/dnf.conf   # yum: /etc/yum.conf</pre></div>
+<div class="card"><div class="label">APK (Alpine)</div><pre id="setup-apk">sed -i 's#^https\?://[^/]*/alpine/#{url}/alpine/#' /etc/apk/repositories</pre></div>
+<div class="card"><div class="label">Docker builds</div><pre id="setup-docker">docker build --build-arg http_proxy={url} .</pre></div>
+</div>"#
+    );
+}
+
+/// Colours for the repos in the request chart, in order.
+const PALETTE: &[&str] = &[
+    "#3b5bdb", "#1f8a4c", "#e67700", "#ae3ec9", "#0c8599", "#c2255c", "#5c940d", "#868e96",
+];
+
+/// The traffic charts: requests per five minutes by repo, and bytes from cache and mirrors.
+fn charts_section(page: &mut String, state: &AppState, now: u64) {
+    use crate::telemetry::traffic::{BUCKET_SECS, BUCKETS};
+    let history = state.traffic.history(now);
+    // Repos in the order they first appear, for stable colours.
+    let mut repos: Vec<&str> = Vec::new();
+    for b in &history {
+        for (r, _) in &b.requests {
+            if !repos.contains(&r.as_str()) {
+                repos.push(r);
+            }
+        }
+    }
+    let label = |repo: &str| {
+        if repo == "-" {
+            "other (pages, API)".to_string()
+        } else {
+            repo.to_string()
+        }
+    };
+    let colour = |repo: &str| {
+        let i = repos.iter().position(|r| *r == repo).unwrap_or(0);
+        PALETTE[i % PALETTE.len()]
+    };
+    let (w, h) = (720.0_f64, 160.0_f64);
+    let slot = w / BUCKETS as f64;
+    let hours = BUCKETS as u64 * BUCKET_SECS / 3600;
+    page.push_str(r#"<h2>Traffic, last hours</h2><div class="charts">"#);
+
+    // Requests, stacked by repo.
+    let max_requests = history
+        .iter()
+        .map(|b| b.requests.iter().map(|(_, n)| n).sum::<u64>())
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    let _ = write!(
+        page,
+        r#"<div class="card"><div class="label">Requests per 5 minutes, by repository (peak {max_requests})</div><svg id="chart-requests" viewBox="0 0 {w} {h}" preserveAspectRatio="none" role="img" aria-label="requests per 5 minutes over the last {hours} hours">"#
+    );
+    for (i, b) in history.iter().enumerate() {
+        let mut y = h;
+        for (repo, n) in &b.requests {
+            let bar = *n as f64 / max_requests as f64 * (h - 4.0);
+            y -= bar;
+            let _ = write!(
+                page,
+                r#"<rect class="b" x="{x:.1}" y="{y:.1}" width="{bw:.1}" height="{bar:.1}" fill="{c}"><title>{repo}: {n}</title></rect>"#,
+                x = i as f64 * slot + 0.5,
+                bw = (slot - 1.0).max(0.5),
+                c = colour(repo),
+                repo = esc(&label(repo)),
+            );
+        }
+    }
+    page.push_str(r#"</svg><div class="legend muted">"#);
+    for repo in &repos {
+        let _ = write!(
+            page,
+            r#"<span><i style="background:{}"></i>{}</span>"#,
+            colour(repo),
+            esc(&label(repo))
+        );
+    }
+    if repos.is_empty() {
+        page.push_str("no requests yet");
+    }
+    let _ = write!(
+        page,
+        r#"</div><div class="axis muted"><span>{hours} h ago</span><span>now</span></div></div>"#
+    );
+
+    // Bytes: from the cache above the line, from mirrors below it.
+    let max_bytes = history
+        .iter()
+        .map(|b| b.cache_bytes.max(b.upstream_bytes))
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    let mid = h / 2.0;
+    let _ = write!(
+        page,
+        r#"<div class="card"><div class="label">Bytes per 5 minutes: <span class="key-cache">served from cache</span> above, <span class="key-upstream">fetched from mirrors</span> below (peak {peak})</div><svg id="chart-bytes" viewBox="0 0 {w} {h}" preserveAspectRatio="none" role="img" aria-label="bytes served from cache and fetched from mirrors over the last {hours} hours"><line x1="0" y1="{mid}" x2="{w}" y2="{mid}" class="midline"/>"#,
+        peak = human(max_bytes),
+    );
+    for (i, b) in history.iter().enumerate() {
+        let x = i as f64 * slot + 0.5;
+        let bw = (slot - 1.0).max(0.5);
+        if b.cache_bytes > 0 {
+            let bar = b.cache_bytes as f64 / max_bytes as f64 * (mid - 2.0);
+            let _ = write!(
+                page,
+                r#"<rect class="b cache" x="{x:.1}" y="{y:.1}" width="{bw:.1}" height="{bar:.1}"><title>from cache: {v}</title></rect>"#,
+                y = mid - bar,
+                v = human(b.cache_bytes),
+            );
+        }
+        if b.upstream_bytes > 0 {
+            let bar = b.upstream_bytes as f64 / max_bytes as f64 * (mid - 2.0);
+            let _ = write!(
+                page,
+                r#"<rect class="b upstream" x="{x:.1}" y="{mid}" width="{bw:.1}" height="{bar:.1}"><title>from mirrors: {v}</title></rect>"#,
+                v = human(b.upstream_bytes),
+            );
+        }
+    }
+    let _ = write!(
+        page,
+        r#"</svg><div class="axis muted"><span>{hours} h ago</span><span>now</span></div></div></div>"#
+    );
+}
+
+/// Renders the page; `host` is the address the browser used.
+pub fn render(state: &AppState, host: Option<&str>) -> String {
+    sample_traffic(state);
     let stats = state.cache.stats();
     let metrics = state.cache.metrics();
     let from_cache = metrics
@@ -93,6 +265,9 @@ pub fn render(state: &AppState) -> String {
         upstream_h = human(from_upstream),
         served_h = human(total_served),
     );
+
+    setup_section(&mut page, &client_address(state, host), state.tls);
+    charts_section(&mut page, state, now);
 
     let health = state.cache.mirror_health();
     page.push_str(r#"<h2>Distributions</h2><div class="table"><table><tr><th>Path</th><th>Distribution</th><th>Mirror</th><th>Mirror status</th></tr>"#);

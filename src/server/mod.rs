@@ -48,6 +48,8 @@ pub struct AppState {
     pub started: std::time::Instant,
     /// The last requests, for the status page.
     pub activity: RecentActivity,
+    /// Requests and bytes over the last hours, for the status page's charts.
+    pub traffic: crate::telemetry::traffic::Traffic,
     /// Per-IP limit on `/api/*`.
     pub limiter: RateLimiter,
     /// Per-IP limit on refused API keys, kept apart so they never use up `limiter`.
@@ -265,6 +267,7 @@ impl Server {
             requests: AtomicU64::new(0),
             started: std::time::Instant::now(),
             activity: RecentActivity::default(),
+            traffic: Default::default(),
             limiter: RateLimiter::new(config.security.api_rate_limit_per_minute),
             auth_failures: RateLimiter::new(config.security.api_rate_limit_per_minute),
             tls: tls.is_some(),
@@ -337,6 +340,19 @@ impl Server {
             .max_buf_size(16 * 1024)
             .header_read_timeout(Duration::from_secs(30));
         tokio::spawn(self.state.reloader.clone().run(Duration::from_millis(500)));
+        // The status page's byte chart: the served-bytes counters, sampled every minute.
+        let sampled = Arc::downgrade(&self.state);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(state) = sampled.upgrade() else {
+                    return;
+                };
+                crate::admin::status_page::sample_traffic(&state);
+            }
+        });
         tracing::info!("server started successfully");
         let mut next = 0;
         loop {

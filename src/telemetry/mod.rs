@@ -4,3 +4,4 @@ pub mod activity;
 pub mod logging;
 pub mod metrics;
 pub mod tracing;
+pub mod traffic;

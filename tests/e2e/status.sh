@@ -41,10 +41,11 @@ for shot in "$SHOTS/status-phone.png" "$SHOTS/status-desktop.png"; do
   say "screenshot: $shot ($(stat -c %s "$shot") bytes)"
 done
 
-python3 - "$WORK/status.html" "$stats" <<'PY' || die "the status page does not show what the API reports"
+python3 - "$WORK/status.html" "$stats" "$P" <<'PY' || die "the status page does not show what the API reports"
 import json, re, sys
 html = open(sys.argv[1]).read()
 stats = json.loads(sys.argv[2])
+base = sys.argv[3]
 def text(id_):
     m = re.search(r'id="%s">([^<]*)<' % id_, html)
     if not m:
@@ -69,6 +70,23 @@ if "<script" in html.lower():
     sys.exit("a client-supplied path reached the page unescaped")
 if re.search(r'(src|href)="https?://', html):
     sys.exit("the page loads an external asset")
-print("  page figures match the API; no script, no external asset")
+# Client set-up with the address the browser used.
+for id_, want in [
+    ("setup-apt-proxy", f'Acquire::http::Proxy "{base}/";'),
+    ("setup-apt-path", f"deb {base}/debian bookworm main"),
+    ("setup-dnf", f"proxy={base}/"),
+    ("setup-apk", f"{base}/alpine/"),
+]:
+    m = re.search(r'id="%s">([^<]*)<' % id_, html)
+    if not m or want not in m.group(1).replace("&quot;", '"'):
+        sys.exit(f"#{id_} does not show {want!r}: {m and m.group(1)!r}")
+# Traffic charts: inline SVG with bars for this run's requests and bytes.
+for id_, bar in [("chart-requests", "<title>debian: "), ("chart-bytes", "<title>from cache: ")]:
+    m = re.search(r'<svg id="%s".*?</svg>' % id_, html, re.S)
+    if not m:
+        sys.exit(f"no chart #{id_}")
+    if bar not in m.group(0):
+        sys.exit(f"chart #{id_} has no {bar!r} bar")
+print("  page figures match the API; set-up snippets name the address used; charts drawn; no script, no external asset")
 PY
 say "status page checked in headless Chromium"

@@ -283,3 +283,60 @@ async fn localhost_listens_on_both_loopback_families() {
     let _ = tx.send(());
     task.await.unwrap();
 }
+
+/// The status page tells a newcomer how to point each client at the proxy, with the address
+/// the browser used, and charts the traffic of the last hours in inline SVG.
+#[tokio::test]
+async fn status_page_shows_client_setup_and_traffic_charts() {
+    let origin = Origin::start().await;
+    origin.put("/debian/pool/a.deb", "aaaa");
+    origin.put("/alpine/MIRRORS.txt", "bb");
+    let dir = cache_dir();
+    let proxy = Proxy::start(&origin, dir.path(), |_| {}).await;
+    for path in [
+        "debian/pool/a.deb",
+        "debian/pool/a.deb",
+        "alpine/MIRRORS.txt",
+    ] {
+        proxy.get(path).await.bytes().await.unwrap();
+    }
+    let page = proxy
+        .client()
+        .get(proxy.url(""))
+        .header("host", "apt-cache.example:3142")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for needle in [
+        "Acquire::http::Proxy \"http://apt-cache.example:3142/\";",
+        "deb http://apt-cache.example:3142/debian bookworm main",
+        "proxy=http://apt-cache.example:3142/",
+        "http://apt-cache.example:3142/alpine/",
+        "<svg id=\"chart-requests\"",
+        "<svg id=\"chart-bytes\"",
+        "<title>debian: 2</title>",
+        "<title>alpine: 1</title>",
+        "<title>from cache: 4 B</title>",
+    ] {
+        assert!(page.contains(needle), "{needle} missing");
+    }
+    assert!(!page.contains("<script") && !page.contains("src=\"http"));
+    // A Host header that is not a plain name gives a placeholder, never markup.
+    let port = proxy.addr.port();
+    let answer = raw_exchange(
+        proxy.addr,
+        b"GET / HTTP/1.1\r\nHost: x\"><script>alert(1)</script>\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "{}",
+        &answer[..answer.len().min(200)]
+    );
+    assert!(!answer.contains("<script>alert"));
+    assert!(answer.contains(&format!("http://apt-proxy-host:{port}/debian")));
+}
