@@ -207,7 +207,9 @@ Environment (no flag):
   APT_PROXY_LOG_FORMAT   json, console, or auto: console on a terminal [default: auto]
                          (legacy name: LOG_FORMAT)
   OTEL_EXPORTER_OTLP_ENDPOINT         OTLP/HTTP collector base URL; spans go to <url>/v1/traces
-  OTEL_EXPORTER_OTLP_TRACES_ENDPOINT  OTLP/HTTP traces URL, used as it is (wins over the above)";
+  OTEL_EXPORTER_OTLP_TRACES_ENDPOINT  OTLP/HTTP traces URL, used as it is (wins over the above)
+  OTEL_EXPORTER_OTLP_PROTOCOL         http/protobuf or http/json [default: http/json; grpc is not spoken]
+  OTEL_EXPORTER_OTLP_TRACES_PROTOCOL  the same, for traces (wins over the above)";
 
 impl Cli {
     /// Parses the process arguments, accepting Go-style `-flag` spellings.
@@ -312,6 +314,8 @@ mod tests {
             "APT_PROXY_LOG_FORMAT",
             "OTEL_EXPORTER_OTLP_ENDPOINT",
             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
         ] {
             assert!(help.contains(var), "{var} missing from --help");
         }

@@ -67,6 +67,9 @@ pub struct Config {
     pub security: Security,
     /// Where spans go (OTEL_EXPORTER_OTLP_ENDPOINT / OTEL_EXPORTER_OTLP_TRACES_ENDPOINT).
     pub otlp_traces_url: Option<String>,
+    /// How they are encoded (OTEL_EXPORTER_OTLP_TRACES_PROTOCOL / OTEL_EXPORTER_OTLP_PROTOCOL);
+    /// `None`: gRPC was asked for, which is not spoken, so tracing is off.
+    pub otlp_protocol: Option<crate::telemetry::tracing::Protocol>,
     pub tuning: Tuning,
 }
 
@@ -275,6 +278,7 @@ impl Config {
                 allowed_clients: Vec::new(),
             },
             otlp_traces_url: None,
+            otlp_protocol: Some(crate::telemetry::tracing::Protocol::Json),
             tuning: Tuning::default(),
         }
     }
@@ -677,6 +681,12 @@ impl Config {
             }));
         }
         config.otlp_traces_url = crate::telemetry::tracing::endpoint_from_env(env);
+        config.otlp_protocol = crate::telemetry::tracing::protocol_from_env(env).map_err(|e| {
+            ConfigError::Invalid {
+                setting: "OTLP protocol (OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, OTEL_EXPORTER_OTLP_PROTOCOL)",
+                message: e,
+            }
+        })?;
         Ok(config)
     }
 }

@@ -215,9 +215,13 @@ impl Config {
             ),
             (
                 "tracing (OTEL_EXPORTER_OTLP_*)",
-                self.otlp_traces_url
-                    .as_deref()
-                    .map_or_else(|| "(off)".into(), redact),
+                match (self.otlp_traces_url.as_deref(), self.otlp_protocol) {
+                    (None, _) => "(off)".into(),
+                    (Some(url), Some(p)) => format!("{} ({})", redact(url), p.name()),
+                    (Some(url), None) => {
+                        format!("{} (grpc: not spoken, tracing off)", redact(url))
+                    }
+                },
             ),
         ]);
         out

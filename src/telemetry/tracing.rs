@@ -1,8 +1,10 @@
-//! OpenTelemetry traces over OTLP/HTTP with JSON encoding, written by hand: one span per
-//! request (method, path, status, cache status, distribution, repo, mirror), batched and sent
-//! by a background task, flushed on graceful shutdown. Enabled by OTEL_EXPORTER_OTLP_ENDPOINT
-//! (spans go to `<endpoint>/v1/traces`) or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT (used as is).
-//! A W3C `traceparent` header on the request makes the span a child of the caller's.
+//! OpenTelemetry traces over OTLP/HTTP, written by hand: one span per request (method, path,
+//! status, cache status, distribution, repo, mirror), batched and sent by a background task,
+//! flushed on graceful shutdown. Enabled by OTEL_EXPORTER_OTLP_ENDPOINT (spans go to
+//! `<endpoint>/v1/traces`) or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT (used as is). The encoding
+//! follows OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, else OTEL_EXPORTER_OTLP_PROTOCOL: `http/protobuf`
+//! or `http/json` (the default while `grpc` is not spoken; `grpc` turns tracing off with a
+//! warning). A W3C `traceparent` header on the request makes the span a child of the caller's.
 //!
 //! No OpenTelemetry SDK: the protocol is small, and the SDK with its exporter would add about
 //! a megabyte and its own runtime plumbing to a binary whose size is a promise.
@@ -53,6 +55,51 @@ impl std::fmt::Debug for Message {
     }
 }
 
+/// How spans are encoded on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// `http/protobuf`: the ExportTraceServiceRequest message, `application/x-protobuf`.
+    Protobuf,
+    /// `http/json`: the same message in OTLP's JSON mapping, `application/json`.
+    Json,
+}
+
+impl Protocol {
+    /// As OTEL_EXPORTER_OTLP_PROTOCOL spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Protobuf => "http/protobuf",
+            Protocol::Json => "http/json",
+        }
+    }
+
+    fn content_type(self) -> &'static str {
+        match self {
+            Protocol::Protobuf => "application/x-protobuf",
+            Protocol::Json => "application/json",
+        }
+    }
+}
+
+/// The protocol the environment asks for: `Ok(None)` for `grpc`, which is not spoken.
+pub fn protocol_from_env(env: &dyn Fn(&str) -> Option<String>) -> Result<Option<Protocol>, String> {
+    let (var, value) = [
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+    ]
+    .into_iter()
+    .find_map(|var| env(var).filter(|v| !v.trim().is_empty()).map(|v| (var, v)))
+    .unwrap_or(("", "http/json".to_string()));
+    match value.trim() {
+        "http/json" => Ok(Some(Protocol::Json)),
+        "http/protobuf" => Ok(Some(Protocol::Protobuf)),
+        "grpc" => Ok(None),
+        other => Err(format!(
+            "{var}={other:?} is not one of grpc, http/protobuf, http/json"
+        )),
+    }
+}
+
 /// The traces URL the environment asks for, if any.
 pub fn endpoint_from_env(env: &dyn Fn(&str) -> Option<String>) -> Option<String> {
     if let Some(url) = env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").filter(|v| !v.is_empty()) {
@@ -65,9 +112,9 @@ pub fn endpoint_from_env(env: &dyn Fn(&str) -> Option<String>) -> Option<String>
 
 impl Tracer {
     /// Starts the exporter task sending to `url` (must run inside the tokio runtime).
-    pub fn start(url: String) -> Tracer {
+    pub fn start(url: String, protocol: Protocol) -> Tracer {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(export_loop(url, rx));
+        tokio::spawn(export_loop(url, protocol, rx));
         Tracer {
             tx,
             dropped: Default::default(),
@@ -174,7 +221,95 @@ pub fn encode(spans: &[SpanRecord]) -> Value {
     })
 }
 
-async fn export_loop(url: String, mut rx: mpsc::Receiver<Message>) {
+/// The OTLP protobuf body (ExportTraceServiceRequest) for `spans`.
+pub fn encode_protobuf(spans: &[SpanRecord]) -> Vec<u8> {
+    let attribute = |out: &mut Vec<u8>, key: &str, value: &str| {
+        pb::message(out, 1, |kv| {
+            pb::bytes(kv, 1, key.as_bytes());
+            pb::message(kv, 2, |any| pb::bytes(any, 1, value.as_bytes()));
+        });
+    };
+    let mut out = Vec::with_capacity(256 * spans.len() + 128);
+    pb::message(&mut out, 1, |resource_spans| {
+        pb::message(resource_spans, 1, |resource| {
+            attribute(resource, "service.name", "apt-proxy");
+            attribute(resource, "service.version", crate::VERSION);
+        });
+        pb::message(resource_spans, 2, |scope_spans| {
+            pb::message(scope_spans, 1, |scope| {
+                pb::bytes(scope, 1, b"apt-proxy");
+                pb::bytes(scope, 2, crate::VERSION.as_bytes());
+            });
+            for s in spans {
+                pb::message(scope_spans, 2, |span| {
+                    pb::bytes(span, 1, &s.trace_id);
+                    pb::bytes(span, 2, &s.span_id);
+                    if let Some(parent) = &s.parent_span_id {
+                        pb::bytes(span, 4, parent);
+                    }
+                    pb::bytes(span, 5, s.name.as_bytes());
+                    pb::varint_field(span, 6, 2); // SPAN_KIND_SERVER
+                    pb::fixed64(span, 7, nanos_u64(s.start));
+                    pb::fixed64(span, 8, nanos_u64(s.end));
+                    for (k, v) in &s.attributes {
+                        attribute(span, k, v);
+                    }
+                    // Status: code 1 OK, 2 ERROR.
+                    pb::message(span, 15, |status| {
+                        pb::varint_field(status, 3, if s.error { 2 } else { 1 })
+                    });
+                });
+            }
+        });
+    });
+    out
+}
+
+fn nanos_u64(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// The protobuf wire format, as much of it as the export message needs.
+mod pb {
+    pub fn varint(out: &mut Vec<u8>, mut v: u64) {
+        while v >= 0x80 {
+            out.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+
+    fn key(out: &mut Vec<u8>, field: u32, wire: u8) {
+        varint(out, (u64::from(field) << 3) | u64::from(wire));
+    }
+
+    pub fn varint_field(out: &mut Vec<u8>, field: u32, v: u64) {
+        key(out, field, 0);
+        varint(out, v);
+    }
+
+    pub fn fixed64(out: &mut Vec<u8>, field: u32, v: u64) {
+        key(out, field, 1);
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+
+    /// A length-delimited field: bytes, a string, or an encoded message.
+    pub fn bytes(out: &mut Vec<u8>, field: u32, data: &[u8]) {
+        key(out, field, 2);
+        varint(out, data.len() as u64);
+        out.extend_from_slice(data);
+    }
+
+    /// An embedded message written by `f`.
+    pub fn message(out: &mut Vec<u8>, field: u32, f: impl FnOnce(&mut Vec<u8>)) {
+        let mut inner = Vec::new();
+        f(&mut inner);
+        bytes(out, field, &inner);
+    }
+}
+
+async fn export_loop(url: String, protocol: Protocol, mut rx: mpsc::Receiver<Message>) {
     let client = match reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .no_proxy()
@@ -207,11 +342,14 @@ async fn export_loop(url: String, mut rx: mpsc::Receiver<Message>) {
             _ = tick.tick() => (None, false),
         };
         if !batch.is_empty() {
-            let body = encode(&batch).to_string();
+            let body = match protocol {
+                Protocol::Json => encode(&batch).to_string().into_bytes(),
+                Protocol::Protobuf => encode_protobuf(&batch),
+            };
             batch.clear();
             match client
                 .post(&url)
-                .header("content-type", "application/json")
+                .header("content-type", protocol.content_type())
                 .body(body)
                 .send()
                 .await
@@ -241,7 +379,7 @@ mod tests {
         drop(tx);
         let stopped = tokio::time::timeout(
             Duration::from_secs(5),
-            export_loop("http://127.0.0.1:9/v1/traces".into(), rx),
+            export_loop("http://127.0.0.1:9/v1/traces".into(), Protocol::Json, rx),
         )
         .await;
         assert!(stopped.is_ok(), "the export loop outlived its tracer");
@@ -265,5 +403,60 @@ mod tests {
             Some("http://collector:4318/v1/traces")
         );
         assert_eq!(endpoint_from_env(&|_| None), None);
+        let protocol = |pairs: &'static [(&'static str, &'static str)]| {
+            protocol_from_env(&move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            })
+        };
+        assert_eq!(protocol(&[]), Ok(Some(Protocol::Json)));
+        assert_eq!(
+            protocol(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")]),
+            Ok(Some(Protocol::Protobuf))
+        );
+        assert_eq!(
+            protocol(&[
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+                ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc")
+            ]),
+            Ok(None)
+        );
+        assert!(
+            protocol(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "thrift")])
+                .unwrap_err()
+                .contains("OTEL_EXPORTER_OTLP_PROTOCOL")
+        );
+    }
+
+    #[test]
+    fn protobuf_encoding_of_a_span() {
+        let span = SpanRecord {
+            trace_id: [1; 16],
+            span_id: [2; 8],
+            parent_span_id: Some([3; 8]),
+            name: "GET debian".into(),
+            start: UNIX_EPOCH + Duration::from_nanos(1_000),
+            end: UNIX_EPOCH + Duration::from_nanos(2_000),
+            attributes: vec![("apt_proxy.cache", "HIT".into())],
+            error: false,
+        };
+        let body = encode_protobuf(&[span]);
+        let find = |needle: &[u8]| body.windows(needle.len()).any(|w| w == needle);
+        // trace_id (field 1, 16 bytes), span_id (2), parent (4), name (5), kind SERVER (6),
+        // start and end as fixed64 (7, 8), status OK (15 { code 3 = 1 }).
+        assert!(find(&[[0x0a, 16].as_slice(), &[1; 16]].concat()));
+        assert!(find(&[[0x12, 8].as_slice(), &[2; 8]].concat()));
+        assert!(find(&[[0x22, 8].as_slice(), &[3; 8]].concat()));
+        assert!(find(b"\x2a\x0aGET debian"));
+        assert!(find(&[0x30, 2]));
+        assert!(find(&[[0x39].as_slice(), &1000u64.to_le_bytes()].concat()));
+        assert!(find(&[[0x41].as_slice(), &2000u64.to_le_bytes()].concat()));
+        assert!(find(&[0x7a, 2, 0x18, 1]));
+        assert!(find(b"\x0a\x0fapt_proxy.cache\x12\x05\x0a\x03HIT"));
+        let mut v = Vec::new();
+        pb::varint(&mut v, 300);
+        assert_eq!(v, [0xac, 0x02]);
     }
 }

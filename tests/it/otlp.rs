@@ -111,3 +111,75 @@ async fn spans_reach_the_collector_and_flush_on_shutdown() {
     assert_eq!(spans[1]["parentSpanId"], "b7ad6b7169203331");
     assert_ne!(spans[0]["traceId"], spans[1]["traceId"]);
 }
+
+/// OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf: the same spans as an ExportTraceServiceRequest
+/// message, `application/x-protobuf`.
+#[tokio::test]
+async fn spans_in_protobuf_when_asked() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1/traces", listener.local_addr().unwrap());
+    let got: Arc<Mutex<Vec<(String, Bytes)>>> = Arc::default();
+    let store = got.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let store = store.clone();
+                    async move {
+                        let kind = req.headers()["content-type"].to_str().unwrap().to_string();
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        store.lock().unwrap().push((kind, body));
+                        Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::new())))
+                    }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    let origin = Origin::start().await;
+    origin.put("/debian/pool/p.deb", "protobuf");
+    let dir = cache_dir();
+    let proxy = Proxy::start(&origin, dir.path(), |c| {
+        c.otlp_traces_url = Some(url.clone());
+        c.otlp_protocol = Some(apt_proxy::telemetry::tracing::Protocol::Protobuf);
+    })
+    .await;
+    proxy
+        .client()
+        .get(proxy.url("debian/pool/p.deb"))
+        .header(
+            "traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        )
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    proxy.stop().await;
+    let got = got.lock().unwrap().clone();
+    assert!(!got.is_empty(), "nothing exported");
+    let body: Vec<u8> = got
+        .iter()
+        .inspect(|(kind, _)| assert_eq!(kind, "application/x-protobuf"))
+        .flat_map(|(_, b)| b.to_vec())
+        .collect();
+    let find = |needle: &[u8]| body.windows(needle.len()).any(|w| w == needle);
+    // trace_id (field 1, 16 bytes) of the caller's trace, and its span as the parent (field 4).
+    let trace = hex::decode("0af7651916cd43dd8448eb211c80319c").unwrap();
+    let parent = hex::decode("b7ad6b7169203331").unwrap();
+    assert!(find(&[[0x0a, 16].as_slice(), &trace].concat()), "trace id");
+    assert!(
+        find(&[[0x22, 8].as_slice(), &parent].concat()),
+        "parent span id"
+    );
+    assert!(
+        find(b"\x0a\x0fapt_proxy.cache\x12\x06\x0a\x04MISS"),
+        "cache attribute"
+    );
+    assert!(find(b"service.name"), "resource");
+}
