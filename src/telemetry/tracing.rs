@@ -223,8 +223,9 @@ pub fn encode(spans: &[SpanRecord]) -> Value {
 
 /// The OTLP protobuf body (ExportTraceServiceRequest) for `spans`.
 pub fn encode_protobuf(spans: &[SpanRecord]) -> Vec<u8> {
-    let attribute = |out: &mut Vec<u8>, key: &str, value: &str| {
-        pb::message(out, 1, |kv| {
+    // A KeyValue: field 1 of a Resource, field 9 of a Span.
+    let attribute = |out: &mut Vec<u8>, field: u32, key: &str, value: &str| {
+        pb::message(out, field, |kv| {
             pb::bytes(kv, 1, key.as_bytes());
             pb::message(kv, 2, |any| pb::bytes(any, 1, value.as_bytes()));
         });
@@ -232,8 +233,8 @@ pub fn encode_protobuf(spans: &[SpanRecord]) -> Vec<u8> {
     let mut out = Vec::with_capacity(256 * spans.len() + 128);
     pb::message(&mut out, 1, |resource_spans| {
         pb::message(resource_spans, 1, |resource| {
-            attribute(resource, "service.name", "apt-proxy");
-            attribute(resource, "service.version", crate::VERSION);
+            attribute(resource, 1, "service.name", "apt-proxy");
+            attribute(resource, 1, "service.version", crate::VERSION);
         });
         pb::message(resource_spans, 2, |scope_spans| {
             pb::message(scope_spans, 1, |scope| {
@@ -252,7 +253,7 @@ pub fn encode_protobuf(spans: &[SpanRecord]) -> Vec<u8> {
                     pb::fixed64(span, 7, nanos_u64(s.start));
                     pb::fixed64(span, 8, nanos_u64(s.end));
                     for (k, v) in &s.attributes {
-                        attribute(span, k, v);
+                        attribute(span, 9, k, v);
                     }
                     // Status: code 1 OK, 2 ERROR.
                     pb::message(span, 15, |status| {
@@ -454,7 +455,11 @@ mod tests {
         assert!(find(&[[0x39].as_slice(), &1000u64.to_le_bytes()].concat()));
         assert!(find(&[[0x41].as_slice(), &2000u64.to_le_bytes()].concat()));
         assert!(find(&[0x7a, 2, 0x18, 1]));
-        assert!(find(b"\x0a\x0fapt_proxy.cache\x12\x05\x0a\x03HIT"));
+        // The attribute is a KeyValue in field 9 (24 bytes), the resource's in field 1.
+        assert!(find(b"\x4a\x18\x0a\x0fapt_proxy.cache\x12\x05\x0a\x03HIT"));
+        assert!(find(
+            b"\x0a\x1b\x0a\x0cservice.name\x12\x0b\x0a\x09apt-proxy"
+        ));
         let mut v = Vec::new();
         pb::varint(&mut v, 300);
         assert_eq!(v, [0xac, 0x02]);

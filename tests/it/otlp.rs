@@ -178,7 +178,7 @@ async fn spans_in_protobuf_when_asked() {
         "parent span id"
     );
     assert!(
-        find(b"\x0a\x0fapt_proxy.cache\x12\x06\x0a\x04MISS"),
+        find(b"\x4a\x19\x0a\x0fapt_proxy.cache\x12\x06\x0a\x04MISS"),
         "cache attribute"
     );
     assert!(find(b"service.name"), "resource");
