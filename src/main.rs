@@ -59,7 +59,7 @@ fn main() -> ExitCode {
     let code = match runtime.block_on(run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let e = apt_proxy::telemetry::logging::chain(e.as_ref());
+            let e = apt_proxy::upstream::error_chain(e.as_ref());
             tracing::error!("{e}");
             eprintln!("apt-proxy: {e}");
             ExitCode::from(2)

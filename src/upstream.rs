@@ -50,13 +50,17 @@ impl UpstreamError {
     }
 }
 
-/// An error with all its causes, `: `-separated.
+/// An error with all its causes, `: `-separated, each once: a cause whose text the message
+/// already holds (`{source}` in the message and `#[source]`) is not repeated.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
         source = s.source();
     }
     text

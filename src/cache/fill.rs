@@ -162,7 +162,7 @@ pub(super) async fn run(
         };
     }
     let state = outcome.unwrap_or_else(|e| {
-        tracing::warn!(key = %request.key, error = %crate::telemetry::logging::chain(&e), "fill failed, nothing stored");
+        tracing::warn!(key = %request.key, error = %crate::upstream::error_chain(&e), "fill failed, nothing stored");
 
         FillState::Failed(Arc::new(e))
     });
@@ -660,7 +660,7 @@ async fn receive(
                 Ok(chunk) => chunk,
                 Err(e) => {
                     let e = UpstreamError::from_reqwest(&e);
-                    tracing::warn!(key = %request.key, mirror = %mirror.base, written, error = %crate::telemetry::logging::chain(&e), "mirror failed mid-body");
+                    tracing::warn!(key = %request.key, mirror = %mirror.base, written, error = %crate::upstream::error_chain(&e), "mirror failed mid-body");
                     failure = Some((e.to_string(), true));
                     break;
                 }

@@ -8,7 +8,7 @@ use regex_lite::Regex;
 use super::file::{DistributionsFile, DistroEntry};
 use super::{DistroError, alias_name, builtin};
 
-/// A cache rule: 200 and 404 answers for paths in the repo that match `pattern` carry
+/// A cache rule: 200, 206, 304 and 404 answers for paths in the repo that match `pattern` carry
 /// `cache_control` as their Cache-Control, and, when it gives a lifetime, are fresh for
 /// `max_age` seconds (immutable files excepted: they never change under their name).
 #[derive(Debug, Clone)]

@@ -201,8 +201,8 @@ pub fn text(status: StatusCode, message: impl Into<String>) -> Response<Body> {
 /// Whether a request is for the proxy's own pages: origin-form (`GET /metrics`), or
 /// absolute-form to the proxy's port naming no mirror (`GET http://proxy:3142/`, which a
 /// browser sends when the proxy is also its proxy). Nothing is fetched for such a request, so
-/// any host name will do: the port and the absence of a mirror decide.
-fn addressed_to_us(state: &AppState, registry: &crate::distro::Registry, uri: &http::Uri) -> bool {
+/// any host name will do: the port and the absence of a mirror (`routed`) decide.
+fn addressed_to_us(state: &AppState, uri: &http::Uri, routed: bool) -> bool {
     let Some(authority) = uri.authority() else {
         return true;
     };
@@ -211,7 +211,7 @@ fn addressed_to_us(state: &AppState, registry: &crate::distro::Registry, uri: &h
     } else {
         80
     };
-    authority.port_u16().unwrap_or(default_port) == state.port && route(registry, uri).is_err()
+    !routed && authority.port_u16().unwrap_or(default_port) == state.port
 }
 
 async fn answer(
@@ -221,20 +221,15 @@ async fn answer(
 ) -> (Response<Body>, Option<Routed>) {
     let uri = request.uri();
     let registry = state.reloader.registry.load();
-    if let Some(response) = crate::admin::management(
-        state,
-        &request,
-        peer,
-        addressed_to_us(state, &registry, uri),
-    )
-    .await
-    {
+    let routed = route(&registry, uri);
+    let to_us = addressed_to_us(state, uri, routed.is_ok());
+    if let Some(response) = crate::admin::management(state, &request, peer, to_us).await {
         return (response, None);
     }
     if request.method() == Method::CONNECT {
         return (super::tunnel::connect(state, request, peer).await, None);
     }
-    let matched = match route(&registry, uri) {
+    let matched = match routed {
         Ok(m) => m,
         Err(e) => return (text(e.status(), e.to_string()), None),
     };
@@ -264,8 +259,7 @@ async fn answer(
         .repo
         .cache_rules
         .iter()
-        .find(|r| r.pattern.is_match(&matched.path))
-        .map(|r| (r.cache_control.clone(), r.max_age));
+        .find(|r| r.pattern.is_match(&matched.path));
     let fill = FillRequest {
         key: CacheKey::new(&matched.repo.id, &matched.path),
         mirrors: matched.repo.mirror_set.clone(),
@@ -273,18 +267,19 @@ async fn answer(
         path: matched.path,
         repo: matched.repo.id.clone(),
         expect,
-        rule_max_age: rule.as_ref().and_then(|r| r.1),
+        rule_max_age: rule.and_then(|r| r.max_age),
         alpine: matched.repo.is_alpine(),
     };
 
     let mut response = serve(state, fill, &matched.repo.id, request.headers(), head_only).await;
-    // The rule's Cache-Control replaces the mirror's on the answers it is meant for.
-    if let Some((cache_control, _)) = rule
-        && matches!(response.status().as_u16(), 200 | 404)
+    // The rule's Cache-Control replaces the mirror's on every answer about the file (a 304 or
+    // a 206 says what its 200 says), not on the proxy's errors.
+    if let Some(rule) = rule
+        && matches!(response.status().as_u16(), 200 | 206 | 304 | 404)
     {
         response
             .headers_mut()
-            .insert(http::header::CACHE_CONTROL, cache_control);
+            .insert(http::header::CACHE_CONTROL, rule.cache_control.clone());
     }
     (response, repo)
 }

@@ -164,7 +164,8 @@ impl tracing::field::Visit for Fields {
         f: &tracing::field::Field,
         value: &(dyn std::error::Error + 'static),
     ) {
-        self.pairs.push((f.name(), Value::Text(chain(value))));
+        self.pairs
+            .push((f.name(), Value::Text(crate::upstream::error_chain(value))));
     }
     fn record_u64(&mut self, f: &tracing::field::Field, value: u64) {
         self.pairs.push((f.name(), Value::Bare(value.to_string())));
@@ -183,23 +184,6 @@ impl tracing::field::Visit for Fields {
         };
         self.pairs.push((f.name(), Value::Bare(text)));
     }
-}
-
-/// An error and its sources, each once: `cannot listen on …: Address already in use`. A
-/// source whose text the message already holds (`{source}` in the message and `#[source]`)
-/// is not repeated.
-pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        let more = e.to_string();
-        if !text.contains(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        source = e.source();
-    }
-    text
 }
 
 /// The start of a line: time, level and message.

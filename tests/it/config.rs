@@ -82,6 +82,23 @@ async fn a_distribution_from_the_file_is_routed_cached_and_ruled() {
         assert_eq!(r.text().await.unwrap(), "<repomd/>");
     }
     assert_eq!(origin.hits("/fedora/41/x86_64/os/repodata/repomd.xml"), 3);
+    // A 304 says what its 200 says.
+    let etag = proxy
+        .get("fedora/41/x86_64/os/repodata/repomd.xml")
+        .await
+        .headers()["etag"]
+        .clone();
+    let r = proxy
+        .client()
+        .get(proxy.url("fedora/41/x86_64/os/repodata/repomd.xml"))
+        .header("if-none-match", etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status().as_u16(), cache_control(&r)),
+        (304, "max-age=0".into())
+    );
     let r = proxy.get("fedora/42/repodata/repomd.xml").await;
     assert_eq!(r.status(), 404);
     assert_eq!(cache_control(&r), "max-age=0");
