@@ -72,20 +72,20 @@ pub enum DistroError {
 
 /// A host name pattern: exact, or `*.suffix` for every sub-domain of suffix.
 #[derive(Clone, Debug)]
-enum HostPattern {
+pub(crate) enum HostPattern {
     Exact(String),
     Subdomain(String),
 }
 
 impl HostPattern {
-    fn parse(pattern: &str) -> Self {
+    pub(crate) fn parse(pattern: &str) -> Self {
         match pattern.strip_prefix("*.") {
             Some(suffix) => HostPattern::Subdomain(format!(".{}", suffix.to_ascii_lowercase())),
             None => HostPattern::Exact(pattern.to_ascii_lowercase()),
         }
     }
 
-    fn matches(&self, host: &str) -> bool {
+    pub(crate) fn matches(&self, host: &str) -> bool {
         match self {
             HostPattern::Exact(h) => h == host,
             HostPattern::Subdomain(suffix) => {

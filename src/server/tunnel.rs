@@ -27,6 +27,7 @@ use super::handler::text;
 use super::limits::PerClient;
 use crate::cache::body::Body;
 use crate::config::ConnectSettings;
+use crate::distro::HostPattern;
 use crate::telemetry::metrics::{DirectionLabel, Metrics, TunnelLabel};
 
 /// How long resolving a tunnel's host may take.
@@ -38,27 +39,22 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub struct Tunnels {
     settings: ConnectSettings,
+    /// `settings.hosts`, parsed (an IPv6 address without its brackets, as requests give it).
+    hosts: Vec<HostPattern>,
     open: Arc<PerClient>,
 }
 
 impl Tunnels {
     pub fn new(settings: ConnectSettings) -> Tunnels {
         Tunnels {
+            hosts: settings
+                .hosts
+                .iter()
+                .map(|h| HostPattern::parse(h.trim_start_matches('[').trim_end_matches(']')))
+                .collect(),
             open: PerClient::new(settings.max_per_client),
             settings,
         }
-    }
-
-    fn host_listed(&self, host: &str) -> bool {
-        self.settings
-            .hosts
-            .iter()
-            .any(|h| match h.strip_prefix("*.") {
-                Some(suffix) => {
-                    host.len() > suffix.len() + 1 && host.ends_with(&format!(".{suffix}"))
-                }
-                None => h == host,
-            })
     }
 }
 
@@ -109,7 +105,8 @@ pub async fn connect(
             ),
         );
     }
-    let listed = tunnels.host_listed(&host) || state.reloader.registry.load().knows_host(&host);
+    let listed = tunnels.hosts.iter().any(|h| h.matches(&host))
+        || state.reloader.registry.load().knows_host(&host);
     if !listed {
         return refuse(
             StatusCode::FORBIDDEN,
@@ -134,20 +131,14 @@ pub async fn connect(
             return text(StatusCode::BAD_GATEWAY, format!("cannot resolve {host}"));
         }
     };
-    let policy = state.reloader.selector.policy();
-    let trusted = policy.trusts_name(&host);
-    let allowed: Vec<SocketAddr> = addrs
-        .into_iter()
-        .filter(|a| trusted || policy.allows_ip(a.ip()))
-        .collect();
-    if allowed.is_empty() {
-        return refuse(
-            StatusCode::FORBIDDEN,
-            format!(
-                "{host} resolves to an internal address (allow it with --allow-private-upstreams)"
-            ),
-        );
-    }
+    let allowed = match state.reloader.selector.policy().connectable(&host, addrs) {
+        Ok(allowed) if !allowed.is_empty() => allowed,
+        Ok(_) => {
+            count("failed");
+            return text(StatusCode::BAD_GATEWAY, format!("cannot resolve {host}"));
+        }
+        Err(refused) => return refuse(StatusCode::FORBIDDEN, refused.0),
+    };
     let mut upstream = None;
     for addr in &allowed {
         if let Ok(Ok(stream)) =

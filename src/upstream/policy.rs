@@ -144,8 +144,32 @@ impl AddressPolicy {
         }
     }
 
+    /// The addresses `host` resolved to (`found`) that the proxy may connect to: all of them
+    /// for an operator's mirror host, else those [`AddressPolicy::allows_ip`] allows; refused
+    /// when none is left of a non-empty list.
+    pub fn connectable(
+        &self,
+        host: &str,
+        found: Vec<SocketAddr>,
+    ) -> Result<Vec<SocketAddr>, Refused> {
+        if self.trusts_name(host) {
+            return Ok(found);
+        }
+        let first = found.first().map(|a| a.ip());
+        let allowed: Vec<SocketAddr> = found
+            .into_iter()
+            .filter(|a| self.allows_ip(a.ip()))
+            .collect();
+        match first {
+            Some(first) if allowed.is_empty() => Err(Refused(format!(
+                "{host} resolves to the internal address {first} (allow it with --allow-private-upstreams)"
+            ))),
+            _ => Ok(allowed),
+        }
+    }
+
     /// Whether `name` is the host of one of the operator's mirrors (resolved without checks).
-    pub fn trusts_name(&self, name: &str) -> bool {
+    fn trusts_name(&self, name: &str) -> bool {
         self.trusted
             .load()
             .names
@@ -183,22 +207,10 @@ impl reqwest::dns::Resolve for GuardedResolver {
         Box::pin(async move {
             let found: Vec<SocketAddr> =
                 tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            if policy.trusts_name(&host) {
-                return Ok(Box::new(found.into_iter()) as reqwest::dns::Addrs);
+            match policy.connectable(&host, found) {
+                Ok(allowed) => Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs),
+                Err(refused) => Err(Box::new(refused) as Box<dyn std::error::Error + Send + Sync>),
             }
-            let allowed: Vec<SocketAddr> = found
-                .iter()
-                .copied()
-                .filter(|a| policy.allows_ip(a.ip()))
-                .collect();
-            if allowed.is_empty() && !found.is_empty() {
-                let first = found[0].ip();
-                return Err(Box::new(Refused(format!(
-                    "{host} resolves to the internal address {first} (allow it with --allow-private-upstreams)"
-                )))
-                    as Box<dyn std::error::Error + Send + Sync>);
-            }
-            Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
         })
     }
 }

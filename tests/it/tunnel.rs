@@ -117,8 +117,18 @@ async fn what_is_not_allowed_is_refused_with_a_reason() {
     let (port, _) = tls_origin(b"x").await;
     let origin = Origin::start().await;
     let dir = cache_dir();
-    let proxy = Proxy::start(&origin, dir.path(), |c| c.connect = settings(port)).await;
+    let proxy = Proxy::start(&origin, dir.path(), |c| {
+        c.connect = settings(port);
+        c.connect.hosts.push("[::1]".into());
+    })
+    .await;
     for (target, status, reason) in [
+        // Listed in brackets, requested in brackets: on the list, then refused by the policy.
+        (
+            format!("[::1]:{port}"),
+            "403",
+            "resolves to the internal address ::1",
+        ),
         (format!("localhost:{}", port ^ 1), "403", "is not tunnelled"),
         (
             format!("example.invalid:{port}"),
@@ -129,7 +139,7 @@ async fn what_is_not_allowed_is_refused_with_a_reason() {
         (
             format!("localhost:{port}"),
             "403",
-            "resolves to an internal address",
+            "resolves to the internal address 127.0.0.1",
         ),
         ("localhost".to_string(), "400", "CONNECT needs host:port"),
     ] {
@@ -141,7 +151,7 @@ async fn what_is_not_allowed_is_refused_with_a_reason() {
     }
     assert_eq!(
         metric(&proxy, "apt_proxy_tunnels_total{outcome=\"refused\"}").await,
-        4.0
+        5.0
     );
     assert_eq!(
         metric(&proxy, "apt_proxy_tunnels_total{outcome=\"opened\"}").await,
