@@ -4,7 +4,8 @@
 use std::fmt::Write;
 
 use crate::server::AppState;
-use crate::telemetry::metrics::SourceLabel;
+use crate::telemetry::metrics::{DistroLabel, SourceLabel};
+use crate::telemetry::traffic::Totals;
 use crate::units::human_duration as duration;
 use crate::units::human_size as human;
 use crate::unix_now;
@@ -49,18 +50,40 @@ svg{display:block;width:100%;height:160px;margin-top:8px;background:var(--bg);bo
 .axis{display:flex;justify-content:space-between;font-size:12px}
 "#;
 
-/// Gives the traffic history the bytes served since its last sample.
-pub fn sample_traffic(state: &AppState) {
+/// Gives the traffic history the counters as they are now; returns the bytes served from the
+/// cache and fetched from mirrors since start.
+pub fn sample_traffic(state: &AppState) -> (u64, u64) {
     let metrics = state.cache.metrics();
-    let total = |source| {
+    let bytes = |source| {
         metrics
             .bytes_served
             .get_or_create(&SourceLabel { source })
             .get()
     };
-    state
-        .traffic
-        .sample(total("cache"), total("upstream"), unix_now());
+    let (cache_bytes, upstream_bytes) = (bytes("cache"), bytes("upstream"));
+    let requests = state
+        .reloader
+        .registry
+        .load()
+        .repos()
+        .iter()
+        .map(|repo| {
+            let label = DistroLabel {
+                distro: repo.id.clone(),
+            };
+            let n = metrics.cache_hits.get_or_create(&label).get()
+                + metrics.cache_misses.get_or_create(&label).get();
+            (repo.id.clone(), n)
+        })
+        .collect();
+    let totals = Totals {
+        requests,
+        all_requests: state.requests.load(std::sync::atomic::Ordering::Relaxed),
+        cache_bytes,
+        upstream_bytes,
+    };
+    state.traffic.sample(totals, unix_now());
+    (cache_bytes, upstream_bytes)
 }
 
 /// The address clients should use: `host` as the browser sent it (Host header or the
@@ -116,7 +139,7 @@ fn charts_section(page: &mut String, state: &AppState, now: u64) {
     }
     let label = |repo: &str| {
         if repo == "-" {
-            "other (pages, API)".to_string()
+            "other (pages, API, probes)".to_string()
         } else {
             repo.to_string()
         }
@@ -215,17 +238,8 @@ fn charts_section(page: &mut String, state: &AppState, now: u64) {
 
 /// Renders the page; `host` is the address the browser used.
 pub fn render(state: &AppState, host: Option<&str>) -> String {
-    sample_traffic(state);
+    let (from_cache, from_upstream) = sample_traffic(state);
     let stats = state.cache.stats();
-    let metrics = state.cache.metrics();
-    let from_cache = metrics
-        .bytes_served
-        .get_or_create(&SourceLabel { source: "cache" })
-        .get();
-    let from_upstream = metrics
-        .bytes_served
-        .get_or_create(&SourceLabel { source: "upstream" })
-        .get();
     let total_served = from_cache + from_upstream;
     let saved_pct = if total_served == 0 {
         0.0

@@ -153,7 +153,6 @@ pub async fn handle(
             error: status >= 500,
         });
     }
-    state.traffic.request(repo.as_deref(), unix_now());
     state.activity.push(Activity {
         at: unix_now(),
         method: method.to_string(),

@@ -1,7 +1,9 @@
 //! Traffic over the last hours, for the status page's charts: requests per repo and bytes
-//! served from the cache or fetched from mirrors, in five-minute buckets. Memory is fixed:
-//! [`BUCKETS`] buckets, each with one counter per repo id seen (repo ids come from the
-//! configuration, so they are few).
+//! served from the cache or fetched from mirrors, in five-minute buckets. Nothing is counted
+//! here: the counters the proxy keeps anyway are sampled (every minute and on each page view)
+//! and the increase since the last sample goes to the current bucket, so requests pay nothing
+//! for the charts. Memory is fixed: [`BUCKETS`] buckets, each with one counter per repo id seen
+//! (repo ids come from the configuration, so they are few).
 
 use std::sync::{Mutex, PoisonError};
 
@@ -21,13 +23,23 @@ pub struct Bucket {
     pub upstream_bytes: u64,
 }
 
+/// The counters at one moment, since start.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Totals {
+    /// Package requests by repo id.
+    pub requests: Vec<(String, u64)>,
+    /// Every request, the proxy's own pages and probes included.
+    pub all_requests: u64,
+    pub cache_bytes: u64,
+    pub upstream_bytes: u64,
+}
+
 #[derive(Debug, Default)]
 struct Ring {
     /// Oldest first; the last is the current bucket.
     buckets: std::collections::VecDeque<Bucket>,
-    /// The byte counters when last sampled.
-    seen_cache: u64,
-    seen_upstream: u64,
+    /// The counters when last sampled.
+    seen: Totals,
 }
 
 impl Ring {
@@ -58,26 +70,41 @@ impl Traffic {
         self.ring.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Counts a request for `repo` at `now`.
-    pub fn request(&self, repo: Option<&str>, now: u64) {
-        let repo = repo.unwrap_or("-");
+    /// Attributes to the bucket of `now` what the counters grew by since the last sample;
+    /// requests that named no repo go under `-`.
+    pub fn sample(&self, totals: Totals, now: u64) {
         let mut ring = self.lock();
-        let bucket = ring.current(now);
-        match bucket.requests.iter_mut().find(|(r, _)| r == repo) {
-            Some((_, n)) => *n += 1,
-            None => bucket.requests.push((repo.to_string(), 1)),
+        let seen = std::mem::replace(&mut ring.seen, totals);
+        let totals = &ring.seen;
+        let before = |repo: &str| {
+            seen.requests
+                .iter()
+                .find(|(r, _)| r == repo)
+                .map_or(0, |(_, n)| *n)
+        };
+        let mut grown: Vec<(String, u64)> = totals
+            .requests
+            .iter()
+            .map(|(repo, n)| (repo.clone(), n.saturating_sub(before(repo))))
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        let repos: u64 = grown.iter().map(|(_, n)| n).sum();
+        let other = totals
+            .all_requests
+            .saturating_sub(seen.all_requests)
+            .saturating_sub(repos);
+        if other > 0 {
+            grown.push(("-".to_string(), other));
         }
-    }
-
-    /// Attributes to the bucket of `now` the bytes served since the last sample, given the
-    /// totals served so far from the cache and from mirrors.
-    pub fn sample(&self, cache_total: u64, upstream_total: u64, now: u64) {
-        let mut ring = self.lock();
-        let cache = cache_total.saturating_sub(ring.seen_cache);
-        let upstream = upstream_total.saturating_sub(ring.seen_upstream);
-        ring.seen_cache = cache_total;
-        ring.seen_upstream = upstream_total;
+        let cache = totals.cache_bytes.saturating_sub(seen.cache_bytes);
+        let upstream = totals.upstream_bytes.saturating_sub(seen.upstream_bytes);
         let bucket = ring.current(now);
+        for (repo, n) in grown {
+            match bucket.requests.iter_mut().find(|(r, _)| *r == repo) {
+                Some((_, total)) => *total += n,
+                None => bucket.requests.push((repo, n)),
+            }
+        }
         bucket.cache_bytes += cache;
         bucket.upstream_bytes += upstream;
     }
@@ -112,12 +139,15 @@ mod tests {
     fn buckets_roll_and_keep_six_hours() {
         let t = Traffic::default();
         let t0 = 1_800_000_000 - 1_800_000_000 % BUCKET_SECS;
-        t.request(Some("debian"), t0);
-        t.request(Some("debian"), t0 + 10);
-        t.request(Some("alpine"), t0 + 20);
-        t.request(None, t0 + 30);
-        t.sample(100, 40, t0 + 60);
-        t.sample(150, 40, t0 + BUCKET_SECS + 1);
+        let totals = |debian: u64, alpine: u64, all: u64, cache: u64, upstream: u64| Totals {
+            requests: vec![("debian".into(), debian), ("alpine".into(), alpine)],
+            all_requests: all,
+            cache_bytes: cache,
+            upstream_bytes: upstream,
+        };
+        t.sample(totals(2, 1, 4, 100, 40), t0 + 60);
+        t.sample(totals(2, 1, 4, 100, 40), t0 + 120);
+        t.sample(totals(3, 1, 5, 150, 40), t0 + BUCKET_SECS + 1);
         let h = t.history(t0 + BUCKET_SECS + 2);
         assert_eq!(h.len(), BUCKETS);
         let (before, last) = (&h[BUCKETS - 2], &h[BUCKETS - 1]);
@@ -127,11 +157,15 @@ mod tests {
             [("debian".into(), 2), ("alpine".into(), 1), ("-".into(), 1)]
         );
         assert_eq!((before.cache_bytes, before.upstream_bytes), (100, 40));
+        assert_eq!(last.requests, [("debian".into(), 1)]);
         assert_eq!((last.cache_bytes, last.upstream_bytes), (50, 0));
         assert!(h[..BUCKETS - 2].iter().all(|b| b.requests.is_empty()));
         // Seven hours later the old buckets are gone, and memory stays bounded.
         for i in 0..100 {
-            t.request(Some("debian"), t0 + 7 * 3600 + i * BUCKET_SECS);
+            t.sample(
+                totals(4 + i, 1, 6 + i, 150, 40),
+                t0 + 7 * 3600 + i * BUCKET_SECS,
+            );
         }
         assert_eq!(t.lock().buckets.len(), BUCKETS);
         let h = t.history(t0 + 7 * 3600 + 99 * BUCKET_SECS);
