@@ -162,13 +162,8 @@ impl Cache {
     }
 
     /// The metrics the cache keeps.
-    pub fn metrics(&self) -> &Metrics {
+    pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
-    }
-
-    /// The metrics, shared (for tasks that outlive a request).
-    pub fn metrics_arc(&self) -> Arc<Metrics> {
-        self.metrics.clone()
     }
 
     fn entries(&self) -> std::sync::MutexGuard<'_, Entries> {

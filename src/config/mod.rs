@@ -756,7 +756,6 @@ fn readable(path: Option<PathBuf>, setting: &'static str) -> Result<PathBuf, Con
     Ok(path)
 }
 
-/// A CIDR list from a comma-separated flag or variable, else from the file's YAML list.
 /// The CONNECT flags, taken out of the command line.
 struct ConnectFlags {
     hosts: Option<String>,
@@ -772,13 +771,7 @@ fn connect_settings(
 ) -> Result<ConnectSettings, ConfigError> {
     let defaults = ConnectSettings::default();
     let list = |flag: Option<String>, var: &str| -> Result<Option<Vec<String>>, ConfigError> {
-        Ok(pick(flag, env, var, None::<String>)?.map(|text| {
-            text.split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(str::to_string)
-                .collect()
-        }))
+        Ok(pick(flag, env, var, None::<String>)?.map(|text| comma_list(&text)))
     };
     const HOSTS: &str = "CONNECT hosts (--connect-hosts, APT_PROXY_CONNECT_HOSTS, connect.hosts)";
     const PORTS: &str = "CONNECT ports (--connect-ports, APT_PROXY_CONNECT_PORTS, connect.ports)";
@@ -859,18 +852,23 @@ fn connect_settings(
     })
 }
 
+/// The items of a comma-separated flag or variable, blanks dropped.
+fn comma_list(text: &str) -> Vec<String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// A CIDR list from a comma-separated flag or variable, else from the file's YAML list.
 fn cidr_list(
     text: Option<String>,
     from_file: Option<Vec<String>>,
     setting: &'static str,
 ) -> Result<Vec<IpNet>, ConfigError> {
     let items: Vec<String> = match text {
-        Some(text) => text
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
-            .collect(),
+        Some(text) => comma_list(&text),
         None => from_file.unwrap_or_default(),
     };
     items

@@ -279,9 +279,12 @@ impl Registry {
                     })
                     .collect();
                 // Every mirror the proxy knows for this tree is recognised, whichever is
-                // pinned: the built-in and configured candidates, the pins, the shipped lists.
+                // pinned: the tree's candidates (the pins, when pinned), the built-in and
+                // configured mirrors, the shipped lists.
                 known.extend(tree_candidates.iter().map(|c| prefix_of_url(&c.url)));
-                known.extend(candidates.iter().map(|c| prefix_of_url(&derive(&c.url))));
+                if !pinned.is_empty() {
+                    known.extend(candidates.iter().map(|c| prefix_of_url(&derive(&c.url))));
+                }
                 known.extend(lists::shipped(&tree.id).into_iter().map(|(host, path)| {
                     KnownPrefix {
                         host: HostPattern::Exact(host.to_string()),

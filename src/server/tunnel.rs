@@ -64,7 +64,7 @@ pub async fn connect(
     mut request: Request<Incoming>,
     peer: IpAddr,
 ) -> Response<Body> {
-    let metrics = state.cache.metrics_arc();
+    let metrics = state.cache.metrics().clone();
     let count = |outcome: &'static str| {
         metrics
             .tunnels

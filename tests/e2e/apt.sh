@@ -405,10 +405,16 @@ regional_phase
 # CONNECT; the proxy tunnels it (the host and port allowed by flags) to an nginx serving the
 # repository over TLS with a certificate of a test CA; apt verifies the certificate through the
 # tunnel and downloads byte for byte. Nothing of it is cached.
+# cache_counts: the proxy's entries, bytes, hits and misses.
+cache_counts() {
+  curl -fsS "$(proxy_url)/api/cache/stats" |
+    python3 -c 'import json, sys; d = json.load(sys.stdin); print(d["item_count"], d["total_size_bytes"], d["hit_count"], d["miss_count"])'
+}
+
 https_phase() {
   [ "$DIRECT" != 1 ] || return 0
-  local d=$WORK/tls port deb=pool/main/e/e2e-hello/e2e-hello_2.0-1_all.deb user_line= opened
-  mkdir -p "$d/tmp"
+  local d=$WORK/tls port deb=pool/main/e/e2e-hello/e2e-hello_2.0-1_all.deb opened args=${PROXY_ARGS:-} before
+  mkdir -p "$d"
   port=$(free_port)
   say "=== an https source through a CONNECT tunnel (test CA, nginx on 127.0.0.1:$port)"
   openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=apt-proxy e2e CA" \
@@ -418,36 +424,18 @@ https_phase() {
   printf 'subjectAltName=DNS:localhost\n' >"$d/ext.cnf"
   openssl x509 -req -in "$d/leaf.csr" -CA "$d/ca.pem" -CAkey "$d/ca.key" -CAcreateserial -days 2 \
     -extfile "$d/ext.cnf" -out "$d/leaf.pem" >>"$d/openssl.log" 2>&1 || { cat "$d/openssl.log" >&2; die "test certificate"; }
-  [ "$(id -u)" = 0 ] && user_line='user root;'
-  cat >"$d/nginx.conf" <<EOF
-$user_line
-daemon off;
-worker_processes 1;
-pid $d/nginx.pid;
-error_log $d/error.log warn;
-events { worker_connections 64; }
-http {
-  access_log $d/access.log;
-  client_body_temp_path $d/tmp/body;
-  proxy_temp_path $d/tmp/proxy;
-  fastcgi_temp_path $d/tmp/fastcgi;
-  uwsgi_temp_path $d/tmp/uwsgi;
-  scgi_temp_path $d/tmp/scgi;
-  server {
-    listen 127.0.0.1:$port ssl;
+  nginx_conf "$d" "listen 127.0.0.1:$port ssl;
     server_name localhost;
     ssl_certificate $d/leaf.pem;
     ssl_certificate_key $d/leaf.key;
-    root $WWW;
-  }
-}
-EOF
+    root $WWW;"
   spawn tls-origin "$d/stdout.log" nginx -e "$d/error.log" -c "$d/nginx.conf"
   wait_port "$port" "$SPAWNED_PID" 20 || { cat "$d/error.log" >&2; die "the TLS origin did not listen on $port"; }
   # localhost is 127.0.0.1: an internal address, allowed here for the test's sake.
   stop_pid "$PROXY_PID" apt-proxy
-  PROXY_ARGS="${PROXY_ARGS:-} --connect-hosts localhost --connect-ports $port --allow-private-upstreams 127.0.0.1/32"
+  PROXY_ARGS="$args --connect-hosts localhost --connect-ports $port --allow-private-upstreams 127.0.0.1/32"
   proxy_restart
+  before=$(cache_counts)
   client_setup forward
   echo "deb [signed-by=$KEYRING] https://localhost:$port/debian $DIST main" >"$C/etc/sources.list"
   sed -i "s|^Acquire::https::Proxy .*|Acquire::https::Proxy \"$(proxy_url)/\";\nAcquire::https::CaInfo \"$d/ca.pem\";|" "$C/apt.conf"
@@ -457,6 +445,13 @@ EOF
   opened=$(metric 'apt_proxy_tunnels_total{outcome="opened"}')
   [ "${opened:-0}" -ge 1 ] || die "[https] no tunnel counted"
   grep -q "/debian/$deb " "$d/access.log" || die "[https] the TLS origin did not serve $deb"
+  # A tunnel carries TLS the proxy cannot read: nothing of it is cached or counted as a request.
+  [ "$(cache_counts)" = "$before" ] ||
+    die "[https] the cache changed through the tunnel (items bytes hits misses): $before -> $(cache_counts)"
+  # The later phases run without the tunnel flags.
+  stop_pid "$PROXY_PID" apt-proxy
+  PROXY_ARGS=$args
+  proxy_restart
   say "[https] e2e-hello equals the origin's, fetched through $opened tunnel(s); the TLS origin logged $(wc -l <"$d/access.log") requests"
 }
 https_phase

@@ -208,28 +208,14 @@ wait_port_closed() {
 ORIGIN_PORT=
 ORIGIN_URL=
 
-# origin_start [serve|error500]: nginx serving $WWW on 127.0.0.1:$ORIGIN_PORT (the same port on
-# every restart, so URLs the proxy and clients hold stay valid), with $ORIGIN_EXTRA_CONF in its
-# server block; error500: the same port answering 500 to every request instead.
-# Access log: one line per request,
+# nginx_conf DIR SERVER: writes DIR/nginx.conf, an nginx that runs in the foreground with
+# everything (pid, logs, temp files) under DIR and one server block with SERVER in it, and
+# checks it with nginx -t. Access log: one line per request,
 #   <status> <method> <decoded path> <bytes sent> raw=<request URI as sent> range=<Range header>
-# (counting by the decoded path: 'a+b' and 'a%2bb' are the same file)
-origin_start() {
-  local d=$WORK/nginx how=${1:-serve} body
-  case $how in
-    serve) body="root $WWW;
-    autoindex on;
-    ${ORIGIN_EXTRA_CONF:-}" ;;
-    error500) body='return 500;' ;;
-    *) die "origin_start: unknown mode $how" ;;
-  esac
-  [ -n "$ORIGIN_PORT" ] || ORIGIN_PORT=$(free_port)
-  ORIGIN_URL=http://127.0.0.1:$ORIGIN_PORT
-  ORIGIN_LOG=$d/access.log
+nginx_conf() {
+  local d=$1 server=$2 user_line=
   mkdir -p "$d/tmp"
-  chmod -R a+rX "$WWW"
   # As root, workers would run as nobody and could not read a work folder under a private dir.
-  local user_line=
   [ "$(id -u)" = 0 ] && user_line='user root;'
   cat >"$d/nginx.conf" <<EOF
 $user_line
@@ -253,14 +239,36 @@ http {
   uwsgi_temp_path $d/tmp/uwsgi;
   scgi_temp_path $d/tmp/scgi;
   server {
-    listen 127.0.0.1:$ORIGIN_PORT;
-    server_name origin;
-    $body
+    $server
   }
 }
 EOF
   nginx -t -q -e "$d/error.log" -c "$d/nginx.conf" >"$d/configtest.log" 2>&1 ||
-    { cat "$d/configtest.log" >&2; die "nginx rejected its config"; }
+    { cat "$d/configtest.log" >&2; die "nginx rejected its config in $d"; }
+}
+
+# origin_start [serve|error500]: nginx serving $WWW on 127.0.0.1:$ORIGIN_PORT (the same port on
+# every restart, so URLs the proxy and clients hold stay valid), with $ORIGIN_EXTRA_CONF in its
+# server block; error500: the same port answering 500 to every request instead.
+# Access log: one line per request,
+#   <status> <method> <decoded path> <bytes sent> raw=<request URI as sent> range=<Range header>
+# (counting by the decoded path: 'a+b' and 'a%2bb' are the same file)
+origin_start() {
+  local d=$WORK/nginx how=${1:-serve} body
+  case $how in
+    serve) body="root $WWW;
+    autoindex on;
+    ${ORIGIN_EXTRA_CONF:-}" ;;
+    error500) body='return 500;' ;;
+    *) die "origin_start: unknown mode $how" ;;
+  esac
+  [ -n "$ORIGIN_PORT" ] || ORIGIN_PORT=$(free_port)
+  ORIGIN_URL=http://127.0.0.1:$ORIGIN_PORT
+  ORIGIN_LOG=$d/access.log
+  chmod -R a+rX "$WWW"
+  nginx_conf "$d" "listen 127.0.0.1:$ORIGIN_PORT;
+    server_name origin;
+    $body"
   spawn origin "$d/stdout.log" nginx -e "$d/error.log" -c "$d/nginx.conf"
   ORIGIN_PID=$SPAWNED_PID
   wait_port "$ORIGIN_PORT" "$ORIGIN_PID" 20 ||

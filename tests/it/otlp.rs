@@ -12,32 +12,27 @@ use tokio::net::TcpListener;
 
 use crate::{Origin, Proxy, cache_dir};
 
-/// An OTLP/HTTP receiver that keeps every JSON body posted to /v1/traces.
-async fn receiver() -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
+/// A body posted to the receiver, with its content type.
+type Posted = Arc<Mutex<Vec<(String, Bytes)>>>;
+
+/// An OTLP/HTTP receiver that keeps every body posted to /v1/traces.
+async fn receiver() -> (String, Posted) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/v1/traces", listener.local_addr().unwrap());
-    let got = Arc::new(Mutex::new(Vec::new()));
+    let got: Posted = Arc::default();
     let store = got.clone();
     tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
+        while let Ok((stream, _)) = listener.accept().await {
             let store = store.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                     let store = store.clone();
                     async move {
                         assert_eq!(req.uri().path(), "/v1/traces");
-                        assert_eq!(req.headers()["content-type"], "application/json");
+                        let kind = req.headers()["content-type"].to_str().unwrap().to_string();
                         let body = req.into_body().collect().await.unwrap().to_bytes();
-                        store
-                            .lock()
-                            .unwrap()
-                            .push(serde_json::from_slice(&body).unwrap());
-                        Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from_static(
-                            b"{}",
-                        ))))
+                        store.lock().unwrap().push((kind, body));
+                        Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::new())))
                     }
                 });
                 let _ = http1::Builder::new()
@@ -79,6 +74,10 @@ async fn spans_reach_the_collector_and_flush_on_shutdown() {
         .lock()
         .unwrap()
         .iter()
+        .map(|(kind, body)| {
+            assert_eq!(kind, "application/json");
+            serde_json::from_slice::<serde_json::Value>(body).unwrap()
+        })
         .flat_map(|body| {
             body["resourceSpans"][0]["scopeSpans"][0]["spans"]
                 .as_array()
@@ -116,29 +115,7 @@ async fn spans_reach_the_collector_and_flush_on_shutdown() {
 /// message, `application/x-protobuf`.
 #[tokio::test]
 async fn spans_in_protobuf_when_asked() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/v1/traces", listener.local_addr().unwrap());
-    let got: Arc<Mutex<Vec<(String, Bytes)>>> = Arc::default();
-    let store = got.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let store = store.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    let store = store.clone();
-                    async move {
-                        let kind = req.headers()["content-type"].to_str().unwrap().to_string();
-                        let body = req.into_body().collect().await.unwrap().to_bytes();
-                        store.lock().unwrap().push((kind, body));
-                        Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::new())))
-                    }
-                });
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
+    let (url, got) = receiver().await;
     let origin = Origin::start().await;
     origin.put("/debian/pool/p.deb", "protobuf");
     let dir = cache_dir();
