@@ -206,9 +206,10 @@ Environment (no flag):
                          (legacy name: LOG_LEVEL)
   APT_PROXY_LOG_FORMAT   json, console, or auto: console on a terminal [default: auto]
                          (legacy name: LOG_FORMAT)
-  OTEL_EXPORTER_OTLP_ENDPOINT         OTLP/HTTP collector base URL; spans go to <url>/v1/traces
-  OTEL_EXPORTER_OTLP_TRACES_ENDPOINT  OTLP/HTTP traces URL, used as it is (wins over the above)
-  OTEL_EXPORTER_OTLP_PROTOCOL         http/protobuf or http/json [default: http/json; grpc is not spoken]
+  OTEL_EXPORTER_OTLP_ENDPOINT         OTLP collector: http(s)://host:4317 for grpc; for http/*
+                                      a base URL, spans go to <url>/v1/traces
+  OTEL_EXPORTER_OTLP_TRACES_ENDPOINT  traces endpoint, used as it is (wins over the above)
+  OTEL_EXPORTER_OTLP_PROTOCOL         grpc, http/protobuf or http/json [default: grpc]
   OTEL_EXPORTER_OTLP_TRACES_PROTOCOL  the same, for traces (wins over the above)";
 
 impl Cli {

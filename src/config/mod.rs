@@ -67,9 +67,8 @@ pub struct Config {
     pub security: Security,
     /// Where spans go (OTEL_EXPORTER_OTLP_ENDPOINT / OTEL_EXPORTER_OTLP_TRACES_ENDPOINT).
     pub otlp_traces_url: Option<String>,
-    /// How they are encoded (OTEL_EXPORTER_OTLP_TRACES_PROTOCOL / OTEL_EXPORTER_OTLP_PROTOCOL);
-    /// `None`: gRPC was asked for, which is not spoken, so tracing is off.
-    pub otlp_protocol: Option<crate::telemetry::tracing::Protocol>,
+    /// How they travel (OTEL_EXPORTER_OTLP_TRACES_PROTOCOL / OTEL_EXPORTER_OTLP_PROTOCOL).
+    pub otlp_protocol: crate::telemetry::tracing::Protocol,
     pub tuning: Tuning,
 }
 
@@ -278,7 +277,7 @@ impl Config {
                 allowed_clients: Vec::new(),
             },
             otlp_traces_url: None,
-            otlp_protocol: Some(crate::telemetry::tracing::Protocol::Json),
+            otlp_protocol: crate::telemetry::tracing::Protocol::Grpc,
             tuning: Tuning::default(),
         }
     }
@@ -680,13 +679,25 @@ impl Config {
                 timeout: Duration::from_secs(timeout),
             }));
         }
-        config.otlp_traces_url = crate::telemetry::tracing::endpoint_from_env(env);
         config.otlp_protocol = crate::telemetry::tracing::protocol_from_env(env).map_err(|e| {
             ConfigError::Invalid {
                 setting: "OTLP protocol (OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, OTEL_EXPORTER_OTLP_PROTOCOL)",
                 message: e,
             }
         })?;
+        if let Some((var, url)) =
+            crate::telemetry::tracing::endpoint_from_env(env, config.otlp_protocol)
+        {
+            if config.otlp_protocol == crate::telemetry::tracing::Protocol::Grpc {
+                crate::telemetry::grpc::Target::parse(&url).map_err(|message| {
+                    ConfigError::Invalid {
+                        setting: var,
+                        message,
+                    }
+                })?;
+            }
+            config.otlp_traces_url = Some(url);
+        }
         Ok(config)
     }
 }

@@ -215,12 +215,9 @@ impl Config {
             ),
             (
                 "tracing (OTEL_EXPORTER_OTLP_*)",
-                match (self.otlp_traces_url.as_deref(), self.otlp_protocol) {
-                    (None, _) => "(off)".into(),
-                    (Some(url), Some(p)) => format!("{} ({})", redact(url), p.name()),
-                    (Some(url), None) => {
-                        format!("{} (grpc: not spoken, tracing off)", redact(url))
-                    }
+                match self.otlp_traces_url.as_deref() {
+                    None => "(off)".into(),
+                    Some(url) => format!("{} ({})", redact(url), self.otlp_protocol.name()),
                 },
             ),
         ]);

@@ -271,24 +271,15 @@ impl Server {
             limiter: RateLimiter::new(config.security.api_rate_limit_per_minute),
             auth_failures: RateLimiter::new(config.security.api_rate_limit_per_minute),
             tls: tls.is_some(),
-            tracer: match (config.otlp_traces_url.clone(), config.otlp_protocol) {
-                (Some(url), Some(protocol)) => {
-                    tracing::info!(
-                        url,
-                        protocol = protocol.name(),
-                        "exporting traces over OTLP/HTTP"
-                    );
-                    Some(Tracer::start(url, protocol))
-                }
-                (Some(url), None) => {
-                    tracing::warn!(
-                        url,
-                        "OTLP over gRPC is not spoken yet: traces are off (set OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf and the collector's HTTP port, 4318)"
-                    );
-                    None
-                }
-                (None, _) => None,
-            },
+            tracer: config.otlp_traces_url.clone().map(|url| {
+                let protocol = config.otlp_protocol;
+                tracing::info!(
+                    url,
+                    protocol = protocol.name(),
+                    "exporting traces over OTLP"
+                );
+                Tracer::start(url, protocol)
+            }),
         });
         // Mirrors are ranked in the background: the proxy serves at once, in configuration
         // order, and switches when a ranking is ready.

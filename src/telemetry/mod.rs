@@ -1,6 +1,8 @@
-//! Logs (and, later, metrics and traces).
+//! Logs, metrics, traces and the figures the status page draws.
 
 pub mod activity;
+pub mod grpc;
+mod hpack;
 pub mod logging;
 pub mod metrics;
 pub mod tracing;

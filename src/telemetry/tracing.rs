@@ -1,21 +1,24 @@
-//! OpenTelemetry traces over OTLP/HTTP, written by hand: one span per request (method, path,
+//! OpenTelemetry traces over OTLP, written by hand: one span per request (method, path,
 //! status, cache status, distribution, repo, mirror), batched and sent by a background task,
-//! flushed on graceful shutdown. Enabled by OTEL_EXPORTER_OTLP_ENDPOINT (spans go to
-//! `<endpoint>/v1/traces`) or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT (used as is). The encoding
-//! follows OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, else OTEL_EXPORTER_OTLP_PROTOCOL: `http/protobuf`
-//! or `http/json` (the default while `grpc` is not spoken; `grpc` turns tracing off with a
-//! warning). A W3C `traceparent` header on the request makes the span a child of the caller's.
+//! flushed on graceful shutdown. Enabled by OTEL_EXPORTER_OTLP_TRACES_ENDPOINT (used as is) or
+//! OTEL_EXPORTER_OTLP_ENDPOINT. The protocol follows OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, else
+//! OTEL_EXPORTER_OTLP_PROTOCOL: `grpc` (the default, as in the Go program: the endpoint is the
+//! collector's `http://host:4317`, see [`super::grpc`]), `http/protobuf` or `http/json` (spans
+//! go to `<endpoint>/v1/traces`). A W3C `traceparent` header on the request makes the span a
+//! child of the caller's.
 //!
 //! No OpenTelemetry SDK: the protocol is small, and the SDK with its exporter would add about
 //! a megabyte and its own runtime plumbing to a binary whose size is a promise.
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
+
+use super::grpc;
 
 /// Spans waiting to be sent at most; beyond, new spans are dropped (and counted in the log).
 const QUEUE: usize = 8192;
@@ -55,9 +58,11 @@ impl std::fmt::Debug for Message {
     }
 }
 
-/// How spans are encoded on the wire.
+/// How spans travel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
+    /// `grpc`: the ExportTraceServiceRequest message in a unary gRPC call over HTTP/2.
+    Grpc,
     /// `http/protobuf`: the ExportTraceServiceRequest message, `application/x-protobuf`.
     Protobuf,
     /// `http/json`: the same message in OTLP's JSON mapping, `application/json`.
@@ -68,46 +73,50 @@ impl Protocol {
     /// As OTEL_EXPORTER_OTLP_PROTOCOL spells it.
     pub fn name(self) -> &'static str {
         match self {
+            Protocol::Grpc => "grpc",
             Protocol::Protobuf => "http/protobuf",
             Protocol::Json => "http/json",
         }
     }
-
-    fn content_type(self) -> &'static str {
-        match self {
-            Protocol::Protobuf => "application/x-protobuf",
-            Protocol::Json => "application/json",
-        }
-    }
 }
 
-/// The protocol the environment asks for: `Ok(None)` for `grpc`, which is not spoken.
-pub fn protocol_from_env(env: &dyn Fn(&str) -> Option<String>) -> Result<Option<Protocol>, String> {
+/// The protocol the environment asks for; `grpc` when it asks for none.
+pub fn protocol_from_env(env: &dyn Fn(&str) -> Option<String>) -> Result<Protocol, String> {
     let (var, value) = [
         "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
         "OTEL_EXPORTER_OTLP_PROTOCOL",
     ]
     .into_iter()
     .find_map(|var| env(var).filter(|v| !v.trim().is_empty()).map(|v| (var, v)))
-    .unwrap_or(("", "http/json".to_string()));
+    .unwrap_or(("", "grpc".to_string()));
     match value.trim() {
-        "http/json" => Ok(Some(Protocol::Json)),
-        "http/protobuf" => Ok(Some(Protocol::Protobuf)),
-        "grpc" => Ok(None),
+        "http/json" => Ok(Protocol::Json),
+        "http/protobuf" => Ok(Protocol::Protobuf),
+        "grpc" => Ok(Protocol::Grpc),
         other => Err(format!(
             "{var}={other:?} is not one of grpc, http/protobuf, http/json"
         )),
     }
 }
 
-/// The traces URL the environment asks for, if any.
-pub fn endpoint_from_env(env: &dyn Fn(&str) -> Option<String>) -> Option<String> {
-    if let Some(url) = env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").filter(|v| !v.is_empty()) {
-        return Some(url);
+/// The traces endpoint the environment asks for, if any, with the variable that named it. Over
+/// HTTP, OTEL_EXPORTER_OTLP_ENDPOINT is a base URL (`/v1/traces` is added); a gRPC endpoint
+/// is the collector's address either way.
+pub fn endpoint_from_env(
+    env: &dyn Fn(&str) -> Option<String>,
+    protocol: Protocol,
+) -> Option<(&'static str, String)> {
+    let var = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
+    if let Some(url) = env(var).filter(|v| !v.is_empty()) {
+        return Some((var, url));
     }
-    env("OTEL_EXPORTER_OTLP_ENDPOINT")
+    let var = "OTEL_EXPORTER_OTLP_ENDPOINT";
+    env(var)
         .filter(|v| !v.is_empty())
-        .map(|base| format!("{}/v1/traces", base.trim_end_matches('/')))
+        .map(|base| match protocol {
+            Protocol::Grpc => (var, base),
+            _ => (var, format!("{}/v1/traces", base.trim_end_matches('/'))),
+        })
 }
 
 impl Tracer {
@@ -310,13 +319,75 @@ mod pb {
     }
 }
 
+/// How batches leave.
+enum Sender {
+    Http(reqwest::Client),
+    Grpc(grpc::Target, Option<Arc<rustls::ClientConfig>>),
+}
+
+impl Sender {
+    fn new(url: &str, protocol: Protocol) -> Result<Sender, String> {
+        if protocol != Protocol::Grpc {
+            return reqwest::Client::builder()
+                .timeout(EXPORT_TIMEOUT)
+                .no_proxy()
+                .build()
+                .map(Sender::Http)
+                .map_err(|e| e.to_string());
+        }
+        let target = grpc::Target::parse(url)?;
+        let tls = if target.tls() {
+            use rustls_platform_verifier::ConfigVerifierExt;
+            let mut config = rustls::ClientConfig::with_platform_verifier()
+                .map_err(|e| format!("TLS roots: {e}"))?;
+            config.alpn_protocols = vec![b"h2".to_vec()];
+            Some(Arc::new(config))
+        } else {
+            None
+        };
+        Ok(Sender::Grpc(target, tls))
+    }
+
+    async fn send(&self, url: &str, protocol: Protocol, body: Vec<u8>) -> Result<(), String> {
+        match self {
+            Sender::Grpc(target, tls) => {
+                tokio::time::timeout(EXPORT_TIMEOUT, grpc::export(target, tls.as_ref(), &body))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(format!("no answer within {}s", EXPORT_TIMEOUT.as_secs()))
+                    })
+            }
+            Sender::Http(client) => {
+                let kind = if protocol == Protocol::Json {
+                    "application/json"
+                } else {
+                    "application/x-protobuf"
+                };
+                match client
+                    .post(url)
+                    .header("content-type", kind)
+                    .body(body)
+                    .send()
+                    .await
+                {
+                    Ok(r) if r.status().is_success() => Ok(()),
+                    Ok(r) => Err(format!(
+                        "the collector answered HTTP {}",
+                        r.status().as_u16()
+                    )),
+                    Err(e) => Err(crate::upstream::error_chain(&e)),
+                }
+            }
+        }
+    }
+}
+
+/// One export, connection and answer included, at most.
+const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
+
 async fn export_loop(url: String, protocol: Protocol, mut rx: mpsc::Receiver<Message>) {
-    let client = match reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .no_proxy()
-        .build()
-    {
-        Ok(c) => c,
+    let sender = match Sender::new(&url, protocol) {
+        Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "trace exporter disabled");
             return;
@@ -345,19 +416,12 @@ async fn export_loop(url: String, protocol: Protocol, mut rx: mpsc::Receiver<Mes
         if !batch.is_empty() {
             let body = match protocol {
                 Protocol::Json => encode(&batch).to_string().into_bytes(),
-                Protocol::Protobuf => encode_protobuf(&batch),
+                Protocol::Protobuf | Protocol::Grpc => encode_protobuf(&batch),
             };
+            let spans = batch.len();
             batch.clear();
-            match client
-                .post(&url)
-                .header("content-type", protocol.content_type())
-                .body(body)
-                .send()
-                .await
-            {
-                Ok(r) if r.status().is_success() => {}
-                Ok(r) => tracing::warn!(status = r.status().as_u16(), url, "trace export refused"),
-                Err(e) => tracing::warn!(error = %e, url, "trace export failed"),
+            if let Err(e) = sender.send(&url, protocol, body).await {
+                tracing::warn!(error = %e, url, spans, "trace export failed: spans dropped");
             }
         }
         if let Some(done) = flush_done {
@@ -400,10 +464,17 @@ mod tests {
             (k == "OTEL_EXPORTER_OTLP_ENDPOINT").then(|| "http://collector:4318/".to_string())
         };
         assert_eq!(
-            endpoint_from_env(&env).as_deref(),
-            Some("http://collector:4318/v1/traces")
+            endpoint_from_env(&env, Protocol::Json).unwrap().1,
+            "http://collector:4318/v1/traces"
         );
-        assert_eq!(endpoint_from_env(&|_| None), None);
+        assert_eq!(
+            endpoint_from_env(&env, Protocol::Grpc),
+            Some((
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                "http://collector:4318/".into()
+            ))
+        );
+        assert_eq!(endpoint_from_env(&|_| None, Protocol::Grpc), None);
         let protocol = |pairs: &'static [(&'static str, &'static str)]| {
             protocol_from_env(&move |k: &str| {
                 pairs
@@ -412,17 +483,17 @@ mod tests {
                     .map(|(_, v)| v.to_string())
             })
         };
-        assert_eq!(protocol(&[]), Ok(Some(Protocol::Json)));
+        assert_eq!(protocol(&[]), Ok(Protocol::Grpc));
         assert_eq!(
             protocol(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")]),
-            Ok(Some(Protocol::Protobuf))
+            Ok(Protocol::Protobuf)
         );
         assert_eq!(
             protocol(&[
                 ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
                 ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc")
             ]),
-            Ok(None)
+            Ok(Protocol::Grpc)
         );
         assert!(
             protocol(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "thrift")])

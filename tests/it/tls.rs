@@ -14,8 +14,9 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs
 use crate::cache_dir;
 use crate::crash::Binary;
 
-/// A TLS origin that answers every request with `body`; returns its port and the CA's PEM.
-pub async fn tls_origin(body: &'static [u8]) -> (u16, String) {
+/// A server configuration for `localhost` signed by a fresh test CA, with the CA's certificate
+/// (DER and PEM).
+pub fn signed_by_a_test_ca() -> (ServerConfig, CertificateDer<'static>, String) {
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -38,6 +39,16 @@ pub async fn tls_origin(body: &'static [u8]) -> (u16, String) {
             PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der())),
         )
         .unwrap();
+    (
+        config,
+        CertificateDer::from(ca_cert.der().to_vec()),
+        ca_cert.pem(),
+    )
+}
+
+/// A TLS origin that answers every request with `body`; returns its port and the CA's PEM.
+pub async fn tls_origin(body: &'static [u8]) -> (u16, String) {
+    let (config, _, ca_pem) = signed_by_a_test_ca();
     let acceptor = TlsAcceptor::from(Arc::new(config));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -69,7 +80,7 @@ pub async fn tls_origin(body: &'static [u8]) -> (u16, String) {
             });
         }
     });
-    (port, ca_cert.pem())
+    (port, ca_pem)
 }
 
 #[tokio::test]
