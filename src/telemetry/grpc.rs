@@ -10,8 +10,10 @@
 //! worth a pool.
 //!
 //! The collector is untrusted like every peer: frames over 16 KiB (the size we advertise by
-//! not raising it), header blocks over 16 KiB, more than 1 MiB read in one call and window
-//! arithmetic past 2^31-1 end the call with an error; the caller bounds its time.
+//! not raising it), header blocks over 16 KiB or decoding to more than 16 KiB of fields,
+//! more than 1 MiB read in one call and window arithmetic past 2^31-1 end the call with an
+//! error; the caller bounds its time. Data the collector sends is never acknowledged with
+//! WINDOW_UPDATE: an Export answer is a few bytes, far inside the initial 64 KiB window.
 
 use std::sync::Arc;
 
@@ -215,6 +217,8 @@ struct Connection {
     /// The peer's SETTINGS_INITIAL_WINDOW_SIZE and SETTINGS_MAX_FRAME_SIZE.
     initial_window: i64,
     max_frame: usize,
+    /// The error code of a GOAWAY that let the call finish, to explain a close that follows.
+    goaway: Option<String>,
 }
 
 async fn call(io: Box<dyn Io>, target: &Target, message: &[u8]) -> Result<(), String> {
@@ -226,6 +230,7 @@ async fn call(io: Box<dyn Io>, target: &Target, message: &[u8]) -> Result<(), St
         stream_window: INITIAL_WINDOW,
         initial_window: INITIAL_WINDOW,
         max_frame: MAX_FRAME,
+        goaway: None,
     };
     let block = request_headers(target);
     if block.len() > MAX_FRAME {
@@ -300,7 +305,10 @@ impl Connection {
         let mut head = [0u8; 9];
         self.io.read_exact(&mut head).await.map_err(|e| {
             if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                "the collector closed the connection before answering".to_string()
+                let why = self.goaway.as_ref().map_or(String::new(), |code| {
+                    format!(" (GOAWAY, HTTP/2 error {code})")
+                });
+                format!("the collector closed the connection before answering{why}")
             } else {
                 format!("reading from the collector: {e}")
             }
@@ -366,6 +374,10 @@ impl Connection {
                     code(&payload)
                 ));
             }
+            SETTINGS if stream != 0 => return Err("a SETTINGS frame on a stream".into()),
+            SETTINGS if flags & ACK != 0 && !payload.is_empty() => {
+                return Err("a SETTINGS acknowledgement with a payload".into());
+            }
             SETTINGS if flags & ACK == 0 => {
                 if payload.len() % 6 != 0 {
                     return Err("a SETTINGS frame of odd length".into());
@@ -382,6 +394,9 @@ impl Connection {
                             }
                             self.stream_window += value - self.initial_window;
                             self.initial_window = value;
+                            if self.stream_window > MAX_WINDOW {
+                                return Err("a flow-control window over 2^31-1".into());
+                            }
                         }
                         0x5 => {
                             if !(16_384..=16_777_215).contains(&value) {
@@ -409,12 +424,13 @@ impl Connection {
                 let last = payload.get(..4).map_or(0, |b| {
                     u32::from_be_bytes([b[0], b[1], b[2], b[3]]) & 0x7fff_ffff
                 });
+                let why = code(payload.get(4..).unwrap_or_default());
                 if last < STREAM {
                     return Err(format!(
-                        "the collector closed the connection (GOAWAY, HTTP/2 error {})",
-                        code(payload.get(4..).unwrap_or_default())
+                        "the collector closed the connection (GOAWAY, HTTP/2 error {why})"
                     ));
                 }
+                self.goaway = Some(why);
             }
             WINDOW_UPDATE => {
                 if payload.len() != 4 {
@@ -424,6 +440,9 @@ impl Connection {
                     u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]])
                         & 0x7fff_ffff,
                 );
+                if add == 0 {
+                    return Err("a WINDOW_UPDATE of 0".into());
+                }
                 let window = match stream {
                     0 => &mut self.connection_window,
                     STREAM => &mut self.stream_window,

@@ -14,6 +14,10 @@ use std::sync::OnceLock;
 pub const TABLE_SIZE: usize = 4096;
 /// The largest integer a header block may hold (a table index, a length, a size).
 const MAX_INTEGER: usize = 1 << 21;
+/// The decoded fields of one block at most, counted as the table counts entries (name, value
+/// and 32 bytes each): a small block of references to one big table entry would otherwise
+/// decode to megabytes.
+pub const MAX_LIST_SIZE: usize = 16 * 1024;
 
 /// Appendix A; index 1 is the first entry.
 const STATIC: [(&str, &str); 61] = [
@@ -282,13 +286,18 @@ fn entry_size(name: &str, value: &str) -> usize {
 impl Decoder {
     /// The header fields of one complete block, in order.
     pub fn decode(&mut self, mut block: &[u8]) -> Result<Vec<(String, String)>, String> {
-        let mut fields = Vec::new();
+        let mut fields: Vec<(String, String)> = Vec::new();
+        let mut list_size = 0;
         while let Some(&first) = block.first() {
             if first & 0x80 != 0 {
                 let index = integer(&mut block, 7)?;
                 let (name, value) = self.get(index)?;
                 fields.push((name.to_string(), value.to_string()));
             } else if first & 0xe0 == 0x20 {
+                // Only at the start of a block (4.2).
+                if !fields.is_empty() {
+                    return Err("a table size update after a header field".into());
+                }
                 let size = integer(&mut block, 5)?;
                 if size > TABLE_SIZE {
                     return Err(format!(
@@ -312,6 +321,14 @@ impl Decoder {
                     self.insert(name.clone(), value.clone());
                 }
                 fields.push((name, value));
+            }
+            if let Some((name, value)) = fields.last() {
+                list_size += entry_size(name, value);
+                if list_size > MAX_LIST_SIZE {
+                    return Err(format!(
+                        "a header block decodes to more than {MAX_LIST_SIZE} bytes"
+                    ));
+                }
             }
         }
         Ok(fields)
@@ -414,9 +431,18 @@ mod tests {
             "80",                // index 0
             "3f e2 1f",          // a table of 4,097 bytes
             "40 0a 63 75",       // a string longer than the block
+            "82 20",             // a size update after a field
         ] {
             assert!(d.decode(&unhex(bad)).is_err(), "{bad}");
         }
+        // One big entry referenced over and over: refused past the list size, not copied.
+        let mut block = Vec::new();
+        put_integer(&mut block, 0x40, 6, 0);
+        put_string(&mut block, "x");
+        put_string(&mut block, &"y".repeat(4000));
+        block.extend(std::iter::repeat_n(0xbe, 4000));
+        let err = Decoder::default().decode(&block).unwrap_err();
+        assert!(err.contains("more than 16384 bytes"), "{err}");
     }
 
     #[test]
