@@ -183,17 +183,30 @@ async fn fetch(
         last_modified: m.last_modified.clone(),
     });
     let started = std::time::Instant::now();
+    let ask = Ask {
+        validators: validators.as_ref(),
+        ..Ask::default()
+    };
+    // An index a Release vouches for is fetched by its by-hash name where the Release allows
+    // it: a mirror caught mid-sync serves there the version the Release names, whatever its
+    // plain name holds, so the index can be streamed like any file.
+    let by_hash = request
+        .expect
+        .as_ref()
+        .filter(|e| e.source == Source::Release)
+        .and_then(|e| e.by_hash_path.as_deref());
+    let mut upstream_path = by_hash.unwrap_or(&request.path);
     let mut mirrors = Attempts::new(cache, request);
-    let (mirror, response) = match mirrors
-        .first_answer(
-            &request.path,
-            &Ask {
-                validators: validators.as_ref(),
-                ..Ask::default()
-            },
-        )
-        .await?
+    let mut answer = mirrors.first_answer(upstream_path, &ask).await?;
+    if by_hash.is_some()
+        && matches!(&answer, Answer::Response(_, r) if r.status() == reqwest::StatusCode::NOT_FOUND)
     {
+        // A mirror without by-hash files: the plain name, checked at its end.
+        upstream_path = &request.path;
+        mirrors = Attempts::new(cache, request);
+        answer = mirrors.first_answer(upstream_path, &ask).await?;
+    }
+    let (mirror, response) = match answer {
         Answer::Response(mirror, response) => (mirror, response),
         Answer::Failed(status) => return Ok(FillState::Passthrough { status }),
     };
@@ -232,13 +245,6 @@ async fn fetch(
         return Ok(FillState::Passthrough { status });
     }
 
-    // An index whose hash its Release names is held back until verified: if the mirror serves
-    // another version (caught mid-sync), the right one is fetched by hash instead.
-    let hold = request
-        .expect
-        .as_ref()
-        .is_some_and(|e| e.source == Source::Release)
-        && status == 200;
     // A file that cannot be stored is streamed to its clients from the mirror, unchecked
     // (they check it themselves) and without a temporary body on the cache disk.
     let unstored = |response: reqwest::Response| {
@@ -262,40 +268,34 @@ async fn fetch(
             return Ok(unstored(response));
         }
     };
-    let mut body = receive(
+    let body = receive(
         cache,
         request,
-        &request.path,
+        upstream_path,
         (mirror.clone(), response),
         &mut mirrors,
-        (!hold).then_some(tx),
+        tx,
         temp,
     )
     .await?;
     if let Some(expect) = request.expect.as_ref().filter(|_| status == 200)
         && !body.matches(&expect.digest)
     {
-        match (&expect.source, &expect.by_hash_path) {
-            (Source::Release, Some(path)) => {
-                tracing::warn!(key = %request.key, "index does not match its Release; fetching it by hash");
-                let mut mirrors = Attempts::new(cache, request);
-                let answer = match mirrors.first_answer(path, &Ask::default()).await? {
-                    Answer::Response(mirror, response) if response.status().as_u16() == 200 => {
-                        (mirror, response)
-                    }
-                    _ => return Err(FillError::Inconsistent),
-                };
-                let temp = cache.store.begin(&request.key, None).await?;
-                body = receive(cache, request, path, answer, &mut mirrors, None, temp).await?;
-                if !body.matches(&expect.digest) {
-                    return Err(FillError::Inconsistent);
-                }
-            }
-            _ => return Err(body.contradicts(cache, request, &expect.digest)),
+        if expect.source == Source::Release {
+            tracing::warn!(key = %request.key, path = upstream_path, mirror = %body.mirror.base, "index does not match its Release (a mirror caught mid-sync?); cut, nothing stored");
+            return Err(FillError::Inconsistent);
         }
+        return Err(body.contradicts(cache, request, &expect.digest));
     }
-    // A package no index vouched for when its fill started may have one now.
+    // A package no index vouched for when its fill started may have one now, or once the
+    // package index of its repo being learnt is in (the download and the parse overlapped).
     let unvouched_package = request.expect.is_none() && index::is_package(&request.path);
+    if unvouched_package && status == 200 {
+        cache
+            .indexes
+            .settled(&request.repo, super::learn::SETTLE_MAX)
+            .await;
+    }
     if unvouched_package
         && status == 200
         && let Some(expect) = cache.indexes.expected(&request.repo, &request.path)
@@ -593,19 +593,17 @@ async fn receive(
     path: &str,
     (mut mirror, response): (Arc<Mirror>, reqwest::Response),
     mirrors: &mut Attempts<'_>,
-    tx: Option<&watch::Sender<FillState>>,
+    tx: &watch::Sender<FillState>,
     mut temp: Writer,
 ) -> Result<Received, FillError> {
     let status = response.status().as_u16();
     let headers = response.headers().clone();
     let head = Arc::new(Head::of(&response));
-    if let Some(tx) = tx {
-        tx.send_replace(FillState::Streaming {
-            head: head.clone(),
-            file: temp.spool(),
-            written: 0,
-        });
-    }
+    tx.send_replace(FillState::Streaming {
+        head: head.clone(),
+        file: temp.spool(),
+        written: 0,
+    });
     let pinned = if status == 200 {
         by_hash_digest(path)
     } else {
@@ -697,13 +695,11 @@ async fn receive(
         if let Err(e) = temp.flush().await {
             return Err(cache.write_failed(e));
         }
-        if let Some(tx) = tx {
-            tx.send_modify(|state| {
-                if let FillState::Streaming { written: w, .. } = state {
-                    *w = written;
-                }
-            });
-        }
+        tx.send_modify(|state| {
+            if let FillState::Streaming { written: w, .. } = state {
+                *w = written;
+            }
+        });
         if let Some((why, unhealthy)) = failure {
             if unhealthy {
                 mirror.failed(&why, cache.tuning.mirror_demotion);

@@ -3,9 +3,11 @@
 //!
 //! - A Release or repomd.xml is small: it is learnt before its clients get their last byte.
 //! - A package index can be tens of megabytes: it is parsed on the blocking pool, off the
-//!   client's path. Until that is done, requests for packages of the same repo wait for it
-//!   (at most [`SETTLE_MAX`]), so that a client that reads the index and then asks for a
-//!   package finds the package vouched for.
+//!   client's path. Until that is done, a package of the same repo that is not stored is
+//!   fetched at once but waits for it before its last byte (at most [`SETTLE_MAX`]), so that
+//!   a client that reads the index and then asks for a package finds the package vouched for
+//!   while the download and the parse overlap; a stored one waits before it is answered (the
+//!   index may contradict it).
 //! - A package stored before its index was learnt carries the digests the index may name
 //!   (computed while it was written): when the index arrives, each stored package it lists is
 //!   checked against it from its record, and one that contradicts it is dropped.
@@ -63,16 +65,13 @@ impl Read for ChunkReader {
 
 impl Cache {
     /// What an index says `path` in `repo` must be. After a restart, the Release of the path's
-    /// suite is read back from the cache the first time it is needed. A package waits while a
-    /// package index of its repo is being learnt.
+    /// suite is read back from the cache the first time it is needed. A package index being
+    /// learnt is not waited for here (see [`Cache::lookup`] and the fill's end).
     pub async fn expectation(&self, repo: &str, path: &str) -> Option<Expectation> {
         if let Some(dir) = crate::distro::class::suite_dir(path)
             && !self.indexes.knows_release(repo, dir)
         {
             self.learn_stored_release(repo, dir, None).await;
-        }
-        if index::is_package(path) {
-            self.indexes.settled(repo, SETTLE_MAX).await;
         }
         self.indexes.expected(repo, path)
     }

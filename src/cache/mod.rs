@@ -280,14 +280,24 @@ impl Cache {
         request: &FillRequest,
         start_fill: bool,
     ) -> Result<Lookup, StorageError> {
-        // A copy that an index contradicts is neither served nor kept as a fallback.
-        let agrees = |m: &Arc<EntryMeta>| {
-            request
-                .expect
-                .as_ref()
-                .is_none_or(|e| m.status != 200 || e.digest.matches(m))
-        };
         let mut stored = self.entry(&request.key).await?;
+        // A stored package is not answered while a package index of its repo is being learnt:
+        // the index may contradict it. (One not stored is fetched at once; its fill waits for
+        // the index before its last byte.)
+        let learnt = if stored.is_some()
+            && request.expect.is_none()
+            && index::is_package(&request.path)
+            && self.indexes.is_learning(&request.repo)
+        {
+            self.indexes.settled(&request.repo, learn::SETTLE_MAX).await;
+            self.indexes.expected(&request.repo, &request.path)
+        } else {
+            None
+        };
+        let expect = request.expect.as_ref().or(learnt.as_ref());
+        // A copy that an index contradicts is neither served nor kept as a fallback.
+        let agrees =
+            |m: &Arc<EntryMeta>| expect.is_none_or(|e| m.status != 200 || e.digest.matches(m));
         // On a shared store another instance may hold the version the index names.
         if stored.as_ref().is_some_and(|m| !agrees(m)) && !self.store.capabilities().sole_writer {
             stored = self.load_from_store(&request.key).await?;
@@ -319,7 +329,10 @@ impl Cache {
         drop(fills);
         tokio::spawn(fill::run(
             self.clone(),
-            request.clone(),
+            FillRequest {
+                expect: expect.cloned(),
+                ..request.clone()
+            },
             current.clone(),
             tx,
         ));

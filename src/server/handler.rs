@@ -78,7 +78,6 @@ pub async fn handle(
         tracing::debug!(request_id = id, method = %method, uri = %uri, client = %peer, headers = %Redacted(request.headers()), "request headers");
     }
     let (mut response, routed) = answer(&state, request, peer).await;
-    let repo = routed.as_ref().map(|r| r.repo.clone());
     let headers = response.headers_mut();
     headers.insert("x-version", HeaderValue::from_static(crate::VERSION));
     headers.insert("x-build-commit", HeaderValue::from_static(crate::COMMIT));
@@ -102,68 +101,168 @@ pub async fn handle(
     let cache = headers
         .get("x-cache")
         .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+        .unwrap_or("")
+        .to_string();
     let size = headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let ms = (started.elapsed().as_secs_f64() * 1_000_000.0).round() / 1000.0;
-    let status = response.status().as_u16();
-    let target = uri.to_string();
-    crate::telemetry::logging::access(&crate::telemetry::logging::Access {
-        request_id: id,
-        method: method.as_str(),
-        uri: &target,
-        repo: repo.as_deref().unwrap_or("-"),
-        client: peer,
-        status,
+    let finish = Finish {
+        state,
+        id,
+        method,
+        target: uri.to_string(),
+        routed,
+        peer,
+        status: response.status().as_u16(),
         cache,
         size,
-        ms,
-    });
-    if let Some(tracer) = &state.tracer {
-        let (trace_id, span_id, parent_span_id) = tracer.ids(traceparent.as_deref());
-        let mut attributes = vec![
-            ("http.request.method", method.to_string()),
-            ("url.full", target.clone()),
-            ("http.response.status_code", status.to_string()),
-            ("client.address", peer.to_string()),
-            ("apt_proxy.cache", cache.to_string()),
-        ];
-        if let Some(r) = &routed {
-            attributes.push(("apt_proxy.distro", r.distro.clone()));
-            attributes.push(("apt_proxy.repo", r.repo.clone()));
-            let mirror = r.mirrors.current();
-            attributes.push((
-                "apt_proxy.mirror",
-                mirror.base.host_str().unwrap_or_default().to_string(),
-            ));
+        started,
+        wall_start,
+        traceparent,
+    };
+    // The line is written when the body is done (or the client gone): its duration is the
+    // whole transfer's, not the time to the response head.
+    let (parts, inner) = response.into_parts();
+    let body = Logged {
+        inner,
+        finish: Some(finish),
+    };
+    Ok(Response::from_parts(
+        parts,
+        http_body_util::BodyExt::boxed_unsync(body),
+    ))
+}
+
+/// What the access log, the trace and the status page say about a request, once its body is
+/// sent.
+struct Finish {
+    state: Arc<AppState>,
+    id: u64,
+    method: Method,
+    target: String,
+    routed: Option<Routed>,
+    peer: IpAddr,
+    status: u16,
+    cache: String,
+    size: Option<u64>,
+    started: Instant,
+    wall_start: std::time::SystemTime,
+    traceparent: Option<String>,
+}
+
+impl Finish {
+    fn done(self) {
+        let Finish {
+            state,
+            id,
+            method,
+            target,
+            routed,
+            peer,
+            status,
+            cache,
+            size,
+            started,
+            wall_start,
+            traceparent,
+        } = self;
+        let ms = (started.elapsed().as_secs_f64() * 1_000_000.0).round() / 1000.0;
+        let repo = routed.as_ref().map(|r| r.repo.clone());
+        crate::telemetry::logging::access(&crate::telemetry::logging::Access {
+            request_id: id,
+            method: method.as_str(),
+            uri: &target,
+            repo: repo.as_deref().unwrap_or("-"),
+            client: peer,
+            status,
+            cache: &cache,
+            size,
+            ms,
+        });
+        if let Some(tracer) = &state.tracer {
+            let (trace_id, span_id, parent_span_id) = tracer.ids(traceparent.as_deref());
+            let mut attributes = vec![
+                ("http.request.method", method.to_string()),
+                ("url.full", target.clone()),
+                ("http.response.status_code", status.to_string()),
+                ("client.address", peer.to_string()),
+                ("apt_proxy.cache", cache.clone()),
+            ];
+            if let Some(r) = &routed {
+                attributes.push(("apt_proxy.distro", r.distro.clone()));
+                attributes.push(("apt_proxy.repo", r.repo.clone()));
+                let mirror = r.mirrors.current();
+                attributes.push((
+                    "apt_proxy.mirror",
+                    mirror.base.host_str().unwrap_or_default().to_string(),
+                ));
+            }
+            tracer.record(SpanRecord {
+                trace_id,
+                span_id,
+                parent_span_id,
+                name: format!(
+                    "{method} {}",
+                    routed.as_ref().map_or("apt-proxy", |r| r.repo.as_str())
+                ),
+                start: wall_start,
+                end: std::time::SystemTime::now(),
+                attributes,
+                error: status >= 500,
+            });
         }
-        tracer.record(SpanRecord {
-            trace_id,
-            span_id,
-            parent_span_id,
-            name: format!(
-                "{method} {}",
-                routed.as_ref().map_or("apt-proxy", |r| r.repo.as_str())
-            ),
-            start: wall_start,
-            end: std::time::SystemTime::now(),
-            attributes,
-            error: status >= 500,
+        state.activity.push(Activity {
+            at: unix_now(),
+            method: method.to_string(),
+            target: target.chars().take(120).collect(),
+            repo,
+            status,
+            cache,
+            bytes: size,
+            ms,
         });
     }
-    state.activity.push(Activity {
-        at: unix_now(),
-        method: method.to_string(),
-        target: target.chars().take(120).collect(),
-        repo,
-        status,
-        cache: cache.to_string(),
-        bytes: size,
-        ms,
-    });
-    Ok(response)
+}
+
+/// A response body that reports its request when it ends, fails or is dropped unfinished.
+struct Logged {
+    inner: Body,
+    finish: Option<Finish>,
+}
+
+impl hyper::body::Body for Logged {
+    type Data = bytes::Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(None | Some(Err(_))) = &polled
+            && let Some(finish) = self.finish.take()
+        {
+            finish.done();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        if let Some(finish) = self.finish.take() {
+            finish.done();
+        }
+    }
 }
 
 /// Where a package request was routed (for logs and traces).

@@ -1,8 +1,11 @@
 //! Index consistency: the proxy never hands out an index its Release contradicts, nor a
 //! package its Packages index contradicts.
 
+use std::time::Duration;
+
 use sha2::{Digest, Sha256};
 
+use crate::origin::Behavior;
 use crate::{Origin, Proxy, cache_dir, x_cache};
 
 fn sha(bytes: &[u8]) -> String {
@@ -77,7 +80,8 @@ async fn a_mirror_caught_mid_sync_still_gives_a_set_that_verifies() {
         sha(new)
     );
     origin.put(&by_hash, new.to_vec());
-    // A second index whose by-hash copy is missing too: a clear error, not a wrong file.
+    // A second index whose by-hash copy is missing: fetched under its plain name, streamed, and
+    // cut at its end: the client never takes the wrong version as complete.
     let broken = "dists/stable/main/binary-i386/Packages";
     let new_i386: &[u8] = b"Package: b\n";
     origin.put(
@@ -101,14 +105,82 @@ async fn a_mirror_caught_mid_sync_still_gives_a_set_that_verifies() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().await.unwrap(), new);
     assert_eq!(origin.hits(&by_hash), 1);
+    // The Release allows by-hash names: the plain one, which the mirror may not have updated
+    // yet, was not even asked for.
+    assert_eq!(origin.hits(&format!("/debian/{PACKAGES}")), 0);
     // And it is cached as the verified version.
     let r = proxy.get(&format!("debian/{PACKAGES}")).await;
     assert_eq!(x_cache(&r), "HIT");
     assert_eq!(r.bytes().await.unwrap(), new);
 
-    let r = proxy.get(&format!("debian/{broken}")).await;
-    assert_eq!(r.status(), 502);
-    assert!(r.text().await.unwrap().contains("Release"));
+    for attempt in 1..=2 {
+        let r = proxy.get(&format!("debian/{broken}")).await;
+        assert_ne!(x_cache(&r), "HIT", "nothing was stored");
+        // A client that joins while the body arrives has it cut at its end; one that comes
+        // after the check gets a 502 with the reason.
+        if r.status() == 502 {
+            assert!(r.text().await.unwrap().contains("Release"));
+        } else {
+            assert!(
+                r.bytes().await.is_err(),
+                "a body its Release contradicts must not look complete"
+            );
+        }
+        assert_eq!(origin.hits(&format!("/debian/{broken}")), attempt);
+    }
+}
+
+/// An index its Release vouches for streams like any file: the client has its first bytes
+/// while the mirror is still sending (the by-hash copy); it is checked at its end and stored.
+#[tokio::test]
+async fn a_verified_index_streams_as_it_arrives() {
+    let origin = Origin::start().await;
+    let packages: Vec<u8> = (0..4000)
+        .map(|i| {
+            format!(
+                "Package: p{i}\nFilename: pool/main/p/p{i}_1_all.deb\nSize: 1\nSHA256: {}\n\n",
+                sha(&[i as u8])
+            )
+        })
+        .collect::<String>()
+        .into_bytes();
+    origin.put(
+        "/debian/dists/stable/InRelease",
+        release(&[("main/binary-amd64/Packages", &packages)]),
+    );
+    let by_hash = format!(
+        "/debian/dists/stable/main/binary-amd64/by-hash/SHA256/{}",
+        sha(&packages)
+    );
+    origin.put(&by_hash, packages.clone());
+    origin.set(&by_hash, Behavior::Gated(100_000));
+    let dir = cache_dir();
+    let proxy = Proxy::start(&origin, dir.path(), |_| {}).await;
+    proxy
+        .get("debian/dists/stable/InRelease")
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    let mut r = proxy.get(&format!("debian/{PACKAGES}")).await;
+    assert_eq!(r.status(), 200);
+    let mut got = Vec::new();
+    while got.len() < 100_000 {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), r.chunk())
+            .await
+            .expect("the start of the index was held back until its end")
+            .unwrap()
+            .expect("the body ended early");
+        got.extend_from_slice(&chunk);
+    }
+    origin.release();
+    while let Some(chunk) = r.chunk().await.unwrap() {
+        got.extend_from_slice(&chunk);
+    }
+    assert!(got == packages, "the index arrived altered");
+    let r = proxy.get(&format!("debian/{PACKAGES}")).await;
+    assert_eq!(x_cache(&r), "HIT");
+    assert_eq!(origin.hits(&format!("/debian/{PACKAGES}")), 0);
 }
 
 #[tokio::test]

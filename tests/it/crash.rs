@@ -475,3 +475,67 @@ async fn logging_follows_its_variables_and_leaves_probes_out() {
         "--debug forces debug: {lines:?}"
     );
 }
+
+/// The access log's duration is the whole transfer's, not the time to the response head; a
+/// client that hangs up mid-body is logged too.
+#[tokio::test]
+async fn the_access_log_times_the_whole_transfer() {
+    let origin = Origin::start().await;
+    origin.put("/debian/pool/slow.deb", data(5_000, 3));
+    origin.set(
+        "/debian/pool/slow.deb",
+        Behavior::Slow {
+            chunk: 1_000,
+            delay: Duration::from_millis(150),
+        },
+    );
+    origin.put("/debian/pool/left.deb", data(200_000, 4));
+    origin.set("/debian/pool/left.deb", Behavior::Gated(1_000));
+    let dir = cache_dir();
+    let client = crate::client_builder().build().unwrap();
+    let proxy = Binary::start_with(
+        dir.path(),
+        &["--mode", "debian", "--debian", &origin.base("debian")],
+        &[],
+    );
+    let r = client
+        .get(proxy.url("debian/pool/slow.deb"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.bytes().await.unwrap().len(), 5_000);
+    let r = client
+        .get(proxy.url("debian/pool/left.deb"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    drop(r);
+    let requests = || -> Vec<serde_json::Value> {
+        proxy
+            .lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["message"] == "request")
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while requests().len() < 2 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let requests = requests();
+    let line = |name: &str| {
+        requests
+            .iter()
+            .find(|r| r["uri"].as_str().unwrap_or_default().ends_with(name))
+            .unwrap_or_else(|| panic!("no line for {name}: {requests:?}"))
+            .clone()
+    };
+    // Four gaps of 150 ms between the five chunks.
+    let slow = line("slow.deb");
+    assert!(slow["ms"].as_f64().unwrap() >= 550.0, "{slow}");
+    assert_eq!(line("left.deb")["status"], 200);
+    origin.release();
+}

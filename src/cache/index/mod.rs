@@ -101,8 +101,8 @@ pub fn recorded(meta: &EntryMeta, algo: Algo) -> Option<&str> {
 /// Who vouches for a digest, which decides what a mismatch means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
-    /// A Release file or a repomd.xml: the index is held back until verified, and a mismatch
-    /// is retried by hash.
+    /// A Release file or a repomd.xml: the index is fetched by its by-hash name where the
+    /// Release allows it, streamed, and cut at its end if it does not match.
     Release,
     /// A package index (Packages, primary, APKINDEX): the package is streamed; a mismatch is
     /// not stored.
@@ -435,8 +435,9 @@ impl IndexTables {
         Ok(())
     }
 
-    /// Marks a package index of `repo` as being learnt from: package requests of that repo
-    /// wait for it ([`IndexTables::settled`]).
+    /// Marks a package index of `repo` as being learnt from: stored packages of that repo are
+    /// not answered, and fetched ones not finished, before it is done
+    /// ([`IndexTables::settled`]).
     pub fn learning(&self, repo: &str) -> Learning {
         let mut repos = lock(&self.learning.repos);
         *repos.entry(repo.to_string()).or_default() += 1;
@@ -448,6 +449,15 @@ impl IndexTables {
             now: self.learning.clone(),
             repo: repo.to_string(),
         }
+    }
+
+    /// Whether a package index of `repo` is being learnt from.
+    pub fn is_learning(&self, repo: &str) -> bool {
+        self.learning
+            .active
+            .load(std::sync::atomic::Ordering::Acquire)
+            > 0
+            && lock(&self.learning.repos).contains_key(repo)
     }
 
     /// Waits, at most `max`, until no package index of `repo` is being learnt from.
