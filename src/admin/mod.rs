@@ -58,6 +58,13 @@ pub fn is_probe(path: &str) -> bool {
         || path.starts_with("/_/ping/")
 }
 
+/// Whether a path addressed to the proxy is one of its own pages ([`management`] answers it).
+pub fn is_own_page(path: &str) -> bool {
+    is_probe(path)
+        || matches!(path, "/" | "/version" | "/metrics" | "/api")
+        || path.starts_with("/api/")
+}
+
 /// Answers management requests addressed to the proxy itself (`to_us`: origin-form, or
 /// absolute-form to its port naming no mirror); `None` for package traffic.
 pub async fn management(

@@ -115,6 +115,9 @@ pub enum FillError {
     /// The request's path does not make a URL under the mirror's base: the client's fault.
     #[error("malformed path")]
     BadPath,
+    /// A read-ahead's fill that no one waits for any more.
+    #[error("read-ahead no longer wanted")]
+    Unwanted,
 }
 
 /// The longest upstream header value kept with an entry (Content-Type, Last-Modified, ETag,
@@ -162,7 +165,11 @@ pub(super) async fn run(
         };
     }
     let state = outcome.unwrap_or_else(|e| {
-        tracing::warn!(key = %request.key, error = %crate::upstream::error_chain(&e), "fill failed, nothing stored");
+        if matches!(e, FillError::Unwanted) {
+            tracing::debug!(key = %request.key, "read-ahead no longer wanted; stopped, nothing stored");
+        } else {
+            tracing::warn!(key = %request.key, error = %crate::upstream::error_chain(&e), "fill failed, nothing stored");
+        }
 
         FillState::Failed(Arc::new(e))
     });
@@ -700,6 +707,11 @@ async fn receive(
                 *w = written;
             }
         });
+        // Only the table of fills holds a receiver: the client whose read-ahead started this
+        // left before asking for it, and no one else joined.
+        if request.speculative && tx.receiver_count() <= 1 {
+            return Err(FillError::Unwanted);
+        }
         if let Some((why, unhealthy)) = failure {
             if unhealthy {
                 mirror.failed(&why, cache.tuning.mirror_demotion);

@@ -110,6 +110,8 @@ pub struct FillRequest {
     pub rule_max_age: Option<u64>,
     /// The repo is an Alpine tree: an `.apk` is checked as an Alpine package.
     pub alpine: bool,
+    /// Started by a read-ahead: the fill stops, storing nothing, once no one waits for it.
+    pub speculative: bool,
 }
 
 impl FillRequest {

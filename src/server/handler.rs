@@ -13,6 +13,7 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use super::AppState;
+use super::readahead::Connection;
 use crate::cache::body::{self, Body};
 use crate::cache::fill::{FillError, FillState, Head};
 use crate::cache::serve::{self, Plan, Representation};
@@ -62,6 +63,7 @@ impl std::fmt::Display for Redacted<'_> {
 pub async fn handle(
     state: Arc<AppState>,
     peer: IpAddr,
+    connection: Arc<Connection>,
     request: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
@@ -77,7 +79,7 @@ pub async fn handle(
     if tracing::enabled!(tracing::Level::DEBUG) {
         tracing::debug!(request_id = id, method = %method, uri = %uri, client = %peer, headers = %Redacted(request.headers()), "request headers");
     }
-    let (mut response, routed) = answer(&state, request, peer).await;
+    let (mut response, routed) = answer(&state, request, peer, &connection).await;
     let headers = response.headers_mut();
     headers.insert("x-version", HeaderValue::from_static(crate::VERSION));
     headers.insert("x-build-commit", HeaderValue::from_static(crate::COMMIT));
@@ -95,6 +97,7 @@ pub async fn handle(
         );
     }
     if uri.authority().is_none() && crate::admin::is_probe(uri.path()) {
+        connection.finished.fetch_add(1, Ordering::Release);
         return Ok(response);
     }
     let headers = response.headers();
@@ -109,6 +112,7 @@ pub async fn handle(
         .and_then(|v| v.parse::<u64>().ok());
     let finish = Finish {
         state,
+        connection,
         id,
         method,
         target: uri.to_string(),
@@ -138,6 +142,7 @@ pub async fn handle(
 /// sent.
 struct Finish {
     state: Arc<AppState>,
+    connection: Arc<Connection>,
     id: u64,
     method: Method,
     target: String,
@@ -155,6 +160,7 @@ impl Finish {
     fn done(self) {
         let Finish {
             state,
+            connection,
             id,
             method,
             target,
@@ -167,6 +173,7 @@ impl Finish {
             wall_start,
             traceparent,
         } = self;
+        connection.finished.fetch_add(1, Ordering::Release);
         let ms = (started.elapsed().as_secs_f64() * 1_000_000.0).round() / 1000.0;
         let repo = routed.as_ref().map(|r| r.repo.clone());
         crate::telemetry::logging::access(&crate::telemetry::logging::Access {
@@ -316,6 +323,7 @@ async fn answer(
     state: &AppState,
     request: Request<Incoming>,
     peer: IpAddr,
+    connection: &Connection,
 ) -> (Response<Body>, Option<Routed>) {
     let uri = request.uri();
     let registry = state.reloader.registry.load();
@@ -349,27 +357,23 @@ async fn answer(
             return (r, repo);
         }
     };
-    let expect = state
-        .cache
-        .expectation(&matched.repo.id, &matched.path)
-        .await;
     let rule = matched
         .repo
         .cache_rules
         .iter()
         .find(|r| r.pattern.is_match(&matched.path));
-    let fill = FillRequest {
-        key: CacheKey::new(&matched.repo.id, &matched.path),
-        mirrors: matched.repo.mirror_set.clone(),
-        class: classify(&matched.path),
-        path: matched.path,
-        repo: matched.repo.id.clone(),
-        expect,
-        rule_max_age: rule.and_then(|r| r.max_age),
-        alpine: matched.repo.is_alpine(),
-    };
-
-    let mut response = serve(state, fill, &matched.repo.id, request.headers(), head_only).await;
+    let fill = fill_for(state, &matched).await;
+    // A file whose fill a read-ahead of this connection started is this request's miss.
+    let read_ahead = connection.take(&fill.key);
+    let mut response = serve(
+        state,
+        fill,
+        &matched.repo.id,
+        request.headers(),
+        head_only,
+        read_ahead,
+    )
+    .await;
     // The rule's Cache-Control replaces the mirror's on every answer about the file (a 304 or
     // a 206 says what its 200 says), not on the proxy's errors.
     if let Some(rule) = rule
@@ -382,18 +386,61 @@ async fn answer(
     (response, repo)
 }
 
+/// The fill request for a routed package path: what `answer` serves and a read-ahead starts.
+async fn fill_for(state: &AppState, matched: &crate::route::RouteMatch) -> FillRequest {
+    let expect = state
+        .cache
+        .expectation(&matched.repo.id, &matched.path)
+        .await;
+    let rule = matched
+        .repo
+        .cache_rules
+        .iter()
+        .find(|r| r.pattern.is_match(&matched.path));
+    FillRequest {
+        key: CacheKey::new(&matched.repo.id, &matched.path),
+        mirrors: matched.repo.mirror_set.clone(),
+        class: classify(&matched.path),
+        path: matched.path.clone(),
+        repo: matched.repo.id.clone(),
+        expect,
+        rule_max_age: rule.and_then(|r| r.max_age),
+        alpine: matched.repo.is_alpine(),
+        speculative: false,
+    }
+}
+
+/// The fill request a GET of `uri` would make, for a read-ahead: none for what is not a
+/// package path (the proxy's own pages, refused routes).
+pub(super) async fn fill_request(state: &AppState, uri: &http::Uri) -> Option<FillRequest> {
+    let registry = state.reloader.registry.load();
+    let matched = route(&registry, uri).ok()?;
+    if addressed_to_us(state, uri, true) && crate::admin::is_own_page(uri.path()) {
+        return None;
+    }
+    Some(fill_for(state, &matched).await)
+}
+
 async fn serve(
     state: &AppState,
     fill: FillRequest,
     repo: &str,
     headers: &HeaderMap,
     head_only: bool,
+    read_ahead: bool,
 ) -> Response<Body> {
-    let response = answer_from_cache(state, fill, headers, head_only).await;
-    let hit = response
+    let mut response = answer_from_cache(state, fill, headers, head_only).await;
+    let mut hit = response
         .headers()
         .get("x-cache")
         .is_some_and(|v| v == "HIT");
+    if hit && read_ahead {
+        // Filled by this client's own read-ahead while earlier answers were sent.
+        response
+            .headers_mut()
+            .insert("x-cache", HeaderValue::from_static("MISS"));
+        hit = false;
+    }
     state.cache.count(repo, hit);
     response
 }

@@ -3,6 +3,7 @@
 
 pub mod handler;
 pub mod limits;
+mod readahead;
 pub mod reload;
 mod stall;
 mod tls;
@@ -400,7 +401,9 @@ impl Server {
                         let _ = stream.set_nodelay(true);
                         let stream = stall::WriteTimeout::new(stream, self.write_timeout);
                         let state = self.state.clone();
-                        let service = service_fn(move |req| handler::handle(state.clone(), peer, req));
+                        let connection = Arc::new(readahead::Connection::default());
+                        let stream = readahead::ReadAhead::new(stream, state.clone(), connection.clone());
+                        let service = service_fn(move |req| handler::handle(state.clone(), peer, connection.clone(), req));
                         let builder = builder.clone();
                         let (stopping, open) = (stopping.clone(), open.clone());
                         match self.tls.clone() {

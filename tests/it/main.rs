@@ -18,6 +18,7 @@ mod integrity;
 mod mirrors;
 mod ops;
 mod otlp;
+mod pipeline;
 mod routing;
 mod s3;
 mod semantics;

@@ -1,0 +1,214 @@
+//! Pipelined read-ahead. apt sends up to ten requests on a connection before the first answer;
+//! HTTP/1.1 answers them in order, and hyper calls the handler for one only once the previous
+//! response is sent, so each cold file would wait a whole round trip to the mirror after the
+//! previous one. This layer sits between the socket and hyper: it sees the bytes hyper reads,
+//! finds the request heads queued behind the one being answered, and starts their look-ups
+//! (and fills) at once. Hyper still answers every request itself, in order; a read-ahead only
+//! makes the fill it joins older.
+//!
+//! Bounds: at most [`MAX_AHEAD`] read-aheads outstanding per connection, request heads of at
+//! most [`MAX_HEAD`] bytes (anything larger, unparsable or carrying a body stops read-ahead for
+//! the connection: hyper judges it). A fill started by a read-ahead is speculative: once no one
+//! waits for it (the connection closed before asking for it, and no other client joined), it
+//! stops at its next chunk and stores nothing.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::watch;
+
+use super::AppState;
+use crate::cache::Lookup;
+use crate::cache::fill::FillState;
+use crate::storage::CacheKey;
+
+/// Read-aheads outstanding per connection, at most.
+pub const MAX_AHEAD: usize = 32;
+/// The longest request head looked at; hyper's own limit is larger, and judges the rest.
+const MAX_HEAD: usize = 16 * 1024;
+/// Headers per request head looked at.
+const MAX_HEADERS: usize = 64;
+
+/// What a connection's read-aheads and its requests share.
+#[derive(Debug, Default)]
+pub struct Connection {
+    /// Responses whose body is done (sent or abandoned).
+    pub finished: AtomicUsize,
+    /// Fills that read-aheads started, by key, until their request takes them.
+    started: Mutex<HashMap<CacheKey, watch::Receiver<FillState>>>,
+}
+
+impl Connection {
+    /// Whether a read-ahead of this connection started the fill of `key` (and forgets it).
+    pub fn take(&self, key: &CacheKey) -> bool {
+        self.started
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(key)
+            .is_some()
+    }
+
+    fn outstanding(&self) -> usize {
+        let mut started = self.started.lock().unwrap_or_else(PoisonError::into_inner);
+        started.retain(|_, rx| {
+            matches!(
+                *rx.borrow(),
+                FillState::Pending | FillState::Streaming { .. }
+            )
+        });
+        started.len()
+    }
+}
+
+/// The socket as hyper sees it, read-ahead on the side.
+pub struct ReadAhead<I> {
+    io: I,
+    state: Arc<AppState>,
+    connection: Arc<Connection>,
+    /// Bytes of a request head not complete yet.
+    pending: Vec<u8>,
+    /// Request heads seen on this connection.
+    heads: usize,
+    /// Read-ahead stopped for this connection.
+    off: bool,
+}
+
+impl<I> ReadAhead<I> {
+    pub fn new(io: I, state: Arc<AppState>, connection: Arc<Connection>) -> ReadAhead<I> {
+        ReadAhead {
+            io,
+            state,
+            connection,
+            pending: Vec::new(),
+            heads: 0,
+            off: false,
+        }
+    }
+
+    /// Looks at bytes hyper just read.
+    fn scan(&mut self, data: &[u8]) {
+        if self.off {
+            return;
+        }
+        self.pending.extend_from_slice(data);
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut request = httparse::Request::new(&mut headers);
+            let len = match request.parse(&self.pending) {
+                Ok(httparse::Status::Complete(len)) => len,
+                Ok(httparse::Status::Partial) => {
+                    if self.pending.len() > MAX_HEAD {
+                        self.stop();
+                    }
+                    return;
+                }
+                Err(_) => return self.stop(),
+            };
+            let mut wanted = request.method == Some("GET");
+            for h in request.headers.iter() {
+                let name = h.name;
+                if name.eq_ignore_ascii_case("content-length") && h.value != b"0"
+                    || name.eq_ignore_ascii_case("transfer-encoding")
+                    || name.eq_ignore_ascii_case("upgrade")
+                {
+                    // A body (or a protocol switch) follows: the next head cannot be found
+                    // without reading it as hyper does.
+                    return self.stop();
+                }
+                wanted &= !name.eq_ignore_ascii_case("range");
+            }
+            let index = self.heads;
+            self.heads += 1;
+            // The head hyper answers next (every earlier response is done) needs no help.
+            let queued = index > self.connection.finished.load(Ordering::Acquire);
+            if wanted
+                && queued
+                && let Some(Ok(uri)) = request.path.map(str::parse::<http::Uri>)
+                && self.connection.outstanding() < MAX_AHEAD
+            {
+                tokio::spawn(start(self.state.clone(), self.connection.clone(), uri));
+            }
+            self.pending.drain(..len);
+        }
+    }
+
+    fn stop(&mut self) {
+        self.off = true;
+        self.pending = Vec::new();
+    }
+}
+
+/// Looks the request up as its turn would, starting its fill (speculative) when it is not
+/// stored; remembers a fill it started for the request to claim.
+async fn start(state: Arc<AppState>, connection: Arc<Connection>, uri: http::Uri) {
+    let Some(fill) = super::handler::fill_request(&state, &uri).await else {
+        return;
+    };
+    let fill = crate::cache::FillRequest {
+        speculative: true,
+        ..fill
+    };
+    let asked = std::time::Instant::now();
+    if let Ok(Lookup::Fill { rx, since, .. }) = state.cache.lookup(&fill, true).await
+        && since >= asked
+    {
+        connection
+            .started
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(fill.key, rx);
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for ReadAhead<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.io).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = polled
+            && buf.filled().len() > before
+        {
+            let filled = &buf.filled()[before..];
+            this.scan(filled);
+        }
+        polled
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for ReadAhead<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
