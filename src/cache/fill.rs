@@ -206,9 +206,10 @@ async fn fetch(
     let mut mirrors = Attempts::new(cache, request);
     let mut answer = mirrors.first_answer(upstream_path, &ask).await?;
     if by_hash.is_some()
-        && matches!(&answer, Answer::Response(_, r) if r.status() == reqwest::StatusCode::NOT_FOUND)
+        && matches!(&answer, Answer::Response(_, r) if r.status().is_client_error())
     {
-        // A mirror without by-hash files: the plain name, checked at its end.
+        // A mirror without by-hash files (404, or 403/410 from some stores): the plain name,
+        // checked at its end.
         upstream_path = &request.path;
         mirrors = Attempts::new(cache, request);
         answer = mirrors.first_answer(upstream_path, &ask).await?;
@@ -709,7 +710,10 @@ async fn receive(
         });
         // Only the table of fills holds a receiver: the client whose read-ahead started this
         // left before asking for it, and no one else joined.
-        if request.speculative && tx.receiver_count() <= 1 {
+        if let Some(claimed) = &request.speculative
+            && !claimed.load(std::sync::atomic::Ordering::Acquire)
+            && tx.receiver_count() <= 1
+        {
             return Err(FillError::Unwanted);
         }
         if let Some((why, unhealthy)) = failure {

@@ -110,8 +110,9 @@ pub struct FillRequest {
     pub rule_max_age: Option<u64>,
     /// The repo is an Alpine tree: an `.apk` is checked as an Alpine package.
     pub alpine: bool,
-    /// Started by a read-ahead: the fill stops, storing nothing, once no one waits for it.
-    pub speculative: bool,
+    /// Started by a read-ahead: until the flag is set (its request claimed it), the fill
+    /// stops, storing nothing, once no one waits for it.
+    pub speculative: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl FillRequest {

@@ -363,17 +363,19 @@ async fn answer(
         .iter()
         .find(|r| r.pattern.is_match(&matched.path));
     let fill = fill_for(state, &matched).await;
-    // A file whose fill a read-ahead of this connection started is this request's miss.
-    let read_ahead = connection.take(&fill.key);
+    // A file whose fill a read-ahead of this connection started is this request's miss; its
+    // receiver is held until the request follows the fill itself.
+    let claimed = connection.take(&fill.key);
     let mut response = serve(
         state,
         fill,
         &matched.repo.id,
         request.headers(),
         head_only,
-        read_ahead,
+        claimed.is_some(),
     )
     .await;
+    drop(claimed);
     // The rule's Cache-Control replaces the mirror's on every answer about the file (a 304 or
     // a 206 says what its 200 says), not on the proxy's errors.
     if let Some(rule) = rule
@@ -406,7 +408,7 @@ async fn fill_for(state: &AppState, matched: &crate::route::RouteMatch) -> FillR
         expect,
         rule_max_age: rule.and_then(|r| r.max_age),
         alpine: matched.repo.is_alpine(),
-        speculative: false,
+        speculative: None,
     }
 }
 

@@ -402,7 +402,8 @@ impl Server {
                         let stream = stall::WriteTimeout::new(stream, self.write_timeout);
                         let state = self.state.clone();
                         let connection = Arc::new(readahead::Connection::default());
-                        let stream = readahead::ReadAhead::new(stream, state.clone(), connection.clone());
+                        // Read-ahead looks at what hyper reads: the plain bytes, under TLS.
+                        let read_ahead = (state.clone(), connection.clone());
                         let service = service_fn(move |req| handler::handle(state.clone(), peer, connection.clone(), req));
                         let builder = builder.clone();
                         let (stopping, open) = (stopping.clone(), open.clone());
@@ -410,6 +411,7 @@ impl Server {
                             None => {
                                 tokio::spawn(async move {
                                     let _admitted = admitted;
+                                    let stream = readahead::ReadAhead::new(stream, read_ahead.0, read_ahead.1);
                                     serve(&builder, stream, service, stopping, open).await;
                                 });
                             }
@@ -421,6 +423,7 @@ impl Server {
                                         tracing::debug!("TLS handshake failed or timed out");
                                         return;
                                     };
+                                    let stream = readahead::ReadAhead::new(stream, read_ahead.0, read_ahead.1);
                                     serve(&builder, stream, service, stopping, open).await;
                                 });
                             }

@@ -6,15 +6,17 @@
 //! (and fills) at once. Hyper still answers every request itself, in order; a read-ahead only
 //! makes the fill it joins older.
 //!
-//! Bounds: at most [`MAX_AHEAD`] read-aheads outstanding per connection, request heads of at
-//! most [`MAX_HEAD`] bytes (anything larger, unparsable or carrying a body stops read-ahead for
-//! the connection: hyper judges it). A fill started by a read-ahead is speculative: once no one
-//! waits for it (the connection closed before asking for it, and no other client joined), it
-//! stops at its next chunk and stores nothing.
+//! Bounds: at most [`MAX_AHEAD`] read-aheads per connection not yet claimed by their request
+//! (a slot is taken before the look-up starts), request heads of at most [`MAX_HEAD`] bytes.
+//! Anything the scanner cannot follow as hyper will (a larger or unparsable head or target, a
+//! body, an upgrade or CONNECT, HTTP/1.0, `Connection: close`) stops read-ahead for the
+//! connection: hyper judges it. A fill started by a read-ahead is speculative until its
+//! request claims it: if no one waits for it before that (the client left, no other client
+//! joined), it stops at its next chunk and stores nothing.
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
@@ -38,29 +40,36 @@ const MAX_HEADERS: usize = 64;
 pub struct Connection {
     /// Responses whose body is done (sent or abandoned).
     pub finished: AtomicUsize,
-    /// Fills that read-aheads started, by key, until their request takes them.
-    started: Mutex<HashMap<CacheKey, watch::Receiver<FillState>>>,
+    /// Fills that read-aheads started, by key, with their claim flag, until their request
+    /// takes them.
+    started: Mutex<HashMap<CacheKey, Started>>,
+    /// Read-aheads begun and not yet claimed (or found to need nothing): at most MAX_AHEAD.
+    slots: AtomicUsize,
 }
 
+type Started = (watch::Receiver<FillState>, Arc<AtomicBool>);
+
 impl Connection {
-    /// Whether a read-ahead of this connection started the fill of `key` (and forgets it).
-    pub fn take(&self, key: &CacheKey) -> bool {
-        self.started
+    /// The receiver of the fill a read-ahead of this connection started for `key`, if any;
+    /// the fill is then the request's own (no longer speculative).
+    pub fn take(&self, key: &CacheKey) -> Option<watch::Receiver<FillState>> {
+        let (rx, claimed) = self
+            .started
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .remove(key)
-            .is_some()
+            .remove(key)?;
+        claimed.store(true, Ordering::Release);
+        self.slots.fetch_sub(1, Ordering::AcqRel);
+        Some(rx)
     }
 
-    fn outstanding(&self) -> usize {
-        let mut started = self.started.lock().unwrap_or_else(PoisonError::into_inner);
-        started.retain(|_, rx| {
-            matches!(
-                *rx.borrow(),
-                FillState::Pending | FillState::Streaming { .. }
-            )
-        });
-        started.len()
+    /// Takes a slot for a read-ahead, if one is free.
+    fn reserve(&self) -> bool {
+        self.slots
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_AHEAD).then_some(n + 1)
+            })
+            .is_ok()
     }
 }
 
@@ -108,7 +117,12 @@ impl<I> ReadAhead<I> {
                 }
                 Err(_) => return self.stop(),
             };
+            if request.method == Some("CONNECT") || request.version != Some(1) {
+                // A tunnel follows, or HTTP/1.0 (one request unless keep-alive is asked for).
+                return self.stop();
+            }
             let mut wanted = request.method == Some("GET");
+            let mut last = false;
             for h in request.headers.iter() {
                 let name = h.name;
                 if name.eq_ignore_ascii_case("content-length") && h.value != b"0"
@@ -120,19 +134,26 @@ impl<I> ReadAhead<I> {
                     return self.stop();
                 }
                 wanted &= !name.eq_ignore_ascii_case("range");
+                last |= name.eq_ignore_ascii_case("connection")
+                    && String::from_utf8_lossy(h.value)
+                        .split(',')
+                        .any(|t| t.trim().eq_ignore_ascii_case("close"));
             }
+            let Some(Ok(uri)) = request.path.map(str::parse::<http::Uri>) else {
+                return self.stop();
+            };
             let index = self.heads;
             self.heads += 1;
             // The head hyper answers next (every earlier response is done) needs no help.
             let queued = index > self.connection.finished.load(Ordering::Acquire);
-            if wanted
-                && queued
-                && let Some(Ok(uri)) = request.path.map(str::parse::<http::Uri>)
-                && self.connection.outstanding() < MAX_AHEAD
-            {
+            if wanted && queued && self.connection.reserve() {
                 tokio::spawn(start(self.state.clone(), self.connection.clone(), uri));
             }
             self.pending.drain(..len);
+            if last {
+                // Hyper answers this one and closes: nothing after it is answered.
+                return self.stop();
+            }
         }
     }
 
@@ -143,24 +164,36 @@ impl<I> ReadAhead<I> {
 }
 
 /// Looks the request up as its turn would, starting its fill (speculative) when it is not
-/// stored; remembers a fill it started for the request to claim.
+/// stored; remembers a fill it started for the request to claim, else gives its slot back.
 async fn start(state: Arc<AppState>, connection: Arc<Connection>, uri: http::Uri) {
-    let Some(fill) = super::handler::fill_request(&state, &uri).await else {
-        return;
+    let claimed = Arc::new(AtomicBool::new(false));
+    let started = match super::handler::fill_request(&state, &uri).await {
+        Some(fill) => {
+            let fill = crate::cache::FillRequest {
+                speculative: Some(claimed.clone()),
+                ..fill
+            };
+            let asked = std::time::Instant::now();
+            match state.cache.lookup(&fill, true).await {
+                Ok(Lookup::Fill { rx, since, .. }) if since >= asked => Some((fill.key, rx)),
+                _ => None,
+            }
+        }
+        None => None,
     };
-    let fill = crate::cache::FillRequest {
-        speculative: true,
-        ..fill
-    };
-    let asked = std::time::Instant::now();
-    if let Ok(Lookup::Fill { rx, since, .. }) = state.cache.lookup(&fill, true).await
-        && since >= asked
-    {
-        connection
-            .started
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(fill.key, rx);
+    let mut map = connection
+        .started
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    match started {
+        // A second read-ahead of the same file on this connection: the first holds its slot.
+        Some((key, rx)) if !map.contains_key(&key) => {
+            map.insert(key, (rx, claimed));
+        }
+        _ => {
+            drop(map);
+            connection.slots.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 

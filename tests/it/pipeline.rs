@@ -121,12 +121,26 @@ async fn queued_requests_are_fetched_at_once_and_answered_in_order() {
 #[tokio::test]
 async fn read_ahead_that_no_one_waits_for_stops_and_stores_nothing() {
     let origin = Origin::start().await;
-    origin.put("/debian/pool/first.deb", data(10_000, 4));
-    origin.set("/debian/pool/first.deb", Behavior::Gated(5_000));
+    // Both arrive slowly: the proxy learns the client left at its next write of the first,
+    // while the others are still coming.
+    origin.put("/debian/pool/first.deb", data(100_000, 4));
+    origin.set(
+        "/debian/pool/first.deb",
+        Behavior::Slow {
+            chunk: 1_000,
+            delay: Duration::from_millis(10),
+        },
+    );
     for i in 0..3 {
         let path = format!("/debian/pool/huge{i}.deb");
         origin.put(&path, data(2_000_000, 10 + i));
-        origin.set(&path, Behavior::Gated(100_000));
+        origin.set(
+            &path,
+            Behavior::Slow {
+                chunk: 16_384,
+                delay: Duration::from_millis(10),
+            },
+        );
     }
     let dir = cache_dir();
     let proxy = Proxy::start(&origin, dir.path(), |_| {}).await;
@@ -144,21 +158,43 @@ async fn read_ahead_that_no_one_waits_for_stops_and_stores_nothing() {
         (0..3).all(|i| origin.hits(&format!("/debian/pool/huge{i}.deb")) == 1)
     })
     .await;
-    // The client leaves before asking for anything else; then the mirror sends the rest.
+    // The client leaves before asking for anything else.
     drop(stream);
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    origin.release();
-    // The read-aheads stop at their next chunk and leave no temporary body behind.
+    // The read-aheads stop at their next chunk and leave no temporary body behind (the first
+    // file, which the client did ask for, is finished and stored).
     let tmp = dir.path().join("tmp");
-    until("the read-aheads' temporary bodies removed", || {
+    until("the temporary bodies removed", || {
         std::fs::read_dir(&tmp).map_or(true, |d| d.count() == 0)
     })
     .await;
-    for i in 1..3 {
+    for i in 0..3 {
         let path = format!("debian/pool/huge{i}.deb");
         let r = proxy.get(&path).await;
         assert_eq!(x_cache(&r), "MISS", "{path} was stored");
         assert_eq!(r.bytes().await.unwrap().len(), 2_000_000);
         assert_eq!(origin.hits(&format!("/{path}")), 2, "{path}");
     }
+}
+
+#[tokio::test]
+async fn read_ahead_is_capped_per_connection() {
+    let origin = Origin::start().await;
+    let paths: Vec<String> = (0..40)
+        .map(|i| format!("debian/pool/many{i}.deb"))
+        .collect();
+    for p in &paths {
+        origin.put(&format!("/{p}"), data(50_000, 7));
+        origin.set(&format!("/{p}"), Behavior::Gated(1_000));
+    }
+    let dir = cache_dir();
+    let proxy = Proxy::start(&origin, dir.path(), |_| {}).await;
+    let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
+    let stream = pipeline(proxy.addr, &refs).await;
+    // The first is hyper's own request; 32 read-aheads at most behind it.
+    let cap = 1 + 32;
+    until("the read-aheads started", || origin.total() >= cap).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(origin.total(), cap);
+    drop(stream);
+    origin.release();
 }
