@@ -74,10 +74,10 @@ pub async fn management(
     to_us: bool,
 ) -> Option<Response<Body>> {
     let uri = request.uri();
-    if !to_us || request.method() == Method::CONNECT {
+    let path = uri.path();
+    if !to_us || request.method() == Method::CONNECT || !is_own_page(path) {
         return None;
     }
-    let path = uri.path();
     let response = match path {
         "/_/ping" => text(StatusCode::OK, "pong"),
         p if p.starts_with("/_/ping/") => text(StatusCode::OK, "pong"),

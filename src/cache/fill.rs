@@ -303,13 +303,11 @@ async fn fetch(
             .indexes
             .settled(&request.repo, super::learn::SETTLE_MAX)
             .await;
-    }
-    if unvouched_package
-        && status == 200
-        && let Some(expect) = cache.indexes.expected(&request.repo, &request.path)
-        && !body.matches(&expect.digest)
-    {
-        return Err(body.contradicts(cache, request, &expect.digest));
+        if let Some(expect) = cache.indexes.expected(&request.repo, &request.path)
+            && !body.matches(&expect.digest)
+        {
+            return Err(body.contradicts(cache, request, &expect.digest));
+        }
     }
     if let Some(why) = body.digests.unchecked.filter(|_| status == 200) {
         tracing::debug!(key = %request.key, "stored on its length alone: {why}");

@@ -290,9 +290,8 @@ impl Cache {
         let learnt = if stored.is_some()
             && request.expect.is_none()
             && index::is_package(&request.path)
-            && self.indexes.is_learning(&request.repo)
+            && self.indexes.settled(&request.repo, learn::SETTLE_MAX).await
         {
-            self.indexes.settled(&request.repo, learn::SETTLE_MAX).await;
             self.indexes.expected(&request.repo, &request.path)
         } else {
             None

@@ -307,6 +307,7 @@ pub fn text(status: StatusCode, message: impl Into<String>) -> Response<Body> {
 /// absolute-form to the proxy's port naming no mirror (`GET http://proxy:3142/`, which a
 /// browser sends when the proxy is also its proxy). Nothing is fetched for such a request, so
 /// any host name will do: the port and the absence of a mirror (`routed`) decide.
+/// (`uri` has an authority here: origin-form is always addressed to the proxy.)
 fn addressed_to_us(state: &AppState, uri: &http::Uri, routed: bool) -> bool {
     let Some(authority) = uri.authority() else {
         return true;
@@ -327,11 +328,16 @@ async fn answer(
 ) -> (Response<Body>, Option<Routed>) {
     let uri = request.uri();
     let registry = state.reloader.registry.load();
-    let routed = route(&registry, uri);
-    let to_us = addressed_to_us(state, uri, routed.is_ok());
+    // An origin-form request is addressed to the proxy whatever it routes to: a probe or a
+    // scrape is not routed at all.
+    let routed = uri.authority().map(|_| route(&registry, uri));
+    let to_us = routed
+        .as_ref()
+        .is_none_or(|r| addressed_to_us(state, uri, r.is_ok()));
     if let Some(response) = crate::admin::management(state, &request, peer, to_us).await {
         return (response, None);
     }
+    let routed = routed.unwrap_or_else(|| route(&registry, uri));
     if request.method() == Method::CONNECT {
         return (super::tunnel::connect(state, request, peer).await, None);
     }
@@ -339,11 +345,11 @@ async fn answer(
         Ok(m) => m,
         Err(e) => return (text(e.status(), e.to_string()), None),
     };
-    let repo = Some(Routed {
+    let repo = Routed {
         repo: matched.repo.id.clone(),
         distro: matched.repo.distro.clone(),
         mirrors: matched.repo.mirror_set.clone(),
-    });
+    };
     let head_only = match *request.method() {
         Method::GET => false,
         Method::HEAD => true,
@@ -354,22 +360,17 @@ async fn answer(
             );
             r.headers_mut()
                 .insert(ALLOW, http::HeaderValue::from_static("GET, HEAD"));
-            return (r, repo);
+            return (r, Some(repo));
         }
     };
-    let rule = matched
-        .repo
-        .cache_rules
-        .iter()
-        .find(|r| r.pattern.is_match(&matched.path));
-    let fill = fill_for(state, &matched).await;
+    let (fill, rule_cache_control) = fill_for(state, matched).await;
     // A file whose fill a read-ahead of this connection started is this request's miss; its
     // receiver is held until the request follows the fill itself.
     let claimed = connection.take(&fill.key);
     let mut response = serve(
         state,
         fill,
-        &matched.repo.id,
+        &repo.repo,
         request.headers(),
         head_only,
         claimed.is_some(),
@@ -378,18 +379,22 @@ async fn answer(
     drop(claimed);
     // The rule's Cache-Control replaces the mirror's on every answer about the file (a 304 or
     // a 206 says what its 200 says), not on the proxy's errors.
-    if let Some(rule) = rule
+    if let Some(cache_control) = rule_cache_control
         && matches!(response.status().as_u16(), 200 | 206 | 304 | 404)
     {
         response
             .headers_mut()
-            .insert(http::header::CACHE_CONTROL, rule.cache_control.clone());
+            .insert(http::header::CACHE_CONTROL, cache_control);
     }
-    (response, repo)
+    (response, Some(repo))
 }
 
-/// The fill request for a routed package path: what `answer` serves and a read-ahead starts.
-async fn fill_for(state: &AppState, matched: &crate::route::RouteMatch) -> FillRequest {
+/// The fill request for a routed package path (what `answer` serves and a read-ahead starts),
+/// and the Cache-Control of the cache rule that matches it.
+async fn fill_for(
+    state: &AppState,
+    matched: crate::route::RouteMatch,
+) -> (FillRequest, Option<HeaderValue>) {
     let expect = state
         .cache
         .expectation(&matched.repo.id, &matched.path)
@@ -399,28 +404,29 @@ async fn fill_for(state: &AppState, matched: &crate::route::RouteMatch) -> FillR
         .cache_rules
         .iter()
         .find(|r| r.pattern.is_match(&matched.path));
-    FillRequest {
+    let fill = FillRequest {
         key: CacheKey::new(&matched.repo.id, &matched.path),
         mirrors: matched.repo.mirror_set.clone(),
         class: classify(&matched.path),
-        path: matched.path.clone(),
         repo: matched.repo.id.clone(),
         expect,
         rule_max_age: rule.and_then(|r| r.max_age),
         alpine: matched.repo.is_alpine(),
         speculative: None,
-    }
+        path: matched.path,
+    };
+    (fill, rule.map(|r| r.cache_control.clone()))
 }
 
 /// The fill request a GET of `uri` would make, for a read-ahead: none for what is not a
 /// package path (the proxy's own pages, refused routes).
 pub(super) async fn fill_request(state: &AppState, uri: &http::Uri) -> Option<FillRequest> {
     let registry = state.reloader.registry.load();
-    let matched = route(&registry, uri).ok()?;
-    if addressed_to_us(state, uri, true) && crate::admin::is_own_page(uri.path()) {
+    if uri.authority().is_none() && crate::admin::is_own_page(uri.path()) {
         return None;
     }
-    Some(fill_for(state, &matched).await)
+    let matched = route(&registry, uri).ok()?;
+    Some(fill_for(state, matched).await.0)
 }
 
 async fn serve(

@@ -279,14 +279,6 @@ impl Server {
                     protocol = protocol.name(),
                     "exporting traces over OTLP"
                 );
-                if protocol == crate::telemetry::tracing::Protocol::Grpc
-                    && url::Url::parse(&url).is_ok_and(|u| u.port() == Some(4318))
-                {
-                    tracing::warn!(
-                        url,
-                        "4318 is OTLP's HTTP port, and traces go over gRPC (4317) unless OTEL_EXPORTER_OTLP_PROTOCOL says http/protobuf or http/json"
-                    );
-                }
                 Tracer::start(url, protocol)
             }),
         });

@@ -139,15 +139,18 @@ impl<I> ReadAhead<I> {
                         .split(',')
                         .any(|t| t.trim().eq_ignore_ascii_case("close"));
             }
-            let Some(Ok(uri)) = request.path.map(str::parse::<http::Uri>) else {
-                return self.stop();
-            };
             let index = self.heads;
             self.heads += 1;
-            // The head hyper answers next (every earlier response is done) needs no help.
+            // The head hyper answers next (every earlier response is done) needs no help: a
+            // client that does not pipeline costs the parse of its heads, nothing more.
             let queued = index > self.connection.finished.load(Ordering::Acquire);
-            if wanted && queued && self.connection.reserve() {
-                tokio::spawn(start(self.state.clone(), self.connection.clone(), uri));
+            if wanted && queued {
+                let Some(Ok(uri)) = request.path.map(str::parse::<http::Uri>) else {
+                    return self.stop();
+                };
+                if self.connection.reserve() {
+                    tokio::spawn(start(self.state.clone(), self.connection.clone(), uri));
+                }
             }
             self.pending.drain(..len);
             if last {

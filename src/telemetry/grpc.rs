@@ -103,6 +103,10 @@ impl Target {
     pub fn tls(&self) -> bool {
         self.tls
     }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
 }
 
 /// Calls Export with `message` (an encoded ExportTraceServiceRequest). `tls` is the client
@@ -139,11 +143,17 @@ pub async fn export(
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
-/// Appends a frame header for `len` payload bytes.
-fn frame_head(out: &mut Vec<u8>, len: usize, kind: u8, flags: u8, stream: u32) {
-    out.extend_from_slice(&(len as u32).to_be_bytes()[1..]);
+/// Appends a frame: its 9-byte header, then `payload`.
+fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
+    out.extend_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);
     out.extend_from_slice(&[kind, flags]);
     out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// A 31-bit big-endian value (stream ids, window increments) from the first four bytes.
+fn be31(b: &[u8]) -> u32 {
+    u32::from_be_bytes([b[0], b[1], b[2], b[3]]) & 0x7fff_ffff
 }
 
 /// The request's header block.
@@ -238,10 +248,8 @@ async fn call(io: Box<dyn Io>, target: &Target, message: &[u8]) -> Result<(), St
     }
     let mut out = PREFACE.to_vec();
     // Our SETTINGS: SETTINGS_ENABLE_PUSH (2) = 0; the rest stay at their initial values.
-    frame_head(&mut out, 6, SETTINGS, 0, 0);
-    out.extend_from_slice(&[0, 2, 0, 0, 0, 0]);
-    frame_head(&mut out, block.len(), HEADERS, END_HEADERS, STREAM);
-    out.extend_from_slice(&block);
+    frame(&mut out, SETTINGS, 0, 0, &[0, 2, 0, 0, 0, 0]);
+    frame(&mut out, HEADERS, END_HEADERS, STREAM, &block);
     c.write(&out).await?;
 
     // The gRPC message: not compressed (0), its length, the protobuf.
@@ -262,16 +270,10 @@ async fn call(io: Box<dyn Io>, target: &Target, message: &[u8]) -> Result<(), St
         }
         let n = (room as usize).min(c.max_frame).min(body.len() - sent);
         let last = sent + n == body.len();
-        let mut frame = Vec::with_capacity(9 + n);
-        frame_head(
-            &mut frame,
-            n,
-            DATA,
-            if last { END_STREAM } else { 0 },
-            STREAM,
-        );
-        frame.extend_from_slice(&body[sent..sent + n]);
-        c.write(&frame).await?;
+        let mut data = Vec::with_capacity(9 + n);
+        let flags = if last { END_STREAM } else { 0 };
+        frame(&mut data, DATA, flags, STREAM, &body[sent..sent + n]);
+        c.write(&data).await?;
         sent += n;
         c.connection_window -= n as i64;
         c.stream_window -= n as i64;
@@ -281,8 +283,7 @@ async fn call(io: Box<dyn Io>, target: &Target, message: &[u8]) -> Result<(), St
     }
     // A polite end: GOAWAY (last stream 0, NO_ERROR), then close; the answer is in already.
     let mut bye = Vec::with_capacity(17);
-    frame_head(&mut bye, 8, GOAWAY, 0, 0);
-    bye.extend_from_slice(&[0; 8]);
+    frame(&mut bye, GOAWAY, 0, 0, &[0; 8]);
     let _ = c.io.write_all(&bye).await;
     let _ = c.io.shutdown().await;
     answer.verdict()
@@ -314,7 +315,7 @@ impl Connection {
             }
         })?;
         let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
-        let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+        let stream = be31(&head[5..]);
         if len > MAX_FRAME {
             return Err(format!(
                 "the collector sent a frame of {len} bytes (limit {MAX_FRAME})"
@@ -408,7 +409,7 @@ impl Connection {
                     }
                 }
                 let mut ack = Vec::with_capacity(9);
-                frame_head(&mut ack, 0, SETTINGS, ACK, 0);
+                frame(&mut ack, SETTINGS, ACK, 0, &[]);
                 self.write(&ack).await?;
             }
             PING if flags & ACK == 0 => {
@@ -416,14 +417,11 @@ impl Connection {
                     return Err("a PING frame not of 8 bytes".into());
                 }
                 let mut pong = Vec::with_capacity(17);
-                frame_head(&mut pong, 8, PING, ACK, 0);
-                pong.extend_from_slice(&payload);
+                frame(&mut pong, PING, ACK, 0, &payload);
                 self.write(&pong).await?;
             }
             GOAWAY => {
-                let last = payload.get(..4).map_or(0, |b| {
-                    u32::from_be_bytes([b[0], b[1], b[2], b[3]]) & 0x7fff_ffff
-                });
+                let last = payload.get(..4).map_or(0, be31);
                 let why = code(payload.get(4..).unwrap_or_default());
                 if last < STREAM {
                     return Err(format!(
@@ -436,10 +434,7 @@ impl Connection {
                 if payload.len() != 4 {
                     return Err("a WINDOW_UPDATE frame not of 4 bytes".into());
                 }
-                let add = i64::from(
-                    u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]])
-                        & 0x7fff_ffff,
-                );
+                let add = i64::from(be31(&payload));
                 if add == 0 {
                     return Err("a WINDOW_UPDATE of 0".into());
                 }

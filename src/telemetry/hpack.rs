@@ -11,13 +11,13 @@ use std::collections::VecDeque;
 use std::sync::OnceLock;
 
 /// The dynamic table's size at most (we never advertise a larger SETTINGS_HEADER_TABLE_SIZE).
-pub const TABLE_SIZE: usize = 4096;
+const TABLE_SIZE: usize = 4096;
 /// The largest integer a header block may hold (a table index, a length, a size).
 const MAX_INTEGER: usize = 1 << 21;
 /// The decoded fields of one block at most, counted as the table counts entries (name, value
 /// and 32 bytes each): a small block of references to one big table entry would otherwise
 /// decode to megabytes.
-pub const MAX_LIST_SIZE: usize = 16 * 1024;
+const MAX_LIST_SIZE: usize = 16 * 1024;
 
 /// Appendix A; index 1 is the first entry.
 const STATIC: [(&str, &str); 61] = [
@@ -157,7 +157,7 @@ fn canonical() -> &'static Canonical {
 
 /// Decodes a Huffman-coded string: bit by bit against the canonical code; the padding must be
 /// at most 7 bits, all ones (a prefix of EOS), and EOS itself must not appear.
-pub fn huffman_decode(data: &[u8]) -> Result<Vec<u8>, String> {
+fn huffman_decode(data: &[u8]) -> Result<Vec<u8>, String> {
     let c = canonical();
     let mut out = Vec::with_capacity(data.len() * 8 / 5);
     let (mut code, mut len) = (0u32, 0usize);
@@ -227,7 +227,7 @@ fn string(block: &mut &[u8]) -> Result<String, String> {
 }
 
 /// Writes an integer with an N-bit prefix after `flags` (the bits above the prefix).
-pub fn put_integer(out: &mut Vec<u8>, flags: u8, prefix: u8, mut value: usize) {
+fn put_integer(out: &mut Vec<u8>, flags: u8, prefix: u8, mut value: usize) {
     let mask = (1usize << prefix) - 1;
     if value < mask {
         out.push(flags | value as u8);
@@ -243,7 +243,7 @@ pub fn put_integer(out: &mut Vec<u8>, flags: u8, prefix: u8, mut value: usize) {
 }
 
 /// Writes a string literal, not Huffman-coded.
-pub fn put_string(out: &mut Vec<u8>, s: &str) {
+fn put_string(out: &mut Vec<u8>, s: &str) {
     put_integer(out, 0, 7, s.len());
     out.extend_from_slice(s.as_bytes());
 }

@@ -89,14 +89,11 @@ pub fn protocol_from_env(env: &dyn Fn(&str) -> Option<String>) -> Result<Protoco
     .into_iter()
     .find_map(|var| env(var).filter(|v| !v.trim().is_empty()).map(|v| (var, v)))
     .unwrap_or(("", "grpc".to_string()));
-    match value.trim() {
-        "http/json" => Ok(Protocol::Json),
-        "http/protobuf" => Ok(Protocol::Protobuf),
-        "grpc" => Ok(Protocol::Grpc),
-        other => Err(format!(
-            "{var}={other:?} is not one of grpc, http/protobuf, http/json"
-        )),
-    }
+    let value = value.trim();
+    [Protocol::Grpc, Protocol::Protobuf, Protocol::Json]
+        .into_iter()
+        .find(|p| p.name() == value)
+        .ok_or_else(|| format!("{var}={value:?} is not one of grpc, http/protobuf, http/json"))
 }
 
 /// The traces endpoint the environment asks for, if any, with the variable that named it. Over
@@ -196,9 +193,7 @@ fn parse_traceparent(value: &str) -> Option<([u8; 16], [u8; 8])> {
 }
 
 fn nanos(t: SystemTime) -> String {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos())
-        .to_string()
+    nanos_u64(t).to_string()
 }
 
 /// The OTLP/JSON body for `spans`.
@@ -321,21 +316,40 @@ mod pb {
 
 /// How batches leave.
 enum Sender {
-    Http(reqwest::Client),
+    /// A POST of each batch to `url`, as `content_type`.
+    Http {
+        client: reqwest::Client,
+        url: String,
+        content_type: &'static str,
+    },
     Grpc(grpc::Target, Option<Arc<rustls::ClientConfig>>),
 }
 
 impl Sender {
     fn new(url: &str, protocol: Protocol) -> Result<Sender, String> {
         if protocol != Protocol::Grpc {
-            return reqwest::Client::builder()
+            let client = reqwest::Client::builder()
                 .timeout(EXPORT_TIMEOUT)
                 .no_proxy()
                 .build()
-                .map(Sender::Http)
-                .map_err(|e| e.to_string());
+                .map_err(|e| e.to_string())?;
+            return Ok(Sender::Http {
+                client,
+                url: url.to_string(),
+                content_type: if protocol == Protocol::Json {
+                    "application/json"
+                } else {
+                    "application/x-protobuf"
+                },
+            });
         }
         let target = grpc::Target::parse(url)?;
+        if target.port() == 4318 {
+            tracing::warn!(
+                url,
+                "4318 is OTLP's HTTP port, and traces go over gRPC (4317) unless OTEL_EXPORTER_OTLP_PROTOCOL says http/protobuf or http/json"
+            );
+        }
         let tls = if target.tls() {
             use rustls_platform_verifier::ConfigVerifierExt;
             let mut config = rustls::ClientConfig::with_platform_verifier()
@@ -348,7 +362,7 @@ impl Sender {
         Ok(Sender::Grpc(target, tls))
     }
 
-    async fn send(&self, url: &str, protocol: Protocol, body: Vec<u8>) -> Result<(), String> {
+    async fn send(&self, body: Vec<u8>) -> Result<(), String> {
         match self {
             Sender::Grpc(target, tls) => {
                 tokio::time::timeout(EXPORT_TIMEOUT, grpc::export(target, tls.as_ref(), &body))
@@ -357,15 +371,14 @@ impl Sender {
                         Err(format!("no answer within {}s", EXPORT_TIMEOUT.as_secs()))
                     })
             }
-            Sender::Http(client) => {
-                let kind = if protocol == Protocol::Json {
-                    "application/json"
-                } else {
-                    "application/x-protobuf"
-                };
+            Sender::Http {
+                client,
+                url,
+                content_type,
+            } => {
                 match client
                     .post(url)
-                    .header("content-type", kind)
+                    .header("content-type", *content_type)
                     .body(body)
                     .send()
                     .await
@@ -420,7 +433,7 @@ async fn export_loop(url: String, protocol: Protocol, mut rx: mpsc::Receiver<Mes
             };
             let spans = batch.len();
             batch.clear();
-            if let Err(e) = sender.send(&url, protocol, body).await {
+            if let Err(e) = sender.send(body).await {
                 tracing::warn!(error = %e, url, spans, "trace export failed: spans dropped");
             }
         }

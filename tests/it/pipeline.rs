@@ -164,7 +164,7 @@ async fn read_ahead_that_no_one_waits_for_stops_and_stores_nothing() {
     // file, which the client did ask for, is finished and stored).
     let tmp = dir.path().join("tmp");
     until("the temporary bodies removed", || {
-        std::fs::read_dir(&tmp).map_or(true, |d| d.count() == 0)
+        std::fs::read_dir(&tmp).is_ok_and(|d| d.count() == 0)
     })
     .await;
     for i in 0..3 {

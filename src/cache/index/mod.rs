@@ -451,34 +451,28 @@ impl IndexTables {
         }
     }
 
-    /// Whether a package index of `repo` is being learnt from.
-    pub fn is_learning(&self, repo: &str) -> bool {
-        self.learning
-            .active
-            .load(std::sync::atomic::Ordering::Acquire)
-            > 0
-            && lock(&self.learning.repos).contains_key(repo)
-    }
-
-    /// Waits, at most `max`, until no package index of `repo` is being learnt from.
-    pub async fn settled(&self, repo: &str, max: std::time::Duration) {
+    /// Waits, at most `max`, until no package index of `repo` is being learnt from; whether
+    /// one was (and the tables may have changed).
+    pub async fn settled(&self, repo: &str, max: std::time::Duration) -> bool {
         if self
             .learning
             .active
             .load(std::sync::atomic::Ordering::Acquire)
             == 0
         {
-            return;
+            return false;
         }
         let deadline = tokio::time::Instant::now() + max;
+        let mut waited = false;
         loop {
             let woken = self.learning.done.notified();
             if !lock(&self.learning.repos).contains_key(repo) {
-                return;
+                return waited;
             }
+            waited = true;
             if tokio::time::timeout_at(deadline, woken).await.is_err() {
                 tracing::debug!(repo, "package index still being learnt; not waiting longer");
-                return;
+                return true;
             }
         }
     }
