@@ -65,17 +65,16 @@ pub fn is_own_page(path: &str) -> bool {
         || path.starts_with("/api/")
 }
 
-/// Answers management requests addressed to the proxy itself (`to_us`: origin-form, or
-/// absolute-form to its port naming no mirror); `None` for package traffic.
+/// Answers a request addressed to the proxy itself (origin-form, or absolute-form to its port
+/// naming no mirror: the caller decides) for one of its own pages; `None` for any other.
 pub async fn management(
     state: &AppState,
     request: &Request<Incoming>,
     peer: IpAddr,
-    to_us: bool,
 ) -> Option<Response<Body>> {
     let uri = request.uri();
     let path = uri.path();
-    if !to_us || request.method() == Method::CONNECT || !is_own_page(path) {
+    if request.method() == Method::CONNECT || !is_own_page(path) {
         return None;
     }
     let response = match path {

@@ -22,8 +22,64 @@ use super::fill::{self, FillError, FillState};
 use super::{Cache, FillRequest};
 use futures_util::StreamExt as _;
 
-/// The body type of every response.
-pub type Body = UnsyncBoxBody<Bytes, io::Error>;
+/// The body of every response: frames to poll, and for a stored file's byte range, the file
+/// itself, which a connection driver may send without copying it through user space.
+pub struct Body {
+    inner: UnsyncBoxBody<Bytes, io::Error>,
+    file: Option<FileRange>,
+}
+
+/// Bytes `pos..end` of a stored body, after `first` (already read, and counted as served).
+pub struct FileRange {
+    pub first: Bytes,
+    pub file: Arc<File>,
+    pub pos: u64,
+    pub end: u64,
+    /// Counts the bytes sent from the file.
+    pub served: Counter,
+}
+
+impl Body {
+    /// A body of frames.
+    pub fn new<B>(body: B) -> Body
+    where
+        B: hyper::body::Body<Data = Bytes, Error = io::Error> + Send + 'static,
+    {
+        Body {
+            inner: body.boxed_unsync(),
+            file: None,
+        }
+    }
+
+    /// The file range this body reads, for a sender that copies it itself (the frames are
+    /// dropped unread); the body as it is otherwise.
+    pub fn into_file(self) -> Result<FileRange, Body> {
+        match self.file {
+            Some(file) => Ok(file),
+            None => Err(self),
+        }
+    }
+}
+
+impl hyper::body::Body for Body {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
 
 /// Largest single read from a cache file (fewer, larger reads: 64 KiB chunks cost a third of
 /// the big-hit throughput).
@@ -45,14 +101,12 @@ const INLINE_READ: u64 = 64 * 1024;
 
 /// An empty body.
 pub fn empty() -> Body {
-    Empty::new().map_err(|never| match never {}).boxed_unsync()
+    Body::new(Empty::new().map_err(|never| match never {}))
 }
 
 /// A body held in memory.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into())
-        .map_err(|never| match never {})
-        .boxed_unsync()
+    Body::new(Full::new(bytes.into()).map_err(|never| match never {}))
 }
 
 /// Reads `len` bytes at `offset` (fewer only at end of file).
@@ -114,6 +168,13 @@ pub async fn from_file(file: Arc<File>, start: u64, end: u64, served: Counter) -
     if next >= end {
         return Ok(full(first));
     }
+    let range = FileRange {
+        first: first.clone(),
+        file: file.clone(),
+        pos: next,
+        end,
+        served: served.clone(),
+    };
     // The file is let go with the last chunk read, not when the connection drops the body: a
     // removed body's blocks are freed only once no one holds it open.
     let rest = stream::unfold((Some(file), next), move |(file, pos)| {
@@ -134,7 +195,10 @@ pub async fn from_file(file: Arc<File>, start: u64, end: u64, served: Counter) -
         }
     });
     let head = stream::once(async move { Ok(Frame::data(first)) });
-    Ok(StreamBody::new(futures_util::StreamExt::chain(head, rest)).boxed_unsync())
+    Ok(Body {
+        file: Some(range),
+        ..Body::new(StreamBody::new(futures_util::StreamExt::chain(head, rest)))
+    })
 }
 
 fn short() -> io::Error {
@@ -372,7 +436,7 @@ pub fn growing(
         resume,
         mode: Mode::Follow,
     };
-    StreamBody::new(stream::unfold(follower, Follower::step)).boxed_unsync()
+    Body::new(StreamBody::new(stream::unfold(follower, Follower::step)))
 }
 
 /// Reads a whole small body from a stream (at most `len` bytes are kept).
@@ -418,7 +482,7 @@ pub fn from_stream(
             }
         }
     });
-    StreamBody::new(counted).boxed_unsync()
+    Body::new(StreamBody::new(counted))
 }
 
 /// A mirror's response body passed straight through (a file the cache does not store).
@@ -430,5 +494,5 @@ pub fn unstored(response: reqwest::Response, served: Counter) -> Body {
         })
         .map_err(io::Error::other)
     });
-    StreamBody::new(s).boxed_unsync()
+    Body::new(StreamBody::new(s))
 }

@@ -59,71 +59,24 @@ impl std::fmt::Display for Redacted<'_> {
     }
 }
 
-/// Answers one request. Never fails: every problem becomes an HTTP status with a short reason.
+/// Answers one request (hyper's service). Never fails: every problem becomes an HTTP status with
+/// a short reason.
 pub async fn handle(
     state: Arc<AppState>,
     peer: IpAddr,
     connection: Arc<Connection>,
     request: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
-    let started = Instant::now();
-    let id = state.requests.fetch_add(1, Ordering::Relaxed);
-    let method = request.method().clone();
-    let uri = request.uri().clone();
-    let traceparent = request
-        .headers()
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let wall_start = std::time::SystemTime::now();
-    if tracing::enabled!(tracing::Level::DEBUG) {
-        tracing::debug!(request_id = id, method = %method, uri = %uri, client = %peer, headers = %Redacted(request.headers()), "request headers");
-    }
-    let (mut response, routed) = answer(&state, request, peer, &connection).await;
-    let headers = response.headers_mut();
-    headers.insert("x-version", HeaderValue::from_static(crate::VERSION));
-    headers.insert("x-build-commit", HeaderValue::from_static(crate::COMMIT));
-    headers.insert("x-build-date", HeaderValue::from_static(crate::BUILD_DATE));
-    headers.insert(
-        "x-content-type-options",
-        HeaderValue::from_static("nosniff"),
-    );
-    headers.insert("x-frame-options", HeaderValue::from_static("DENY"));
-    headers.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
-    if state.tls {
-        headers.insert(
-            "strict-transport-security",
-            HeaderValue::from_static("max-age=31536000"),
-        );
-    }
-    if uri.authority().is_none() && crate::admin::is_probe(uri.path()) {
-        connection.finished.fetch_add(1, Ordering::Release);
-        return Ok(response);
-    }
-    let headers = response.headers();
-    let cache = headers
-        .get("x-cache")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
-    let size = headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    let finish = Finish {
-        state,
-        connection,
-        id,
-        method,
-        target: uri.to_string(),
-        routed,
+    let start = Start::of(
+        &state,
         peer,
-        status: response.status().as_u16(),
-        cache,
-        size,
-        started,
-        wall_start,
-        traceparent,
+        request.method(),
+        request.uri(),
+        request.headers(),
+    );
+    let (mut response, routed) = answer(&state, request, peer, &connection).await;
+    let Some(finish) = start.finish(state, connection, &mut response, routed) else {
+        return Ok(response);
     };
     // The line is written when the body is done (or the client gone): its duration is the
     // whole transfer's, not the time to the response head.
@@ -132,15 +85,116 @@ pub async fn handle(
         inner,
         finish: Some(finish),
     };
-    Ok(Response::from_parts(
-        parts,
-        http_body_util::BodyExt::boxed_unsync(body),
-    ))
+    Ok(Response::from_parts(parts, Body::new(body)))
+}
+
+/// A request as it arrives, before it is answered: what its log line and trace need.
+pub(super) struct Start {
+    id: u64,
+    peer: IpAddr,
+    method: Method,
+    uri: http::Uri,
+    traceparent: Option<String>,
+    started: Instant,
+    wall_start: std::time::SystemTime,
+}
+
+impl Start {
+    /// Numbers the request (and logs its headers at debug level).
+    pub(super) fn of(
+        state: &AppState,
+        peer: IpAddr,
+        method: &Method,
+        uri: &http::Uri,
+        headers: &HeaderMap,
+    ) -> Start {
+        let id = state.requests.fetch_add(1, Ordering::Relaxed);
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            tracing::debug!(request_id = id, method = %method, uri = %uri, client = %peer, headers = %Redacted(headers), "request headers");
+        }
+        Start {
+            id,
+            peer,
+            method: method.clone(),
+            uri: uri.clone(),
+            traceparent: headers
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+            started: Instant::now(),
+            wall_start: std::time::SystemTime::now(),
+        }
+    }
+
+    /// Adds the proxy's own headers to `response`; returns what reports the request once its
+    /// body is done (nothing for a probe, which is not logged).
+    pub(super) fn finish(
+        self,
+        state: Arc<AppState>,
+        connection: Arc<Connection>,
+        response: &mut Response<Body>,
+        routed: Option<Routed>,
+    ) -> Option<Finish> {
+        let Start {
+            id,
+            peer,
+            method,
+            uri,
+            traceparent,
+            started,
+            wall_start,
+        } = self;
+        let headers = response.headers_mut();
+        headers.insert("x-version", HeaderValue::from_static(crate::VERSION));
+        headers.insert("x-build-commit", HeaderValue::from_static(crate::COMMIT));
+        headers.insert("x-build-date", HeaderValue::from_static(crate::BUILD_DATE));
+        headers.insert(
+            "x-content-type-options",
+            HeaderValue::from_static("nosniff"),
+        );
+        headers.insert("x-frame-options", HeaderValue::from_static("DENY"));
+        headers.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+        if state.tls {
+            headers.insert(
+                "strict-transport-security",
+                HeaderValue::from_static("max-age=31536000"),
+            );
+        }
+        if uri.authority().is_none() && crate::admin::is_probe(uri.path()) {
+            connection.finished.fetch_add(1, Ordering::Release);
+            return None;
+        }
+        let headers = response.headers();
+        let cache = headers
+            .get("x-cache")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let size = headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        Some(Finish {
+            state,
+            connection,
+            id,
+            method,
+            target: uri.to_string(),
+            routed,
+            peer,
+            status: response.status().as_u16(),
+            cache,
+            size,
+            started,
+            wall_start,
+            traceparent,
+        })
+    }
 }
 
 /// What the access log, the trace and the status page say about a request, once its body is
 /// sent.
-struct Finish {
+pub(super) struct Finish {
     state: Arc<AppState>,
     connection: Arc<Connection>,
     id: u64,
@@ -157,7 +211,7 @@ struct Finish {
 }
 
 impl Finish {
-    fn done(self) {
+    pub(super) fn done(self) {
         let Finish {
             state,
             connection,
@@ -273,7 +327,7 @@ impl Drop for Logged {
 }
 
 /// Where a package request was routed (for logs and traces).
-struct Routed {
+pub(super) struct Routed {
     repo: String,
     distro: String,
     /// The repo's mirrors (the one in use is looked up only for a trace).
@@ -326,21 +380,53 @@ async fn answer(
     peer: IpAddr,
     connection: &Connection,
 ) -> (Response<Body>, Option<Routed>) {
-    let uri = request.uri();
-    let registry = state.reloader.registry.load();
-    // An origin-form request is addressed to the proxy whatever it routes to: a probe or a
-    // scrape is not routed at all.
-    let routed = uri.authority().map(|_| route(&registry, uri));
-    let to_us = routed
-        .as_ref()
-        .is_none_or(|r| addressed_to_us(state, uri, r.is_ok()));
-    if let Some(response) = crate::admin::management(state, &request, peer, to_us).await {
-        return (response, None);
-    }
-    let routed = routed.unwrap_or_else(|| route(&registry, uri));
     if request.method() == Method::CONNECT {
         return (super::tunnel::connect(state, request, peer).await, None);
     }
+    let routed = match route_package(state, request.uri()) {
+        Some(routed) => routed,
+        None => {
+            if let Some(response) = crate::admin::management(state, &request, peer).await {
+                return (response, None);
+            }
+            route(&state.reloader.registry.load(), request.uri())
+        }
+    };
+    package(
+        state,
+        request.method(),
+        request.headers(),
+        routed,
+        connection,
+    )
+    .await
+}
+
+/// Routes a request that is not a CONNECT; `None` when it is for the proxy's own pages, which
+/// [`crate::admin::management`] answers. An origin-form request is addressed to the proxy
+/// whatever it routes to: a probe or a scrape is not routed at all.
+pub(super) fn route_package(
+    state: &AppState,
+    uri: &http::Uri,
+) -> Option<Result<crate::route::RouteMatch, crate::route::RouteError>> {
+    let own_page = crate::admin::is_own_page(uri.path());
+    if uri.authority().is_none() {
+        return (!own_page).then(|| route(&state.reloader.registry.load(), uri));
+    }
+    let routed = route(&state.reloader.registry.load(), uri);
+    let to_us = addressed_to_us(state, uri, routed.is_ok());
+    (!(to_us && own_page)).then_some(routed)
+}
+
+/// Answers a routed request for a package path (any method: what is not a GET or HEAD is
+/// refused).
+pub(super) async fn package(
+    state: &AppState,
+    method: &Method,
+    headers: &HeaderMap,
+    routed: Result<crate::route::RouteMatch, crate::route::RouteError>,
+    connection: &Connection,
+) -> (Response<Body>, Option<Routed>) {
     let matched = match routed {
         Ok(m) => m,
         Err(e) => return (text(e.status(), e.to_string()), None),
@@ -350,7 +436,7 @@ async fn answer(
         distro: matched.repo.distro.clone(),
         mirrors: matched.repo.mirror_set.clone(),
     };
-    let head_only = match *request.method() {
+    let head_only = match *method {
         Method::GET => false,
         Method::HEAD => true,
         _ => {
@@ -371,7 +457,7 @@ async fn answer(
         state,
         fill,
         &repo.repo,
-        request.headers(),
+        headers,
         head_only,
         claimed.is_some(),
     )

@@ -1,6 +1,7 @@
 //! The listener: accepts HTTP/1.1 connections (keep-alive, pipelining, TCP_NODELAY), serves
 //! each request through [`handler`], and shuts down gracefully.
 
+mod driver;
 pub mod handler;
 pub mod limits;
 mod readahead;
@@ -391,7 +392,6 @@ impl Server {
                             continue;
                         };
                         let _ = stream.set_nodelay(true);
-                        let stream = stall::WriteTimeout::new(stream, self.write_timeout);
                         let state = self.state.clone();
                         let connection = Arc::new(readahead::Connection::default());
                         // Read-ahead looks at what hyper reads: the plain bytes, under TLS.
@@ -401,13 +401,23 @@ impl Server {
                         let (stopping, open) = (stopping.clone(), open.clone());
                         match self.tls.clone() {
                             None => {
+                                let driven = driver::Driven {
+                                    state: read_ahead.0,
+                                    peer,
+                                    connection: read_ahead.1,
+                                    write_timeout: self.write_timeout,
+                                    builder,
+                                    service,
+                                    stopping,
+                                    open,
+                                };
                                 tokio::spawn(async move {
                                     let _admitted = admitted;
-                                    let stream = readahead::ReadAhead::new(stream, read_ahead.0, read_ahead.1);
-                                    serve(&builder, stream, service, stopping, open).await;
+                                    driver::drive(stream, driven).await;
                                 });
                             }
                             Some(acceptor) => {
+                                let stream = stall::WriteTimeout::new(stream, self.write_timeout);
                                 tokio::spawn(async move {
                                     let _admitted = admitted;
                                     let handshake = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await;

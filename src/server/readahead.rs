@@ -64,7 +64,7 @@ impl Connection {
     }
 
     /// Takes a slot for a read-ahead, if one is free.
-    fn reserve(&self) -> bool {
+    pub(super) fn reserve(&self) -> bool {
         self.slots
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < MAX_AHEAD).then_some(n + 1)
@@ -87,13 +87,15 @@ pub struct ReadAhead<I> {
 }
 
 impl<I> ReadAhead<I> {
+    /// The connection's requests answered so far (by the driver, before it handed the
+    /// connection on) count as heads seen.
     pub fn new(io: I, state: Arc<AppState>, connection: Arc<Connection>) -> ReadAhead<I> {
         ReadAhead {
             io,
             state,
+            heads: connection.finished.load(Ordering::Acquire),
             connection,
             pending: Vec::new(),
-            heads: 0,
             off: false,
         }
     }
@@ -168,7 +170,7 @@ impl<I> ReadAhead<I> {
 
 /// Looks the request up as its turn would, starting its fill (speculative) when it is not
 /// stored; remembers a fill it started for the request to claim, else gives its slot back.
-async fn start(state: Arc<AppState>, connection: Arc<Connection>, uri: http::Uri) {
+pub(super) async fn start(state: Arc<AppState>, connection: Arc<Connection>, uri: http::Uri) {
     let claimed = Arc::new(AtomicBool::new(false));
     let started = match super::handler::fill_request(&state, &uri).await {
         Some(fill) => {

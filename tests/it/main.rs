@@ -11,6 +11,7 @@ mod conformance;
 mod consistency;
 mod crash;
 mod disk;
+mod driver;
 mod failures;
 mod fill;
 mod hostile;
@@ -148,6 +149,17 @@ pub async fn raw_exchange(addr: SocketAddr, raw: &[u8], within: Duration) -> Str
     let mut out = Vec::new();
     let _ = tokio::time::timeout(within, stream.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The value of a metric line starting with `name` (summed over its series).
+pub async fn metric(proxy: &Proxy, name: &str) -> f64 {
+    proxy
+        .text("metrics")
+        .await
+        .lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// Deterministic pseudo-random bytes (incompressible enough for transfer tests).

@@ -10,7 +10,7 @@ use tokio::net::TcpStream;
 use crate::{Behavior, Origin, Proxy, cache_dir, data, x_cache};
 
 /// Sends GETs for `paths` in one write on one connection.
-async fn pipeline(addr: SocketAddr, paths: &[&str]) -> TcpStream {
+pub async fn pipeline(addr: SocketAddr, paths: &[&str]) -> TcpStream {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     let raw: String = paths
         .iter()
@@ -21,7 +21,7 @@ async fn pipeline(addr: SocketAddr, paths: &[&str]) -> TcpStream {
 }
 
 /// One response: status, X-Cache, body (by Content-Length).
-async fn next_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> (u16, String, Vec<u8>) {
+pub async fn next_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> (u16, String, Vec<u8>) {
     loop {
         let mut headers = [httparse::EMPTY_HEADER; 64];
         let mut response = httparse::Response::new(&mut headers);

@@ -9,7 +9,7 @@ use apt_proxy::server::Server;
 use apt_proxy::storage::s3::S3Settings;
 
 use crate::weed::{self, Mode, Relay};
-use crate::{Behavior, Origin, Proxy, cache_dir, data, read_all, x_cache};
+use crate::{Behavior, Origin, Proxy, cache_dir, data, metric, read_all, x_cache};
 
 fn on_s3(settings: S3Settings) -> impl FnOnce(&mut Config) {
     move |config: &mut Config| config.storage = StorageChoice::S3(Box::new(settings))
@@ -48,17 +48,6 @@ async fn fetch(proxy: &Proxy, path: &str) -> (u16, String, Digest) {
         cache,
         digest(&read_all(r).await.expect("a whole body")),
     )
-}
-
-/// The value of a metric line starting with `name` (summed over its series).
-async fn metric(proxy: &Proxy, name: &str) -> f64 {
-    proxy
-        .text("metrics")
-        .await
-        .lines()
-        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

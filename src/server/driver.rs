@@ -1,0 +1,783 @@
+//! The connection driver for plain HTTP. It reads request heads itself (httparse) and answers
+//! every GET and HEAD of a package path, hit or miss, writing the response head directly; a
+//! stored file's bytes go from the file to the socket with sendfile(2), never through user
+//! space. Requests a client pipelines behind the one being answered are read as they arrive
+//! and looked up at once ([`super::readahead`]), and answered strictly in order.
+//!
+//! Anything else (the proxy's own pages, other methods, requests with a body, upgrades,
+//! CONNECT, HTTP/1.0) is handed to hyper, with the bytes read so far, and hyper serves the rest
+//! of the connection. TLS connections are hyper's from the start.
+//!
+//! It is at least as strict as hyper. A head over [`MAX_HEAD`] bytes, or with more than
+//! [`MAX_HEADERS`] lines, gets 431; a malformed head or target, a request with both
+//! `Content-Length` and `Transfer-Encoding`, or more than one `Content-Length`, gets 400; a
+//! version other than HTTP/1.x gets 505; a head not complete [`HEAD_TIMEOUT`] after the
+//! connection started waiting for it gets 408. Each of these closes the connection after the
+//! answers to the requests before it.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io::{self, IoSlice};
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::header::{CONTENT_LENGTH, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Response, StatusCode, Uri};
+use http_body_util::BodyExt;
+use hyper::body::Body as _;
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::AppState;
+use super::handler::{self, Start};
+use super::readahead::{self, Connection};
+use crate::cache::body::{Body, FileRange};
+use crate::route::{RouteError, RouteMatch};
+
+/// The longest request head (hyper's limit on this server too): 431 beyond.
+pub const MAX_HEAD: usize = 16 * 1024;
+/// Header lines per request head (hyper's default): 431 beyond.
+pub const MAX_HEADERS: usize = 100;
+/// Requests read and waiting behind the one being answered, at most: reading pauses there.
+const MAX_QUEUED: usize = 64;
+/// How long a connection may wait for its next request head, idle time included (as hyper's
+/// header read timeout on this server).
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// The most one sendfile(2) call sends: other connections get their turn in between.
+const SENDFILE_CHUNK: u64 = 1024 * 1024;
+/// After a refusal, how long (and how many bytes) the client's unread requests are drained
+/// before the connection is closed: closing with unread bytes would reset the connection and
+/// could destroy the refusal before the client reads it.
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 64 * 1024;
+
+/// What the driver needs besides the socket.
+pub struct Driven<S> {
+    pub state: Arc<AppState>,
+    pub peer: IpAddr,
+    pub connection: Arc<Connection>,
+    /// A client that stops reading for this long is cut off.
+    pub write_timeout: Duration,
+    /// hyper, for what the driver hands on.
+    pub builder: hyper::server::conn::http1::Builder,
+    pub service: S,
+    pub stopping: tokio::sync::watch::Receiver<bool>,
+    pub open: tokio::sync::mpsc::Sender<()>,
+}
+
+/// A request read and parsed, waiting for its turn.
+struct Queued {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    routed: Result<RouteMatch, RouteError>,
+    /// The client asked for the connection to close after it.
+    close: bool,
+}
+
+/// The reading side: bytes not yet parsed, and requests waiting for their answer.
+#[derive(Default)]
+struct Reader {
+    buf: Vec<u8>,
+    queue: VecDeque<Queued>,
+    /// The head at the start of `buf` is hyper's to answer: nothing more is read.
+    handoff: bool,
+    /// Nothing more is read: end of stream, a read error, or `Connection: close`.
+    done: bool,
+    /// The client closed its side or the connection failed.
+    gone: bool,
+    /// A refusal to send, after the answers before it, and then close.
+    refusal: Option<(StatusCode, &'static str)>,
+}
+
+impl Reader {
+    /// Whether to read more now.
+    fn wants_more(&self) -> bool {
+        !self.done && !self.handoff && self.refusal.is_none() && self.queue.len() < MAX_QUEUED
+    }
+
+    /// Reads what the socket has (never waits).
+    fn try_read(&mut self, stream: &TcpStream) {
+        self.buf.reserve(4096);
+        match stream.try_read_buf(&mut self.buf) {
+            Ok(0) => self.gone = true,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => self.gone = true,
+        }
+        self.done |= self.gone;
+    }
+
+    fn refuse(&mut self, status: StatusCode, reason: &'static str) {
+        self.refusal = Some((status, reason));
+        self.buf = Vec::new();
+    }
+
+    /// Parses the complete heads in `buf`. `busy`: a response is being answered, so every new
+    /// request is queued behind it and is read ahead.
+    fn parse(&mut self, state: &Arc<AppState>, connection: &Arc<Connection>, busy: bool) {
+        while self.refusal.is_none() && !self.handoff && self.queue.len() < MAX_QUEUED {
+            let mut lines = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut head = httparse::Request::new(&mut lines);
+            let len = match head.parse(&self.buf) {
+                Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD => len,
+                Ok(httparse::Status::Complete(_)) => {
+                    return self.refuse(
+                        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                        "request head too large",
+                    );
+                }
+                Ok(httparse::Status::Partial) => {
+                    if self.buf.len() > MAX_HEAD {
+                        self.refuse(
+                            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                            "request head too large",
+                        );
+                    }
+                    return;
+                }
+                Err(httparse::Error::TooManyHeaders) => {
+                    return self.refuse(
+                        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                        "too many header lines",
+                    );
+                }
+                Err(httparse::Error::Version) => {
+                    return self.refuse(
+                        StatusCode::HTTP_VERSION_NOT_SUPPORTED,
+                        "only HTTP/1.x is served",
+                    );
+                }
+                Err(_) => {
+                    return self.refuse(StatusCode::BAD_REQUEST, "malformed request head");
+                }
+            };
+            match classify(&head) {
+                Err(reason) => return self.refuse(StatusCode::BAD_REQUEST, reason),
+                Ok(Kind::Hyper) => {
+                    self.handoff = true;
+                    return;
+                }
+                Ok(Kind::Ours { close }) => {
+                    let Some(queued) = queued(state, &head, close) else {
+                        return self.refuse(StatusCode::BAD_REQUEST, "malformed request");
+                    };
+                    let Some(queued) = queued else {
+                        // One of the proxy's own pages.
+                        self.handoff = true;
+                        return;
+                    };
+                    if (busy || !self.queue.is_empty())
+                        && queued.method == Method::GET
+                        && !queued.headers.contains_key(http::header::RANGE)
+                        && queued.routed.is_ok()
+                        && connection.reserve()
+                    {
+                        tokio::spawn(readahead::start(
+                            state.clone(),
+                            connection.clone(),
+                            queued.uri.clone(),
+                        ));
+                    }
+                    self.queue.push_back(queued);
+                    self.buf.drain(..len);
+                    if close {
+                        self.done = true;
+                        self.buf = Vec::new();
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Who answers a request.
+enum Kind {
+    /// The driver, if it is for a package path; `close`: the client asked to close after it.
+    Ours { close: bool },
+    /// hyper: a body, an upgrade, another method or version.
+    Hyper,
+}
+
+/// Decides who answers `head`, refusing what a request must not be: the framing checks are
+/// made here for every request, whoever answers it.
+fn classify(head: &httparse::Request<'_, '_>) -> Result<Kind, &'static str> {
+    let mut length = None;
+    let (mut chunked, mut close, mut upgrade) = (false, false, false);
+    for line in head.headers.iter() {
+        let name = line.name;
+        if name.eq_ignore_ascii_case("content-length") {
+            if length.is_some() {
+                return Err("more than one Content-Length");
+            }
+            let digits = std::str::from_utf8(line.value)
+                .ok()
+                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()));
+            length = Some(
+                digits
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .ok_or("malformed Content-Length")?,
+            );
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            chunked = true;
+        } else if name.eq_ignore_ascii_case("upgrade") {
+            upgrade = true;
+        } else if name.eq_ignore_ascii_case("connection") {
+            close |= line
+                .value
+                .split(|&b| b == b',')
+                .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"));
+        }
+    }
+    if chunked && length.is_some() {
+        return Err("both Content-Length and Transfer-Encoding");
+    }
+    let ours = matches!(head.method, Some("GET" | "HEAD"))
+        && head.version == Some(1)
+        && !chunked
+        && length.unwrap_or(0) == 0
+        && !upgrade;
+    Ok(if ours {
+        Kind::Ours { close }
+    } else {
+        Kind::Hyper
+    })
+}
+
+/// The request in `head` (a GET or HEAD): `None` when it is malformed, `Some(None)` when it is
+/// for one of the proxy's own pages.
+fn queued(
+    state: &AppState,
+    head: &httparse::Request<'_, '_>,
+    close: bool,
+) -> Option<Option<Queued>> {
+    let method = if head.method == Some("HEAD") {
+        Method::HEAD
+    } else {
+        Method::GET
+    };
+    let target = head.path?;
+    if !target.starts_with('/') && !target.starts_with("http://") {
+        return None;
+    }
+    let uri = target.parse::<Uri>().ok()?;
+    let mut headers = HeaderMap::with_capacity(head.headers.len());
+    for line in head.headers.iter() {
+        headers.append(
+            HeaderName::from_bytes(line.name.as_bytes()).ok()?,
+            HeaderValue::from_bytes(line.value).ok()?,
+        );
+    }
+    let Some(routed) = handler::route_package(state, &uri) else {
+        return Some(None);
+    };
+    Some(Some(Queued {
+        method,
+        uri,
+        headers,
+        routed,
+        close,
+    }))
+}
+
+/// Serves a plain-HTTP connection until it ends (or the server stops).
+pub async fn drive<S>(stream: TcpStream, driven: Driven<S>)
+where
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = Body>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let Driven {
+        state,
+        peer,
+        connection,
+        write_timeout,
+        builder,
+        service,
+        mut stopping,
+        open,
+    } = driven;
+    let mut reader = Reader::default();
+    let mut deadline = Instant::now() + HEAD_TIMEOUT;
+    loop {
+        let Some(request) = reader.queue.pop_front() else {
+            if let Some((status, reason)) = reader.refusal.take() {
+                tracing::debug!(client = %peer, status = status.as_u16(), reason, "request refused");
+                let page = refusal(status, reason);
+                if write_all(&stream, &mut [IoSlice::new(&page)], write_timeout)
+                    .await
+                    .is_ok()
+                {
+                    linger(&stream).await;
+                }
+                return;
+            }
+            if reader.handoff {
+                let io = super::stall::WriteTimeout::new(
+                    Rewind {
+                        prefix: std::mem::take(&mut reader.buf),
+                        at: 0,
+                        inner: stream,
+                    },
+                    write_timeout,
+                );
+                let io = readahead::ReadAhead::new(io, state, connection);
+                Box::pin(super::serve(&builder, io, service, stopping, open)).await;
+                return;
+            }
+            if reader.done || *stopping.borrow() {
+                return;
+            }
+            if reader.buf.is_empty() {
+                // An idle connection holds no buffer.
+                reader.buf = Vec::new();
+            }
+            tokio::select! {
+                ready = tokio::time::timeout_at(deadline, stream.readable()) => match ready {
+                    Ok(Ok(())) => {
+                        reader.try_read(&stream);
+                        reader.parse(&state, &connection, false);
+                    }
+                    Ok(Err(_)) => return,
+                    Err(_) if reader.buf.is_empty() => return,
+                    Err(_) => reader.refuse(StatusCode::REQUEST_TIMEOUT, "request head not received in time"),
+                },
+                _ = stopping.wait_for(|s| *s) => return,
+            }
+            continue;
+        };
+        let start = Start::of(
+            &state,
+            peer,
+            &request.method,
+            &request.uri,
+            &request.headers,
+        );
+        let head_only = request.method == Method::HEAD;
+        let answer = Box::pin(handler::package(
+            &state,
+            &request.method,
+            &request.headers,
+            request.routed,
+            &connection,
+        ));
+        let Some((mut response, routed)) =
+            while_reading(&stream, &mut reader, &state, &connection, answer).await
+        else {
+            return;
+        };
+        let finish = start.finish(state.clone(), connection.clone(), &mut response, routed);
+        let last = request.close || *stopping.borrow();
+        let send = Box::pin(send(&stream, response, head_only, last, write_timeout));
+        let sent = while_reading(&stream, &mut reader, &state, &connection, send).await;
+        if let Some(finish) = finish {
+            finish.done();
+        }
+        match sent {
+            Some(Ok(())) => {}
+            Some(Err(e)) => {
+                tracing::debug!(client = %peer, error = %e, "response not sent whole; connection closed");
+                return;
+            }
+            None => return,
+        }
+        if last {
+            return;
+        }
+        deadline = Instant::now() + HEAD_TIMEOUT;
+    }
+}
+
+/// Runs `work`, reading (and reading ahead) the requests that arrive meanwhile; `None` when
+/// the client closes the connection first (as hyper does, the work is dropped: a client that
+/// hung up is not sent the rest).
+async fn while_reading<F: Future + Unpin>(
+    stream: &TcpStream,
+    reader: &mut Reader,
+    state: &Arc<AppState>,
+    connection: &Arc<Connection>,
+    mut work: F,
+) -> Option<F::Output> {
+    loop {
+        tokio::select! {
+            biased;
+            out = &mut work => return Some(out),
+            // (While reading pauses, a client that leaves is noticed by the next write.)
+            ready = stream.readable(), if reader.wants_more() => {
+                if ready.is_err() {
+                    return None;
+                }
+                reader.try_read(stream);
+                if reader.gone {
+                    return None;
+                }
+                reader.parse(state, connection, true);
+            }
+        }
+    }
+}
+
+/// A refusal page: the status, a one-line reason, and the connection closed.
+fn refusal(status: StatusCode, reason: &str) -> Vec<u8> {
+    let mut page = Vec::with_capacity(256);
+    status_line(&mut page, status);
+    page.extend_from_slice(b"content-type: text/plain; charset=utf-8\r\nconnection: close\r\n");
+    page.extend_from_slice(format!("content-length: {}\r\n", reason.len() + 1).as_bytes());
+    date(&mut page);
+    page.extend_from_slice(b"\r\n");
+    page.extend_from_slice(reason.as_bytes());
+    page.push(b'\n');
+    page
+}
+
+fn status_line(out: &mut Vec<u8>, status: StatusCode) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+thread_local! {
+    /// The `date` header line of the current second, as hyper keeps it.
+    static DATE: std::cell::RefCell<(u64, Vec<u8>)> = const { std::cell::RefCell::new((0, Vec::new())) };
+}
+
+/// Appends the `date` header line.
+fn date(out: &mut Vec<u8>) {
+    let now = std::time::SystemTime::now();
+    let second = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    DATE.with_borrow_mut(|(at, line)| {
+        if *at != second || line.is_empty() {
+            *at = second;
+            *line = format!("date: {}\r\n", httpdate::fmt_http_date(now)).into_bytes();
+        }
+        out.extend_from_slice(line);
+    });
+}
+
+/// Writes `response`: its head, then its body (none for a HEAD, a 304 or a 204), from the file
+/// with sendfile(2) when the body is a stored file's range. `Err` when the connection cannot
+/// go on (the client left or stopped reading, or the body failed part way: the client sees a
+/// cut transfer, never a short body taken for a whole one).
+async fn send(
+    stream: &TcpStream,
+    response: Response<Body>,
+    head_only: bool,
+    close: bool,
+    timeout: Duration,
+) -> io::Result<()> {
+    let (parts, mut body) = response.into_parts();
+    let status = parts.status;
+    let no_body = status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let declared = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let mut head = Vec::with_capacity(512);
+    status_line(&mut head, status);
+    for (name, value) in &parts.headers {
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    let (length, chunked) = match (declared, body.size_hint().exact()) {
+        (Some(n), _) => (Some(n), false),
+        (None, _) if no_body => (None, false),
+        (None, Some(n)) => {
+            head.extend_from_slice(format!("content-length: {n}\r\n").as_bytes());
+            (Some(n), false)
+        }
+        (None, None) if head_only => (None, false),
+        (None, None) => {
+            head.extend_from_slice(b"transfer-encoding: chunked\r\n");
+            (None, true)
+        }
+    };
+    if close {
+        head.extend_from_slice(b"connection: close\r\n");
+    }
+    date(&mut head);
+    head.extend_from_slice(b"\r\n");
+    if head_only || no_body {
+        return write_all(stream, &mut [IoSlice::new(&head)], timeout).await;
+    }
+    body = match body.into_file() {
+        Ok(range) => return send_file(stream, &head, range, timeout).await,
+        Err(body) => body,
+    };
+    // The head goes out with the first bytes when they are at hand, else at once: a client
+    // waiting on a fill sees its answer begin.
+    let mut head = Some(head);
+    let mut sent = 0u64;
+    loop {
+        let next = match futures_util::FutureExt::now_or_never(body.frame()) {
+            Some(next) => next,
+            None => {
+                if let Some(prefix) = head.take() {
+                    write_all(stream, &mut [IoSlice::new(&prefix)], timeout).await?;
+                }
+                body.frame().await
+            }
+        };
+        let Some(frame) = next else {
+            break;
+        };
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        if data.is_empty() {
+            continue;
+        }
+        sent += data.len() as u64;
+        if length.is_some_and(|n| sent > n) {
+            return Err(io::Error::other("body longer than its Content-Length"));
+        }
+        let prefix = head.take().unwrap_or_default();
+        if chunked {
+            let size = format!("{:x}\r\n", data.len());
+            let mut bufs = [
+                IoSlice::new(&prefix),
+                IoSlice::new(size.as_bytes()),
+                IoSlice::new(&data),
+                IoSlice::new(b"\r\n"),
+            ];
+            write_all(stream, &mut bufs, timeout).await?;
+        } else {
+            write_all(
+                stream,
+                &mut [IoSlice::new(&prefix), IoSlice::new(&data)],
+                timeout,
+            )
+            .await?;
+        }
+    }
+    if length.is_some_and(|n| sent != n) {
+        return Err(io::Error::other("body shorter than its Content-Length"));
+    }
+    let prefix = head.take().unwrap_or_default();
+    let end: &[u8] = if chunked { b"0\r\n\r\n" } else { b"" };
+    write_all(
+        stream,
+        &mut [IoSlice::new(&prefix), IoSlice::new(end)],
+        timeout,
+    )
+    .await
+}
+
+/// Sends the head, the range's first bytes (already read), then the rest straight from the
+/// file.
+async fn send_file(
+    stream: &TcpStream,
+    head: &[u8],
+    range: FileRange,
+    timeout: Duration,
+) -> io::Result<()> {
+    let FileRange {
+        first,
+        file,
+        mut pos,
+        end,
+        served,
+    } = range;
+    write_all(
+        stream,
+        &mut [IoSlice::new(head), IoSlice::new(&first)],
+        timeout,
+    )
+    .await?;
+    drop(first);
+    while pos < end {
+        let count = (end - pos).min(SENDFILE_CHUNK) as usize;
+        let sent = stream.try_io(Interest::WRITABLE, || {
+            let mut offset = pos;
+            rustix::fs::sendfile(stream, &*file, Some(&mut offset), count).map_err(io::Error::from)
+        });
+        match sent {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "cache file shorter than its entry",
+                ));
+            }
+            Ok(n) => {
+                pos += n as u64;
+                served.inc_by(n as u64);
+                tokio::task::coop::consume_budget().await;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => writable(stream, timeout).await?,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Waits until the socket takes bytes again, at most `timeout`.
+async fn writable(stream: &TcpStream, timeout: Duration) -> io::Result<()> {
+    match tokio::time::timeout(timeout, stream.writable()).await {
+        Ok(ready) => ready,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the client stopped reading",
+        )),
+    }
+}
+
+/// Writes all of `bufs`.
+async fn write_all(
+    stream: &TcpStream,
+    mut bufs: &mut [IoSlice<'_>],
+    timeout: Duration,
+) -> io::Result<()> {
+    IoSlice::advance_slices(&mut bufs, 0);
+    while !bufs.is_empty() {
+        match stream.try_write_vectored(bufs) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => writable(stream, timeout).await?,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Closes gracefully after a refusal: no more writes, and what the client still sends is read
+/// and dropped for a moment, so the refusal reaches it.
+async fn linger(stream: &TcpStream) {
+    let _ = rustix::net::shutdown(stream, rustix::net::Shutdown::Write);
+    let drain = async {
+        let mut drained = 0;
+        let mut scratch = [0u8; 4096];
+        while drained < LINGER_BYTES {
+            if stream.readable().await.is_err() {
+                return;
+            }
+            match stream.try_read(&mut scratch) {
+                Ok(0) => return,
+                Ok(n) => drained += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
+}
+
+/// A socket with bytes already read from it put back in front, for hyper.
+struct Rewind {
+    prefix: Vec<u8>,
+    at: usize,
+    inner: TcpStream,
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.at < this.prefix.len() {
+            let n = buf.remaining().min(this.prefix.len() - this.at);
+            buf.put_slice(&this.prefix[this.at..this.at + n]);
+            this.at += n;
+            if this.at == this.prefix.len() {
+                this.prefix = Vec::new();
+                this.at = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kind(head: &str) -> Result<Kind, &'static str> {
+        let mut lines = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut request = httparse::Request::new(&mut lines);
+        assert!(request.parse(head.as_bytes()).unwrap().is_complete());
+        classify(&request)
+    }
+
+    #[test]
+    fn framing_that_could_smuggle_a_request_is_refused() {
+        let both = "GET /a HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(
+            kind(both).err(),
+            Some("both Content-Length and Transfer-Encoding")
+        );
+        let twice = "POST /a HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n";
+        assert_eq!(kind(twice).err(), Some("more than one Content-Length"));
+        for bad in ["+5", "5 5", "", "0x5", "99999999999999999999999"] {
+            let head = format!("POST /a HTTP/1.1\r\nContent-Length: {bad}\r\n\r\n");
+            assert_eq!(
+                kind(&head).err(),
+                Some("malformed Content-Length"),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn what_the_driver_answers_and_what_it_hands_on() {
+        let ours = |head| matches!(kind(head), Ok(Kind::Ours { .. }));
+        assert!(ours("GET /a HTTP/1.1\r\n\r\n"));
+        assert!(ours("HEAD /a HTTP/1.1\r\nContent-Length: 0\r\n\r\n"));
+        assert!(matches!(
+            kind("GET /a HTTP/1.1\r\nConnection: keep-alive, Close\r\n\r\n"),
+            Ok(Kind::Ours { close: true })
+        ));
+        for hyper in [
+            "POST /api/purge HTTP/1.1\r\n\r\n",
+            "GET /a HTTP/1.0\r\n\r\n",
+            "GET /a HTTP/1.1\r\nContent-Length: 3\r\n\r\n",
+            "GET /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "GET /a HTTP/1.1\r\nUpgrade: websocket\r\n\r\n",
+            "CONNECT example.org:443 HTTP/1.1\r\n\r\n",
+        ] {
+            assert!(matches!(kind(hyper), Ok(Kind::Hyper)), "{hyper}");
+        }
+    }
+}

@@ -1,0 +1,309 @@
+//! The plain-HTTP connection driver: its refusals (each a clear status and a closed
+//! connection, after the answers to the requests before it), hits sent from the body file
+//! (bytes, ranges, HEAD, a body removed while it is sent), and the hand-over to hyper for the
+//! proxy's own pages and for what the driver does not answer itself.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::pipeline::{next_response, pipeline};
+use crate::{Origin, Proxy, cache_dir, data, metric, x_cache};
+
+/// Sends `raw` on a new connection and reads until the proxy closes it. Panics when it does
+/// not close within 10 s.
+async fn refused(addr: SocketAddr, raw: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    // A refusal may come before the whole request is written.
+    let _ = stream.write_all(raw).await;
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => out.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the connection was not closed: {raw:?}");
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// How many responses `text` holds, and the status line of the last one.
+fn answers(text: &str) -> (usize, &str) {
+    let count = text.matches("HTTP/1.1 ").count();
+    let last = text.rsplit("HTTP/1.1 ").next().unwrap_or_default();
+    (count, last.lines().next().unwrap_or_default())
+}
+
+#[tokio::test]
+async fn bad_requests_get_a_clear_status_and_a_closed_connection() {
+    let origin = Origin::start().await;
+    origin.put("/debian/pool/a.deb", "the first file");
+    origin.put("/debian/pool/b.deb", "a smuggled request's file");
+    let dir = cache_dir();
+    let proxy = Proxy::start(&origin, dir.path(), |_| {}).await;
+    let good = "GET /debian/pool/a.deb HTTP/1.1\r\nHost: x\r\n\r\n";
+    let smuggled = "GET /debian/pool/b.deb HTTP/1.1\r\nHost: x\r\n\r\n";
+    let many_lines: String = (0..101).map(|i| format!("X-{i}: y\r\n")).collect();
+    let endless: String = (0..2000).map(|i| format!("X-{i}: y\r\n")).collect();
+    let cases: Vec<(String, &str)> = vec![
+        (
+            format!(
+                "GET /debian/pool/a.deb HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{smuggled}"
+            ),
+            "400 Bad Request",
+        ),
+        (
+            format!(
+                "POST /api/cache/purge HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\n{smuggled}"
+            ),
+            "400 Bad Request",
+        ),
+        (
+            format!(
+                "POST /debian/pool/a.deb HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n{smuggled}"
+            ),
+            "400 Bad Request",
+        ),
+        (
+            format!(
+                "GET /debian/pool/a.deb HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n{smuggled}"
+            ),
+            "400 Bad Request",
+        ),
+        (
+            format!(
+                "GET /debian/pool/a.deb HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+                "v".repeat(17 * 1024)
+            ),
+            "431 Request Header Fields Too Large",
+        ),
+        (
+            format!("GET /debian/pool/a.deb HTTP/1.1\r\nHost: x\r\n{many_lines}\r\n"),
+            "431 Request Header Fields Too Large",
+        ),
+        // Header lines that never end.
+        (
+            format!("GET /debian/pool/a.deb HTTP/1.1\r\nHost: x\r\n{endless}"),
+            "431 Request Header Fields Too Large",
+        ),
+        (
+            "G(T /debian/pool/a.deb HTTP/1.1\r\nHost: x\r\n\r\n".into(),
+            "400 Bad Request",
+        ),
+        (
+            "GET /debian/pool/a.deb HTTP/2.0\r\nHost: x\r\n\r\n".into(),
+            "505 HTTP Version Not Supported",
+        ),
+        (
+            "GET debian/pool/a.deb HTTP/1.1\r\nHost: x\r\n\r\n".into(),
+            "400 Bad Request",
+        ),
+        (
+            "GET /debian/pool/\x01.deb HTTP/1.1\r\nHost: x\r\n\r\n".into(),
+            "400 Bad Request",
+        ),
+        (
+            "GET /debian/pool/a.deb HTTP/1.1\r\nHost: x\r\nBad Name: y\r\n\r\n".into(),
+            "400 Bad Request",
+        ),
+    ];
+    for (raw, status) in &cases {
+        let text = refused(proxy.addr, raw.as_bytes()).await;
+        assert_eq!(answers(&text), (1, *status), "{raw:?} got {text}");
+        // The request after the refused one was never answered, nor fetched.
+        assert_eq!(origin.hits("/debian/pool/b.deb"), 0, "{raw:?}");
+    }
+
+    // A good request before a refused one is answered first, in full.
+    let raw = format!(
+        "{good}GET /debian/pool/a.deb HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"
+    );
+    let text = refused(proxy.addr, raw.as_bytes()).await;
+    assert_eq!(answers(&text), (2, "400 Bad Request"), "{text}");
+    assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+    assert!(text.contains("the first file"), "{text}");
+
+    // A path that climbs out of its repository is refused by the router, and the connection
+    // stays usable.
+    let mut stream = pipeline(
+        proxy.addr,
+        &["debian/pool/../../etc/passwd", "debian/pool/a.deb"],
+    )
+    .await;
+    let mut buf = Vec::new();
+    assert_eq!(next_response(&mut stream, &mut buf).await.0, 403);
+    let (status, _, body) = next_response(&mut stream, &mut buf).await;
+    assert_eq!((status, body.as_slice()), (200, &b"the first file"[..]));
+}
+
+#[tokio::test]
+async fn hits_are_sent_from_the_body_file() {
+    let origin = Origin::start().await;
+    let big = data(3 << 20, 7);
+    origin.put("/debian/pool/big.deb", big.clone());
+    let dir = cache_dir();
+    let proxy = Proxy::start(&origin, dir.path(), |_| {}).await;
+    let r = proxy.get("debian/pool/big.deb").await;
+    assert_eq!(x_cache(&r), "MISS");
+    assert!(r.bytes().await.unwrap() == big);
+    let before = metric(&proxy, "apt_proxy_bytes_served_total{source=\"cache\"}").await;
+
+    // Whole.
+    let r = proxy.get("debian/pool/big.deb").await;
+    assert_eq!(x_cache(&r), "HIT");
+    assert_eq!(r.content_length(), Some(big.len() as u64));
+    assert!(r.bytes().await.unwrap() == big, "the hit's bytes differ");
+
+    // A range across the first read and the file's end.
+    let r = proxy
+        .client()
+        .get(proxy.url("debian/pool/big.deb"))
+        .header("range", "bytes=10000-")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert!(r.bytes().await.unwrap() == big[10_000..]);
+    let r = proxy
+        .client()
+        .get(proxy.url("debian/pool/big.deb"))
+        .header("range", "bytes=1000000-1999999")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert!(r.bytes().await.unwrap() == big[1_000_000..2_000_000]);
+
+    // HEAD: the head alone, and the connection goes on.
+    let raw = "HEAD /debian/pool/big.deb HTTP/1.1\r\nHost: x\r\n\r\nGET /debian/pool/big.deb HTTP/1.1\r\nHost: x\r\nRange: bytes=0-9\r\n\r\n";
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream.write_all(raw.as_bytes()).await.unwrap();
+    let mut text = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !String::from_utf8_lossy(&text).contains("206 Partial Content")
+        || !text.ends_with(&big[..10])
+    {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk))
+            .await
+            .expect("answers within 10 s")
+            .unwrap();
+        assert!(n > 0, "closed early");
+        text.extend_from_slice(&chunk[..n]);
+    }
+    let text = String::from_utf8_lossy(&text);
+    let head = text.split("HTTP/1.1 206").next().unwrap();
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert!(
+        head.contains(&format!("content-length: {}\r\n", big.len())),
+        "{head}"
+    );
+    assert!(
+        head.ends_with("\r\n\r\n"),
+        "a HEAD answer carries no body: {head:?}"
+    );
+
+    // Every byte sent from the file is counted as served from the cache.
+    let after = metric(&proxy, "apt_proxy_bytes_served_total{source=\"cache\"}").await;
+    let sent = big.len() + (big.len() - 10_000) + 1_000_000 + 10;
+    assert_eq!(after - before, sent as f64);
+    assert_eq!(origin.hits("/debian/pool/big.deb"), 1);
+}
+
+#[tokio::test]
+async fn a_hit_removed_while_it_is_sent_arrives_whole() {
+    let origin = Origin::start().await;
+    let big = data(16 << 20, 8);
+    origin.put("/debian/pool/big.deb", big.clone());
+    let dir = cache_dir();
+    let proxy = Proxy::start(&origin, dir.path(), |_| {}).await;
+    assert!(
+        proxy
+            .get("debian/pool/big.deb")
+            .await
+            .bytes()
+            .await
+            .unwrap()
+            == big
+    );
+    let r = proxy.get("debian/pool/big.deb").await;
+    assert_eq!(x_cache(&r), "HIT");
+    let mut stream = r.bytes_stream();
+    let mut got = stream.next().await.unwrap().unwrap().to_vec();
+    let purged = proxy
+        .client()
+        .post(proxy.url("api/cache/purge"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(purged.status(), 200);
+    assert!(purged.text().await.unwrap().contains("\"removed_items\":1"));
+    while let Some(chunk) = stream.next().await {
+        got.extend_from_slice(&chunk.unwrap());
+    }
+    assert!(got == big, "the body changed under its reader");
+    let r = proxy.get("debian/pool/big.deb").await;
+    assert_eq!(x_cache(&r), "MISS");
+}
+
+#[tokio::test]
+async fn the_proxys_own_pages_and_http_1_0_are_hyper_s_on_the_same_connection() {
+    let origin = Origin::start().await;
+    origin.put("/debian/pool/a.deb", "aaaa");
+    origin.put("/debian/pool/b.deb", "bbbbbb");
+    let dir = cache_dir();
+    let proxy = Proxy::start(&origin, dir.path(), |_| {}).await;
+    // A package, a page of the proxy's own (the connection moves to hyper), packages again.
+    let mut stream = pipeline(
+        proxy.addr,
+        &[
+            "debian/pool/a.deb",
+            "version",
+            "debian/pool/b.deb",
+            "debian/pool/a.deb",
+        ],
+    )
+    .await;
+    let mut buf = Vec::new();
+    let (status, cache, body) = next_response(&mut stream, &mut buf).await;
+    assert_eq!(
+        (status, cache.as_str(), body.as_slice()),
+        (200, "MISS", &b"aaaa"[..])
+    );
+    let (status, _, body) = next_response(&mut stream, &mut buf).await;
+    assert_eq!(status, 200);
+    assert!(String::from_utf8_lossy(&body).contains("\"version\""));
+    let (status, _, body) = next_response(&mut stream, &mut buf).await;
+    assert_eq!((status, body.as_slice()), (200, &b"bbbbbb"[..]));
+    let (status, cache, body) = next_response(&mut stream, &mut buf).await;
+    assert_eq!(
+        (status, cache.as_str(), body.as_slice()),
+        (200, "HIT", &b"aaaa"[..])
+    );
+
+    // HTTP/1.0: answered and closed.
+    let text = refused(proxy.addr, b"GET /debian/pool/a.deb HTTP/1.0\r\n\r\n").await;
+    assert!(
+        text.starts_with("HTTP/1.0 200 OK") || text.starts_with("HTTP/1.1 200 OK"),
+        "{text}"
+    );
+    assert!(text.ends_with("aaaa"), "{text}");
+
+    // Connection: close is honoured by the driver too.
+    let text = refused(
+        proxy.addr,
+        b"GET /debian/pool/a.deb HTTP/1.1\r\nConnection: close\r\n\r\nGET /debian/pool/b.deb HTTP/1.1\r\n\r\n",
+    )
+    .await;
+    assert_eq!(answers(&text).0, 1, "{text}");
+    assert!(
+        text.contains("connection: close\r\n") && text.ends_with("aaaa"),
+        "{text}"
+    );
+}
