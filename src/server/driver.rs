@@ -358,13 +358,13 @@ where
             &request.headers,
         );
         let head_only = request.method == Method::HEAD;
-        let answer = Box::pin(handler::package(
+        let answer = handler::package(
             &state,
             &request.method,
             &request.headers,
             request.routed,
             &connection,
-        ));
+        );
         let Some((mut response, routed)) =
             while_reading(&stream, &mut reader, &state, &connection, answer).await
         else {
