@@ -42,8 +42,10 @@ use crate::route::{RouteError, RouteMatch};
 pub const MAX_HEAD: usize = 16 * 1024;
 /// Header lines per request head (hyper's default): 431 beyond.
 pub const MAX_HEADERS: usize = 100;
-/// Requests read and waiting behind the one being answered, at most: reading pauses there.
+/// Requests read and waiting behind the one being answered, at most, and the bytes of their
+/// heads: reading pauses at either.
 const MAX_QUEUED: usize = 64;
+const MAX_QUEUED_BYTES: usize = 64 * 1024;
 /// How long a connection may wait for its next request head, idle time included (as hyper's
 /// header read timeout on this server).
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
@@ -77,6 +79,8 @@ struct Queued {
     routed: Result<RouteMatch, RouteError>,
     /// The client asked for the connection to close after it.
     close: bool,
+    /// The length of its head.
+    len: usize,
 }
 
 /// The reading side: bytes not yet parsed, and requests waiting for their answer.
@@ -84,6 +88,8 @@ struct Queued {
 struct Reader {
     buf: Vec<u8>,
     queue: VecDeque<Queued>,
+    /// The bytes of the heads in `queue`.
+    queued_bytes: usize,
     /// The head at the start of `buf` is hyper's to answer: nothing more is read.
     handoff: bool,
     /// Nothing more is read: end of stream, a read error, or `Connection: close`.
@@ -97,7 +103,18 @@ struct Reader {
 impl Reader {
     /// Whether to read more now.
     fn wants_more(&self) -> bool {
-        !self.done && !self.handoff && self.refusal.is_none() && self.queue.len() < MAX_QUEUED
+        !self.done && !self.handoff && self.refusal.is_none() && !self.full()
+    }
+
+    fn full(&self) -> bool {
+        self.queue.len() >= MAX_QUEUED || self.queued_bytes >= MAX_QUEUED_BYTES
+    }
+
+    /// The next request to answer.
+    fn next(&mut self) -> Option<Queued> {
+        let request = self.queue.pop_front()?;
+        self.queued_bytes -= request.len;
+        Some(request)
     }
 
     /// Reads what the socket has (never waits).
@@ -120,7 +137,7 @@ impl Reader {
     /// Parses the complete heads in `buf`. `busy`: a response is being answered, so every new
     /// request is queued behind it and is read ahead.
     fn parse(&mut self, state: &Arc<AppState>, connection: &Arc<Connection>, busy: bool) {
-        while self.refusal.is_none() && !self.handoff && self.queue.len() < MAX_QUEUED {
+        while self.refusal.is_none() && !self.handoff && !self.full() {
             let mut lines = [httparse::EMPTY_HEADER; MAX_HEADERS];
             let mut head = httparse::Request::new(&mut lines);
             let len = match head.parse(&self.buf) {
@@ -163,7 +180,7 @@ impl Reader {
                     return;
                 }
                 Ok(Kind::Ours { close }) => {
-                    let Some(queued) = queued(state, &head, close) else {
+                    let Some(queued) = queued(state, &head, close, len) else {
                         return self.refuse(StatusCode::BAD_REQUEST, "malformed request");
                     };
                     let Some(queued) = queued else {
@@ -184,6 +201,7 @@ impl Reader {
                         ));
                     }
                     self.queue.push_back(queued);
+                    self.queued_bytes += len;
                     self.buf.drain(..len);
                     if close {
                         self.done = true;
@@ -255,17 +273,19 @@ fn queued(
     state: &AppState,
     head: &httparse::Request<'_, '_>,
     close: bool,
+    len: usize,
 ) -> Option<Option<Queued>> {
     let method = if head.method == Some("HEAD") {
         Method::HEAD
     } else {
         Method::GET
     };
+    // Origin-form, or absolute-form (the forward-proxy request).
     let target = head.path?;
-    if !target.starts_with('/') && !target.starts_with("http://") {
+    let uri = target.parse::<Uri>().ok()?;
+    if !target.starts_with('/') && (uri.scheme().is_none() || uri.authority().is_none()) {
         return None;
     }
-    let uri = target.parse::<Uri>().ok()?;
     let mut headers = HeaderMap::with_capacity(head.headers.len());
     for line in head.headers.iter() {
         headers.append(
@@ -282,6 +302,7 @@ fn queued(
         headers,
         routed,
         close,
+        len,
     }))
 }
 
@@ -304,7 +325,7 @@ where
     let mut reader = Reader::default();
     let mut deadline = Instant::now() + HEAD_TIMEOUT;
     loop {
-        let Some(request) = reader.queue.pop_front() else {
+        let Some(request) = reader.next() else {
             if let Some((status, reason)) = reader.refusal.take() {
                 tracing::debug!(client = %peer, status = status.as_u16(), reason, "request refused");
                 let page = refusal(status, reason);
