@@ -677,7 +677,7 @@ async fn linger(stream: &TcpStream) {
     let _ = rustix::net::shutdown(stream, rustix::net::Shutdown::Write);
     let drain = async {
         let mut drained = 0;
-        let mut scratch = [0u8; 4096];
+        let mut scratch = vec![0u8; 4096];
         while drained < LINGER_BYTES {
             if stream.readable().await.is_err() {
                 return;
