@@ -6,6 +6,29 @@ use std::process::ExitCode;
 use apt_proxy::config::{Config, cli::Cli};
 use apt_proxy::server::Server;
 
+/// glibc gives each thread that allocates its own arena (up to 8 per core), and freed memory
+/// stays in the arena of the thread that freed it: the runtime's worker and the blocking
+/// pool's readers made the peak resident memory under load about 40 MiB. Two arenas keep it
+/// near 23 MiB at the same throughput (bench/hits.sh). An operator's own `MALLOC_ARENA_MAX`
+/// is left to glibc.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn limit_malloc_arenas() {
+    const M_ARENA_MAX: std::ffi::c_int = -8;
+    unsafe extern "C" {
+        fn mallopt(param: std::ffi::c_int, value: std::ffi::c_int) -> std::ffi::c_int;
+    }
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only sets an allocator parameter; it is called before the runtime
+        // starts any thread.
+        unsafe {
+            mallopt(M_ARENA_MAX, 2);
+        }
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn limit_malloc_arenas() {}
+
 fn main() -> ExitCode {
     let cli = Cli::parse_args();
     let (check_config, health_check) = (cli.check_config, cli.health_check);
@@ -25,6 +48,7 @@ fn main() -> ExitCode {
     if check_config {
         return check(&config);
     }
+    limit_malloc_arenas();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
