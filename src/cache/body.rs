@@ -59,6 +59,12 @@ impl Body {
             None => Err(self),
         }
     }
+
+    /// The frames alone, for a sender that polls them: the file range is let go, so the file
+    /// is closed with the last chunk read.
+    pub fn into_frames(self) -> Body {
+        Body { file: None, ..self }
+    }
 }
 
 impl hyper::body::Body for Body {

@@ -19,6 +19,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::io::{self, IoSlice};
 use std::net::IpAddr;
+use std::os::fd::AsFd;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -325,6 +326,15 @@ where
     let mut reader = Reader::default();
     let mut deadline = Instant::now() + HEAD_TIMEOUT;
     loop {
+        if *stopping.borrow() {
+            // Shutting down: no new request is started (as hyper's graceful shutdown).
+            return;
+        }
+        if !reader.buf.is_empty() {
+            // Heads read while the queue was full.
+            let busy = !reader.queue.is_empty();
+            reader.parse(&state, &connection, busy);
+        }
         let Some(request) = reader.next() else {
             if let Some((status, reason)) = reader.refusal.take() {
                 tracing::debug!(client = %peer, status = status.as_u16(), reason, "request refused");
@@ -350,7 +360,7 @@ where
                 Box::pin(super::serve(&builder, io, service, stopping, open)).await;
                 return;
             }
-            if reader.done || *stopping.borrow() {
+            if reader.done {
                 return;
             }
             if reader.buf.is_empty() {
@@ -514,6 +524,8 @@ async fn send(
     let (length, chunked) = match (declared, body.size_hint().exact()) {
         (Some(n), _) => (Some(n), false),
         (None, _) if no_body => (None, false),
+        // A HEAD answer whose body is empty says nothing of the length (as hyper).
+        (None, Some(0)) if head_only => (None, false),
         (None, Some(n)) => {
             head.extend_from_slice(format!("content-length: {n}\r\n").as_bytes());
             (Some(n), false)
@@ -533,7 +545,10 @@ async fn send(
         return write_all(stream, &mut [IoSlice::new(&head)], timeout).await;
     }
     body = match body.into_file() {
-        Ok(range) => return send_file(stream, &head, range, timeout).await,
+        Ok(range) if length == Some(range.first.len() as u64 + (range.end - range.pos)) => {
+            return send_file(stream, &head, range, timeout).await;
+        }
+        Ok(_) => return Err(io::Error::other("file range and Content-Length differ")),
         Err(body) => body,
     };
     // The head goes out with the first bytes when they are at hand, else at once: a client
@@ -617,12 +632,20 @@ async fn send_file(
     )
     .await?;
     drop(first);
+    // sendfile reads the file: where it is not in the page cache that waits for the disk, so
+    // it runs on the blocking pool (one hop per MiB), on a second descriptor of the socket.
+    let socket = Arc::new(stream.as_fd().try_clone_to_owned()?);
     while pos < end {
+        writable(stream, timeout).await?;
         let count = (end - pos).min(SENDFILE_CHUNK) as usize;
-        let sent = stream.try_io(Interest::WRITABLE, || {
+        let (socket, file) = (socket.clone(), file.clone());
+        let sent = tokio::task::spawn_blocking(move || {
             let mut offset = pos;
-            rustix::fs::sendfile(stream, &*file, Some(&mut offset), count).map_err(io::Error::from)
-        });
+            rustix::fs::sendfile(&*socket, &*file, Some(&mut offset), count)
+                .map_err(io::Error::from)
+        })
+        .await
+        .map_err(io::Error::other)?;
         match sent {
             Ok(0) => {
                 return Err(io::Error::new(
@@ -633,9 +656,13 @@ async fn send_file(
             Ok(n) => {
                 pos += n as u64;
                 served.inc_by(n as u64);
-                tokio::task::coop::consume_budget().await;
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => writable(stream, timeout).await?,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // The socket is full: clear its readiness so that the next wait is real.
+                let _ = stream.try_io(Interest::WRITABLE, || {
+                    Err::<(), _>(io::Error::from(io::ErrorKind::WouldBlock))
+                });
+            }
             Err(e) => return Err(e),
         }
     }

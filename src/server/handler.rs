@@ -84,7 +84,7 @@ pub async fn handle(
     // whole transfer's, not the time to the response head.
     let (parts, inner) = response.into_parts();
     let body = Logged {
-        inner,
+        inner: inner.into_frames(),
         finish: Some(finish),
     };
     Ok(Response::from_parts(parts, Body::new(body)))

@@ -307,3 +307,41 @@ async fn the_proxys_own_pages_and_http_1_0_are_hyper_s_on_the_same_connection() 
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn more_pipelined_requests_than_the_queue_holds_are_all_answered() {
+    let origin = Origin::start().await;
+    origin.put("/debian/pool/a.deb", "aaaa");
+    let dir = cache_dir();
+    let proxy = Proxy::start(&origin, dir.path(), |_| {}).await;
+    // 100 heads in one write: more than the 64 the driver queues before it pauses reading.
+    let paths = vec!["debian/pool/a.deb"; 100];
+    let mut stream = pipeline(proxy.addr, &paths).await;
+    let mut buf = Vec::new();
+    for i in 0..paths.len() {
+        let (status, _, body) = next_response(&mut stream, &mut buf).await;
+        assert_eq!((status, body.as_slice()), (200, &b"aaaa"[..]), "answer {i}");
+    }
+}
+
+#[tokio::test]
+async fn a_head_of_a_file_of_unknown_length_claims_no_length() {
+    let origin = Origin::start().await;
+    origin.put("/debian/pool/u.deb", data(50_000, 3));
+    origin.set(
+        "/debian/pool/u.deb",
+        crate::Behavior::Unsized {
+            chunk: 10_000,
+            delay: Duration::from_millis(1),
+        },
+    );
+    let dir = cache_dir();
+    let proxy = Proxy::start(&origin, dir.path(), |_| {}).await;
+    let text = refused(
+        proxy.addr,
+        b"HEAD /debian/pool/u.deb HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(!text.contains("content-length"), "{text}");
+}
