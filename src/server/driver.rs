@@ -19,7 +19,6 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::io::{self, IoSlice};
 use std::net::IpAddr;
-use std::os::fd::AsFd;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -632,20 +631,17 @@ async fn send_file(
     )
     .await?;
     drop(first);
-    // sendfile reads the file: where it is not in the page cache that waits for the disk, so
-    // it runs on the blocking pool (one hop per MiB), on a second descriptor of the socket.
-    let socket = Arc::new(stream.as_fd().try_clone_to_owned()?);
+    // sendfile runs on the worker, inside try_io so that a full socket's readiness is cleared
+    // without losing a wake-up. A file not in the page cache makes it wait for the disk there
+    // (at most 1 MiB per call; the kernel reads ahead of a sequential sender). Run on the
+    // blocking pool instead, the readiness hand-over between threads lost wake-ups and cost
+    // 95 % of the 8-client throughput.
     while pos < end {
-        writable(stream, timeout).await?;
         let count = (end - pos).min(SENDFILE_CHUNK) as usize;
-        let (socket, file) = (socket.clone(), file.clone());
-        let sent = tokio::task::spawn_blocking(move || {
+        let sent = stream.try_io(Interest::WRITABLE, || {
             let mut offset = pos;
-            rustix::fs::sendfile(&*socket, &*file, Some(&mut offset), count)
-                .map_err(io::Error::from)
-        })
-        .await
-        .map_err(io::Error::other)?;
+            rustix::fs::sendfile(stream, &*file, Some(&mut offset), count).map_err(io::Error::from)
+        });
         match sent {
             Ok(0) => {
                 return Err(io::Error::new(
@@ -656,13 +652,9 @@ async fn send_file(
             Ok(n) => {
                 pos += n as u64;
                 served.inc_by(n as u64);
+                tokio::task::coop::consume_budget().await;
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                // The socket is full: clear its readiness so that the next wait is real.
-                let _ = stream.try_io(Interest::WRITABLE, || {
-                    Err::<(), _>(io::Error::from(io::ErrorKind::WouldBlock))
-                });
-            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => writable(stream, timeout).await?,
             Err(e) => return Err(e),
         }
     }
