@@ -5,8 +5,8 @@
 //! and looked up at once ([`super::readahead`]), and answered strictly in order.
 //!
 //! Anything else (the proxy's own pages, other methods, requests with a body, upgrades,
-//! CONNECT, HTTP/1.0) is handed to hyper, with the bytes read so far, and hyper serves the rest
-//! of the connection. TLS connections are hyper's from the start.
+//! CONNECT, HTTP/1.0) is handed to hyper, with the bytes read so far (given back first by
+//! [`readahead::ReadAhead`]), and hyper serves the rest of the connection. TLS connections are hyper's from the start.
 //!
 //! It is at least as strict as hyper. A head over [`MAX_HEAD`] bytes, or with more than
 //! [`MAX_HEADERS`] lines, gets 431; a malformed head or target, a request with both
@@ -19,16 +19,14 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::io::{self, IoSlice};
 use std::net::IpAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::header::{CONTENT_LENGTH, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Body as _;
-use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -191,14 +189,9 @@ impl Reader {
                     if (busy || !self.queue.is_empty())
                         && queued.method == Method::GET
                         && !queued.headers.contains_key(http::header::RANGE)
-                        && queued.routed.is_ok()
-                        && connection.reserve()
+                        && let Ok(matched) = &queued.routed
                     {
-                        tokio::spawn(readahead::start(
-                            state.clone(),
-                            connection.clone(),
-                            queued.uri.clone(),
-                        ));
+                        connection.read_ahead(state, matched.clone());
                     }
                     self.queue.push_back(queued);
                     self.queued_bytes += len;
@@ -222,11 +215,24 @@ enum Kind {
     Hyper,
 }
 
-/// Decides who answers `head`, refusing what a request must not be: the framing checks are
-/// made here for every request, whoever answers it.
-fn classify(head: &httparse::Request<'_, '_>) -> Result<Kind, &'static str> {
+/// What a request head says of its body and its connection.
+pub(super) struct Framing {
+    /// A body follows (a non-zero Content-Length, or Transfer-Encoding).
+    pub body: bool,
+    /// A protocol switch is asked for.
+    pub upgrade: bool,
+    /// The client asked for the connection to close after it.
+    pub close: bool,
+    /// A byte range is asked for.
+    pub range: bool,
+}
+
+/// Reads the framing of `head`, refusing what could make two parsers disagree on where the
+/// request ends: Content-Length with Transfer-Encoding, a repeated or malformed
+/// Content-Length. The driver and read-ahead both judge heads by it.
+pub(super) fn framing(head: &httparse::Request<'_, '_>) -> Result<Framing, &'static str> {
     let mut length = None;
-    let (mut chunked, mut close, mut upgrade) = (false, false, false);
+    let (mut chunked, mut close, mut upgrade, mut range) = (false, false, false, false);
     for line in head.headers.iter() {
         let name = line.name;
         if name.eq_ignore_ascii_case("content-length") {
@@ -245,6 +251,8 @@ fn classify(head: &httparse::Request<'_, '_>) -> Result<Kind, &'static str> {
             chunked = true;
         } else if name.eq_ignore_ascii_case("upgrade") {
             upgrade = true;
+        } else if name.eq_ignore_ascii_case("range") {
+            range = true;
         } else if name.eq_ignore_ascii_case("connection") {
             close |= line
                 .value
@@ -255,13 +263,26 @@ fn classify(head: &httparse::Request<'_, '_>) -> Result<Kind, &'static str> {
     if chunked && length.is_some() {
         return Err("both Content-Length and Transfer-Encoding");
     }
+    Ok(Framing {
+        body: chunked || length.unwrap_or(0) > 0,
+        upgrade,
+        close,
+        range,
+    })
+}
+
+/// Decides who answers `head`, refusing what a request must not be ([`framing`]): the checks
+/// are made here for every request, whoever answers it.
+fn classify(head: &httparse::Request<'_, '_>) -> Result<Kind, &'static str> {
+    let framing = framing(head)?;
     let ours = matches!(head.method, Some("GET" | "HEAD"))
         && head.version == Some(1)
-        && !chunked
-        && length.unwrap_or(0) == 0
-        && !upgrade;
+        && !framing.body
+        && !framing.upgrade;
     Ok(if ours {
-        Kind::Ours { close }
+        Kind::Ours {
+            close: framing.close,
+        }
     } else {
         Kind::Hyper
     })
@@ -337,25 +358,19 @@ where
         let Some(request) = reader.next() else {
             if let Some((status, reason)) = reader.refusal.take() {
                 tracing::debug!(client = %peer, status = status.as_u16(), reason, "request refused");
-                let page = refusal(status, reason);
+                let page = refusal(status, "", reason);
                 if write_all(&stream, &mut [IoSlice::new(&page)], write_timeout)
                     .await
                     .is_ok()
                 {
-                    linger(&stream).await;
+                    linger(&stream, LINGER).await;
                 }
                 return;
             }
             if reader.handoff {
-                let io = super::stall::WriteTimeout::new(
-                    Rewind {
-                        prefix: std::mem::take(&mut reader.buf),
-                        at: 0,
-                        inner: stream,
-                    },
-                    write_timeout,
-                );
-                let io = readahead::ReadAhead::new(io, state, connection);
+                let io = super::stall::WriteTimeout::new(stream, write_timeout);
+                let prefix = std::mem::take(&mut reader.buf);
+                let io = readahead::ReadAhead::new(io, prefix, state, connection);
                 Box::pin(super::serve(&builder, io, service, stopping, open)).await;
                 return;
             }
@@ -451,11 +466,13 @@ async fn while_reading<F: Future + Unpin>(
     }
 }
 
-/// A refusal page: the status, a one-line reason, and the connection closed.
-fn refusal(status: StatusCode, reason: &str) -> Vec<u8> {
+/// A refusal page: the status, `extra` header lines, a one-line reason, and the connection
+/// closed (the driver's refusals, and `limits::refuse`).
+pub(super) fn refusal(status: StatusCode, extra: &str, reason: &str) -> Vec<u8> {
     let mut page = Vec::with_capacity(256);
     status_line(&mut page, status);
     page.extend_from_slice(b"content-type: text/plain; charset=utf-8\r\nconnection: close\r\n");
+    page.extend_from_slice(extra.as_bytes());
     page.extend_from_slice(format!("content-length: {}\r\n", reason.len() + 1).as_bytes());
     date(&mut page);
     page.extend_from_slice(b"\r\n");
@@ -691,8 +708,8 @@ async fn write_all(
 }
 
 /// Closes gracefully after a refusal: no more writes, and what the client still sends is read
-/// and dropped for a moment, so the refusal reaches it.
-async fn linger(stream: &TcpStream) {
+/// and dropped for at most `within` (and [`LINGER_BYTES`]), so the refusal reaches it.
+pub(super) async fn linger(stream: &TcpStream, within: Duration) {
     let _ = rustix::net::shutdown(stream, rustix::net::Shutdown::Write);
     let drain = async {
         let mut drained = 0;
@@ -709,65 +726,7 @@ async fn linger(stream: &TcpStream) {
             }
         }
     };
-    let _ = tokio::time::timeout(LINGER, drain).await;
-}
-
-/// A socket with bytes already read from it put back in front, for hyper.
-struct Rewind {
-    prefix: Vec<u8>,
-    at: usize,
-    inner: TcpStream,
-}
-
-impl AsyncRead for Rewind {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if this.at < this.prefix.len() {
-            let n = buf.remaining().min(this.prefix.len() - this.at);
-            buf.put_slice(&this.prefix[this.at..this.at + n]);
-            this.at += n;
-            if this.at == this.prefix.len() {
-                this.prefix = Vec::new();
-                this.at = 0;
-            }
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut this.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Rewind {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
+    let _ = tokio::time::timeout(within, drain).await;
 }
 
 #[cfg(test)]

@@ -363,11 +363,13 @@ pub fn text(status: StatusCode, message: impl Into<String>) -> Response<Body> {
 /// absolute-form to the proxy's port naming no mirror (`GET http://proxy:3142/`, which a
 /// browser sends when the proxy is also its proxy). Nothing is fetched for such a request, so
 /// any host name will do: the port and the absence of a mirror (`routed`) decide.
-/// (`uri` has an authority here: origin-form is always addressed to the proxy.)
-fn addressed_to_us(state: &AppState, uri: &http::Uri, routed: bool) -> bool {
-    let Some(authority) = uri.authority() else {
-        return true;
-    };
+/// (An origin-form request is always addressed to the proxy.)
+fn addressed_to_us(
+    state: &AppState,
+    uri: &http::Uri,
+    authority: &http::uri::Authority,
+    routed: bool,
+) -> bool {
     let default_port = if uri.scheme_str() == Some("https") {
         443
     } else {
@@ -412,22 +414,21 @@ pub(super) fn route_package(
     uri: &http::Uri,
 ) -> Option<Result<crate::route::RouteMatch, crate::route::RouteError>> {
     let own_page = crate::admin::is_own_page(uri.path());
-    if uri.authority().is_none() {
+    let Some(authority) = uri.authority() else {
         return (!own_page).then(|| route(&state.reloader.registry.load(), uri));
-    }
+    };
     let routed = route(&state.reloader.registry.load(), uri);
-    let to_us = addressed_to_us(state, uri, routed.is_ok());
+    let to_us = addressed_to_us(state, uri, authority, routed.is_ok());
     (!(to_us && own_page)).then_some(routed)
 }
 
-/// Answers a routed request for a package path (any method: what is not a GET or HEAD is
-/// refused).
 /// A package request being answered: the response, and where it was routed.
 pub(super) type Answering<'a> =
     Pin<Box<dyn Future<Output = (Response<Body>, Option<Routed>)> + Send + 'a>>;
 
-/// Boxed and behind a pointer: the driver and hyper's service share one copy of the serving
-/// code (inlined into both, it cost about 0.4 MB of binary).
+/// Answers a routed request for a package path (any method: what is not a GET or HEAD is
+/// refused). Boxed and behind a pointer: the driver and hyper's service share one copy of the
+/// serving code (inlined into both, it cost about 0.4 MB of binary).
 pub(super) fn package<'a>(
     state: &'a AppState,
     method: &'a Method,
@@ -495,7 +496,7 @@ async fn answer_package(
 
 /// The fill request for a routed package path (what `answer` serves and a read-ahead starts),
 /// and the Cache-Control of the cache rule that matches it.
-async fn fill_for(
+pub(super) async fn fill_for(
     state: &AppState,
     matched: crate::route::RouteMatch,
 ) -> (FillRequest, Option<HeaderValue>) {
@@ -520,17 +521,6 @@ async fn fill_for(
         path: matched.path,
     };
     (fill, rule.map(|r| r.cache_control.clone()))
-}
-
-/// The fill request a GET of `uri` would make, for a read-ahead: none for what is not a
-/// package path (the proxy's own pages, refused routes).
-pub(super) async fn fill_request(state: &AppState, uri: &http::Uri) -> Option<FillRequest> {
-    let registry = state.reloader.registry.load();
-    if uri.authority().is_none() && crate::admin::is_own_page(uri.path()) {
-        return None;
-    }
-    let matched = route(&registry, uri).ok()?;
-    Some(fill_for(state, matched).await.0)
 }
 
 async fn serve(

@@ -8,6 +8,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -87,30 +88,28 @@ pub async fn refuse(mut stream: TcpStream, why: Refusal, tls: bool) {
     }
     let (status, extra, message) = match why {
         Refusal::TooMany => (
-            "503 Service Unavailable",
-            "Retry-After: 1\r\n",
-            "too many open connections from this address\n",
+            StatusCode::SERVICE_UNAVAILABLE,
+            "retry-after: 1\r\n",
+            "too many open connections from this address",
         ),
         Refusal::NotAllowed => (
-            "403 Forbidden",
+            StatusCode::FORBIDDEN,
             "",
-            "this address may not use the proxy (--allowed-clients)\n",
+            "this address may not use the proxy (--allowed-clients)",
         ),
     };
-    let answer = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n{extra}\r\n{message}",
-        message.len()
-    );
+    let page = super::driver::refusal(status, extra, message);
     // The request is read (and the rest drained after the answer) so that closing does not
     // reset the connection before the client has read why.
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+    let answered = tokio::time::timeout(Duration::from_secs(1), async {
         let mut buf = [0u8; 4096];
         let _ = stream.read(&mut buf).await;
-        let _ = stream.write_all(answer.as_bytes()).await;
-        let _ = stream.shutdown().await;
-        while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
+        stream.write_all(&page).await
     })
     .await;
+    if let Ok(Ok(())) = answered {
+        super::driver::linger(&stream, Duration::from_secs(1)).await;
+    }
 }
 
 /// Raises the soft limit on open files to the hard limit, as Go programs do at start: the

@@ -344,8 +344,8 @@ impl Server {
             // hyper asks the body for the next chunk only while less than this is queued: a
             // client that does not read holds at most one chunk (and request heads are limited
             // to this size, 431 beyond).
-            .max_buf_size(16 * 1024)
-            .header_read_timeout(Duration::from_secs(30));
+            .max_buf_size(driver::MAX_HEAD)
+            .header_read_timeout(driver::HEAD_TIMEOUT);
         tokio::spawn(self.state.reloader.clone().run(Duration::from_millis(500)));
         // The status page's byte chart: the served-bytes counters, sampled every minute.
         let sampled = Arc::downgrade(&self.state);
@@ -394,17 +394,16 @@ impl Server {
                         let _ = stream.set_nodelay(true);
                         let state = self.state.clone();
                         let connection = Arc::new(readahead::Connection::default());
-                        // Read-ahead looks at what hyper reads: the plain bytes, under TLS.
-                        let read_ahead = (state.clone(), connection.clone());
+                        let (shared, connection_shared) = (state.clone(), connection.clone());
                         let service = service_fn(move |req| handler::handle(state.clone(), peer, connection.clone(), req));
                         let builder = builder.clone();
                         let (stopping, open) = (stopping.clone(), open.clone());
                         match self.tls.clone() {
                             None => {
                                 let driven = driver::Driven {
-                                    state: read_ahead.0,
+                                    state: shared,
                                     peer,
-                                    connection: read_ahead.1,
+                                    connection: connection_shared,
                                     write_timeout: self.write_timeout,
                                     builder,
                                     service,
@@ -425,7 +424,8 @@ impl Server {
                                         tracing::debug!("TLS handshake failed or timed out");
                                         return;
                                     };
-                                    let stream = readahead::ReadAhead::new(stream, read_ahead.0, read_ahead.1);
+                                    // Read-ahead looks at what hyper reads: the plain bytes.
+                                    let stream = readahead::ReadAhead::new(stream, Vec::new(), shared, connection_shared);
                                     serve(&builder, stream, service, stopping, open).await;
                                 });
                             }

@@ -24,16 +24,14 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 
 use super::AppState;
+use super::driver::{MAX_HEAD, MAX_HEADERS};
 use crate::cache::Lookup;
 use crate::cache::fill::FillState;
+use crate::route::RouteMatch;
 use crate::storage::CacheKey;
 
 /// Read-aheads outstanding per connection, at most.
 pub const MAX_AHEAD: usize = 32;
-/// The longest request head looked at; hyper's own limit is larger, and judges the rest.
-const MAX_HEAD: usize = 16 * 1024;
-/// Headers per request head looked at.
-const MAX_HEADERS: usize = 64;
 
 /// What a connection's read-aheads and its requests share.
 #[derive(Debug, Default)]
@@ -63,19 +61,27 @@ impl Connection {
         Some(rx)
     }
 
-    /// Takes a slot for a read-ahead, if one is free.
-    pub(super) fn reserve(&self) -> bool {
-        self.slots
+    /// Starts the look-up (and fill) of a queued GET of `matched`, if a slot is free.
+    pub(super) fn read_ahead(self: &Arc<Self>, state: &Arc<AppState>, matched: RouteMatch) {
+        let free = self
+            .slots
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < MAX_AHEAD).then_some(n + 1)
             })
-            .is_ok()
+            .is_ok();
+        if free {
+            tokio::spawn(start(state.clone(), self.clone(), matched));
+        }
     }
 }
 
 /// The socket as hyper sees it, read-ahead on the side.
 pub struct ReadAhead<I> {
     io: I,
+    /// Bytes read from the socket before hyper took it (the driver's), given to hyper first.
+    prefix: Vec<u8>,
+    /// How much of `prefix` hyper has read.
+    at: usize,
     state: Arc<AppState>,
     connection: Arc<Connection>,
     /// Bytes of a request head not complete yet.
@@ -88,10 +94,17 @@ pub struct ReadAhead<I> {
 
 impl<I> ReadAhead<I> {
     /// The connection's requests answered so far (by the driver, before it handed the
-    /// connection on) count as heads seen.
-    pub fn new(io: I, state: Arc<AppState>, connection: Arc<Connection>) -> ReadAhead<I> {
+    /// connection on) count as heads seen; `prefix` is what the driver read and did not answer.
+    pub fn new(
+        io: I,
+        prefix: Vec<u8>,
+        state: Arc<AppState>,
+        connection: Arc<Connection>,
+    ) -> ReadAhead<I> {
         ReadAhead {
             io,
+            prefix,
+            at: 0,
             state,
             heads: connection.finished.load(Ordering::Acquire),
             connection,
@@ -119,43 +132,34 @@ impl<I> ReadAhead<I> {
                 }
                 Err(_) => return self.stop(),
             };
-            if request.method == Some("CONNECT") || request.version != Some(1) {
-                // A tunnel follows, or HTTP/1.0 (one request unless keep-alive is asked for).
+            let Ok(framing) = super::driver::framing(&request) else {
                 return self.stop();
-            }
-            let mut wanted = request.method == Some("GET");
-            let mut last = false;
-            for h in request.headers.iter() {
-                let name = h.name;
-                if name.eq_ignore_ascii_case("content-length") && h.value != b"0"
-                    || name.eq_ignore_ascii_case("transfer-encoding")
-                    || name.eq_ignore_ascii_case("upgrade")
-                {
-                    // A body (or a protocol switch) follows: the next head cannot be found
-                    // without reading it as hyper does.
-                    return self.stop();
-                }
-                wanted &= !name.eq_ignore_ascii_case("range");
-                last |= name.eq_ignore_ascii_case("connection")
-                    && String::from_utf8_lossy(h.value)
-                        .split(',')
-                        .any(|t| t.trim().eq_ignore_ascii_case("close"));
+            };
+            if request.method == Some("CONNECT")
+                || request.version != Some(1)
+                || framing.body
+                || framing.upgrade
+            {
+                // A tunnel follows, HTTP/1.0 (one request unless keep-alive is asked for), or
+                // a body or a protocol switch: the next head cannot be found without reading
+                // the connection as hyper does.
+                return self.stop();
             }
             let index = self.heads;
             self.heads += 1;
             // The head hyper answers next (every earlier response is done) needs no help: a
             // client that does not pipeline costs the parse of its heads, nothing more.
             let queued = index > self.connection.finished.load(Ordering::Acquire);
-            if wanted && queued {
+            if request.method == Some("GET") && !framing.range && queued {
                 let Some(Ok(uri)) = request.path.map(str::parse::<http::Uri>) else {
                     return self.stop();
                 };
-                if self.connection.reserve() {
-                    tokio::spawn(start(self.state.clone(), self.connection.clone(), uri));
+                if let Some(Ok(matched)) = super::handler::route_package(&self.state, &uri) {
+                    self.connection.read_ahead(&self.state, matched);
                 }
             }
             self.pending.drain(..len);
-            if last {
+            if framing.close {
                 // Hyper answers this one and closes: nothing after it is answered.
                 return self.stop();
             }
@@ -170,21 +174,16 @@ impl<I> ReadAhead<I> {
 
 /// Looks the request up as its turn would, starting its fill (speculative) when it is not
 /// stored; remembers a fill it started for the request to claim, else gives its slot back.
-pub(super) async fn start(state: Arc<AppState>, connection: Arc<Connection>, uri: http::Uri) {
+async fn start(state: Arc<AppState>, connection: Arc<Connection>, matched: RouteMatch) {
     let claimed = Arc::new(AtomicBool::new(false));
-    let started = match super::handler::fill_request(&state, &uri).await {
-        Some(fill) => {
-            let fill = crate::cache::FillRequest {
-                speculative: Some(claimed.clone()),
-                ..fill
-            };
-            let asked = std::time::Instant::now();
-            match state.cache.lookup(&fill, true).await {
-                Ok(Lookup::Fill { rx, since, .. }) if since >= asked => Some((fill.key, rx)),
-                _ => None,
-            }
-        }
-        None => None,
+    let fill = crate::cache::FillRequest {
+        speculative: Some(claimed.clone()),
+        ..super::handler::fill_for(&state, matched).await.0
+    };
+    let asked = std::time::Instant::now();
+    let started = match state.cache.lookup(&fill, true).await {
+        Ok(Lookup::Fill { rx, since, .. }) if since >= asked => Some((fill.key, rx)),
+        _ => None,
     };
     let mut map = connection
         .started
@@ -210,7 +209,17 @@ impl<I: AsyncRead + Unpin> AsyncRead for ReadAhead<I> {
     ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
-        let polled = Pin::new(&mut this.io).poll_read(cx, buf);
+        let polled = if this.at < this.prefix.len() {
+            let n = buf.remaining().min(this.prefix.len() - this.at);
+            buf.put_slice(&this.prefix[this.at..this.at + n]);
+            this.at += n;
+            if this.at == this.prefix.len() {
+                (this.prefix, this.at) = (Vec::new(), 0);
+            }
+            Poll::Ready(Ok(()))
+        } else {
+            Pin::new(&mut this.io).poll_read(cx, buf)
+        };
         if let Poll::Ready(Ok(())) = polled
             && buf.filled().len() > before
         {
