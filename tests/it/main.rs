@@ -106,6 +106,12 @@ impl Proxy {
         self.client.get(self.url(path)).send().await.unwrap()
     }
 
+    /// `GET /<path>` with a `Range` header.
+    pub async fn get_range(&self, path: &str, range: &str) -> reqwest::Response {
+        let request = self.client.get(self.url(path)).header("range", range);
+        request.send().await.unwrap()
+    }
+
     /// The body of `GET /<path>` as text.
     pub async fn text(&self, path: &str) -> String {
         self.get(path).await.text().await.unwrap()
@@ -144,11 +150,27 @@ impl Drop for Proxy {
 /// Sends `raw` bytes on a new connection and returns everything read until the server closes
 /// it or `within` passes.
 pub async fn raw_exchange(addr: SocketAddr, raw: &[u8], within: Duration) -> String {
+    exchange(addr, raw, within).await.0
+}
+
+/// Sends `raw` bytes on a new connection (the server may close before it has them all) and
+/// reads until the server closes it or `within` passes: what was read, and whether it closed.
+pub async fn exchange(addr: SocketAddr, raw: &[u8], within: Duration) -> (String, bool) {
     let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream.write_all(raw).await.unwrap();
+    let _ = stream.write_all(raw).await;
     let mut out = Vec::new();
-    let _ = tokio::time::timeout(within, stream.read_to_end(&mut out)).await;
-    String::from_utf8_lossy(&out).into_owned()
+    let closed = tokio::time::timeout(within, async {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => out.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await
+    .is_ok();
+    (String::from_utf8_lossy(&out).into_owned(), closed)
 }
 
 /// The value of a metric line starting with `name` (summed over its series).

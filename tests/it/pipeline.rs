@@ -136,9 +136,10 @@ async fn read_ahead_that_no_one_waits_for_stops_and_stores_nothing() {
         origin.put(&path, data(2_000_000, 10 + i));
         origin.set(
             &path,
+            // 12 s each: only a read-ahead that stops empties tmp/ within 5 s.
             Behavior::Slow {
                 chunk: 16_384,
-                delay: Duration::from_millis(10),
+                delay: Duration::from_millis(100),
             },
         );
     }
@@ -167,8 +168,12 @@ async fn read_ahead_that_no_one_waits_for_stops_and_stores_nothing() {
         std::fs::read_dir(&tmp).is_ok_and(|d| d.count() == 0)
     })
     .await;
+    let r = proxy.get("debian/pool/first.deb").await;
+    assert_eq!(x_cache(&r), "HIT");
+    assert_eq!(origin.hits("/debian/pool/first.deb"), 1);
     for i in 0..3 {
         let path = format!("debian/pool/huge{i}.deb");
+        origin.set(&format!("/{path}"), Behavior::Normal);
         let r = proxy.get(&path).await;
         assert_eq!(x_cache(&r), "MISS", "{path} was stored");
         assert_eq!(r.bytes().await.unwrap().len(), 2_000_000);
