@@ -377,6 +377,16 @@ where
             if reader.done {
                 return;
             }
+            // The next request is often there already: read it without a timer or a wait.
+            let had = reader.buf.len();
+            reader.try_read(&stream);
+            if reader.gone {
+                return;
+            }
+            if reader.buf.len() > had {
+                reader.parse(&state, &connection, false);
+                continue;
+            }
             if reader.buf.is_empty() {
                 // An idle connection holds no buffer.
                 reader.buf = Vec::new();
