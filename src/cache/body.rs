@@ -102,6 +102,11 @@ fn next_chunk(sent: u64) -> u64 {
     (sent / 8).clamp(FIRST_CHUNK, CHUNK)
 }
 
+/// Largest single read of a client following a fill. A herd of clients on one download reads
+/// close behind the writer and each holds what it read until its socket takes it: 32 of them
+/// held 8 MiB with [`CHUNK`]-sized reads, 2 MiB with these.
+const FOLLOW_CHUNK: u64 = 64 * 1024;
+
 /// Bodies up to this size are read without leaving the async worker.
 const INLINE_READ: u64 = 64 * 1024;
 
@@ -407,7 +412,13 @@ impl Follower {
                         // Everything wanted was sent, or the completed file is exhausted.
                         return None;
                     }
-                    return match read_chunk(self.file.clone(), self.pos, limit - self.pos).await {
+                    return match read_chunk(
+                        self.file.clone(),
+                        self.pos,
+                        (limit - self.pos).min(FOLLOW_CHUNK),
+                    )
+                    .await
+                    {
                         Ok(bytes) if bytes.is_empty() => self.fail(short()),
                         Ok(bytes) => self.send(bytes),
                         Err(e) => self.fail(e),
@@ -501,4 +512,48 @@ pub fn unstored(response: reqwest::Response, served: Counter) -> Body {
         .map_err(io::Error::other)
     });
     Body::new(StreamBody::new(s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_follower_reads_at_most_a_follow_chunk_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("body");
+        let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let file = Arc::new(File::open(&path).unwrap());
+        let head = Arc::new(fill::Head {
+            status: 200,
+            len: None,
+            content_type: None,
+            last_modified: None,
+            etag: None,
+            cache_control: None,
+        });
+        let (tx, rx) = watch::channel(FillState::Streaming {
+            head,
+            file: file.clone(),
+            written: data.len() as u64,
+        });
+        let served = Counter::default();
+        let body = growing(file, rx, (0, None, false), served.clone(), None);
+        let mut frames = Vec::new();
+        let mut got = Vec::new();
+        let mut body = std::pin::pin!(body);
+        while got.len() < data.len() {
+            let frame = body.frame().await.unwrap().unwrap().into_data().unwrap();
+            frames.push(frame.len());
+            got.extend_from_slice(&frame);
+        }
+        drop(tx);
+        assert!(got == data);
+        assert!(
+            frames.iter().all(|&n| n as u64 <= FOLLOW_CHUNK),
+            "{frames:?}"
+        );
+        assert_eq!(served.get(), data.len() as u64);
+    }
 }
