@@ -10,7 +10,10 @@ use std::time::Instant;
 use std::net::IpAddr;
 
 use http::HeaderValue;
-use http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap};
+use http::header::{
+    ALLOW, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderName, REFERRER_POLICY,
+    STRICT_TRANSPORT_SECURITY, X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS,
+};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
@@ -146,19 +149,22 @@ impl Start {
             started,
             wall_start,
         } = self;
+        // Names made once, not parsed from text for every response.
+        const OWN: [(HeaderName, &str); 6] = [
+            (HeaderName::from_static("x-version"), crate::VERSION),
+            (HeaderName::from_static("x-build-commit"), crate::COMMIT),
+            (HeaderName::from_static("x-build-date"), crate::BUILD_DATE),
+            (X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (X_FRAME_OPTIONS, "DENY"),
+            (REFERRER_POLICY, "no-referrer"),
+        ];
         let headers = response.headers_mut();
-        headers.insert("x-version", HeaderValue::from_static(crate::VERSION));
-        headers.insert("x-build-commit", HeaderValue::from_static(crate::COMMIT));
-        headers.insert("x-build-date", HeaderValue::from_static(crate::BUILD_DATE));
-        headers.insert(
-            "x-content-type-options",
-            HeaderValue::from_static("nosniff"),
-        );
-        headers.insert("x-frame-options", HeaderValue::from_static("DENY"));
-        headers.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+        for (name, value) in OWN {
+            headers.insert(name, HeaderValue::from_static(value));
+        }
         if state.tls {
             headers.insert(
-                "strict-transport-security",
+                STRICT_TRANSPORT_SECURITY,
                 HeaderValue::from_static("max-age=31536000"),
             );
         }

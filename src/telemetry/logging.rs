@@ -393,7 +393,11 @@ fn format_access(out: &mut String, format: AccessFormat, now: SystemTime, a: &Ac
     if let Some(size) = a.size {
         plain(out, format, "size", size, false);
     }
-    plain(out, format, "ms", format_args!("{:?}", a.ms), false);
+    out.push_str(match format {
+        AccessFormat::Json => ",\"ms\":",
+        AccessFormat::Console => " ms=",
+    });
+    write_ms(out, a.ms);
     end(out, format);
 }
 
@@ -407,8 +411,28 @@ enum Clock {
 }
 
 fn timestamp(out: &mut String, now: SystemTime, clock: Clock) {
+    thread_local! {
+        /// The last second written by this thread, and how: most lines share their second.
+        static LAST: std::cell::RefCell<(u64, u8, String)> =
+            const { std::cell::RefCell::new((u64::MAX, 0, String::new())) };
+    }
     let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
+    LAST.with_borrow_mut(|(last, how, text)| {
+        if *last != secs || *how != clock as u8 {
+            text.clear();
+            date_time(text, secs, clock);
+            (*last, *how) = (secs, clock as u8);
+        }
+        out.push_str(text);
+    });
+    if let Clock::Rfc3339 = clock {
+        let _ = write!(out, ".{:03}Z", since.subsec_millis());
+    }
+}
+
+/// `secs` since the epoch as the date and time of day (to the second) in `clock`'s form.
+fn date_time(out: &mut String, secs: u64, clock: Clock) {
     let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
     let z = days + 719_468;
@@ -422,29 +446,50 @@ fn timestamp(out: &mut String, now: SystemTime, clock: Clock) {
     let year = yoe + era * 400 + i64::from(month <= 2);
     let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
     let _ = match clock {
-        Clock::Rfc3339 => write!(
-            out,
-            "{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{:03}Z",
-            since.subsec_millis()
-        ),
+        Clock::Rfc3339 => write!(out, "{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}"),
         Clock::Console => write!(out, "{year:04}/{month:02}/{day:02} {h:02}:{m:02}:{s:02}"),
     };
 }
 
 fn json_escape(out: &mut String, text: &str) {
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
+    // Runs of characters that need no escape are copied whole (every character that does is
+    // ASCII, so the runs end on character boundaries).
+    let mut from = 0;
+    for (i, b) in text.bytes().enumerate() {
+        let escaped = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            b if b < 0x20 => "",
+            _ => continue,
+        };
+        out.push_str(&text[from..i]);
+        from = i + 1;
+        if escaped.is_empty() {
+            let _ = write!(out, "\\u{b:04x}");
+        } else {
+            out.push_str(escaped);
         }
     }
+    out.push_str(&text[from..]);
+}
+
+/// A duration in milliseconds, rounded to the microsecond, as `{:?}` writes such an `f64`
+/// (`0.008`, `12.5`, `3.0`) but without formatting a float.
+fn write_ms(out: &mut String, ms: f64) {
+    let us = (ms * 1000.0).round() as u64;
+    let (whole, frac) = (us / 1000, us % 1000);
+    let _ = if frac == 0 {
+        write!(out, "{whole}.0")
+    } else if frac % 100 == 0 {
+        write!(out, "{whole}.{}", frac / 100)
+    } else if frac % 10 == 0 {
+        write!(out, "{whole}.{:02}", frac / 10)
+    } else {
+        write!(out, "{whole}.{frac:03}")
+    };
 }
 
 #[cfg(test)]
@@ -463,6 +508,34 @@ mod tests {
             cache: "HIT",
             size,
             ms: 1.0,
+        }
+    }
+
+    #[test]
+    fn durations_and_escapes_are_written_as_before() {
+        for ms in [
+            0.0,
+            0.008,
+            0.05,
+            0.1,
+            0.123,
+            1.0,
+            3.5,
+            12.25,
+            1234.567,
+            86_400_000.001,
+        ] {
+            let mut out = String::new();
+            write_ms(&mut out, ms);
+            let rounded = (ms * 1000.0_f64).round() / 1000.0;
+            assert_eq!(out, format!("{rounded:?}"), "{ms}");
+        }
+        for text in ["plain", "a \"b\\c\u{1}\n\r\t.deb", "é/ü\u{1f}ß\"", ""] {
+            let mut out = String::from("\"");
+            json_escape(&mut out, text);
+            out.push('"');
+            assert_eq!(serde_json::from_str::<String>(&out).unwrap(), text);
+            assert!(!out[1..out.len() - 1].bytes().any(|b| b < 0x20));
         }
     }
 
@@ -537,6 +610,20 @@ mod tests {
             timestamp(&mut t, at, Clock::Rfc3339);
             timestamp(&mut c, at, Clock::Console);
             assert_eq!((t.as_str(), c.as_str()), (want, console));
+        }
+        // The same second again (from the thread's last second), then the next one.
+        for (at, want) in [
+            (1_798_761_599_123, "2026-12-31T23:59:59.123Z"),
+            (1_798_761_599_999, "2026-12-31T23:59:59.999Z"),
+            (1_798_761_600_000, "2027-01-01T00:00:00.000Z"),
+        ] {
+            let mut t = String::new();
+            timestamp(
+                &mut t,
+                UNIX_EPOCH + Duration::from_millis(at),
+                Clock::Rfc3339,
+            );
+            assert_eq!(t, want);
         }
     }
 
