@@ -23,7 +23,7 @@ use super::{Cache, FillRequest};
 use futures_util::StreamExt as _;
 
 /// The body of every response: frames to poll, and for a stored file's byte range, the file
-/// itself, which a connection driver may send without copying it through user space.
+/// itself, which a connection driver may send straight from the file.
 pub struct Body {
     inner: UnsyncBoxBody<Bytes, io::Error>,
     file: Option<FileRange>,
@@ -102,9 +102,10 @@ fn next_chunk(sent: u64) -> u64 {
     (sent / 8).clamp(FIRST_CHUNK, CHUNK)
 }
 
-/// Largest single read of a client following a fill. A herd of clients on one download reads
-/// close behind the writer and each holds what it read until its socket takes it: 32 of them
-/// held 8 MiB with [`CHUNK`]-sized reads, 2 MiB with these.
+/// Largest single read of a client following a fill while it is written (or draining what a
+/// failed one wrote). A herd of clients on one download reads close behind the writer and
+/// each holds what it read until its socket takes it: 32 of them held 8 MiB with
+/// [`CHUNK`]-sized reads, 2 MiB with these. Once the file is complete, reads are [`CHUNK`]s.
 const FOLLOW_CHUNK: u64 = 64 * 1024;
 
 /// Bodies up to this size are read without leaving the async worker.
@@ -380,7 +381,9 @@ impl Follower {
                     };
                 }
                 Mode::Drain => {
-                    let want = self.end.map_or(CHUNK, |e| e.saturating_sub(self.pos));
+                    let want = self.end.map_or(FOLLOW_CHUNK, |e| {
+                        e.saturating_sub(self.pos).min(FOLLOW_CHUNK)
+                    });
                     if want == 0 {
                         return None;
                     }
@@ -412,13 +415,11 @@ impl Follower {
                         // Everything wanted was sent, or the completed file is exhausted.
                         return None;
                     }
-                    return match read_chunk(
-                        self.file.clone(),
-                        self.pos,
-                        (limit - self.pos).min(FOLLOW_CHUNK),
-                    )
-                    .await
-                    {
+                    // Close behind the writer, small reads; a finished file at full size.
+                    let streaming = matches!(*self.rx.borrow(), FillState::Streaming { .. });
+                    let most = if streaming { FOLLOW_CHUNK } else { CHUNK };
+                    let want = (limit - self.pos).min(most);
+                    return match read_chunk(self.file.clone(), self.pos, want).await {
                         Ok(bytes) if bytes.is_empty() => self.fail(short()),
                         Ok(bytes) => self.send(bytes),
                         Err(e) => self.fail(e),

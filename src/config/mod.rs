@@ -192,6 +192,10 @@ pub struct Tuning {
     /// Longest a write to a client may stay blocked (the client stopped reading) before its
     /// connection is closed.
     pub client_write_timeout: Duration,
+    /// Whether, over plain HTTP, a stored file goes to a client on this host through a buffer
+    /// rather than with sendfile(2): faster for that client (see `server::driver::copy_file`).
+    /// Clients elsewhere always get sendfile.
+    pub copy_to_local_clients: bool,
     /// Slowest body accepted from a mirror: fewer than `.0` bytes within any `.1` fails it over
     /// to the next mirror; `None`: no minimum.
     pub min_rate: Option<(u64, Duration)>,
@@ -229,6 +233,7 @@ impl Default for Tuning {
             read_timeout: Duration::from_secs(60),
             head_timeout: Duration::from_secs(10),
             client_write_timeout: Duration::from_secs(60),
+            copy_to_local_clients: true,
             min_rate: Some((10 * 1024 * 30, Duration::from_secs(30))),
             stale_wait: Duration::from_secs(3),
             shutdown_grace: Duration::from_secs(30),

@@ -1,12 +1,14 @@
 //! The connection driver for plain HTTP. It reads request heads itself (httparse) and answers
 //! every GET and HEAD of a package path, hit or miss, writing the response head directly; a
-//! stored file's bytes are read from the file and written to the socket in large chunks, no
-//! frames or channels in between. Requests a client pipelines behind the one being answered are read as they arrive
-//! and looked up at once ([`super::readahead`]), and answered strictly in order.
+//! stored file's bytes go from the file to the socket with sendfile(2), or, for a client on
+//! this host, through one buffer (see [`copy_file`] for why). Requests a client pipelines
+//! behind the one being answered are read as they arrive and looked up at once
+//! ([`super::readahead`]), and answered strictly in order.
 //!
 //! Anything else (the proxy's own pages, other methods, requests with a body, upgrades,
 //! CONNECT, HTTP/1.0) is handed to hyper, with the bytes read so far (given back first by
-//! [`readahead::ReadAhead`]), and hyper serves the rest of the connection. TLS connections are hyper's from the start.
+//! [`readahead::ReadAhead`]), and hyper serves the rest of the connection. TLS connections are
+//! hyper's from the start.
 //!
 //! It is at least as strict as hyper. A head over [`MAX_HEAD`] bytes, or with more than
 //! [`MAX_HEADERS`] lines, gets 431; a malformed head or target, a request with both
@@ -27,6 +29,7 @@ use http::header::{CONTENT_LENGTH, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Body as _;
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -47,9 +50,14 @@ const MAX_QUEUED_BYTES: usize = 64 * 1024;
 /// How long a connection may wait for its next request head, idle time included (as hyper's
 /// header read timeout on this server).
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
-/// The first and the largest read of a stored body that [`send_file`] copies to the socket.
+/// The most one sendfile(2) call sends: other connections get their turn in between.
+const SENDFILE_CHUNK: u64 = 1024 * 1024;
+/// The first and the largest read of a stored body that [`copy_file`] copies to the socket
+/// (both powers of two).
 const FIRST_COPY: u64 = 16 * 1024;
 const COPY_CHUNK: u64 = 512 * 1024;
+/// How long [`copy_file`] keeps its buffer while the socket takes nothing.
+const HOLD_BUFFER: Duration = Duration::from_millis(250);
 /// After a refusal, how long (and how many bytes) the client's unread requests are drained
 /// before the connection is closed: closing with unread bytes would reset the connection and
 /// could destroy the refusal before the client reads it.
@@ -63,6 +71,8 @@ pub struct Driven<S> {
     pub connection: Arc<Connection>,
     /// A client that stops reading for this long is cut off.
     pub write_timeout: Duration,
+    /// Whether stored files go to a client on this host through a buffer (see [`copy_file`]).
+    pub copy_local: bool,
     /// hyper, for what the driver hands on.
     pub builder: hyper::server::conn::http1::Builder,
     pub service: S,
@@ -339,11 +349,13 @@ where
         peer,
         connection,
         write_timeout,
+        copy_local,
         builder,
         service,
         mut stopping,
         open,
     } = driven;
+    let copy = copy_local && on_this_host(&stream, peer);
     let mut reader = Reader::default();
     let mut deadline = Instant::now() + HEAD_TIMEOUT;
     loop {
@@ -428,7 +440,14 @@ where
         };
         let finish = start.finish(state.clone(), connection.clone(), &mut response, routed);
         let last = request.close || *stopping.borrow();
-        let send = Box::pin(send(&stream, response, head_only, last, write_timeout));
+        let send = Box::pin(send(
+            &stream,
+            response,
+            head_only,
+            last,
+            write_timeout,
+            copy,
+        ));
         let sent = while_reading(&stream, &mut reader, &state, &connection, send).await;
         if let Some(finish) = finish {
             finish.done();
@@ -520,16 +539,18 @@ fn date(out: &mut Vec<u8>) {
     });
 }
 
-/// Writes `response`: its head, then its body (none for a HEAD, a 304 or a 204), from the file
-/// read straight from the file when the body is a stored file's range. `Err` when the connection cannot
-/// go on (the client left or stopped reading, or the body failed part way: the client sees a
-/// cut transfer, never a short body taken for a whole one).
+/// Writes `response`: its head, then its body (none for a HEAD, a 304 or a 204), straight from
+/// the file when the body is a stored file's range (`copy`: through a buffer, see
+/// [`copy_file`]). `Err` when the connection cannot go on (the client left or stopped reading,
+/// or the body failed part way: the client sees a cut transfer, never a short body taken for a
+/// whole one).
 async fn send(
     stream: &TcpStream,
     response: Response<Body>,
     head_only: bool,
     close: bool,
     timeout: Duration,
+    copy: bool,
 ) -> io::Result<()> {
     let (parts, mut body) = response.into_parts();
     let status = parts.status;
@@ -573,7 +594,7 @@ async fn send(
     }
     body = match body.into_file() {
         Ok(range) if length == Some(range.first.len() as u64 + (range.end - range.pos)) => {
-            return send_file(stream, &head, range, timeout).await;
+            return send_file(stream, &head, range, timeout, copy).await;
         }
         Ok(_) => return Err(io::Error::other("file range and Content-Length differ")),
         Err(body) => body,
@@ -637,26 +658,15 @@ async fn send(
     .await
 }
 
-/// Sends the head, the range's first bytes (already read), then the rest of the range, read
-/// from the file into a buffer and written from it.
-///
-/// Not sendfile(2), which this driver used first: on loopback (the benchmarks, and clients on
-/// the proxy's own host) the receiver copies the bytes out of the socket, and it does that
-/// about 35 % faster from the compact buffers a write fills than from the page-cache pages a
-/// sendfile hands over (8 curl clients: 3,740 against 2,820 MiB/s, one client 3,280 against
-/// 2,370, in the shared harness side by side; varnish, which writes from memory, 3,620 and
-/// 3,100), for about 10 % more of the proxy's CPU per GiB (0.22 against 0.20 s).
-///
-/// The buffer grows with what was sent, from [`FIRST_COPY`] to [`COPY_CHUNK`] (the size that
-/// measured fastest: it stays in the core's cache between the read and the write), so a client
-/// that stops reading holds a small one; it is freed when the body is out. Reads run on the
-/// worker: a file not in the page cache makes it wait for the disk, one chunk at a time (the
-/// kernel reads ahead of a sequential reader).
+/// Sends the head, the range's first bytes (already read), then the rest of the range: to a
+/// client on this host copied through a buffer ([`copy_file`]), to any other with sendfile(2)
+/// (no copy, no buffer).
 async fn send_file(
     stream: &TcpStream,
     head: &[u8],
     range: FileRange,
     timeout: Duration,
+    copy: bool,
 ) -> io::Result<()> {
     let FileRange {
         first,
@@ -671,8 +681,59 @@ async fn send_file(
         timeout,
     )
     .await?;
-    let mut sent = first.len() as u64;
+    let sent = first.len() as u64;
     drop(first);
+    if copy {
+        return copy_file(stream, &file, (pos, end, sent), &served, timeout).await;
+    }
+    // sendfile runs on the worker, inside try_io so that a full socket's readiness is cleared
+    // without losing a wake-up. A file not in the page cache makes it wait for the disk there
+    // (at most 1 MiB per call; the kernel reads ahead of a sequential sender). Run on the
+    // blocking pool instead, the readiness hand-over between threads lost wake-ups and cost
+    // 95 % of the 8-client throughput.
+    while pos < end {
+        let count = (end - pos).min(SENDFILE_CHUNK) as usize;
+        let sent = stream.try_io(Interest::WRITABLE, || {
+            let mut offset = pos;
+            rustix::fs::sendfile(stream, &*file, Some(&mut offset), count).map_err(io::Error::from)
+        });
+        match sent {
+            Ok(0) => return Err(short_file()),
+            Ok(n) => {
+                pos += n as u64;
+                served.inc_by(n as u64);
+                tokio::task::coop::consume_budget().await;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => writable(stream, timeout).await?,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Sends bytes `pos..end` of `file` (`sent` bytes of the body are out already), read into a
+/// buffer and written from it.
+///
+/// For a client on this host, not sendfile(2): over loopback the receiver copies the bytes out
+/// of its socket, and it does that about 35 % faster from the compact buffers a write fills
+/// than from the page-cache pages sendfile hands over (8 curl clients: 3,740 against 2,820
+/// MiB/s, one client 3,280 against 2,370, in the shared harness side by side; varnish, which
+/// writes from memory, 3,620 and 3,100), for about 10 % more of the proxy's CPU per GiB (0.22
+/// against 0.20 s). Over a network card sendfile has no such cost and saves the copy.
+///
+/// The buffer grows with what was sent, from [`FIRST_COPY`] to [`COPY_CHUNK`] by powers of
+/// two (512 KiB measured fastest: it stays in the core's cache between the read and the
+/// write), and it is freed when the body is out, or when the socket has taken nothing for
+/// [`HOLD_BUFFER`]: a client that stops reading holds none. Reads run on the worker: a file
+/// not in the page cache makes it wait for the disk, one chunk at a time (the kernel reads
+/// ahead of a sequential reader).
+async fn copy_file(
+    stream: &TcpStream,
+    file: &std::fs::File,
+    (mut pos, end, mut sent): (u64, u64, u64),
+    served: &prometheus_client::metrics::counter::Counter,
+    timeout: Duration,
+) -> io::Result<()> {
     let mut buf = Vec::new();
     let (mut lo, mut hi) = (0, 0);
     loop {
@@ -682,7 +743,7 @@ async fn send_file(
             }
             let size = (sent / 8).clamp(FIRST_COPY, COPY_CHUNK).min(end - pos) as usize;
             if buf.len() < size {
-                buf = vec![0; size];
+                buf = vec![0; size.next_power_of_two()];
             }
             let n = loop {
                 match file.read_at(&mut buf[..size], pos) {
@@ -691,10 +752,7 @@ async fn send_file(
                 }
             };
             if n == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "cache file shorter than its entry",
-                ));
+                return Err(short_file());
             }
             pos += n as u64;
             (lo, hi) = (0, n);
@@ -707,10 +765,34 @@ async fn send_file(
                 served.inc_by(n as u64);
                 tokio::task::coop::consume_budget().await;
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => writable(stream, timeout).await?,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if tokio::time::timeout(HOLD_BUFFER, stream.writable())
+                    .await
+                    .is_err()
+                {
+                    // A client that stopped reading holds no buffer while it waits: what was
+                    // read and not sent is read again.
+                    pos -= (hi - lo) as u64;
+                    (lo, hi) = (0, 0);
+                    buf = Vec::new();
+                    writable(stream, timeout.saturating_sub(HOLD_BUFFER)).await?;
+                }
+            }
             Err(e) => return Err(e),
         }
     }
+}
+
+fn short_file() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        "cache file shorter than its entry",
+    )
+}
+
+/// Whether `peer` is this host: a loopback address, or the address it connected to.
+fn on_this_host(stream: &TcpStream, peer: IpAddr) -> bool {
+    peer.is_loopback() || stream.local_addr().is_ok_and(|local| local.ip() == peer)
 }
 
 /// Waits until the socket takes bytes again, at most `timeout`.

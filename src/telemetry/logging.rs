@@ -418,14 +418,23 @@ fn timestamp(out: &mut String, now: SystemTime, clock: Clock) {
     }
     let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
-    LAST.with_borrow_mut(|(last, how, text)| {
+    let cached = LAST.try_with(|cell| {
+        let Ok(mut cell) = cell.try_borrow_mut() else {
+            return false;
+        };
+        let (last, how, text) = &mut *cell;
         if *last != secs || *how != clock as u8 {
             text.clear();
             date_time(text, secs, clock);
             (*last, *how) = (secs, clock as u8);
         }
         out.push_str(text);
+        true
     });
+    if cached != Ok(true) {
+        // A thread being torn down has no cache left.
+        date_time(out, secs, clock);
+    }
     if let Clock::Rfc3339 = clock {
         let _ = write!(out, ".{:03}Z", since.subsec_millis());
     }
@@ -476,8 +485,9 @@ fn json_escape(out: &mut String, text: &str) {
     out.push_str(&text[from..]);
 }
 
-/// A duration in milliseconds, rounded to the microsecond, as `{:?}` writes such an `f64`
-/// (`0.008`, `12.5`, `3.0`) but without formatting a float.
+/// A duration in milliseconds, rounded to the microsecond, written as `{:?}` writes an `f64`
+/// already on that grid (`0.008`, `12.5`, `3.0`; the caller rounds) without formatting a
+/// float.
 fn write_ms(out: &mut String, ms: f64) {
     let us = (ms * 1000.0).round() as u64;
     let (whole, frac) = (us / 1000, us % 1000);
@@ -537,6 +547,9 @@ mod tests {
             assert_eq!(serde_json::from_str::<String>(&out).unwrap(), text);
             assert!(!out[1..out.len() - 1].bytes().any(|b| b < 0x20));
         }
+        let mut out = String::new();
+        json_escape(&mut out, "a\u{1b}\u{7f}é");
+        assert_eq!(out, "a\\u001b\u{7f}é");
     }
 
     #[test]

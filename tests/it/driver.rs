@@ -131,12 +131,26 @@ async fn bad_requests_get_a_clear_status_and_a_closed_connection() {
 }
 
 #[tokio::test]
-async fn hits_are_sent_from_the_body_file() {
+async fn hits_are_sent_with_sendfile() {
+    hits_are_sent_from_the_body_file(false).await;
+}
+
+#[tokio::test]
+async fn hits_to_a_local_client_are_copied_through_a_buffer() {
+    hits_are_sent_from_the_body_file(true).await;
+}
+
+/// Hits whole, in ranges and as HEAD, with sendfile or (`copy`, for a client on this host, as
+/// every test's is) through a buffer.
+async fn hits_are_sent_from_the_body_file(copy: bool) {
     let origin = Origin::start().await;
     let big = data(3 << 20, 7);
     origin.put("/debian/pool/big.deb", big.clone());
     let dir = cache_dir();
-    let proxy = Proxy::start(&origin, dir.path(), |_| {}).await;
+    let proxy = Proxy::start(&origin, dir.path(), |c| {
+        c.tuning.copy_to_local_clients = copy;
+    })
+    .await;
     let r = proxy.get("debian/pool/big.deb").await;
     assert_eq!(x_cache(&r), "MISS");
     assert!(r.bytes().await.unwrap() == big);
@@ -197,12 +211,90 @@ async fn hits_are_sent_from_the_body_file() {
 }
 
 #[tokio::test]
-async fn a_hit_removed_while_it_is_sent_arrives_whole() {
+async fn a_hit_cut_short_on_disk_while_it_is_sendfiled_is_cut() {
+    a_hit_cut_short_on_disk_while_it_is_sent_is_cut(false).await;
+}
+
+#[tokio::test]
+async fn a_hit_cut_short_on_disk_while_it_is_copied_is_cut() {
+    a_hit_cut_short_on_disk_while_it_is_sent_is_cut(true).await;
+}
+
+/// A body file truncated (by someone else) while it is sent: the client sees a cut transfer,
+/// never a short body taken for a whole one, and nothing hangs.
+async fn a_hit_cut_short_on_disk_while_it_is_sent_is_cut(copy: bool) {
+    let origin = Origin::start().await;
+    let big = data(16 << 20, 9);
+    origin.put("/debian/pool/big.deb", big.clone());
+    let dir = cache_dir();
+    let proxy = Proxy::start(&origin, dir.path(), |c| {
+        c.tuning.copy_to_local_clients = copy;
+    })
+    .await;
+    assert!(
+        proxy
+            .get("debian/pool/big.deb")
+            .await
+            .bytes()
+            .await
+            .unwrap()
+            == big
+    );
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(b"GET /debian/pool/big.deb HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = vec![0u8; 64 * 1024];
+    stream.read_exact(&mut got).await.unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(crate::failures::only_body(dir.path()))
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let mut rest = Vec::new();
+    let end = tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut rest))
+        .await
+        .expect("the connection ends within 20 s");
+    let _ = end; // closed or reset: either way cut
+    got.extend_from_slice(&rest);
+    let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let head = String::from_utf8_lossy(&got[..head_end]);
+    assert!(
+        head.contains(&format!("content-length: {}", big.len())),
+        "{head}"
+    );
+    let body = &got[head_end..];
+    assert!(body.len() < big.len(), "a whole body from a cut file");
+    let kept = body.len().min(1 << 20);
+    assert!(
+        body[..kept] == big[..kept],
+        "the bytes before the cut changed"
+    );
+}
+
+#[tokio::test]
+async fn a_hit_removed_while_it_is_sendfiled_arrives_whole() {
+    a_hit_removed_while_it_is_sent_arrives_whole(false).await;
+}
+
+#[tokio::test]
+async fn a_hit_removed_while_it_is_copied_arrives_whole() {
+    a_hit_removed_while_it_is_sent_arrives_whole(true).await;
+}
+
+async fn a_hit_removed_while_it_is_sent_arrives_whole(copy: bool) {
     let origin = Origin::start().await;
     let big = data(16 << 20, 8);
     origin.put("/debian/pool/big.deb", big.clone());
     let dir = cache_dir();
-    let proxy = Proxy::start(&origin, dir.path(), |_| {}).await;
+    let proxy = Proxy::start(&origin, dir.path(), |c| {
+        c.tuning.copy_to_local_clients = copy;
+    })
+    .await;
     assert!(
         proxy
             .get("debian/pool/big.deb")

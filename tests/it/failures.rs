@@ -198,7 +198,7 @@ async fn a_hung_mirror_delays_a_stale_copy_by_seconds_not_minutes() {
 }
 
 /// The body file of the only stored entry.
-fn only_body(dir: &std::path::Path) -> std::path::PathBuf {
+pub fn only_body(dir: &std::path::Path) -> std::path::PathBuf {
     let bodies: Vec<_> = walk(&dir.join("data"))
         .into_iter()
         .filter(|p| p.extension().is_some_and(|e| e == "body"))
