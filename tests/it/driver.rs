@@ -210,6 +210,31 @@ async fn hits_are_sent_from_the_body_file(copy: bool) {
     assert_eq!(origin.hits("/debian/pool/big.deb"), 1);
 }
 
+/// A proxy (`copy`: `Tuning::copy_to_local_clients`) that has `big` stored, and a client with
+/// a 4 KiB receive buffer that asked for it and read its first 64 KiB (head included): most
+/// of the file is still to be sent.
+async fn slow_hit(
+    origin: &Origin,
+    dir: &std::path::Path,
+    big: &[u8],
+    copy: bool,
+) -> (Proxy, TcpStream, Vec<u8>) {
+    origin.put("/debian/pool/big.deb", big.to_vec());
+    let proxy = Proxy::start(origin, dir, |c| c.tuning.copy_to_local_clients = copy).await;
+    let first = proxy.get("debian/pool/big.deb").await;
+    assert!(first.bytes().await.unwrap() == big);
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(b"GET /debian/pool/big.deb HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = vec![0u8; 64 * 1024];
+    stream.read_exact(&mut got).await.unwrap();
+    (proxy, stream, got)
+}
+
 #[tokio::test]
 async fn a_hit_cut_short_on_disk_while_it_is_sendfiled_is_cut() {
     a_hit_cut_short_on_disk_while_it_is_sent_is_cut(false).await;
@@ -223,32 +248,9 @@ async fn a_hit_cut_short_on_disk_while_it_is_copied_is_cut() {
 /// A body file truncated (by someone else) while it is sent: the client sees a cut transfer,
 /// never a short body taken for a whole one, and nothing hangs.
 async fn a_hit_cut_short_on_disk_while_it_is_sent_is_cut(copy: bool) {
-    let origin = Origin::start().await;
+    let (origin, dir) = (Origin::start().await, cache_dir());
     let big = data(16 << 20, 9);
-    origin.put("/debian/pool/big.deb", big.clone());
-    let dir = cache_dir();
-    let proxy = Proxy::start(&origin, dir.path(), |c| {
-        c.tuning.copy_to_local_clients = copy;
-    })
-    .await;
-    assert!(
-        proxy
-            .get("debian/pool/big.deb")
-            .await
-            .bytes()
-            .await
-            .unwrap()
-            == big
-    );
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let mut stream = socket.connect(proxy.addr).await.unwrap();
-    stream
-        .write_all(b"GET /debian/pool/big.deb HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut got = vec![0u8; 64 * 1024];
-    stream.read_exact(&mut got).await.unwrap();
+    let (_proxy, mut stream, mut got) = slow_hit(&origin, dir.path(), &big, copy).await;
     std::fs::OpenOptions::new()
         .write(true)
         .open(crate::failures::only_body(dir.path()))
@@ -287,34 +289,10 @@ async fn a_hit_removed_while_it_is_copied_arrives_whole() {
 }
 
 async fn a_hit_removed_while_it_is_sent_arrives_whole(copy: bool) {
-    let origin = Origin::start().await;
+    let (origin, dir) = (Origin::start().await, cache_dir());
     let big = data(16 << 20, 8);
-    origin.put("/debian/pool/big.deb", big.clone());
-    let dir = cache_dir();
-    let proxy = Proxy::start(&origin, dir.path(), |c| {
-        c.tuning.copy_to_local_clients = copy;
-    })
-    .await;
-    assert!(
-        proxy
-            .get("debian/pool/big.deb")
-            .await
-            .bytes()
-            .await
-            .unwrap()
-            == big
-    );
-    // A client with a small receive buffer: most of the file is still to be sent when the
-    // cache is purged.
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let mut stream = socket.connect(proxy.addr).await.unwrap();
-    stream
-        .write_all(b"GET /debian/pool/big.deb HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut got = vec![0u8; 64 * 1024];
-    stream.read_exact(&mut got).await.unwrap();
+    // Most of the file is still to be sent when the cache is purged.
+    let (proxy, mut stream, mut got) = slow_hit(&origin, dir.path(), &big, copy).await;
     let purged = proxy
         .client()
         .post(proxy.url("api/cache/purge"))
