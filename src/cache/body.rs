@@ -97,9 +97,10 @@ pub const CHUNK: u64 = 256 * 1024;
 /// while one that reads reaches full-size chunks after 2 MiB.
 const FIRST_CHUNK: u64 = 16 * 1024;
 
-/// The size of the next read of a stored body of which `sent` bytes were read already.
-fn next_chunk(sent: u64) -> u64 {
-    (sent / 8).clamp(FIRST_CHUNK, CHUNK)
+/// The size of the next read of a stored body of which `sent` bytes were read already, at most
+/// `most` ([`CHUNK`] here; the plain-HTTP driver's copy goes further).
+pub(crate) fn next_chunk(sent: u64, most: u64) -> u64 {
+    (sent / 8).clamp(FIRST_CHUNK, most)
 }
 
 /// Largest single read of a client following a fill while it is written (or draining what a
@@ -134,10 +135,7 @@ fn read_at(file: &File, offset: u64, len: u64) -> io::Result<Bytes> {
         }
     }
     if filled == 0 && len > 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "cache file shorter than its entry",
-        ));
+        return Err(short_file());
     }
     buf.truncate(filled);
     Ok(Bytes::from(buf))
@@ -193,9 +191,9 @@ pub async fn from_file(file: Arc<File>, start: u64, end: u64, served: Counter) -
         let served = served.clone();
         async move {
             let file = file.filter(|_| pos < end)?;
-            let chunk = next_chunk(pos - start);
+            let chunk = next_chunk(pos - start, CHUNK);
             match read_chunk(file.clone(), pos, (end - pos).min(chunk)).await {
-                Ok(bytes) if bytes.is_empty() => Some((Err(short()), (None, end))),
+                Ok(bytes) if bytes.is_empty() => Some((Err(short_file()), (None, end))),
                 Ok(bytes) => {
                     let n = bytes.len() as u64;
                     served.inc_by(n);
@@ -213,7 +211,8 @@ pub async fn from_file(file: Arc<File>, start: u64, end: u64, served: Counter) -
     })
 }
 
-fn short() -> io::Error {
+/// The error of a stored body whose file ends before its entry's length.
+pub fn short_file() -> io::Error {
     io::Error::new(
         io::ErrorKind::UnexpectedEof,
         "cache file shorter than its entry",
@@ -420,7 +419,7 @@ impl Follower {
                     let most = if streaming { FOLLOW_CHUNK } else { CHUNK };
                     let want = (limit - self.pos).min(most);
                     return match read_chunk(self.file.clone(), self.pos, want).await {
-                        Ok(bytes) if bytes.is_empty() => self.fail(short()),
+                        Ok(bytes) if bytes.is_empty() => self.fail(short_file()),
                         Ok(bytes) => self.send(bytes),
                         Err(e) => self.fail(e),
                     };
@@ -493,9 +492,10 @@ pub fn from_stream(
                     Some((Ok(Frame::data(bytes)), (stream, sent)))
                 }
                 Some(Err(e)) => Some((Err(e), (futures_util::stream::empty().boxed(), len))),
-                None if sent < len => {
-                    Some((Err(short()), (futures_util::stream::empty().boxed(), len)))
-                }
+                None if sent < len => Some((
+                    Err(short_file()),
+                    (futures_util::stream::empty().boxed(), len),
+                )),
                 None => None,
             }
         }

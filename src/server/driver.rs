@@ -36,7 +36,7 @@ use tokio::time::Instant;
 use super::AppState;
 use super::handler::{self, Start};
 use super::readahead::{self, Connection};
-use crate::cache::body::{Body, FileRange};
+use crate::cache::body::{Body, FileRange, next_chunk, short_file};
 use crate::route::{RouteError, RouteMatch};
 
 /// The longest request head (hyper's limit on this server too): 431 beyond.
@@ -52,9 +52,8 @@ const MAX_QUEUED_BYTES: usize = 64 * 1024;
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// The most one sendfile(2) call sends: other connections get their turn in between.
 const SENDFILE_CHUNK: u64 = 1024 * 1024;
-/// The first and the largest read of a stored body that [`copy_file`] copies to the socket
-/// (both powers of two).
-const FIRST_COPY: u64 = 16 * 1024;
+/// The largest read of a stored body that [`copy_file`] copies to the socket (a power of two,
+/// as the first, `body::next_chunk`'s 16 KiB).
 const COPY_CHUNK: u64 = 512 * 1024;
 /// How long [`copy_file`] keeps its buffer while the socket takes nothing.
 const HOLD_BUFFER: Duration = Duration::from_millis(250);
@@ -71,8 +70,6 @@ pub struct Driven<S> {
     pub connection: Arc<Connection>,
     /// A client that stops reading for this long is cut off.
     pub write_timeout: Duration,
-    /// Whether stored files go to a client on this host through a buffer (see [`copy_file`]).
-    pub copy_local: bool,
     /// hyper, for what the driver hands on.
     pub builder: hyper::server::conn::http1::Builder,
     pub service: S,
@@ -349,13 +346,13 @@ where
         peer,
         connection,
         write_timeout,
-        copy_local,
         builder,
         service,
         mut stopping,
         open,
     } = driven;
-    let copy = copy_local && on_this_host(&stream, peer);
+    // Stored files go to a client on this host through a buffer (see [`copy_file`]).
+    let copy = state.cache.tuning().copy_to_local_clients && on_this_host(&stream, peer);
     let mut reader = Reader::default();
     let mut deadline = Instant::now() + HEAD_TIMEOUT;
     loop {
@@ -365,8 +362,7 @@ where
         }
         if !reader.buf.is_empty() {
             // Heads read while the queue was full.
-            let busy = !reader.queue.is_empty();
-            reader.parse(&state, &connection, busy);
+            reader.parse(&state, &connection, false);
         }
         let Some(request) = reader.next() else {
             if let Some((status, reason)) = reader.refusal.take() {
@@ -721,7 +717,7 @@ async fn send_file(
 /// writes from memory, 3,620 and 3,100), for about 10 % more of the proxy's CPU per GiB (0.22
 /// against 0.20 s). Over a network card sendfile has no such cost and saves the copy.
 ///
-/// The buffer grows with what was sent, from [`FIRST_COPY`] to [`COPY_CHUNK`] by powers of
+/// The buffer grows with what was sent ([`next_chunk`]), from 16 KiB to [`COPY_CHUNK`] by powers of
 /// two (512 KiB measured fastest: it stays in the core's cache between the read and the
 /// write), and it is freed when the body is out, or when the socket has taken nothing for
 /// [`HOLD_BUFFER`]: a client that stops reading holds none. Reads run on the worker: a file
@@ -741,7 +737,7 @@ async fn copy_file(
             if pos == end {
                 return Ok(());
             }
-            let size = (sent / 8).clamp(FIRST_COPY, COPY_CHUNK).min(end - pos) as usize;
+            let size = next_chunk(sent, COPY_CHUNK).min(end - pos) as usize;
             if buf.len() < size {
                 buf = vec![0; size.next_power_of_two()];
             }
@@ -781,13 +777,6 @@ async fn copy_file(
             Err(e) => return Err(e),
         }
     }
-}
-
-fn short_file() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::UnexpectedEof,
-        "cache file shorter than its entry",
-    )
 }
 
 /// Whether `peer` is this host: a loopback address, or the address it connected to.

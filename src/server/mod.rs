@@ -187,8 +187,6 @@ pub struct Server {
     per_client: Arc<limits::PerClient>,
     /// How long a write to a client that stopped reading may stay blocked.
     write_timeout: Duration,
-    /// `Tuning::copy_to_local_clients`.
-    copy_local: bool,
     state: Arc<AppState>,
     tls: Option<TlsAcceptor>,
     grace: Duration,
@@ -293,7 +291,6 @@ impl Server {
             listeners,
             per_client: limits::PerClient::new(config.max_connections_per_client),
             write_timeout: config.tuning.client_write_timeout,
-            copy_local: config.tuning.copy_to_local_clients,
             state,
             tls,
             grace: config.tuning.shutdown_grace,
@@ -408,7 +405,6 @@ impl Server {
                                     peer,
                                     connection: connection_shared,
                                     write_timeout: self.write_timeout,
-                                    copy_local: self.copy_local,
                                     builder,
                                     service,
                                     stopping,

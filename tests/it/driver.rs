@@ -211,8 +211,8 @@ async fn hits_are_sent_from_the_body_file(copy: bool) {
 }
 
 /// A proxy (`copy`: `Tuning::copy_to_local_clients`) that has `big` stored, and a client with
-/// a 4 KiB receive buffer that asked for it and read its first 64 KiB (head included): most
-/// of the file is still to be sent.
+/// a 4 KiB receive buffer that asked for it and read its first 64 KiB: the head (a whole HIT)
+/// and the body's first bytes. Most of the file is still to be sent.
 async fn slow_hit(
     origin: &Origin,
     dir: &std::path::Path,
@@ -223,16 +223,18 @@ async fn slow_hit(
     let proxy = Proxy::start(origin, dir, |c| c.tuning.copy_to_local_clients = copy).await;
     let first = proxy.get("debian/pool/big.deb").await;
     assert!(first.bytes().await.unwrap() == big);
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let mut stream = socket.connect(proxy.addr).await.unwrap();
-    stream
-        .write_all(b"GET /debian/pool/big.deb HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
+    let mut stream = crate::slow_get(proxy.addr, "debian/pool/big.deb").await;
     let mut got = vec![0u8; 64 * 1024];
     stream.read_exact(&mut got).await.unwrap();
-    (proxy, stream, got)
+    let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let head = String::from_utf8_lossy(&got[..head_end]).into_owned();
+    let length = format!("content-length: {}\r\n", big.len());
+    assert!(
+        head.contains("x-cache: HIT") && head.contains(&length),
+        "{head}"
+    );
+    let body = got.split_off(head_end);
+    (proxy, stream, body)
 }
 
 #[tokio::test]
@@ -250,7 +252,7 @@ async fn a_hit_cut_short_on_disk_while_it_is_copied_is_cut() {
 async fn a_hit_cut_short_on_disk_while_it_is_sent_is_cut(copy: bool) {
     let (origin, dir) = (Origin::start().await, cache_dir());
     let big = data(16 << 20, 9);
-    let (_proxy, mut stream, mut got) = slow_hit(&origin, dir.path(), &big, copy).await;
+    let (_proxy, mut stream, mut body) = slow_hit(&origin, dir.path(), &big, copy).await;
     std::fs::OpenOptions::new()
         .write(true)
         .open(crate::failures::only_body(dir.path()))
@@ -258,18 +260,11 @@ async fn a_hit_cut_short_on_disk_while_it_is_sent_is_cut(copy: bool) {
         .set_len(1 << 20)
         .unwrap();
     let mut rest = Vec::new();
-    let end = tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut rest))
+    // Closed or reset: either way the transfer is cut.
+    let _ = tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut rest))
         .await
         .expect("the connection ends within 20 s");
-    let _ = end; // closed or reset: either way cut
-    got.extend_from_slice(&rest);
-    let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-    let head = String::from_utf8_lossy(&got[..head_end]);
-    assert!(
-        head.contains(&format!("content-length: {}", big.len())),
-        "{head}"
-    );
-    let body = &got[head_end..];
+    body.extend_from_slice(&rest);
     assert!(body.len() < big.len(), "a whole body from a cut file");
     let kept = body.len().min(1 << 20);
     assert!(
@@ -292,7 +287,7 @@ async fn a_hit_removed_while_it_is_sent_arrives_whole(copy: bool) {
     let (origin, dir) = (Origin::start().await, cache_dir());
     let big = data(16 << 20, 8);
     // Most of the file is still to be sent when the cache is purged.
-    let (proxy, mut stream, mut got) = slow_hit(&origin, dir.path(), &big, copy).await;
+    let (proxy, mut stream, mut body) = slow_hit(&origin, dir.path(), &big, copy).await;
     let purged = proxy
         .client()
         .post(proxy.url("api/cache/purge"))
@@ -301,9 +296,6 @@ async fn a_hit_removed_while_it_is_sent_arrives_whole(copy: bool) {
         .unwrap();
     assert_eq!(purged.status(), 200);
     assert!(purged.text().await.unwrap().contains("\"removed_items\":1"));
-    let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-    assert!(String::from_utf8_lossy(&got[..head_end]).contains("x-cache: HIT"));
-    let mut body = got.split_off(head_end);
     let mut rest = vec![0u8; big.len() - body.len()];
     tokio::time::timeout(Duration::from_secs(20), stream.read_exact(&mut rest))
         .await

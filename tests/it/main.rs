@@ -184,6 +184,17 @@ pub async fn metric(proxy: &Proxy, name: &str) -> f64 {
         .sum()
 }
 
+/// A client that reads slowly, or not at all: a connection with a 4 KiB receive buffer on
+/// which `GET /<path>` was sent.
+pub async fn slow_get(addr: SocketAddr, path: &str) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(addr).await.unwrap();
+    let request = format!("GET /{path} HTTP/1.1\r\nHost: x\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    stream
+}
+
 /// Deterministic pseudo-random bytes (incompressible enough for transfer tests).
 pub fn data(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
