@@ -3,9 +3,16 @@
 
 use http::header::{
     ACCEPT_RANGES, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, HeaderMap,
-    HeaderValue, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, LAST_MODIFIED, RANGE,
+    HeaderName, HeaderValue, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, LAST_MODIFIED, RANGE,
 };
 use http::{StatusCode, response};
+
+/// The header that says how the cache answered (HIT, MISS, ...).
+pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+
+/// Room for an answer's headers: those set here and the six the server adds to every answer,
+/// so that the map is allocated once and not grown while they are added.
+const HEADER_ROOM: usize = 16;
 
 /// What is being served: an entry or a fill's head.
 #[derive(Debug, Clone, Copy)]
@@ -179,9 +186,11 @@ pub fn head(rep: &Representation<'_>, plan: Plan, cache_status: &'static str) ->
         Plan::Unsatisfiable => StatusCode::RANGE_NOT_SATISFIABLE,
         Plan::Full => StatusCode::from_u16(rep.status).unwrap_or(StatusCode::OK),
     };
-    let mut b = response::Builder::new()
-        .status(status)
-        .header("x-cache", cache_status);
+    let mut b = response::Builder::new().status(status);
+    if let Some(headers) = b.headers_mut() {
+        headers.reserve(HEADER_ROOM);
+        headers.insert(X_CACHE, HeaderValue::from_static(cache_status));
+    }
     let put = |b: response::Builder, name, value: Option<&str>| match value
         .and_then(|v| HeaderValue::from_str(v).ok())
     {

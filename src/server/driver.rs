@@ -123,10 +123,25 @@ impl Reader {
         Some(request)
     }
 
-    /// Reads what the socket has (never waits).
+    /// Reads what the socket has (never waits). A read that leaves room in the buffer has
+    /// emptied the socket's receive queue, so the socket's readiness is cleared then (as nginx
+    /// does): waiting for the next request goes straight to epoll instead of first making a
+    /// read that can only fail with EAGAIN (one recv per request, not two). Bytes that arrive
+    /// later raise a new edge; an end of stream already seen stays ready (tokio keeps the
+    /// closed states when it clears readiness).
     fn try_read(&mut self, stream: &TcpStream) {
         self.buf.reserve(4096);
-        match stream.try_read_buf(&mut self.buf) {
+        let room = self.buf.capacity() - self.buf.len();
+        let read = stream.try_io(Interest::READABLE, || {
+            let into = rustix::buffer::spare_capacity(&mut self.buf);
+            let (n, _) = rustix::net::recv(stream, into, rustix::net::RecvFlags::empty())?;
+            if n == 0 || n == room {
+                Ok(n)
+            } else {
+                Err(io::ErrorKind::WouldBlock.into())
+            }
+        });
+        match read {
             Ok(0) => self.gone = true,
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}

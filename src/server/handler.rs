@@ -174,10 +174,10 @@ impl Start {
         }
         let headers = response.headers();
         let cache = headers
-            .get("x-cache")
+            .get(serve::X_CACHE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
-            .to_string();
+            .to_owned();
         let size = headers
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
@@ -237,12 +237,11 @@ impl Finish {
         } = self;
         connection.finished.fetch_add(1, Ordering::Release);
         let ms = (started.elapsed().as_secs_f64() * 1_000_000.0).round() / 1000.0;
-        let repo = routed.as_ref().map(|r| r.repo.clone());
         crate::telemetry::logging::access(&crate::telemetry::logging::Access {
             request_id: id,
             method: method.as_str(),
             uri: &target,
-            repo: repo.as_deref().unwrap_or("-"),
+            repo: routed.as_ref().map_or("-", |r| r.repo.id.as_str()),
             client: peer,
             status,
             cache: &cache,
@@ -259,9 +258,9 @@ impl Finish {
                 ("apt_proxy.cache", cache.clone()),
             ];
             if let Some(r) = &routed {
-                attributes.push(("apt_proxy.distro", r.distro.clone()));
-                attributes.push(("apt_proxy.repo", r.repo.clone()));
-                let mirror = r.mirrors.current();
+                attributes.push(("apt_proxy.distro", r.repo.distro.clone()));
+                attributes.push(("apt_proxy.repo", r.repo.id.clone()));
+                let mirror = r.repo.mirror_set.current();
                 attributes.push((
                     "apt_proxy.mirror",
                     mirror.base.host_str().unwrap_or_default().to_string(),
@@ -273,7 +272,7 @@ impl Finish {
                 parent_span_id,
                 name: format!(
                     "{method} {}",
-                    routed.as_ref().map_or("apt-proxy", |r| r.repo.as_str())
+                    routed.as_ref().map_or("apt-proxy", |r| r.repo.id.as_str())
                 ),
                 start: wall_start,
                 end: std::time::SystemTime::now(),
@@ -281,11 +280,16 @@ impl Finish {
                 error: status >= 500,
             });
         }
+        // The status page keeps the target cut to 120 characters (moved there, not copied).
+        let mut target = target;
+        if let Some((cut, _)) = target.char_indices().nth(120) {
+            target.truncate(cut);
+        }
         state.activity.push(Activity {
             at: unix_now(),
-            method: method.to_string(),
-            target: target.chars().take(120).collect(),
-            repo,
+            method: method.as_str().to_owned(),
+            target,
+            repo: routed.map(|r| r.repo.id.clone()),
             status,
             cache,
             bytes: size,
@@ -336,10 +340,8 @@ impl Drop for Logged {
 
 /// Where a package request was routed (for logs and traces).
 pub(super) struct Routed {
-    repo: String,
-    distro: String,
-    /// The repo's mirrors (the one in use is looked up only for a trace).
-    mirrors: std::sync::Arc<crate::mirror::MirrorSet>,
+    /// Its name and distribution; its mirrors (the one in use is looked up only for a trace).
+    repo: Arc<crate::distro::Repo>,
 }
 
 /// The counter of body bytes served from `source` (`cache` or `upstream`).
@@ -457,9 +459,7 @@ async fn answer_package(
         Err(e) => return (text(e.status(), e.to_string()), None),
     };
     let repo = Routed {
-        repo: matched.repo.id.clone(),
-        distro: matched.repo.distro.clone(),
-        mirrors: matched.repo.mirror_set.clone(),
+        repo: matched.repo.clone(),
     };
     let head_only = match *method {
         Method::GET => false,
@@ -481,7 +481,7 @@ async fn answer_package(
     let mut response = serve(
         state,
         fill,
-        &repo.repo,
+        &repo.repo.id,
         headers,
         head_only,
         claimed.is_some(),
@@ -540,13 +540,13 @@ async fn serve(
     let mut response = answer_from_cache(state, fill, headers, head_only).await;
     let mut hit = response
         .headers()
-        .get("x-cache")
+        .get(serve::X_CACHE)
         .is_some_and(|v| v == "HIT");
     if hit && read_ahead {
         // Filled by this client's own read-ahead while earlier answers were sent.
         response
             .headers_mut()
-            .insert("x-cache", HeaderValue::from_static("MISS"));
+            .insert(serve::X_CACHE, HeaderValue::from_static("MISS"));
         hit = false;
     }
     state.cache.count(repo, hit);
@@ -758,7 +758,7 @@ async fn render(
             };
             let mut r = text(code, format!("mirror answered {status}"));
             r.headers_mut()
-                .insert("x-cache", http::HeaderValue::from_static("SKIP"));
+                .insert(serve::X_CACHE, http::HeaderValue::from_static("SKIP"));
             r
         }
         Decision::Failed(error) => fill_error(&error),
@@ -799,7 +799,7 @@ async fn forward(
     // A mirror's server error was already turned into the next mirror, or an error.
     let mut builder = Response::builder()
         .status(response.status())
-        .header("x-cache", "MISS");
+        .header(serve::X_CACHE, "MISS");
     for name in [
         CONTENT_TYPE,
         CONTENT_LENGTH,

@@ -404,3 +404,51 @@ async fn a_head_of_a_file_of_unknown_length_claims_no_length() {
     assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
     assert!(!text.contains("content-length"), "{text}");
 }
+
+/// The driver takes a read that leaves room in its buffer to mean the socket is drained, and
+/// waits on epoll for more without reading again: bytes that come later (the rest of a head, the
+/// next request on a kept-alive connection) and an end of stream must still be seen at once.
+#[tokio::test]
+async fn requests_in_pieces_later_requests_and_a_half_close_are_all_seen() {
+    let origin = Origin::start().await;
+    origin.put("/debian/pool/a.deb", "aaaa");
+    origin.put("/debian/pool/b.deb", "bbbbbb");
+    let dir = cache_dir();
+    let proxy = Proxy::start(&origin, dir.path(), |_| {}).await;
+
+    // A head in three pieces, then, after a pause, the next request on the same connection.
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    for piece in ["GET /debian/pool/a.deb HTT", "P/1.1\r\nHost: x\r\n", "\r\n"] {
+        stream.write_all(piece.as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut buf = Vec::new();
+    let (status, _, body) = next_response(&mut stream, &mut buf).await;
+    assert_eq!((status, body.as_slice()), (200, &b"aaaa"[..]));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stream
+        .write_all(b"GET /debian/pool/b.deb HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (status, _, body) = next_response(&mut stream, &mut buf).await;
+    assert_eq!((status, body.as_slice()), (200, &b"bbbbbb"[..]));
+
+    // Two requests and the end of the client's side: both answered, then the connection is
+    // closed, well before the 30 s a head may take.
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(
+            b"GET /debian/pool/a.deb HTTP/1.1\r\n\r\nGET /debian/pool/b.deb HTTP/1.1\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    stream.shutdown().await.unwrap();
+    let mut text = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut text))
+        .await
+        .expect("closed within 5 s of the client's end of stream")
+        .unwrap();
+    let text = String::from_utf8_lossy(&text);
+    assert_eq!(answers(&text), (2, "200 OK"), "{text}");
+    assert!(text.ends_with("bbbbbb"), "{text}");
+}
