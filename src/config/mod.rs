@@ -189,6 +189,11 @@ pub struct Tuning {
     pub read_timeout: Duration,
     /// Longest wait for a mirror's response head.
     pub head_timeout: Duration,
+    /// How long a client connection may take to send its next request head, the idle time
+    /// before it included. Past it the connection is closed; the plain-HTTP driver first
+    /// answers 408 to a head begun and not finished (hyper, which serves TLS and what the
+    /// driver hands on, closes without a word: its header read timeout).
+    pub client_head_timeout: Duration,
     /// Longest a write to a client may stay blocked (the client stopped reading) before its
     /// connection is closed.
     pub client_write_timeout: Duration,
@@ -232,6 +237,7 @@ impl Default for Tuning {
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(60),
             head_timeout: Duration::from_secs(10),
+            client_head_timeout: Duration::from_secs(30),
             client_write_timeout: Duration::from_secs(60),
             copy_to_local_clients: true,
             min_rate: Some((10 * 1024 * 30, Duration::from_secs(30))),

@@ -13,8 +13,9 @@
 //! It is at least as strict as hyper. A head over [`MAX_HEAD`] bytes, or with more than
 //! [`MAX_HEADERS`] lines, gets 431; a malformed head or target, a request with both
 //! `Content-Length` and `Transfer-Encoding`, or more than one `Content-Length`, gets 400; a
-//! version other than HTTP/1.x gets 505; a head not complete [`HEAD_TIMEOUT`] after the
-//! connection started waiting for it gets 408. Each of these closes the connection after the
+//! version other than HTTP/1.x gets 505; a head not complete `Tuning::client_head_timeout`
+//! (30 s) after the connection started waiting for it gets 408, and a connection that sends
+//! nothing for that long is closed. Each of these closes the connection after the
 //! answers to the requests before it.
 
 use std::collections::VecDeque;
@@ -47,9 +48,6 @@ pub const MAX_HEADERS: usize = 100;
 /// heads: reading pauses at either.
 const MAX_QUEUED: usize = 64;
 const MAX_QUEUED_BYTES: usize = 64 * 1024;
-/// How long a connection may wait for its next request head, idle time included (as hyper's
-/// header read timeout on this server).
-pub const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// The most one sendfile(2) call sends: other connections get their turn in between.
 const SENDFILE_CHUNK: u64 = 1024 * 1024;
 /// The largest read of a stored body that [`copy_file`] copies to the socket (a power of two,
@@ -123,12 +121,16 @@ impl Reader {
         Some(request)
     }
 
-    /// Reads what the socket has (never waits). A read that leaves room in the buffer has
-    /// emptied the socket's receive queue, so the socket's readiness is cleared then (as nginx
-    /// does): waiting for the next request goes straight to epoll instead of first making a
-    /// read that can only fail with EAGAIN (one recv per request, not two). Bytes that arrive
-    /// later raise a new edge; an end of stream already seen stays ready (tokio keeps the
-    /// closed states when it clears readiness).
+    /// Reads what the socket has (never waits). On Linux a TCP read that leaves room in the
+    /// buffer has emptied the socket's receive queue (tcp_recvmsg copies until the queue and
+    /// its backlog are empty), so the socket's readiness is cleared then, as nginx does:
+    /// waiting for the next request goes straight to epoll instead of first making a read that
+    /// can only fail with EAGAIN (one recv per request, not two). This bends tokio's rule that
+    /// the closure reports WouldBlock only when the kernel did; it is safe because bytes that
+    /// arrive later raise a new edge (tokio's clear is tick-checked, so an edge seen meanwhile
+    /// is kept), and an end of stream already seen stays ready (tokio never clears the closed
+    /// states). The one exception, as for nginx: a read stops at TCP urgent data, which a
+    /// client sending it would find unanswered until it sends more or its head times out.
     fn try_read(&mut self, stream: &TcpStream) {
         self.buf.reserve(4096);
         let room = self.buf.capacity() - self.buf.len();
@@ -368,8 +370,9 @@ where
     } = driven;
     // Stored files go to a client on this host through a buffer (see [`copy_file`]).
     let copy = state.cache.tuning().copy_to_local_clients && on_this_host(&stream, peer);
+    let head_timeout = state.cache.tuning().client_head_timeout;
     let mut reader = Reader::default();
-    let mut deadline = Instant::now() + HEAD_TIMEOUT;
+    let mut deadline = Instant::now() + head_timeout;
     loop {
         if *stopping.borrow() {
             // Shutting down: no new request is started (as hyper's graceful shutdown).
@@ -474,7 +477,7 @@ where
         if last {
             return;
         }
-        deadline = Instant::now() + HEAD_TIMEOUT;
+        deadline = Instant::now() + head_timeout;
     }
 }
 

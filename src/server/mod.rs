@@ -345,7 +345,7 @@ impl Server {
             // client that does not read holds at most one chunk (and request heads are limited
             // to this size, 431 beyond).
             .max_buf_size(driver::MAX_HEAD)
-            .header_read_timeout(driver::HEAD_TIMEOUT);
+            .header_read_timeout(self.state.cache.tuning().client_head_timeout);
         tokio::spawn(self.state.reloader.clone().run(Duration::from_millis(500)));
         // The status page's byte chart: the served-bytes counters, sampled every minute.
         let sampled = Arc::downgrade(&self.state);

@@ -433,8 +433,9 @@ async fn requests_in_pieces_later_requests_and_a_half_close_are_all_seen() {
     let (status, _, body) = next_response(&mut stream, &mut buf).await;
     assert_eq!((status, body.as_slice()), (200, &b"bbbbbb"[..]));
 
-    // Two requests and the end of the client's side: both answered, then the connection is
-    // closed, well before the 30 s a head may take.
+    // Two requests for stored files and the end of the client's side: both answered, then the
+    // connection is closed, well before the 30 s a head may take. (Both answers are ready at
+    // once here: an end of stream seen while an answer is still pending drops the work.)
     let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
     stream
         .write_all(
@@ -451,4 +452,55 @@ async fn requests_in_pieces_later_requests_and_a_half_close_are_all_seen() {
     let text = String::from_utf8_lossy(&text);
     assert_eq!(answers(&text), (2, "200 OK"), "{text}");
     assert!(text.ends_with("bbbbbb"), "{text}");
+}
+
+/// `Tuning::client_head_timeout` (30 s by default, 300 ms here): a head begun and not finished
+/// gets 408, a connection that sends nothing (before its first request or after its last
+/// answer) is closed without a word, and each is closed on time.
+#[tokio::test]
+async fn a_head_not_finished_in_time_gets_408_and_a_silent_connection_is_closed() {
+    let origin = Origin::start().await;
+    origin.put("/debian/pool/a.deb", "aaaa");
+    let dir = cache_dir();
+    let proxy = Proxy::start(&origin, dir.path(), |c| {
+        c.tuning.client_head_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let addr = proxy.addr;
+    // Connects, waits `pause`, sends `raw`, reads until the proxy closes: what came, and when
+    // the close came (counted from the connect), checked to be before 3 s.
+    let timed = move |pause: u64, raw: &'static [u8]| async move {
+        let started = std::time::Instant::now();
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        stream.write_all(raw).await.unwrap();
+        let mut text = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut text))
+            .await
+            .expect("closed within 10 s")
+            .unwrap();
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(3), "closed late: {took:?}");
+        (String::from_utf8_lossy(&text).into_owned(), took)
+    };
+
+    let (text, took) = timed(0, b"GET /debian/pool/a.deb HTTP/1.1\r\nHost: x\r\n").await;
+    assert!(text.starts_with("HTTP/1.1 408 "), "{text}");
+    assert!(took >= Duration::from_millis(300), "{took:?}");
+
+    let (text, took) = timed(0, b"").await;
+    assert_eq!(text, "");
+    assert!(took >= Duration::from_millis(300), "{took:?}");
+
+    // Sent 200 ms in, answered, then closed once the next head is overdue: 300 ms after the
+    // answer, not after the connect.
+    let (text, took) = timed(200, b"GET /debian/pool/a.deb HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(answers(&text), (1, "200 OK"), "{text}");
+    assert!(text.ends_with("aaaa"), "{text}");
+    assert!(took >= Duration::from_millis(500), "{took:?}");
+
+    // The same for a connection handed to hyper (one of the proxy's own pages).
+    let (text, took) = timed(200, b"GET /version HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(answers(&text).0, 1, "{text}");
+    assert!(took >= Duration::from_millis(500), "{took:?}");
 }
