@@ -318,9 +318,10 @@ impl Follower {
         Some((Ok(Frame::data(bytes)), self))
     }
 
-    /// How far the body can be read now: `Ok(Some(n))` up to `n`, `Ok(None)` wait for the
-    /// fill, `Err` the fill ended without a body for this client.
-    fn available(&mut self) -> Result<Option<u64>, io::Error> {
+    /// How far the body can be read now: `Ok(Some((n, most)))` up to `n`, at most `most` bytes
+    /// per read (close behind a running fill [`FOLLOW_CHUNK`], a finished file [`CHUNK`]),
+    /// `Ok(None)` wait for the fill, `Err` the fill ended without a body for this client.
+    fn available(&mut self) -> Result<Option<(u64, u64)>, io::Error> {
         let state = self.rx.borrow_and_update().clone();
         let (pos, end, to_end) = (self.pos, self.end, self.to_end);
         Ok(match state {
@@ -335,14 +336,16 @@ impl Follower {
                 };
                 let available = written.min(cap);
                 if available > pos {
-                    Some(available)
+                    Some((available, FOLLOW_CHUNK))
                 } else if !to_end && end.is_some_and(|e| pos >= e) {
-                    Some(pos)
+                    Some((pos, FOLLOW_CHUNK))
                 } else {
                     None
                 }
             }
-            FillState::Done { meta, .. } | FillState::Spooled { meta, .. } => Some(meta.len),
+            FillState::Done { meta, .. } | FillState::Spooled { meta, .. } => {
+                Some((meta.len, CHUNK))
+            }
             FillState::Pending => None,
             FillState::Passthrough { .. } | FillState::Unstored { .. } => {
                 return Err(io::Error::other("fill ended without a body"));
@@ -399,8 +402,8 @@ impl Follower {
                     }
                 }
                 Mode::Follow => {
-                    let limit = match self.available() {
-                        Ok(Some(n)) => self.end.map_or(n, |e| e.min(n)),
+                    let (limit, most) = match self.available() {
+                        Ok(Some((n, most))) => (self.end.map_or(n, |e| e.min(n)), most),
                         Ok(None) if matches!(self.mode, Mode::Drain) => continue,
                         Ok(None) => {
                             if self.rx.changed().await.is_err() {
@@ -414,9 +417,6 @@ impl Follower {
                         // Everything wanted was sent, or the completed file is exhausted.
                         return None;
                     }
-                    // Close behind the writer, small reads; a finished file at full size.
-                    let streaming = matches!(*self.rx.borrow(), FillState::Streaming { .. });
-                    let most = if streaming { FOLLOW_CHUNK } else { CHUNK };
                     let want = (limit - self.pos).min(most);
                     return match read_chunk(self.file.clone(), self.pos, want).await {
                         Ok(bytes) if bytes.is_empty() => self.fail(short_file()),

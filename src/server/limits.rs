@@ -81,7 +81,8 @@ pub enum Refusal {
 }
 
 /// Answers a refused connection with a one-line plain-text status and closes it, spending at
-/// most a second on the answer and another draining what the client still sends. Over TLS (`tls`), the connection is just closed.
+/// most a second on the answer and another draining what the client still sends. Over TLS
+/// (`tls`), the connection is just closed.
 pub async fn refuse(mut stream: TcpStream, why: Refusal, tls: bool) {
     if tls {
         return;

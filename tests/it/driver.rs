@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::pipeline::{next_response, pipeline};
-use crate::{Origin, Proxy, cache_dir, data, exchange, metric, x_cache};
+use crate::{Origin, Proxy, cache_dir, data, exchange, exchange_after, metric, x_cache};
 
 /// Sends `raw` on a new connection and reads until the proxy closes it. Panics when it does
 /// not close within 10 s.
@@ -467,21 +467,16 @@ async fn a_head_not_finished_in_time_gets_408_and_a_silent_connection_is_closed(
     })
     .await;
     let addr = proxy.addr;
-    // Connects, waits `pause`, sends `raw`, reads until the proxy closes: what came, and when
-    // the close came (counted from the connect), checked to be before 3 s.
+    // Connects, waits `pause` ms, sends `raw`, reads until the proxy closes: what came, and
+    // when the close came (counted from the connect), checked to be before 3 s.
     let timed = move |pause: u64, raw: &'static [u8]| async move {
         let started = std::time::Instant::now();
-        let mut stream = TcpStream::connect(addr).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(pause)).await;
-        stream.write_all(raw).await.unwrap();
-        let mut text = Vec::new();
-        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut text))
-            .await
-            .expect("closed within 10 s")
-            .unwrap();
+        let pause = Duration::from_millis(pause);
+        let (text, closed) = exchange_after(addr, pause, raw, Duration::from_secs(10)).await;
         let took = started.elapsed();
+        assert!(closed, "not closed within 10 s: {text}");
         assert!(took < Duration::from_secs(3), "closed late: {took:?}");
-        (String::from_utf8_lossy(&text).into_owned(), took)
+        (text, took)
     };
 
     let (text, took) = timed(0, b"GET /debian/pool/a.deb HTTP/1.1\r\nHost: x\r\n").await;

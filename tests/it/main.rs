@@ -156,7 +156,18 @@ pub async fn raw_exchange(addr: SocketAddr, raw: &[u8], within: Duration) -> Str
 /// Sends `raw` bytes on a new connection (the server may close before it has them all) and
 /// reads until the server closes it or `within` passes: what was read, and whether it closed.
 pub async fn exchange(addr: SocketAddr, raw: &[u8], within: Duration) -> (String, bool) {
+    exchange_after(addr, Duration::ZERO, raw, within).await
+}
+
+/// [`exchange`], with `raw` sent `pause` after the connection is made.
+pub async fn exchange_after(
+    addr: SocketAddr,
+    pause: Duration,
+    raw: &[u8],
+    within: Duration,
+) -> (String, bool) {
     let mut stream = TcpStream::connect(addr).await.unwrap();
+    tokio::time::sleep(pause).await;
     let _ = stream.write_all(raw).await;
     let mut out = Vec::new();
     let closed = tokio::time::timeout(within, async {
