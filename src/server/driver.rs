@@ -98,7 +98,10 @@ struct Reader {
     handoff: bool,
     /// Nothing more is read: end of stream, a read error, or `Connection: close`.
     done: bool,
-    /// The client closed its side or the connection failed.
+    /// The client ended its side (end of stream): the requests read before it are still
+    /// answered, as hyper answers those in its buffer.
+    ended: bool,
+    /// The connection failed.
     gone: bool,
     /// A refusal to send, after the answers before it, and then close.
     refusal: Option<(StatusCode, &'static str)>,
@@ -144,12 +147,12 @@ impl Reader {
             }
         });
         match read {
-            Ok(0) => self.gone = true,
+            Ok(0) => self.ended = true,
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(_) => self.gone = true,
         }
-        self.done |= self.gone;
+        self.done |= self.gone || self.ended;
     }
 
     fn refuse(&mut self, status: StatusCode, reason: &'static str) {
@@ -410,7 +413,7 @@ where
             if reader.gone {
                 return;
             }
-            if reader.buf.len() > had {
+            if reader.buf.len() > had || reader.ended {
                 reader.parse(&state, &connection, false);
                 continue;
             }
@@ -482,8 +485,11 @@ where
 }
 
 /// Runs `work`, reading (and reading ahead) the requests that arrive meanwhile; `None` when
-/// the client closes the connection first (as hyper does, the work is dropped: a client that
-/// hung up is not sent the rest).
+/// the connection fails first, or when the client ends its side with no request waiting
+/// behind this one: as hyper does, the work is dropped then (a client that hung up is not sent
+/// the rest). An end of stream behind requests already read leaves them to be answered, as
+/// hyper answers what it has buffered; a client that in fact left is found out by the next
+/// write, and until then its read-aheads are bounded as for any connection.
 async fn while_reading<F: Future + Unpin>(
     stream: &TcpStream,
     reader: &mut Reader,
@@ -501,10 +507,10 @@ async fn while_reading<F: Future + Unpin>(
                     return None;
                 }
                 reader.try_read(stream);
-                if reader.gone {
+                reader.parse(state, connection, true);
+                if reader.gone || (reader.ended && reader.queue.is_empty()) {
                     return None;
                 }
-                reader.parse(state, connection, true);
             }
         }
     }

@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::pipeline::{next_response, pipeline};
-use crate::{Origin, Proxy, cache_dir, data, exchange, exchange_after, metric, x_cache};
+use crate::{Behavior, Origin, Proxy, cache_dir, data, exchange, exchange_after, metric, x_cache};
 
 /// Sends `raw` on a new connection and reads until the proxy closes it. Panics when it does
 /// not close within 10 s.
@@ -434,8 +434,7 @@ async fn requests_in_pieces_later_requests_and_a_half_close_are_all_seen() {
     assert_eq!((status, body.as_slice()), (200, &b"bbbbbb"[..]));
 
     // Two requests for stored files and the end of the client's side: both answered, then the
-    // connection is closed, well before the 30 s a head may take. (Both answers are ready at
-    // once here: an end of stream seen while an answer is still pending drops the work.)
+    // connection is closed, well before the 30 s a head may take.
     let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
     stream
         .write_all(
@@ -452,6 +451,34 @@ async fn requests_in_pieces_later_requests_and_a_half_close_are_all_seen() {
     let text = String::from_utf8_lossy(&text);
     assert_eq!(answers(&text), (2, "200 OK"), "{text}");
     assert!(text.ends_with("bbbbbb"), "{text}");
+
+    // The same while the first answer is still coming (its mirror holds the rest back): the
+    // end of stream is read with the second request queued, and both are still answered whole.
+    let slow = data(4096, 7);
+    origin.put("/debian/pool/slow.deb", slow.clone());
+    origin.set("/debian/pool/slow.deb", Behavior::Gated(1000));
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(
+            b"GET /debian/pool/slow.deb HTTP/1.1\r\n\r\nGET /debian/pool/b.deb HTTP/1.1\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    stream.shutdown().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    origin.release();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut raw))
+        .await
+        .expect("closed within 5 s of the last answer")
+        .unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    assert_eq!(answers(&text), (2, "200 OK"), "{text}");
+    assert!(text.ends_with("bbbbbb"), "{text}");
+    assert!(
+        raw.windows(slow.len()).any(|w| w == slow),
+        "the first body whole"
+    );
 }
 
 /// `Tuning::client_head_timeout` (30 s by default, 300 ms here): a head begun and not finished
