@@ -410,10 +410,10 @@ where
             // The next request is often there already: read it without a timer or a wait.
             let had = reader.buf.len();
             reader.try_read(&stream);
-            if reader.gone {
+            if reader.gone || reader.ended {
                 return;
             }
-            if reader.buf.len() > had || reader.ended {
+            if reader.buf.len() > had {
                 reader.parse(&state, &connection, false);
                 continue;
             }
@@ -486,10 +486,11 @@ where
 
 /// Runs `work`, reading (and reading ahead) the requests that arrive meanwhile; `None` when
 /// the connection fails first, or when the client ends its side with no request waiting
-/// behind this one: as hyper does, the work is dropped then (a client that hung up is not sent
-/// the rest). An end of stream behind requests already read leaves them to be answered, as
-/// hyper answers what it has buffered; a client that in fact left is found out by the next
-/// write, and until then its read-aheads are bounded as for any connection.
+/// behind this one: the work is dropped then, as hyper drops it (a client that hung up is not
+/// sent the rest). An end of stream read behind queued requests leaves them all to be answered
+/// (hyper answers those in its buffer but drops the last one if it is still pending then): a
+/// client may half-close after pipelining. A client that in fact left is found out by the first
+/// write that fails; until then its read-aheads are bounded as for any connection.
 async fn while_reading<F: Future + Unpin>(
     stream: &TcpStream,
     reader: &mut Reader,
@@ -664,6 +665,10 @@ async fn send(
             )
             .await?;
         }
+        // Neither a body whose frames are ready at once (a followed fill, read on the worker)
+        // nor a socket that takes them makes this wait: the worker is given up by budget, as
+        // in `send_file`.
+        tokio::task::coop::consume_budget().await;
     }
     if length.is_some_and(|n| sent != n) {
         return Err(io::Error::other("body shorter than its Content-Length"));

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::pipeline::{next_response, pipeline};
+use crate::pipeline::{next_response, pipeline, until};
 use crate::{Behavior, Origin, Proxy, cache_dir, data, exchange, exchange_after, metric, x_cache};
 
 /// Sends `raw` on a new connection and reads until the proxy closes it. Panics when it does
@@ -452,11 +452,30 @@ async fn requests_in_pieces_later_requests_and_a_half_close_are_all_seen() {
     assert_eq!(answers(&text), (2, "200 OK"), "{text}");
     assert!(text.ends_with("bbbbbb"), "{text}");
 
-    // The same while the first answer is still coming (its mirror holds the rest back): the
-    // end of stream is read with the second request queued, and both are still answered whole.
+    // An answer still coming (its mirror holds the rest back) when the client's end of stream
+    // is read, with nothing queued behind it: dropped, and the connection closed at once.
     let slow = data(4096, 7);
-    origin.put("/debian/pool/slow.deb", slow.clone());
-    origin.set("/debian/pool/slow.deb", Behavior::Gated(1000));
+    for path in ["/debian/pool/slow.deb", "/debian/pool/left.deb"] {
+        origin.put(path, slow.clone());
+        origin.set(path, Behavior::Gated(1000));
+    }
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(b"GET /debian/pool/left.deb HTTP/1.1\r\n\r\n")
+        .await
+        .unwrap();
+    stream.shutdown().await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut raw))
+        .await
+        .expect("closed within 5 s of the client's end of stream, the mirror still waiting")
+        .unwrap();
+    assert!(
+        !raw.windows(slow.len()).any(|w| w == slow),
+        "not answered whole"
+    );
+
+    // The same with a second request queued behind it: both are answered whole.
     let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
     stream
         .write_all(
@@ -465,7 +484,12 @@ async fn requests_in_pieces_later_requests_and_a_half_close_are_all_seen() {
         .await
         .unwrap();
     stream.shutdown().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    until("the slow file asked of the mirror", || {
+        origin.hits("/debian/pool/slow.deb") == 1
+    })
+    .await;
+    // (The end of stream is read while the mirror holds the rest back.)
+    tokio::time::sleep(Duration::from_millis(100)).await;
     origin.release();
     let mut raw = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut raw))

@@ -60,7 +60,7 @@ async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) {
     buf.extend_from_slice(&chunk[..n]);
 }
 
-async fn until(what: &str, mut done: impl FnMut() -> bool) {
+pub(crate) async fn until(what: &str, mut done: impl FnMut() -> bool) {
     for _ in 0..200 {
         if done() {
             return;
