@@ -241,7 +241,7 @@ impl Finish {
             request_id: id,
             method: method.as_str(),
             uri: &target,
-            repo: routed.as_ref().map_or("-", |r| r.repo.id.as_str()),
+            repo: routed.as_ref().map_or("-", |r| r.id.as_str()),
             client: peer,
             status,
             cache: &cache,
@@ -258,9 +258,9 @@ impl Finish {
                 ("apt_proxy.cache", cache.clone()),
             ];
             if let Some(r) = &routed {
-                attributes.push(("apt_proxy.distro", r.repo.distro.clone()));
-                attributes.push(("apt_proxy.repo", r.repo.id.clone()));
-                let mirror = r.repo.mirror_set.current();
+                attributes.push(("apt_proxy.distro", r.distro.clone()));
+                attributes.push(("apt_proxy.repo", r.id.clone()));
+                let mirror = r.mirror_set.current();
                 attributes.push((
                     "apt_proxy.mirror",
                     mirror.base.host_str().unwrap_or_default().to_string(),
@@ -272,7 +272,7 @@ impl Finish {
                 parent_span_id,
                 name: format!(
                     "{method} {}",
-                    routed.as_ref().map_or("apt-proxy", |r| r.repo.id.as_str())
+                    routed.as_ref().map_or("apt-proxy", |r| r.id.as_str())
                 ),
                 start: wall_start,
                 end: std::time::SystemTime::now(),
@@ -289,7 +289,7 @@ impl Finish {
             at: unix_now(),
             method: method.as_str().to_owned(),
             target,
-            repo: routed.map(|r| r.repo.id.clone()),
+            repo: routed.map(|r| r.id.clone()),
             status,
             cache,
             bytes: size,
@@ -338,11 +338,9 @@ impl Drop for Logged {
     }
 }
 
-/// Where a package request was routed (for logs and traces).
-pub(super) struct Routed {
-    /// Its name and distribution; its mirrors (the one in use is looked up only for a trace).
-    repo: Arc<crate::distro::Repo>,
-}
+/// Where a package request was routed (for logs and traces): its repo, with its name, its
+/// distribution and its mirrors (the one in use is looked up only for a trace).
+pub(super) type Routed = Arc<crate::distro::Repo>;
 
 /// The counter of body bytes served from `source` (`cache` or `upstream`).
 fn served(state: &AppState, source: &'static str) -> prometheus_client::metrics::counter::Counter {
@@ -458,9 +456,7 @@ async fn answer_package(
         Ok(m) => m,
         Err(e) => return (text(e.status(), e.to_string()), None),
     };
-    let repo = Routed {
-        repo: matched.repo.clone(),
-    };
+    let repo: Routed = matched.repo.clone();
     let head_only = match *method {
         Method::GET => false,
         Method::HEAD => true,
@@ -478,15 +474,7 @@ async fn answer_package(
     // A file whose fill a read-ahead of this connection started is this request's miss; its
     // receiver is held until the request follows the fill itself.
     let claimed = connection.take(&fill.key);
-    let mut response = serve(
-        state,
-        fill,
-        &repo.repo.id,
-        headers,
-        head_only,
-        claimed.is_some(),
-    )
-    .await;
+    let mut response = serve(state, fill, &repo.id, headers, head_only, claimed.is_some()).await;
     drop(claimed);
     // The rule's Cache-Control replaces the mirror's on every answer about the file (a 304 or
     // a 206 says what its 200 says), not on the proxy's errors.

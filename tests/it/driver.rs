@@ -20,6 +20,24 @@ async fn until_closed(addr: SocketAddr, raw: &[u8]) -> String {
     text
 }
 
+/// Sends `raw` on a new connection and ends the client's side (a half-close).
+async fn send_and_end(addr: SocketAddr, raw: &[u8]) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(raw).await.unwrap();
+    stream.shutdown().await.unwrap();
+    stream
+}
+
+/// Reads until the proxy closes `stream`. Panics when it does not within 5 s.
+async fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut raw))
+        .await
+        .expect("the proxy closed the connection within 5 s")
+        .unwrap();
+    raw
+}
+
 /// How many responses `text` holds, and the status line of the last one.
 fn answers(text: &str) -> (usize, &str) {
     let count = text.matches("HTTP/1.1 ").count();
@@ -435,19 +453,9 @@ async fn requests_in_pieces_later_requests_and_a_half_close_are_all_seen() {
 
     // Two requests for stored files and the end of the client's side: both answered, then the
     // connection is closed, well before the 30 s a head may take.
-    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
-    stream
-        .write_all(
-            b"GET /debian/pool/a.deb HTTP/1.1\r\n\r\nGET /debian/pool/b.deb HTTP/1.1\r\n\r\n",
-        )
-        .await
-        .unwrap();
-    stream.shutdown().await.unwrap();
-    let mut text = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut text))
-        .await
-        .expect("closed within 5 s of the client's end of stream")
-        .unwrap();
+    let both = b"GET /debian/pool/a.deb HTTP/1.1\r\n\r\nGET /debian/pool/b.deb HTTP/1.1\r\n\r\n";
+    let mut stream = send_and_end(proxy.addr, both).await;
+    let text = read_until_closed(&mut stream).await;
     let text = String::from_utf8_lossy(&text);
     assert_eq!(answers(&text), (2, "200 OK"), "{text}");
     assert!(text.ends_with("bbbbbb"), "{text}");
@@ -455,35 +463,21 @@ async fn requests_in_pieces_later_requests_and_a_half_close_are_all_seen() {
     // An answer still coming (its mirror holds the rest back) when the client's end of stream
     // is read, with nothing queued behind it: dropped, and the connection closed at once.
     let slow = data(4096, 7);
+    let whole = |raw: &[u8]| raw.windows(slow.len()).any(|w| w == slow);
     for path in ["/debian/pool/slow.deb", "/debian/pool/left.deb"] {
         origin.put(path, slow.clone());
         origin.set(path, Behavior::Gated(1000));
     }
-    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
-    stream
-        .write_all(b"GET /debian/pool/left.deb HTTP/1.1\r\n\r\n")
-        .await
-        .unwrap();
-    stream.shutdown().await.unwrap();
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut raw))
-        .await
-        .expect("closed within 5 s of the client's end of stream, the mirror still waiting")
-        .unwrap();
+    let left = b"GET /debian/pool/left.deb HTTP/1.1\r\n\r\n";
+    let mut stream = send_and_end(proxy.addr, left).await;
     assert!(
-        !raw.windows(slow.len()).any(|w| w == slow),
-        "not answered whole"
+        !whole(&read_until_closed(&mut stream).await),
+        "answered whole"
     );
 
     // The same with a second request queued behind it: both are answered whole.
-    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
-    stream
-        .write_all(
-            b"GET /debian/pool/slow.deb HTTP/1.1\r\n\r\nGET /debian/pool/b.deb HTTP/1.1\r\n\r\n",
-        )
-        .await
-        .unwrap();
-    stream.shutdown().await.unwrap();
+    let both = b"GET /debian/pool/slow.deb HTTP/1.1\r\n\r\nGET /debian/pool/b.deb HTTP/1.1\r\n\r\n";
+    let mut stream = send_and_end(proxy.addr, both).await;
     until("the slow file asked of the mirror", || {
         origin.hits("/debian/pool/slow.deb") == 1
     })
@@ -491,18 +485,11 @@ async fn requests_in_pieces_later_requests_and_a_half_close_are_all_seen() {
     // (The end of stream is read while the mirror holds the rest back.)
     tokio::time::sleep(Duration::from_millis(100)).await;
     origin.release();
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut raw))
-        .await
-        .expect("closed within 5 s of the last answer")
-        .unwrap();
+    let raw = read_until_closed(&mut stream).await;
     let text = String::from_utf8_lossy(&raw);
     assert_eq!(answers(&text), (2, "200 OK"), "{text}");
     assert!(text.ends_with("bbbbbb"), "{text}");
-    assert!(
-        raw.windows(slow.len()).any(|w| w == slow),
-        "the first body whole"
-    );
+    assert!(whole(&raw), "the first body whole");
 }
 
 /// `Tuning::client_head_timeout` (30 s by default, 300 ms here): a head begun and not finished
