@@ -18,7 +18,8 @@
 #   5. herd: HERD_N concurrent curls for a never-seen HERD_MIB file that the origin sends at
 #      HERD_RATE per connection; counts the GETs the origin logged for it, the slowest time to
 #      first byte, and checks the copy apt-proxy kept;
-#   6. samples apt-proxy's VmRSS every 0.2 s during all of it and reports the peak.
+#   6. samples apt-proxy's VmRSS, RssAnon and thread count every 0.2 s during all of it and
+#      reports the peaks.
 #
 # Environment (all optional):
 #   APT_PROXY_BIN   binary to measure (default <repo>/target/release/apt-proxy)
@@ -273,15 +274,16 @@ PROXY_PID=$!
 wait_listen "$PROXY_PORT" "$PROXY_PID" apt-proxy "$STATE/proxy.log"
 log "apt-proxy pid $PROXY_PID on 127.0.0.1:$PROXY_PORT (upstream $ORIGIN/debian/)"
 
-# memory sampler: one line "VmRSS RssAnon" (KiB) per 0.2 s while the proxy lives
+# memory sampler: one line "VmRSS RssAnon Threads" (KiB, KiB, count) per 0.2 s while the proxy
+# lives (a burst of blocking-pool threads shows as a jump in both)
 sample_rss() {
-  local key val rss anon
+  local key val rss anon threads
   while kill -0 "$1" 2>/dev/null; do
-    rss='' anon=''
+    rss='' anon='' threads=''
     { while read -r key val _; do
-        case $key in VmRSS:) rss=$val;; RssAnon:) anon=$val; break;; esac
+        case $key in VmRSS:) rss=$val;; RssAnon:) anon=$val;; Threads:) threads=$val; break;; esac
       done < "/proc/$1/status"; } 2>/dev/null || true
-    [[ -z $rss ]] || echo "$rss ${anon:-0}" >> "$2"
+    [[ -z $rss ]] || echo "$rss ${anon:-0} ${threads:-0}" >> "$2"
     sleep 0.2
   done
 }
@@ -475,6 +477,7 @@ HWM_KIB=$(awk '/^VmHWM:/ { print $2 }' "/proc/$PROXY_PID/status" 2>/dev/null || 
 stop_pid "$SAMPLER_PID" rss-sampler; SAMPLER_PID=
 RSS_PEAK_KIB=$(awk '$1 > m { m = $1 } END { print m + 0 }' "$STATE/rss.kib")
 ANON_PEAK_KIB=$(awk '$2 > m { m = $2 } END { print m + 0 }' "$STATE/rss.kib")
+THREADS_PEAK=$(awk '$3 > m { m = $3 } END { print m + 0 }' "$STATE/rss.kib")
 RSS_SAMPLES=$(wc -l < "$STATE/rss.kib")
 
 # ---- report --------------------------------------------------------------------------------
@@ -501,8 +504,8 @@ echo "errors (failed big fetches / wrk socket errors + non-2xx): nginx ${R[direc
 echo "origin requests during apt-proxy's hit tests: $HIT_ORIGIN_REQS (0 = all served from its cache)"
 echo "warm-up (big.deb + $NSMALL small files, one keep-alive curl, all misses): $WARM_S s"
 echo "after warm-up: big.deb sha256 ok, X-Cache $BIG_XCACHE; small-1.deb X-Cache $SMALL_XCACHE; $OTHER_FORM"
-awk -v p="$RSS_PEAK_KIB" -v a="$ANON_PEAK_KIB" -v h="$HWM_KIB" -v n="$RSS_SAMPLES" \
-  'BEGIN { printf "apt-proxy peak RSS: %.1f MiB (VmRSS, max of %d samples every 0.2 s; peak RssAnon %.1f MiB); VmHWM at the end: %.1f MiB\n", p / 1024, n, a / 1024, h / 1024 }'
+awk -v p="$RSS_PEAK_KIB" -v a="$ANON_PEAK_KIB" -v h="$HWM_KIB" -v n="$RSS_SAMPLES" -v t="$THREADS_PEAK" \
+  'BEGIN { printf "apt-proxy peak RSS: %.1f MiB (VmRSS, max of %d samples every 0.2 s; peak RssAnon %.1f MiB); VmHWM at the end: %.1f MiB; most threads at once: %d\n", p / 1024, n, a / 1024, h / 1024, t }'
 echo "herd: $HERD_N concurrent curls, new $HERD_MIB MiB file, origin sends $HERD_RATE per connection:"
 echo "  complete answers $HERD_OK/$HERD_N, origin GETs $HERD_GETS (all requests $HERD_ALL_REQS, $HERD_ORIGIN_MIB MiB sent)," \
      "slowest time to first byte $HERD_TTFB_MAX s, wall $HERD_WALL s"
