@@ -275,7 +275,7 @@ wait_listen "$PROXY_PORT" "$PROXY_PID" apt-proxy "$STATE/proxy.log"
 log "apt-proxy pid $PROXY_PID on 127.0.0.1:$PROXY_PORT (upstream $ORIGIN/debian/)"
 
 # memory sampler: one line "VmRSS RssAnon Threads" (KiB, KiB, count) per 0.2 s while the proxy
-# lives (a burst of blocking-pool threads shows as a jump in both)
+# lives (a burst of blocking-pool threads shows as a jump in Threads and RssAnon)
 sample_rss() {
   local key val rss anon threads
   while kill -0 "$1" 2>/dev/null; do
@@ -505,7 +505,7 @@ echo "origin requests during apt-proxy's hit tests: $HIT_ORIGIN_REQS (0 = all se
 echo "warm-up (big.deb + $NSMALL small files, one keep-alive curl, all misses): $WARM_S s"
 echo "after warm-up: big.deb sha256 ok, X-Cache $BIG_XCACHE; small-1.deb X-Cache $SMALL_XCACHE; $OTHER_FORM"
 awk -v p="$RSS_PEAK_KIB" -v a="$ANON_PEAK_KIB" -v h="$HWM_KIB" -v n="$RSS_SAMPLES" -v t="$THREADS_PEAK" \
-  'BEGIN { printf "apt-proxy peak RSS: %.1f MiB (VmRSS, max of %d samples every 0.2 s; peak RssAnon %.1f MiB); VmHWM at the end: %.1f MiB; most threads at once: %d\n", p / 1024, n, a / 1024, h / 1024, t }'
+  'BEGIN { printf "apt-proxy peak RSS: %.1f MiB (VmRSS, max of %d samples every 0.2 s; peak RssAnon %.1f MiB); VmHWM at the end: %.1f MiB; most threads seen (0.2 s samples): %d\n", p / 1024, n, a / 1024, h / 1024, t }'
 echo "herd: $HERD_N concurrent curls, new $HERD_MIB MiB file, origin sends $HERD_RATE per connection:"
 echo "  complete answers $HERD_OK/$HERD_N, origin GETs $HERD_GETS (all requests $HERD_ALL_REQS, $HERD_ORIGIN_MIB MiB sent)," \
      "slowest time to first byte $HERD_TTFB_MAX s, wall $HERD_WALL s"

@@ -201,6 +201,9 @@ pub struct Tuning {
     /// rather than with sendfile(2): faster for that client (see `server::driver::copy_file`).
     /// Clients elsewhere always get sendfile.
     pub copy_to_local_clients: bool,
+    /// How long that buffer is kept while the client's socket takes nothing: a client that
+    /// stops reading holds no buffer after it.
+    pub copy_buffer_hold: Duration,
     /// Slowest body accepted from a mirror: fewer than `.0` bytes within any `.1` fails it over
     /// to the next mirror; `None`: no minimum.
     pub min_rate: Option<(u64, Duration)>,
@@ -240,6 +243,7 @@ impl Default for Tuning {
             client_head_timeout: Duration::from_secs(30),
             client_write_timeout: Duration::from_secs(60),
             copy_to_local_clients: true,
+            copy_buffer_hold: Duration::from_millis(250),
             min_rate: Some((10 * 1024 * 30, Duration::from_secs(30))),
             stale_wait: Duration::from_secs(3),
             shutdown_grace: Duration::from_secs(30),

@@ -53,8 +53,6 @@ const SENDFILE_CHUNK: u64 = 1024 * 1024;
 /// The largest read of a stored body that [`copy_file`] copies to the socket (a power of two,
 /// as the first, `body::next_chunk`'s 16 KiB).
 const COPY_CHUNK: u64 = 512 * 1024;
-/// How long [`copy_file`] keeps its buffer while the socket takes nothing.
-const HOLD_BUFFER: Duration = Duration::from_millis(250);
 /// After a refusal, how long (and how many bytes) the client's unread requests are drained
 /// before the connection is closed: closing with unread bytes would reset the connection and
 /// could destroy the refusal before the client reads it.
@@ -371,8 +369,11 @@ where
         mut stopping,
         open,
     } = driven;
-    // Stored files go to a client on this host through a buffer (see [`copy_file`]).
-    let copy = state.cache.tuning().copy_to_local_clients && on_this_host(&stream, peer);
+    // Stored files go to a client on this host through a buffer (see [`copy_file`]), kept
+    // while the socket takes nothing for this long.
+    let tuning = state.cache.tuning();
+    let copy = (tuning.copy_to_local_clients && on_this_host(&stream, peer))
+        .then_some(tuning.copy_buffer_hold);
     let head_timeout = state.cache.tuning().client_head_timeout;
     let mut reader = Reader::default();
     let mut deadline = Instant::now() + head_timeout;
@@ -561,17 +562,17 @@ fn date(out: &mut Vec<u8>) {
 }
 
 /// Writes `response`: its head, then its body (none for a HEAD, a 304 or a 204), straight from
-/// the file when the body is a stored file's range (`copy`: through a buffer, see
-/// [`copy_file`]). `Err` when the connection cannot go on (the client left or stopped reading,
-/// or the body failed part way: the client sees a cut transfer, never a short body taken for a
-/// whole one).
+/// the file when the body is a stored file's range (`copy`: through a buffer held that long
+/// while the socket takes nothing, see [`copy_file`]). `Err` when the connection cannot go on
+/// (the client left or stopped reading, or the body failed part way: the client sees a cut
+/// transfer, never a short body taken for a whole one).
 async fn send(
     stream: &TcpStream,
     response: Response<Body>,
     head_only: bool,
     close: bool,
     timeout: Duration,
-    copy: bool,
+    copy: Option<Duration>,
 ) -> io::Result<()> {
     let (parts, mut body) = response.into_parts();
     let status = parts.status;
@@ -691,7 +692,7 @@ async fn send_file(
     head: &[u8],
     range: FileRange,
     timeout: Duration,
-    copy: bool,
+    copy: Option<Duration>,
 ) -> io::Result<()> {
     let FileRange {
         first,
@@ -708,8 +709,8 @@ async fn send_file(
     .await?;
     let sent = first.len() as u64;
     drop(first);
-    if copy {
-        return copy_file(stream, &file, (pos, end, sent), &served, timeout).await;
+    if let Some(hold) = copy {
+        return copy_file(stream, &file, (pos, end, sent), &served, (timeout, hold)).await;
     }
     // sendfile runs on the worker, inside try_io so that a full socket's readiness is cleared
     // without losing a wake-up. A file not in the page cache makes it wait for the disk there
@@ -748,23 +749,24 @@ async fn send_file(
 ///
 /// Writing from a mapping of the file instead of reading it into the buffer (mmap(2) of each
 /// 512 KiB window, then write, as varnish writes from its mapped storage) was measured and
-/// dropped: 8 clients on a 200 MiB hit cost 0.34-0.39 CPU seconds per GiB against 0.28-0.30
-/// for this copy, and fetched 10-15 % less, since setting up and tearing down the page tables
-/// of every page costs more than the copy it saves. Varnish avoids that by keeping its storage
-/// mapped, which the resident memory shows (620 MiB in the shared harness).
+/// dropped. With the proxy pinned to one core and 8 curl loops on the other for 8 s, on a
+/// 200 MiB hit, it cost 0.34-0.39 CPU seconds per GiB against 0.28-0.30 for this copy, and
+/// fetched 5-17 % less: setting up and tearing down the page tables of every page costs more
+/// than the copy it saves. Varnish avoids that by keeping its storage mapped, which its
+/// resident memory shows (620-920 MiB in the shared harness).
 ///
-/// The buffer grows with what was sent ([`next_chunk`]), from 16 KiB to [`COPY_CHUNK`] by powers of
-/// two (512 KiB measured fastest: it stays in the core's cache between the read and the
-/// write), and it is freed when the body is out, or when the socket has taken nothing for
-/// [`HOLD_BUFFER`]: a client that stops reading holds none. Reads run on the worker: a file
-/// not in the page cache makes it wait for the disk, one chunk at a time (the kernel reads
-/// ahead of a sequential reader).
+/// The buffer grows with what was sent ([`next_chunk`]), from 16 KiB to [`COPY_CHUNK`] by
+/// powers of two (512 KiB measured fastest: it stays in the core's cache between the read and
+/// the write), and it is freed when the body is out, or when the socket has taken nothing for
+/// `hold` (`Tuning::copy_buffer_hold`, 250 ms): a client that stops reading holds none. Reads
+/// run on the worker: a file not in the page cache makes it wait for the disk, one chunk at a
+/// time (the kernel reads ahead of a sequential reader).
 async fn copy_file(
     stream: &TcpStream,
     file: &std::fs::File,
     (mut pos, end, mut sent): (u64, u64, u64),
     served: &prometheus_client::metrics::counter::Counter,
-    timeout: Duration,
+    (timeout, hold): (Duration, Duration),
 ) -> io::Result<()> {
     let mut buf = Vec::new();
     let (mut lo, mut hi) = (0, 0);
@@ -798,16 +800,13 @@ async fn copy_file(
                 tokio::task::coop::consume_budget().await;
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if tokio::time::timeout(HOLD_BUFFER, stream.writable())
-                    .await
-                    .is_err()
-                {
+                if tokio::time::timeout(hold, stream.writable()).await.is_err() {
                     // A client that stopped reading holds no buffer while it waits: what was
                     // read and not sent is read again.
                     pos -= (hi - lo) as u64;
                     (lo, hi) = (0, 0);
                     buf = Vec::new();
-                    writable(stream, timeout.saturating_sub(HOLD_BUFFER)).await?;
+                    writable(stream, timeout.saturating_sub(hold)).await?;
                 }
             }
             Err(e) => return Err(e),

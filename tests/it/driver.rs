@@ -228,9 +228,10 @@ async fn hits_are_sent_from_the_body_file(copy: bool) {
     assert_eq!(origin.hits("/debian/pool/big.deb"), 1);
 }
 
-/// A proxy (`copy`: `Tuning::copy_to_local_clients`) that has `big` stored, and a client with
-/// a 4 KiB receive buffer that asked for it and read its first 64 KiB: the head (a whole HIT)
-/// and the body's first bytes. Most of the file is still to be sent.
+/// A proxy (`copy`: `Tuning::copy_to_local_clients`, with the copy buffer held 50 ms while the
+/// socket takes nothing) that has `big` stored, and a client with a 4 KiB receive buffer that
+/// asked for it and read its first 64 KiB: the head (a whole HIT) and the body's first bytes.
+/// Most of the file is still to be sent.
 async fn slow_hit(
     origin: &Origin,
     dir: &std::path::Path,
@@ -238,7 +239,11 @@ async fn slow_hit(
     copy: bool,
 ) -> (Proxy, TcpStream, Vec<u8>) {
     origin.put("/debian/pool/big.deb", big.to_vec());
-    let proxy = Proxy::start(origin, dir, |c| c.tuning.copy_to_local_clients = copy).await;
+    let proxy = Proxy::start(origin, dir, |c| {
+        c.tuning.copy_to_local_clients = copy;
+        c.tuning.copy_buffer_hold = Duration::from_millis(50);
+    })
+    .await;
     let first = proxy.get("debian/pool/big.deb").await;
     assert!(first.bytes().await.unwrap() == big);
     let mut stream = crate::slow_get(proxy.addr, "debian/pool/big.deb").await;
@@ -326,8 +331,10 @@ async fn a_hit_removed_while_it_is_sent_arrives_whole(copy: bool) {
 }
 
 /// A client on this host that stops reading for longer than the driver keeps its copy buffer
-/// (250 ms): the buffer is given up with bytes read from the file but not sent, and those are
-/// read again when the client reads on. Every byte arrives once, in order.
+/// (50 ms here, 250 ms by default): the buffer is given up with bytes read from the file but
+/// not sent, and those are read again when the client reads on. Every byte arrives once, in
+/// order. The sleeps are the client's pauses under test, not a wait for the proxy; each is 14
+/// times the hold, so only a driver stalled for most of a pause would miss the release.
 #[tokio::test]
 async fn a_local_client_that_pauses_past_the_buffer_hold_gets_every_byte_once() {
     let (origin, dir) = (Origin::start().await, cache_dir());
