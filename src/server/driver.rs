@@ -374,7 +374,7 @@ where
     let tuning = state.cache.tuning();
     let copy = (tuning.copy_to_local_clients && on_this_host(&stream, peer))
         .then_some(tuning.copy_buffer_hold);
-    let head_timeout = state.cache.tuning().client_head_timeout;
+    let head_timeout = tuning.client_head_timeout;
     let mut reader = Reader::default();
     let mut deadline = Instant::now() + head_timeout;
     loop {

@@ -260,6 +260,16 @@ async fn slow_hit(
     (proxy, stream, body)
 }
 
+/// Reads from `stream` onto `body` until it is `len` bytes long, within 20 s.
+async fn read_more(stream: &mut TcpStream, body: &mut Vec<u8>, len: usize) {
+    let mut more = vec![0u8; len - body.len()];
+    tokio::time::timeout(Duration::from_secs(20), stream.read_exact(&mut more))
+        .await
+        .unwrap_or_else(|_| panic!("{} more bytes within 20 s", more.len()))
+        .unwrap();
+    body.extend_from_slice(&more);
+}
+
 #[tokio::test]
 async fn a_hit_cut_short_on_disk_while_it_is_sendfiled_is_cut() {
     a_hit_cut_short_on_disk_while_it_is_sent_is_cut(false).await;
@@ -319,12 +329,7 @@ async fn a_hit_removed_while_it_is_sent_arrives_whole(copy: bool) {
         .unwrap();
     assert_eq!(purged.status(), 200);
     assert!(purged.text().await.unwrap().contains("\"removed_items\":1"));
-    let mut rest = vec![0u8; big.len() - body.len()];
-    tokio::time::timeout(Duration::from_secs(20), stream.read_exact(&mut rest))
-        .await
-        .expect("the rest within 20 s")
-        .unwrap();
-    body.extend_from_slice(&rest);
+    read_more(&mut stream, &mut body, big.len()).await;
     assert!(body == big, "the body changed under its reader");
     let r = proxy.get("debian/pool/big.deb").await;
     assert_eq!(x_cache(&r), "MISS");
@@ -344,19 +349,10 @@ async fn a_local_client_that_pauses_past_the_buffer_hold_gets_every_byte_once() 
         // The socket buffers hold far less than the 16 MiB left: the driver is stuck on a
         // full socket for the whole pause.
         tokio::time::sleep(Duration::from_millis(700)).await;
-        let mut more = vec![0u8; 1 << 20];
-        tokio::time::timeout(Duration::from_secs(20), stream.read_exact(&mut more))
-            .await
-            .expect("1 MiB within 20 s")
-            .unwrap();
-        body.extend_from_slice(&more);
+        let len = body.len() + (1 << 20);
+        read_more(&mut stream, &mut body, len).await;
     }
-    let mut rest = vec![0u8; big.len() - body.len()];
-    tokio::time::timeout(Duration::from_secs(20), stream.read_exact(&mut rest))
-        .await
-        .expect("the rest within 20 s")
-        .unwrap();
-    body.extend_from_slice(&rest);
+    read_more(&mut stream, &mut body, big.len()).await;
     assert!(body == big, "bytes lost, repeated or out of order");
 }
 
