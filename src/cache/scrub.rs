@@ -2,15 +2,19 @@
 //! bounded rate, and an entry whose body no longer has its length or hash (changed on disk
 //! behind the proxy's back, bit rot) is dropped and counted, so it is fetched again instead of
 //! being served. Hits check the length of the file they open; the scrub catches the rest.
+//!
+//! A body is opened again for each chunk and closed before the pause that keeps the rate: an
+//! entry evicted while it is being checked frees its blocks at once (a full disk is waiting
+//! for them), not when a slow read of the whole file ends, and no blocking thread sleeps.
 
-use std::io::Read;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest as _, Sha256};
 
 use super::Cache;
-use crate::storage::EntryMeta;
+use super::body::CHUNK;
+use crate::storage::{EntryMeta, Source, StorageError};
 
 /// What one scrub found.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -19,80 +23,104 @@ pub struct Scrubbed {
     pub damaged: usize,
 }
 
-/// Whether the body in `file` has `meta`'s length and SHA256, reading at most `rate` bytes a
-/// second from `since` on (`done` bytes read so far by the scrub). Blocking.
-fn intact(
-    mut file: std::fs::File,
-    meta: &EntryMeta,
-    rate: u64,
-    since: Instant,
-    done: &mut u64,
-) -> std::io::Result<bool> {
-    if file.metadata()?.len() != meta.len {
-        return Ok(false);
-    }
-    let mut hash = Sha256::new();
-    let mut buf = vec![0u8; 256 << 10];
-    let mut len = 0u64;
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hash.update(&buf[..n]);
-        len += n as u64;
-        *done += n as u64;
-        let due = since + Duration::from_secs_f64(*done as f64 / rate.max(1) as f64);
-        if let Some(wait) = due.checked_duration_since(Instant::now()) {
-            std::thread::sleep(wait);
+/// What reading one body back found.
+enum Check {
+    Intact,
+    Damaged,
+    /// Removed or replaced meanwhile: nothing to check.
+    Gone,
+}
+
+/// Reads up to `buf.len()` bytes at `offset` into `buf` (fewer only at the end of the file).
+fn read_chunk(file: &std::fs::File, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read_at(&mut buf[filled..], offset + filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
-    Ok(len == meta.len && hex::encode(hash.finalize()) == meta.sha256)
+    Ok(filled)
 }
 
 impl Cache {
     /// Checks every stored 200 entry with a known hash once, at the scrub rate, dropping the
     /// damaged ones.
     pub async fn scrub(self: &Arc<Self>) -> Scrubbed {
-        let rate = self.tuning.scrub_rate;
+        let rate = self.tuning.scrub_rate.max(1);
         let entries = self.entries().metas();
-        let since = Instant::now();
+        let since = tokio::time::Instant::now();
         let mut done = 0u64;
         let mut found = Scrubbed::default();
         for (key, meta) in entries {
             if meta.status != 200 || meta.sha256.len() != 64 {
                 continue;
             }
-            let file = match self.store.open(&meta, 0, meta.len).await {
-                Ok(crate::storage::Source::File(file)) => Ok(file),
-                // Gone meanwhile (evicted, replaced): nothing to check.
-                Err(crate::storage::StorageError::Missing(_)) => continue,
-                Ok(crate::storage::Source::Stream(_)) => continue,
-                Err(e) => Err(e),
-            };
-            let Ok(file) = file else {
-                found.checked += 1;
-                found.damaged += 1;
-                tracing::error!(key = %key, "stored body does not match its entry (changed on disk?); entry dropped");
-                self.drop_damaged(&key, &meta);
-                continue;
-            };
-            let m = meta.clone();
-            let checked = tokio::task::spawn_blocking(move || {
-                let ok = intact(file, &m, rate, since, &mut done);
-                (ok, done)
-            })
-            .await;
-            let Ok((ok, read)) = checked else { continue };
-            done = read;
-            found.checked += 1;
-            if !matches!(ok, Ok(true)) {
-                tracing::error!(key = %key, "stored body does not match its entry (changed on disk?); entry dropped");
-                found.damaged += 1;
-                self.drop_damaged(&key, &meta);
+            match self.check_body(&meta, rate, since, &mut done).await {
+                Check::Gone => continue,
+                Check::Intact => found.checked += 1,
+                Check::Damaged => {
+                    found.checked += 1;
+                    found.damaged += 1;
+                    tracing::error!(key = %key, "stored body does not match its entry (changed on disk?); entry dropped");
+                    self.drop_damaged(&key, &meta);
+                }
             }
         }
         found
+    }
+
+    /// Whether `meta`'s body still has its length and SHA256, read a chunk at a time on the
+    /// blocking pool, pausing so that the scrub reads at most `rate` bytes a second from
+    /// `since` on (`done`: bytes it read so far).
+    async fn check_body(
+        &self,
+        meta: &Arc<EntryMeta>,
+        rate: u64,
+        since: tokio::time::Instant,
+        done: &mut u64,
+    ) -> Check {
+        let mut hash = Sha256::new();
+        let mut buf = vec![0u8; CHUNK as usize];
+        let mut pos = 0u64;
+        while pos < meta.len {
+            // Opened for each chunk (its length checked again), closed before the pause.
+            let file = match self.store.open(meta, pos, meta.len).await {
+                Ok(Source::File(file)) => file,
+                Err(StorageError::Missing(_)) | Ok(Source::Stream(_)) => return Check::Gone,
+                Err(_) => return Check::Damaged,
+            };
+            // Read and hashed off the async workers; the file is closed when this ends.
+            let read = tokio::task::spawn_blocking(move || {
+                let n = read_chunk(&file, pos, &mut buf);
+                if let Ok(n) = n {
+                    hash.update(&buf[..n]);
+                }
+                (n, buf, hash)
+            })
+            .await;
+            let Ok((n, back, h)) = read else {
+                return Check::Gone;
+            };
+            (buf, hash) = (back, h);
+            match n {
+                Ok(n) if n > 0 => {
+                    pos += n as u64;
+                    *done += n as u64;
+                }
+                _ => return Check::Damaged,
+            }
+            let due = since + Duration::from_secs_f64(*done as f64 / rate as f64);
+            tokio::time::sleep_until(due).await;
+        }
+        if hex::encode(hash.finalize()) == meta.sha256 {
+            Check::Intact
+        } else {
+            Check::Damaged
+        }
     }
 
     /// Scrubs once the start-up scan is done, then every scrub interval, until the process

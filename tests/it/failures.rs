@@ -287,3 +287,58 @@ async fn the_scrub_drops_a_body_changed_on_disk() {
     assert!(read_all(r).await.unwrap() == body);
     assert_eq!(origin.hits("/debian/pool/main/s/s.deb"), 2);
 }
+
+/// The open files of this process whose target is `path` (removed or not).
+fn held_open(path: &std::path::Path) -> usize {
+    let path = path.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter(|target| target.to_string_lossy().starts_with(&path))
+        .count()
+}
+
+#[tokio::test]
+async fn a_body_removed_while_the_scrub_reads_it_is_let_go_at_once() {
+    let origin = Origin::start().await;
+    let body = data(4 << 20, 23);
+    origin.put("/debian/pool/main/r/r.deb", body.clone());
+    let dir = cache_dir();
+    let proxy = Proxy::start(&origin, dir.path(), |c| c.tuning.scrub_rate = 0).await;
+    assert!(
+        read_all(proxy.get("debian/pool/main/r/r.deb").await)
+            .await
+            .unwrap()
+            == body
+    );
+    proxy.stop().await;
+    let file = only_body(dir.path());
+
+    // At 1 MiB/s the scrub needs 4 s for this body; it starts once the index is loaded.
+    let proxy = Proxy::start(&origin, dir.path(), |c| c.tuning.scrub_rate = 1 << 20).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let purged = proxy
+        .client()
+        .post(proxy.url("api/cache/purge"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(purged.status(), 200);
+    assert!(!file.exists(), "the purge removed the body");
+    // A removed file's blocks are freed only when the last handle on it is closed: the scrub
+    // holds one only while it reads a chunk, never for the rest of its slow read.
+    let started = Instant::now();
+    while held_open(&file) > 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "the scrub still holds the removed body open"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        damaged_count(&proxy).await,
+        "apt_proxy_cache_damaged_entries_total 0",
+        "a body removed during its check is not damaged"
+    );
+}
