@@ -5,6 +5,7 @@
 //! in (unix seconds), so the policy is tested with any clock.
 //!
 //! - LRU by last access (hits included), not by store time: a package used every day stays.
+//!   Of entries last used within the same second, the one used first goes first.
 //! - When over the limit, entries are removed down to 95 % of it, stale indexes first (they
 //!   would be revalidated anyway), then least recently used.
 //! - TTL counts from the last access.
@@ -24,6 +25,9 @@ pub struct Slot {
     pub last_access: u64,
     /// Last access written to disk (the body's mtime), so that LRU order survives a restart.
     pub persisted_access: u64,
+    /// When it was last stored or served in this process's order of events: of two entries
+    /// used within the same second, the one used first goes first.
+    recency: u64,
 }
 
 /// Every stored entry known to this process.
@@ -31,6 +35,8 @@ pub struct Slot {
 pub struct Entries {
     map: HashMap<CacheKey, Slot>,
     total_bytes: u64,
+    /// Counts stores and accesses, for [`Slot::recency`].
+    events: u64,
 }
 
 impl Entries {
@@ -56,6 +62,8 @@ impl Entries {
         persist_every: u64,
     ) -> Option<(Arc<EntryMeta>, bool)> {
         let slot = self.map.get_mut(key)?;
+        self.events += 1;
+        slot.recency = self.events;
         slot.last_access = slot.last_access.max(now);
         let persist = now.saturating_sub(slot.persisted_access) >= persist_every;
         if persist {
@@ -73,12 +81,14 @@ impl Entries {
         persisted_access: u64,
     ) -> Option<Slot> {
         self.total_bytes += meta.len;
+        self.events += 1;
         let old = self.map.insert(
             key,
             Slot {
                 meta,
                 last_access,
                 persisted_access,
+                recency: self.events,
             },
         );
         if let Some(old) = &old {
@@ -159,17 +169,17 @@ impl Entries {
             return out;
         }
         let target = max - max / 20;
-        let mut order: Vec<(bool, u64, CacheKey)> = self
+        let mut order: Vec<((bool, u64, u64), CacheKey)> = self
             .map
             .iter()
             .map(|(k, s)| {
                 let path = k.as_str().split_once('/').map_or("", |(_, p)| p);
                 let keep_first = classify(path) != FileClass::Volatile || s.meta.is_fresh(now);
-                (keep_first, s.last_access, k.clone())
+                ((keep_first, s.last_access, s.recency), k.clone())
             })
             .collect();
-        order.sort_unstable_by_key(|(keep_first, last_access, _)| (*keep_first, *last_access));
-        for (_, _, key) in order {
+        order.sort_unstable_by_key(|(rank, _)| *rank);
+        for (_, key) in order {
             if self.total_bytes <= target {
                 break;
             }
@@ -232,6 +242,21 @@ mod tests {
         assert_eq!(keys(&gone), ["debian/pool/b.deb"]);
         assert_eq!(e.total_bytes(), 80);
         assert!(e.evict(500, Some(100), None).is_empty());
+    }
+
+    #[test]
+    fn within_one_second_the_entry_used_first_goes_first() {
+        // Many times over: the map's order is random, the choice must not be.
+        for _ in 0..20 {
+            let mut e = Entries::default();
+            for name in ["a", "b", "c", "d"] {
+                add(&mut e, &format!("pool/{name}.deb"), 10, 100, u64::MAX);
+            }
+            e.touch(&CacheKey::new("debian", "pool/a.deb"), 100, 3600);
+            e.touch(&CacheKey::new("debian", "pool/c.deb"), 100, 3600);
+            let gone = e.evict(100, Some(21), None);
+            assert_eq!(keys(&gone), ["debian/pool/b.deb", "debian/pool/d.deb"]);
+        }
     }
 
     #[test]
