@@ -356,7 +356,7 @@ impl Cache {
             for listed in page {
                 let key = CacheKey::from_stored(listed.meta.key.clone());
                 if !entries.insert_scanned(key.clone(), Arc::new(listed.meta), listed.accessed) {
-                    entries.touch(&key, listed.accessed, u64::MAX);
+                    entries.learn_access(&key, listed.accessed);
                 }
             }
         }

@@ -25,8 +25,9 @@ pub struct Slot {
     pub last_access: u64,
     /// Last access written to disk (the body's mtime), so that LRU order survives a restart.
     pub persisted_access: u64,
-    /// When it was last stored or served in this process's order of events: of two entries
-    /// used within the same second, the one used first goes first.
+    /// When it was last stored, served or seen used in the store's listing, in this process's
+    /// order of events (0: found in the store, order unknown): of two entries used within the
+    /// same second, the one used first goes first.
     recency: u64,
 }
 
@@ -97,7 +98,8 @@ impl Entries {
         old
     }
 
-    /// Adds an entry found on disk unless one is already known (a newer one from this run).
+    /// Adds an entry found in the store unless one is already known (a newer one from this
+    /// run). Its order among entries used within the same second is unknown: it goes first.
     pub fn insert_scanned(
         &mut self,
         key: CacheKey,
@@ -107,8 +109,23 @@ impl Entries {
         if self.map.contains_key(&key) {
             return false;
         }
-        self.insert(key, meta, last_access, last_access);
+        self.insert(key.clone(), meta, last_access, last_access);
+        if let Some(slot) = self.map.get_mut(&key) {
+            slot.recency = 0;
+        }
         true
+    }
+
+    /// Learns a known entry's last access as the store lists it (read through another
+    /// instance): only a later one than memory's counts as a use.
+    pub fn learn_access(&mut self, key: &CacheKey, at: u64) {
+        if let Some(slot) = self.map.get_mut(key)
+            && at > slot.last_access
+        {
+            slot.last_access = at;
+            self.events += 1;
+            slot.recency = self.events;
+        }
     }
 
     /// Removes an entry.
@@ -256,6 +273,21 @@ mod tests {
             e.touch(&CacheKey::new("debian", "pool/c.deb"), 100, 3600);
             let gone = e.evict(100, Some(21), None);
             assert_eq!(keys(&gone), ["debian/pool/b.deb", "debian/pool/d.deb"]);
+        }
+        // What a listing of the store says: an older access than memory's changes nothing,
+        // and an entry found there goes before those used in this run in the same second.
+        for _ in 0..20 {
+            let mut e = Entries::default();
+            add(&mut e, "pool/a.deb", 10, 100, u64::MAX);
+            add(&mut e, "pool/b.deb", 10, 100, u64::MAX);
+            e.learn_access(&CacheKey::new("debian", "pool/a.deb"), 90);
+            e.insert_scanned(
+                CacheKey::new("debian", "pool/c.deb"),
+                meta("debian/pool/c.deb", 10, u64::MAX),
+                100,
+            );
+            let gone = e.evict(100, Some(11), None);
+            assert_eq!(keys(&gone), ["debian/pool/a.deb", "debian/pool/c.deb"]);
         }
     }
 

@@ -29,6 +29,9 @@ enum Check {
     Damaged,
     /// Removed or replaced meanwhile: nothing to check.
     Gone,
+    /// The file could not be opened (out of file handles, no permission): it says nothing of
+    /// the body, which is left for the next scrub.
+    Unopened,
 }
 
 /// Reads up to `buf.len()` bytes at `offset` into `buf` (fewer only at the end of the file).
@@ -61,6 +64,9 @@ impl Cache {
             }
             match self.check_body(&meta, rate, since, &mut done).await {
                 Check::Gone => continue,
+                Check::Unopened => {
+                    tracing::warn!(key = %key, "the scrub could not open a stored body; left for the next scrub");
+                }
                 Check::Intact => found.checked += 1,
                 Check::Damaged => {
                     found.checked += 1;
@@ -86,13 +92,20 @@ impl Cache {
         let mut hash = Sha256::new();
         let mut buf = vec![0u8; CHUNK as usize];
         let mut pos = 0u64;
-        while pos < meta.len {
-            // Opened for each chunk (its length checked again), closed before the pause.
+        loop {
+            // Opened for each chunk, as a hit opens it (its length checked against the entry),
+            // and closed before the pause; once more at the end, so that an empty body is
+            // looked at too.
             let file = match self.store.open(meta, pos, meta.len).await {
                 Ok(Source::File(file)) => file,
                 Err(StorageError::Missing(_)) | Ok(Source::Stream(_)) => return Check::Gone,
-                Err(_) => return Check::Damaged,
+                // The length differs from the entry's (`DiskStore::open_checked`).
+                Err(StorageError::Io { op: "check", .. }) => return Check::Damaged,
+                Err(_) => return Check::Unopened,
             };
+            if pos >= meta.len {
+                break;
+            }
             // Read and hashed off the async workers; the file is closed when this ends.
             let read = tokio::task::spawn_blocking(move || {
                 let n = read_chunk(&file, pos, &mut buf);

@@ -315,9 +315,11 @@ async fn a_body_removed_while_the_scrub_reads_it_is_let_go_at_once() {
     proxy.stop().await;
     let file = only_body(dir.path());
 
-    // At 1 MiB/s the scrub needs 4 s for this body; it starts once the index is loaded.
+    // At 1 MiB/s the scrub needs 4 s for this body; it starts once the index is loaded (at
+    // most 200 ms after the start), so it is part way through when the purge comes. (Before
+    // it held the file for the whole read, and this test failed.)
     let proxy = Proxy::start(&origin, dir.path(), |c| c.tuning.scrub_rate = 1 << 20).await;
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     let purged = proxy
         .client()
         .post(proxy.url("api/cache/purge"))
@@ -336,6 +338,8 @@ async fn a_body_removed_while_the_scrub_reads_it_is_let_go_at_once() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    // Its next chunk is due within 250 ms: it finds the body gone and stops.
+    tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(
         damaged_count(&proxy).await,
         "apt_proxy_cache_damaged_entries_total 0",
