@@ -205,7 +205,9 @@ impl Head<'_> {
                     tracing::Level::DEBUG => "debug",
                     tracing::Level::TRACE => "trace",
                 };
-                let _ = write!(out, "{{\"level\":\"{level}\",\"time\":\"");
+                out.push_str("{\"level\":\"");
+                out.push_str(level);
+                out.push_str("\",\"time\":\"");
                 timestamp(out, now, Clock::Rfc3339);
                 out.push_str("\",\"message\":\"");
                 json_escape(out, self.message);
@@ -223,7 +225,9 @@ impl Head<'_> {
                 if self.ansi {
                     let _ = write!(out, " \x1b[{colour}m{level}\x1b[0m ");
                 } else {
-                    let _ = write!(out, " {level} ");
+                    out.push(' ');
+                    out.push_str(level);
+                    out.push(' ');
                 }
                 out.push_str(self.message);
             }
@@ -236,7 +240,9 @@ impl Head<'_> {
 fn field(out: &mut String, format: AccessFormat, name: &str, value: &str, bare: bool) {
     match format {
         AccessFormat::Json => {
-            let _ = write!(out, ",\"{name}\":");
+            out.push_str(",\"");
+            out.push_str(name);
+            out.push_str("\":");
             if bare {
                 out.push_str(value);
             } else {
@@ -246,7 +252,9 @@ fn field(out: &mut String, format: AccessFormat, name: &str, value: &str, bare: 
             }
         }
         AccessFormat::Console => {
-            let _ = write!(out, " {name}=");
+            out.push(' ');
+            out.push_str(name);
+            out.push('=');
             if !bare && (value.is_empty() || value.contains([' ', '"', '=', '\n', '\t'])) {
                 out.push('"');
                 json_escape(out, value);
@@ -258,20 +266,40 @@ fn field(out: &mut String, format: AccessFormat, name: &str, value: &str, bare: 
     }
 }
 
-/// Appends a field whose text needs no escaping (a number, an address) without allocating;
-/// `quoted`: a JSON string.
-fn plain(
-    out: &mut String,
-    format: AccessFormat,
-    name: &str,
-    value: impl std::fmt::Display,
-    quoted: bool,
-) {
-    let _ = match (format, quoted) {
-        (AccessFormat::Json, false) => write!(out, ",\"{name}\":{value}"),
-        (AccessFormat::Json, true) => write!(out, ",\"{name}\":\"{value}\""),
-        (AccessFormat::Console, _) => write!(out, " {name}={value}"),
-    };
+/// Appends a number field.
+fn number(out: &mut String, format: AccessFormat, name: &str, value: u64) {
+    field(out, format, name, itoa::Buffer::new().format(value), true);
+}
+
+/// Appends an address field (a JSON string, bare on the console; it needs no escaping).
+fn address(out: &mut String, format: AccessFormat, name: &str, ip: IpAddr) {
+    let json = format == AccessFormat::Json;
+    if json {
+        out.push_str(",\"");
+        out.push_str(name);
+        out.push_str("\":\"");
+    } else {
+        out.push(' ');
+        out.push_str(name);
+        out.push('=');
+    }
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut digits = itoa::Buffer::new();
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                out.push_str(digits.format(octet));
+            }
+        }
+        IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
+    }
+    if json {
+        out.push('"');
+    }
 }
 
 /// Closes a line.
@@ -383,15 +411,15 @@ fn format_access(out: &mut String, format: AccessFormat, now: SystemTime, a: &Ac
         message: "request",
     }
     .write(out, now);
-    plain(out, format, "request_id", a.request_id, false);
+    number(out, format, "request_id", a.request_id);
     for (name, value) in [("method", a.method), ("uri", a.uri), ("repo", a.repo)] {
         field(out, format, name, value, false);
     }
-    plain(out, format, "client", a.client, true);
-    plain(out, format, "status", a.status, false);
+    address(out, format, "client", a.client);
+    number(out, format, "status", u64::from(a.status));
     field(out, format, "cache", a.cache, false);
     if let Some(size) = a.size {
-        plain(out, format, "size", size, false);
+        number(out, format, "size", size);
     }
     out.push_str(match format {
         AccessFormat::Json => ",\"ms\":",
@@ -436,7 +464,12 @@ fn timestamp(out: &mut String, now: SystemTime, clock: Clock) {
         date_time(out, secs, clock);
     }
     if let Clock::Rfc3339 = clock {
-        let _ = write!(out, ".{:03}Z", since.subsec_millis());
+        let ms = since.subsec_millis();
+        out.push('.');
+        for d in [ms / 100, ms / 10 % 10, ms % 10] {
+            out.push(char::from(b'0' + d as u8));
+        }
+        out.push('Z');
     }
 }
 
@@ -491,15 +524,20 @@ fn json_escape(out: &mut String, text: &str) {
 fn write_ms(out: &mut String, ms: f64) {
     let us = (ms * 1000.0).round() as u64;
     let (whole, frac) = (us / 1000, us % 1000);
-    let _ = if frac == 0 {
-        write!(out, "{whole}.0")
-    } else if frac % 100 == 0 {
-        write!(out, "{whole}.{}", frac / 100)
+    out.push_str(itoa::Buffer::new().format(whole));
+    out.push('.');
+    // Three digits, trailing zeros dropped (one kept).
+    let digits = [frac / 100, frac / 10 % 10, frac % 10];
+    let keep = if frac % 100 == 0 {
+        1
     } else if frac % 10 == 0 {
-        write!(out, "{whole}.{:02}", frac / 10)
+        2
     } else {
-        write!(out, "{whole}.{frac:03}")
+        3
     };
+    for d in &digits[..keep] {
+        out.push(char::from(b'0' + *d as u8));
+    }
 }
 
 #[cfg(test)]
@@ -578,6 +616,29 @@ mod tests {
         format_access(&mut line, AccessFormat::Json, at, &sample(None));
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert!(v.get("size").is_none());
+        // Addresses and milliseconds as Display writes them.
+        let early = UNIX_EPOCH + Duration::from_micros(1_704_535_200_007_000);
+        for client in [
+            "10.200.3.45",
+            "0.0.0.0",
+            "::1",
+            "2001:db8::5:0:1",
+            "::ffff:10.0.0.1",
+        ] {
+            let ip: IpAddr = client.parse().unwrap();
+            let mut line = String::new();
+            let a = Access {
+                client: ip,
+                ..sample(None)
+            };
+            format_access(&mut line, AccessFormat::Json, early, &a);
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            assert_eq!(v["client"], ip.to_string(), "{line}");
+            assert_eq!(v["time"], "2024-01-06T10:00:00.007Z");
+            let mut line = String::new();
+            format_access(&mut line, AccessFormat::Console, early, &a);
+            assert!(line.contains(&format!(" client={ip} ")), "{line}");
+        }
 
         let mut console = String::new();
         let plain = Access {
