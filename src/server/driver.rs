@@ -26,6 +26,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
@@ -207,7 +208,7 @@ impl Reader {
                     return;
                 }
                 Ok(Kind::Ours { close }) => {
-                    let Some(queued) = queued(state, &head, close, len) else {
+                    let Some(queued) = queued(state, &head, &self.buf[..len], close) else {
                         return self.refuse(StatusCode::BAD_REQUEST, "malformed request");
                     };
                     let Some(queued) = queued else {
@@ -317,22 +318,29 @@ fn classify(head: &httparse::Request<'_, '_>) -> Result<Kind, &'static str> {
     })
 }
 
-/// The request in `head` (a GET or HEAD): `None` when it is malformed, `Some(None)` when it is
-/// for one of the proxy's own pages.
+/// The request in `head` (a GET or HEAD), parsed from `text`: `None` when it is malformed,
+/// `Some(None)` when it is for one of the proxy's own pages.
 fn queued(
     state: &AppState,
     head: &httparse::Request<'_, '_>,
+    text: &[u8],
     close: bool,
-    len: usize,
 ) -> Option<Option<Queued>> {
     let method = if head.method == Some("HEAD") {
         Method::HEAD
     } else {
         Method::GET
     };
+    // The head is copied once; the target and the header values are parts of that copy.
+    let shared = Bytes::copy_from_slice(text);
+    let part = |within: &[u8]| {
+        let start = (within.as_ptr() as usize).checked_sub(text.as_ptr() as usize)?;
+        shared.get(start..start + within.len())?;
+        Some(shared.slice(start..start + within.len()))
+    };
     // Origin-form, or absolute-form (the forward-proxy request).
     let target = head.path?;
-    let uri = target.parse::<Uri>().ok()?;
+    let uri = Uri::from_maybe_shared(part(target.as_bytes())?).ok()?;
     if !target.starts_with('/') && (uri.scheme().is_none() || uri.authority().is_none()) {
         return None;
     }
@@ -340,7 +348,7 @@ fn queued(
     for line in head.headers.iter() {
         headers.append(
             HeaderName::from_bytes(line.name.as_bytes()).ok()?,
-            HeaderValue::from_bytes(line.value).ok()?,
+            HeaderValue::from_maybe_shared(part(line.value)?).ok()?,
         );
     }
     let Some(routed) = handler::route_package(state, &uri) else {
@@ -352,7 +360,7 @@ fn queued(
         headers,
         routed,
         close,
-        len,
+        len: text.len(),
     }))
 }
 

@@ -149,18 +149,27 @@ impl Start {
             started,
             wall_start,
         } = self;
-        // Names made once, not parsed from text for every response.
-        const OWN: [(HeaderName, &str); 6] = [
-            (HeaderName::from_static("x-version"), crate::VERSION),
-            (HeaderName::from_static("x-build-commit"), crate::COMMIT),
-            (HeaderName::from_static("x-build-date"), crate::BUILD_DATE),
-            (X_CONTENT_TYPE_OPTIONS, "nosniff"),
-            (X_FRAME_OPTIONS, "DENY"),
-            (REFERRER_POLICY, "no-referrer"),
+        // Names and values checked when the program is built, not for every response.
+        const OWN: [(HeaderName, HeaderValue); 6] = [
+            (
+                HeaderName::from_static("x-version"),
+                HeaderValue::from_static(crate::VERSION),
+            ),
+            (
+                HeaderName::from_static("x-build-commit"),
+                HeaderValue::from_static(crate::COMMIT),
+            ),
+            (
+                HeaderName::from_static("x-build-date"),
+                HeaderValue::from_static(crate::BUILD_DATE),
+            ),
+            (X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
+            (X_FRAME_OPTIONS, HeaderValue::from_static("DENY")),
+            (REFERRER_POLICY, HeaderValue::from_static("no-referrer")),
         ];
         let headers = response.headers_mut();
         for (name, value) in OWN {
-            headers.insert(name, HeaderValue::from_static(value));
+            headers.insert(name, value);
         }
         if state.tls {
             headers.insert(
