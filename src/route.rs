@@ -64,10 +64,10 @@ pub fn route(registry: &Registry, uri: &Uri) -> Result<RouteMatch, RouteError> {
                     by_host_in_path(registry, rest)?
                 }
                 _ => {
-                    let host = authority.host().to_ascii_lowercase();
+                    let host = lowercase(authority.host());
                     registry
                         .by_host_path(&host, authority.port_u16(), path_and_query)
-                        .ok_or(RouteError::ForeignHost(host))?
+                        .ok_or_else(|| RouteError::ForeignHost(host.into_owned()))?
                 }
             }
         }
@@ -117,10 +117,19 @@ fn by_host_in_path<'a>(
     let slash = text.find('/').ok_or(RouteError::Directory)?;
     let (hostport, path) = text.split_at(slash);
     let (host, port) = split_host_port(hostport).ok_or(RouteError::BadPath("malformed host"))?;
-    let host = host.to_ascii_lowercase();
+    let host = lowercase(host);
     registry
         .by_host_path(&host, port, path)
-        .ok_or(RouteError::ForeignHost(host))
+        .ok_or_else(|| RouteError::ForeignHost(host.into_owned()))
+}
+
+/// `host` in lower case, copied only when it has an upper-case letter.
+fn lowercase(host: &str) -> std::borrow::Cow<'_, str> {
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(host)
+    }
 }
 
 fn split_host_port(text: &str) -> Option<(&str, Option<u16>)> {
@@ -153,7 +162,12 @@ fn check_path(path: &str) -> Result<(), RouteError> {
         if segment.is_empty() {
             return Err(RouteError::BadPath("empty path segment"));
         }
-        let decoded = percent_decode_str(segment).decode_utf8_lossy();
+        // Most segments hold no escape: they are judged as they are.
+        let decoded = if segment.contains('%') {
+            percent_decode_str(segment).decode_utf8_lossy()
+        } else {
+            std::borrow::Cow::Borrowed(segment)
+        };
         if decoded == "." || decoded == ".." {
             return Err(RouteError::BadPath("dot segment"));
         }

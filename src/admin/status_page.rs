@@ -327,7 +327,7 @@ pub fn render(state: &AppState, host: Option<&str>) -> String {
             page,
             r#"<tr class="activity"><td class="muted">{ago} ago</td><td class="path">{method} {target}</td><td class="{class}">{status}</td><td>{cache}</td><td>{size}</td><td>{ms:.1} ms</td></tr>"#,
             ago = duration(now.saturating_sub(a.at)),
-            method = esc(&a.method),
+            method = esc(a.method.as_str()),
             target = esc(&a.target),
             status = a.status,
             cache = esc(&a.cache),

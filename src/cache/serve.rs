@@ -187,51 +187,60 @@ pub fn head(rep: &Representation<'_>, plan: Plan, cache_status: &'static str) ->
         Plan::Full => StatusCode::from_u16(rep.status).unwrap_or(StatusCode::OK),
     };
     let mut b = response::Builder::new().status(status);
-    if let Some(headers) = b.headers_mut() {
-        headers.reserve(HEADER_ROOM);
-        headers.insert(X_CACHE, HeaderValue::from_static(cache_status));
-    }
-    let put = |b: response::Builder, name, value: Option<&str>| match value
-        .and_then(|v| HeaderValue::from_str(v).ok())
-    {
-        Some(v) => b.header(name, v),
-        None => b,
+    // Straight into the map: the builder's `header` converts and checks each name and value
+    // again.
+    let Some(headers) = b.headers_mut() else {
+        return b;
     };
-    b = put(b, ETAG, rep.etag);
-    b = put(b, LAST_MODIFIED, rep.last_modified);
-    b = put(b, CACHE_CONTROL, rep.cache_control);
+    headers.reserve(HEADER_ROOM);
+    headers.insert(X_CACHE, HeaderValue::from_static(cache_status));
+    let mut put = |name, value: Option<&str>| {
+        if let Some(v) = value.and_then(|v| HeaderValue::from_str(v).ok()) {
+            headers.append(name, v);
+        }
+    };
+    put(ETAG, rep.etag);
+    put(LAST_MODIFIED, rep.last_modified);
+    put(CACHE_CONTROL, rep.cache_control);
+    const BYTES: HeaderValue = HeaderValue::from_static("bytes");
+    const OCTETS: HeaderValue = HeaderValue::from_static("application/octet-stream");
     if rep.status == 200 {
-        b = b.header(ACCEPT_RANGES, "bytes");
+        headers.append(ACCEPT_RANGES, BYTES);
     }
+    let content_type = |headers: &mut http::HeaderMap| {
+        let value = match rep.content_type {
+            Some(text) => HeaderValue::from_str(text).ok(),
+            None => Some(OCTETS),
+        };
+        if let Some(value) = value {
+            headers.append(CONTENT_TYPE, value);
+        }
+    };
     match plan {
-        Plan::NotModified => b,
-        Plan::Unsatisfiable => b
-            .header(CONTENT_RANGE, format!("bytes */{}", rep.len.unwrap_or(0)))
-            .header(CONTENT_LENGTH, 0),
+        Plan::NotModified => {}
+        Plan::Unsatisfiable => {
+            let range = format!("bytes */{}", rep.len.unwrap_or(0));
+            if let Ok(range) = HeaderValue::from_str(&range) {
+                headers.append(CONTENT_RANGE, range);
+            }
+            headers.append(CONTENT_LENGTH, HeaderValue::from(0u64));
+        }
         Plan::Partial { start, end } => {
-            b = put(
-                b,
-                CONTENT_TYPE,
-                Some(rep.content_type.unwrap_or("application/octet-stream")),
-            );
-            b.header(
-                CONTENT_RANGE,
-                format!("bytes {start}-{}/{}", end - 1, rep.len.unwrap_or(end)),
-            )
-            .header(CONTENT_LENGTH, end - start)
+            content_type(headers);
+            let range = format!("bytes {start}-{}/{}", end - 1, rep.len.unwrap_or(end));
+            if let Ok(range) = HeaderValue::from_str(&range) {
+                headers.append(CONTENT_RANGE, range);
+            }
+            headers.append(CONTENT_LENGTH, HeaderValue::from(end - start));
         }
         Plan::Full => {
-            b = put(
-                b,
-                CONTENT_TYPE,
-                Some(rep.content_type.unwrap_or("application/octet-stream")),
-            );
-            match rep.len {
-                Some(len) => b.header(CONTENT_LENGTH, len),
-                None => b,
+            content_type(headers);
+            if let Some(len) = rep.len {
+                headers.append(CONTENT_LENGTH, HeaderValue::from(len));
             }
         }
     }
+    b
 }
 
 #[cfg(test)]

@@ -43,7 +43,7 @@ const INDEX_PREFIXES: &[&str] = &[
 /// Classifies a path inside a repository (no leading `/`; a query string may follow).
 pub fn classify(path_in_repo: &str) -> FileClass {
     let path = path_in_repo.split('?').next().unwrap_or_default();
-    let name = path.rsplit('/').next().unwrap_or_default();
+    let name = crate::cache::index::file_name(path);
     if path.contains("/by-hash/") || path.starts_with("pool/") || is_hash_named_repodata(path, name)
     {
         return FileClass::Immutable;

@@ -467,7 +467,9 @@ where
         else {
             return;
         };
-        let finish = start.finish(state.clone(), connection.clone(), &mut response, routed);
+        // The proxy's own headers are written by `send`.
+        let finish =
+            start.finish_without_own(state.clone(), connection.clone(), &mut response, routed);
         let last = request.close || *stopping.borrow();
         let send = Box::pin(send(
             &stream,
@@ -655,6 +657,7 @@ async fn send(
             (None, true)
         }
     };
+    head.extend_from_slice(handler::own_lines());
     if close {
         head.extend_from_slice(b"connection: close\r\n");
     }

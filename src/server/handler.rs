@@ -1,5 +1,6 @@
 //! One request: management probe, or route -> cache -> response, and its access-log line.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -123,7 +124,7 @@ impl Start {
             method: method.clone(),
             uri: uri.clone(),
             traceparent: headers
-                .get("traceparent")
+                .get(TRACEPARENT)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned),
             started: Instant::now(),
@@ -140,6 +141,22 @@ impl Start {
         response: &mut Response<Body>,
         routed: Option<Routed>,
     ) -> Option<Finish> {
+        let headers = response.headers_mut();
+        for (name, value) in OWN {
+            headers.insert(name, value);
+        }
+        self.finish_without_own(state, connection, response, routed)
+    }
+
+    /// [`Start::finish`] for a response whose writer adds the proxy's own headers itself
+    /// ([`own_lines`]): the connection driver.
+    pub(super) fn finish_without_own(
+        self,
+        state: Arc<AppState>,
+        connection: Arc<Connection>,
+        response: &mut Response<Body>,
+        routed: Option<Routed>,
+    ) -> Option<Finish> {
         let Start {
             id,
             peer,
@@ -149,30 +166,8 @@ impl Start {
             started,
             wall_start,
         } = self;
-        // Names and values checked when the program is built, not for every response.
-        const OWN: [(HeaderName, HeaderValue); 6] = [
-            (
-                HeaderName::from_static("x-version"),
-                HeaderValue::from_static(crate::VERSION),
-            ),
-            (
-                HeaderName::from_static("x-build-commit"),
-                HeaderValue::from_static(crate::COMMIT),
-            ),
-            (
-                HeaderName::from_static("x-build-date"),
-                HeaderValue::from_static(crate::BUILD_DATE),
-            ),
-            (X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
-            (X_FRAME_OPTIONS, HeaderValue::from_static("DENY")),
-            (REFERRER_POLICY, HeaderValue::from_static("no-referrer")),
-        ];
-        let headers = response.headers_mut();
-        for (name, value) in OWN {
-            headers.insert(name, value);
-        }
         if state.tls {
-            headers.insert(
+            response.headers_mut().insert(
                 STRICT_TRANSPORT_SECURITY,
                 HeaderValue::from_static("max-age=31536000"),
             );
@@ -182,11 +177,7 @@ impl Start {
             return None;
         }
         let headers = response.headers();
-        let cache = headers
-            .get(serve::X_CACHE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_owned();
+        let cache = cache_label(headers.get(serve::X_CACHE));
         let size = headers
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
@@ -196,7 +187,7 @@ impl Start {
             connection,
             id,
             method,
-            target: uri.to_string(),
+            target: target_text(&uri),
             routed,
             peer,
             status: response.status().as_u16(),
@@ -207,6 +198,87 @@ impl Start {
             traceparent,
         })
     }
+}
+
+/// The headers every answer carries; names and values checked when the program is built, not
+/// for every response.
+const OWN: [(HeaderName, HeaderValue); 6] = [
+    (
+        HeaderName::from_static("x-version"),
+        HeaderValue::from_static(crate::VERSION),
+    ),
+    (
+        HeaderName::from_static("x-build-commit"),
+        HeaderValue::from_static(crate::COMMIT),
+    ),
+    (
+        HeaderName::from_static("x-build-date"),
+        HeaderValue::from_static(crate::BUILD_DATE),
+    ),
+    (X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
+    (X_FRAME_OPTIONS, HeaderValue::from_static("DENY")),
+    (REFERRER_POLICY, HeaderValue::from_static("no-referrer")),
+];
+
+/// [`OWN`] as header lines (`name: value\r\n` each), written once.
+pub(super) fn own_lines() -> &'static [u8] {
+    static LINES: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    LINES.get_or_init(|| {
+        let mut lines = Vec::new();
+        for (name, value) in OWN {
+            lines.extend_from_slice(name.as_str().as_bytes());
+            lines.extend_from_slice(b": ");
+            lines.extend_from_slice(value.as_bytes());
+            lines.extend_from_slice(b"\r\n");
+        }
+        lines
+    })
+}
+
+/// The trace context header (W3C), looked up by a name checked when the program is built.
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
+/// The `X-Cache` label of an answer: the labels the proxy writes are not copied.
+fn cache_label(value: Option<&HeaderValue>) -> Cow<'static, str> {
+    match value.and_then(|v| v.to_str().ok()) {
+        None => Cow::Borrowed(""),
+        Some(label) => match label {
+            "HIT" => Cow::Borrowed("HIT"),
+            "MISS" => Cow::Borrowed("MISS"),
+            "SKIP" => Cow::Borrowed("SKIP"),
+            other => Cow::Owned(other.to_owned()),
+        },
+    }
+}
+
+/// The request target as `Uri`'s `Display` writes it (scheme, authority, path, query), without
+/// the formatting machinery.
+fn target_text(uri: &http::Uri) -> String {
+    let (scheme, authority, path, query) = (
+        uri.scheme_str(),
+        uri.authority().map(|a| a.as_str()),
+        uri.path(),
+        uri.query(),
+    );
+    let mut out = String::with_capacity(
+        scheme.map_or(0, |s| s.len() + 3)
+            + authority.map_or(0, str::len)
+            + path.len()
+            + query.map_or(0, |q| q.len() + 1),
+    );
+    if let Some(scheme) = scheme {
+        out.push_str(scheme);
+        out.push_str("://");
+    }
+    if let Some(authority) = authority {
+        out.push_str(authority);
+    }
+    out.push_str(path);
+    if let Some(query) = query {
+        out.push('?');
+        out.push_str(query);
+    }
+    out
 }
 
 /// What the access log, the trace and the status page say about a request, once its body is
@@ -220,7 +292,7 @@ pub(super) struct Finish {
     routed: Option<Routed>,
     peer: IpAddr,
     status: u16,
-    cache: String,
+    cache: Cow<'static, str>,
     size: Option<u64>,
     started: Instant,
     wall_start: std::time::SystemTime,
@@ -264,7 +336,7 @@ impl Finish {
                 ("url.full", target.clone()),
                 ("http.response.status_code", status.to_string()),
                 ("client.address", peer.to_string()),
-                ("apt_proxy.cache", cache.clone()),
+                ("apt_proxy.cache", cache.to_string()),
             ];
             if let Some(r) = &routed {
                 attributes.push(("apt_proxy.distro", r.distro.clone()));
@@ -291,14 +363,15 @@ impl Finish {
         }
         // The status page keeps the target cut to 120 characters (moved there, not copied).
         let mut target = target;
-        if let Some((cut, _)) = target.char_indices().nth(120) {
+        if target.len() > 120
+            && let Some((cut, _)) = target.char_indices().nth(120)
+        {
             target.truncate(cut);
         }
         state.activity.push(Activity {
             at: unix_now(),
-            method: method.as_str().to_owned(),
+            method,
             target,
-            repo: routed.map(|r| r.id.clone()),
             status,
             cache,
             bytes: size,
@@ -1035,4 +1108,37 @@ async fn spooled(
     builder
         .body(body)
         .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "bad response head"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_logged_target_is_what_display_writes() {
+        for text in [
+            "/debian/pool/main/a/a_1.0_all.deb",
+            "/centos/7/os/x86_64/repodata/repomd.xml?arch=x86_64",
+            "http://deb.example/debian/dists/stable/InRelease",
+            "http://127.0.0.1:8080/debian/x.deb?a=b&c",
+            "http://HTTPS///mirror.example/debian/x.deb",
+            "http://user@host.example:81",
+            "*",
+            "host.example:443",
+        ] {
+            let uri: http::Uri = text.parse().unwrap();
+            assert_eq!(target_text(&uri), uri.to_string(), "{text}");
+        }
+    }
+
+    #[test]
+    fn cache_labels_are_kept_as_sent() {
+        for label in ["HIT", "MISS", "SKIP", "STALE"] {
+            let value = HeaderValue::from_static(label);
+            assert_eq!(cache_label(Some(&value)), label);
+        }
+        assert_eq!(cache_label(None), "");
+        let binary = HeaderValue::from_bytes(b"\xffx").unwrap();
+        assert_eq!(cache_label(Some(&binary)), "");
+    }
 }

@@ -10,7 +10,11 @@ pub struct CacheKey(String);
 impl CacheKey {
     /// The key of `path` (as the client encoded it) in repo `repo`.
     pub fn new(repo: &str, path: &str) -> CacheKey {
-        CacheKey(format!("{repo}/{path}"))
+        let mut text = String::with_capacity(repo.len() + 1 + path.len());
+        text.push_str(repo);
+        text.push('/');
+        text.push_str(path);
+        CacheKey(text)
     }
 
     /// The key whose full text (as stored in an entry's metadata) is `text`.

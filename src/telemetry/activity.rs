@@ -1,5 +1,6 @@
 //! Recent requests, for the status page: a small ring buffer in memory.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::sync::{Mutex, PoisonError};
 
@@ -7,16 +8,16 @@ use std::sync::{Mutex, PoisonError};
 pub const RECENT: usize = 30;
 
 /// One answered request.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone)]
 pub struct Activity {
     /// Unix seconds.
     pub at: u64,
-    pub method: String,
+    pub method: http::Method,
     /// The request target, cut to 120 characters.
     pub target: String,
-    pub repo: Option<String>,
     pub status: u16,
-    pub cache: String,
+    /// The `X-Cache` label (`HIT`, `MISS`, `SKIP`; empty when the answer has none).
+    pub cache: Cow<'static, str>,
     pub bytes: Option<u64>,
     pub ms: f64,
 }

@@ -223,21 +223,28 @@ pub fn is_repomd(path: &str) -> bool {
 
 /// Whether `path` names a package file the indexes may vouch for.
 pub fn is_package(path: &str) -> bool {
-    let name = file_name(path);
+    // No extension holds a `/`: the path ends with it exactly when its file name does.
     [".deb", ".udeb", ".ddeb", ".rpm", ".apk"]
         .iter()
-        .any(|ext| name.ends_with(ext))
+        .any(|ext| path.ends_with(ext))
 }
 
 /// `path` with its percent-encoding undone: how an index writes it (borrowed when there was
 /// none).
 fn decoded(path: &str) -> std::borrow::Cow<'_, str> {
-    percent_encoding::percent_decode_str(path).decode_utf8_lossy()
+    if path.contains('%') {
+        percent_encoding::percent_decode_str(path).decode_utf8_lossy()
+    } else {
+        std::borrow::Cow::Borrowed(path)
+    }
 }
 
-/// The last segment of a path.
+/// The last segment of a path (a byte search from the end: names are short, paths long).
 pub(crate) fn file_name(path: &str) -> &str {
-    path.rsplit('/').next().unwrap_or(path)
+    match path.bytes().rposition(|b| b == b'/') {
+        Some(slash) => &path[slash + 1..],
+        None => path,
+    }
 }
 
 /// The directory part of a path, with its trailing `/` (`""` at the top).
