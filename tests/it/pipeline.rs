@@ -161,8 +161,8 @@ async fn read_ahead_that_no_one_waits_for_stops_and_stores_nothing() {
     .await;
     // The client leaves before asking for anything else.
     drop(stream);
-    // The read-aheads stop at their next chunk and leave no temporary body behind (the first
-    // file, which the client did ask for, is finished and stored).
+    // The read-aheads stop at their next chunk and leave no temporary body behind; the first
+    // file, which the client did ask for, goes on being fetched and is stored (below).
     let tmp = dir.path().join("tmp");
     until("the temporary bodies removed", || {
         std::fs::read_dir(&tmp).is_ok_and(|d| d.count() == 0)
