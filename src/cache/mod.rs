@@ -32,13 +32,12 @@ use crate::mirror::MirrorSet;
 use crate::storage::CacheKey;
 use crate::storage::EntryMeta;
 use crate::storage::{StorageError, Store};
-use crate::telemetry::metrics::{DistroLabel, Metrics};
+use crate::telemetry::metrics::Metrics;
 use crate::unix_now;
 use crate::upstream::Upstream;
 use eviction::Entries;
 use fill::FillState;
 use index::{Expectation, IndexTables};
-use prometheus_client::metrics::counter::Counter;
 
 /// What a look-up found.
 #[derive(Debug)]
@@ -75,10 +74,6 @@ pub struct Cache {
     indexes: IndexTables,
     hits: AtomicU64,
     misses: AtomicU64,
-    /// Each repo's hit and miss counters (handles into the metric families), found by a short
-    /// scan: a handful of repos, and no label built and hashed for every request. One row per
-    /// repo id ever counted, as in the families themselves.
-    repo_counters: std::sync::RwLock<Vec<(String, Counter, Counter)>>,
     /// Last time (unix seconds) a storage problem was logged, to log it once a minute.
     space_warned: AtomicU64,
     /// The last storage problem (unix seconds, what), until a commit succeeds.
@@ -152,7 +147,6 @@ impl Cache {
             indexes: IndexTables::default(),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
-            repo_counters: std::sync::RwLock::default(),
             space_warned: AtomicU64::new(0),
             storage_problem: Mutex::default(),
             mirror_health: Mutex::default(),
@@ -211,39 +205,7 @@ impl Cache {
         } else {
             self.misses.fetch_add(1, Ordering::Relaxed);
         }
-        let pick = |(_, hits, misses): &(String, Counter, Counter)| {
-            if hit {
-                hits.inc();
-            } else {
-                misses.inc();
-            }
-        };
-        let counters = self
-            .repo_counters
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(row) = counters.iter().find(|(id, _, _)| id == repo) {
-            pick(row);
-            return;
-        }
-        drop(counters);
-        let mut counters = self
-            .repo_counters
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        if !counters.iter().any(|(id, _, _)| id == repo) {
-            let label = DistroLabel {
-                distro: repo.to_string(),
-            };
-            counters.push((
-                repo.to_string(),
-                self.metrics.cache_hits.get_or_create(&label).clone(),
-                self.metrics.cache_misses.get_or_create(&label).clone(),
-            ));
-        }
-        if let Some(row) = counters.iter().find(|(id, _, _)| id == repo) {
-            pick(row);
-        }
+        self.metrics.count_cache(repo, hit);
     }
 
     /// Records how a mirror request for `repo` went.

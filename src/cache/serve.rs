@@ -194,47 +194,34 @@ pub fn head(rep: &Representation<'_>, plan: Plan, cache_status: &'static str) ->
     };
     headers.reserve(HEADER_ROOM);
     headers.insert(X_CACHE, HeaderValue::from_static(cache_status));
-    let mut put = |name, value: Option<&str>| {
+    // A stored text that is not a valid header value is left out.
+    let put = |headers: &mut HeaderMap, name, value: Option<&str>| {
         if let Some(v) = value.and_then(|v| HeaderValue::from_str(v).ok()) {
             headers.append(name, v);
         }
     };
-    put(ETAG, rep.etag);
-    put(LAST_MODIFIED, rep.last_modified);
-    put(CACHE_CONTROL, rep.cache_control);
-    const BYTES: HeaderValue = HeaderValue::from_static("bytes");
-    const OCTETS: HeaderValue = HeaderValue::from_static("application/octet-stream");
+    put(headers, ETAG, rep.etag);
+    put(headers, LAST_MODIFIED, rep.last_modified);
+    put(headers, CACHE_CONTROL, rep.cache_control);
     if rep.status == 200 {
-        headers.append(ACCEPT_RANGES, BYTES);
+        headers.append(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     }
-    let content_type = |headers: &mut http::HeaderMap| {
-        let value = match rep.content_type {
-            Some(text) => HeaderValue::from_str(text).ok(),
-            None => Some(OCTETS),
-        };
-        if let Some(value) = value {
-            headers.append(CONTENT_TYPE, value);
-        }
-    };
+    let content_type = Some(rep.content_type.unwrap_or("application/octet-stream"));
     match plan {
         Plan::NotModified => {}
         Plan::Unsatisfiable => {
             let range = format!("bytes */{}", rep.len.unwrap_or(0));
-            if let Ok(range) = HeaderValue::from_str(&range) {
-                headers.append(CONTENT_RANGE, range);
-            }
+            put(headers, CONTENT_RANGE, Some(&range));
             headers.append(CONTENT_LENGTH, HeaderValue::from(0u64));
         }
         Plan::Partial { start, end } => {
-            content_type(headers);
+            put(headers, CONTENT_TYPE, content_type);
             let range = format!("bytes {start}-{}/{}", end - 1, rep.len.unwrap_or(end));
-            if let Ok(range) = HeaderValue::from_str(&range) {
-                headers.append(CONTENT_RANGE, range);
-            }
+            put(headers, CONTENT_RANGE, Some(&range));
             headers.append(CONTENT_LENGTH, HeaderValue::from(end - start));
         }
         Plan::Full => {
-            content_type(headers);
+            put(headers, CONTENT_TYPE, content_type);
             if let Some(len) = rep.len {
                 headers.append(CONTENT_LENGTH, HeaderValue::from(len));
             }

@@ -40,10 +40,18 @@ const INDEX_PREFIXES: &[&str] = &[
     "icons-",
 ];
 
+/// The last segment of a path (a byte search from the end: names are short, paths long).
+pub fn file_name(path: &str) -> &str {
+    match path.bytes().rposition(|b| b == b'/') {
+        Some(slash) => &path[slash + 1..],
+        None => path,
+    }
+}
+
 /// Classifies a path inside a repository (no leading `/`; a query string may follow).
 pub fn classify(path_in_repo: &str) -> FileClass {
     let path = path_in_repo.split('?').next().unwrap_or_default();
-    let name = crate::cache::index::file_name(path);
+    let name = file_name(path);
     if path.contains("/by-hash/") || path.starts_with("pool/") || is_hash_named_repodata(path, name)
     {
         return FileClass::Immutable;

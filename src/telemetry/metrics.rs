@@ -10,6 +10,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use std::sync::{PoisonError, RwLock};
 
 /// A repo id (`debian`, `debian-security`, …), under the interface's label name.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -66,6 +67,10 @@ pub struct Metrics {
     pub tunnel_bytes: Family<DirectionLabel, Counter>,
     /// Storage backend operations.
     pub storage: crate::storage::StoreMetrics,
+    /// Each repo's `cache_hits` and `cache_misses` series (handles sharing their values), made
+    /// with the repo's other series by [`Metrics::zero_repos`] and found by a short scan, so
+    /// that counting a request neither builds a label nor hashes it ([`Metrics::count_cache`]).
+    cache_counts: RwLock<Vec<(String, Counter, Counter)>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -250,7 +255,29 @@ impl Metrics {
             tunnels,
             tunnels_open,
             tunnel_bytes,
+            cache_counts: RwLock::default(),
         }
+    }
+
+    /// Counts a request for `repo` answered from the cache (`hit`) or from a mirror.
+    pub fn count_cache(&self, repo: &str, hit: bool) {
+        let counts = self
+            .cache_counts
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, hits, misses)) = counts.iter().find(|(id, _, _)| id == repo) {
+            if hit {
+                hits.inc();
+            } else {
+                misses.inc();
+            }
+            return;
+        }
+        drop(counts);
+        // A repo no registry named when the series were made (a cache built without one):
+        // made now, then found.
+        self.zero_repos([repo]);
+        self.count_cache(repo, hit);
     }
 
     /// Makes every per-repo series of `repos` exist, at zero until its first event, so that
@@ -261,6 +288,18 @@ impl Metrics {
             let label = DistroLabel {
                 distro: repo.to_string(),
             };
+            let mut counts = self
+                .cache_counts
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            if !counts.iter().any(|(id, _, _)| id == repo) {
+                counts.push((
+                    repo.to_string(),
+                    self.cache_hits.get_or_create(&label).clone(),
+                    self.cache_misses.get_or_create(&label).clone(),
+                ));
+            }
+            drop(counts);
             for family in [
                 &self.cache_hits,
                 &self.cache_misses,
@@ -281,5 +320,33 @@ impl Metrics {
         let mut out = String::new();
         let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_counts_land_in_the_families_series_zeroed_or_not() {
+        let metrics = Metrics::new();
+        metrics.zero_repos(["debian"]);
+        metrics.count_cache("debian", true);
+        metrics.count_cache("debian", true);
+        metrics.count_cache("debian", false);
+        // A repo no registry named is counted too.
+        metrics.count_cache("other", false);
+        let text = metrics.encode();
+        for line in [
+            "apt_proxy_cache_hits_total{distro=\"debian\"} 2",
+            "apt_proxy_cache_misses_total{distro=\"debian\"} 1",
+            "apt_proxy_cache_hits_total{distro=\"other\"} 0",
+            "apt_proxy_cache_misses_total{distro=\"other\"} 1",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from\n{text}"
+            );
+        }
     }
 }

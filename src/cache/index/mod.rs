@@ -239,13 +239,7 @@ fn decoded(path: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
-/// The last segment of a path (a byte search from the end: names are short, paths long).
-pub(crate) fn file_name(path: &str) -> &str {
-    match path.bytes().rposition(|b| b == b'/') {
-        Some(slash) => &path[slash + 1..],
-        None => path,
-    }
-}
+pub(crate) use crate::distro::class::file_name;
 
 /// The directory part of a path, with its trailing `/` (`""` at the top).
 pub fn dir_of(path: &str) -> &str {
