@@ -254,7 +254,7 @@ if [[ $STORE == s3 ]]; then
   printf '{"identities":[{"name":"bench","credentials":[{"accessKey":"benchkey","secretKey":"benchsecret"}],"actions":["Admin","Read","Write","List"]}]}\n' >"$STATE/weed/s3.json"
   "${NICE[@]}" "${ON_LOAD_CPU[@]}" "$WEED_BIN" server -dir="$STATE/weed" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
     -master.port="$W_MASTER" -volume.port="$W_VOLUME" -filer.port="$W_FILER" -s3 -s3.port="$S3_PORT" \
-    -s3.config="$STATE/weed/s3.json" -volume.max=20 </dev/null >"$STATE/weed.log" 2>&1 &
+    -s3.config="$STATE/weed/s3.json" -s3.port.iceberg=0 -s3.port.lance=0 -volume.max=20 </dev/null >"$STATE/weed.log" 2>&1 &
   WEED_PID=$!
   for i in $(seq 1 150); do
     curl -sf -o /dev/null --aws-sigv4 "aws:amz:us-east-1:s3" --user benchkey:benchsecret \

@@ -285,6 +285,10 @@ impl S3Store {
             .pool_max_idle_per_host(32)
             .tcp_nodelay(true)
             .no_proxy()
+            // The store is named by the operator and is the only host it is talked to: a
+            // redirect from it (a hostile or misconfigured store) would send a signed request,
+            // or an upload, wherever it points. A 3xx is an answer the operation cannot use.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| endpoint_error(describe(&e)))?;
         let spool_dir = settings.temp_dir.clone();

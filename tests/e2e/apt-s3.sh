@@ -31,7 +31,7 @@ JSON
 mkdir -p "$S3_WORK/data"
 "$WEED_BIN" server -dir="$S3_WORK/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.port="$MP" \
   -volume.port="$VP" -filer.port="$FP" -s3 -s3.port="$S3P" -s3.config="$S3_WORK/s3.json" \
-  -volume.max=20 >"$S3_WORK/weed.log" 2>&1 &
+  -s3.port.iceberg=0 -s3.port.lance=0 -volume.max=20 >"$S3_WORK/weed.log" 2>&1 &
 WEED_PID=$!
 stop_weed() {
   # SeaweedFS takes several seconds over TERM.

@@ -320,6 +320,49 @@ async fn a_failing_store_never_fails_a_request_the_mirror_can_answer() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_redirects_is_not_followed_and_the_mirror_answers() {
+    let weed = weed::weed();
+    let bucket = weed.space().await;
+    let relay = Relay::start(&weed.endpoint).await;
+    let origin = Origin::start().await;
+    // Where the store points: it must never see a request, a signed one or an upload.
+    let elsewhere = Origin::start().await;
+    let (stored, fresh) = (
+        "debian/pool/main/r/r/r_1_all.deb",
+        "debian/pool/main/n/n/n_1_all.deb",
+    );
+    let (stored_body, fresh_body) = (data(300_000, 51), data(200_000, 52));
+    origin.put(&format!("/{stored}"), stored_body.clone());
+    origin.put(&format!("/{fresh}"), fresh_body.clone());
+    // Stored through the store itself first (its first write allocates a volume, which may
+    // take longer than the timeout below).
+    let (w, _dw) = proxy(&origin, weed.settings(&weed.endpoint, &bucket), |_| {}).await;
+    assert_eq!(fetch(&w, stored).await.1, "MISS");
+    let mut settings = weed.settings(&relay.endpoint, &bucket);
+    settings.timeout = Duration::from_secs(2);
+    let (p, _d) = proxy(&origin, settings, |_| {}).await;
+    assert_eq!(fetch(&p, stored).await.1, "HIT");
+
+    relay.redirect(&format!("http://{}", elsewhere.addr));
+    // A hit whose body the store redirects is answered from the mirror.
+    let (status, _, got) = fetch(&p, stored).await;
+    assert_eq!((status, got), (200, digest(&stored_body)));
+    // A miss is streamed from the mirror whole; its upload is redirected and not sent on.
+    let (status, _, got) = fetch(&p, fresh).await;
+    assert_eq!((status, got), (200, digest(&fresh_body)));
+    // Give the background upload of the miss time to be tried.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(elsewhere.total(), 0, "{:?}", elsewhere.seen());
+    assert!(metric(&p, "apt_proxy_storage_errors_total").await >= 1.0);
+
+    // The store is back: the miss is stored now.
+    relay.set(Mode::Pass);
+    assert_eq!(fetch(&p, fresh).await.1, "MISS");
+    assert_eq!(fetch(&p, fresh).await.1, "HIT");
+    assert_eq!(elsewhere.total(), 0, "{:?}", elsewhere.seen());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_size_limit_purge_and_ttl_act_on_the_bucket_for_the_whole_fleet() {
     let weed = weed::weed();
     let bucket = weed.space().await;

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use apt_proxy::storage::s3::S3Settings;
 use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 pub const KEY: &str = "testkey";
@@ -101,10 +101,12 @@ fn start() -> Weed {
         ports.push(p);
     }
     let (s3, master, volume, filer) = (ports[0], ports[1], ports[2], ports[3]);
+    // The Iceberg and Lance listeners are off: on by default, on fixed ports (8181, 9101),
+    // they made a store fail to start while the one of a process that just ended held them.
     let command = format!(
         "{bin} server -dir={data} -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.port={master} \
          -volume.port={volume} -filer.port={filer} -s3 -s3.port={s3} -s3.config={config} \
-         -volume.max=100 -master.volumeSizeLimitMB=1024 > {log} 2>&1 & w=$!; \
+         -s3.port.iceberg=0 -s3.port.lance=0 -volume.max=100 -master.volumeSizeLimitMB=1024 > {log} 2>&1 & w=$!; \
          while kill -0 {parent} 2>/dev/null; do sleep 1; done; kill $w; sleep 3; kill -9 $w",
         bin = bin.display(),
         data = dir.join("data").display(),
@@ -283,12 +285,17 @@ pub enum Mode {
     Hang = 2,
     /// Answers every request with 503 (throttling, an overloaded store).
     Unavailable = 3,
+    /// Answers every request with a 307 to the address given to [`Relay::redirect`] (the
+    /// same path and query): a hostile store pointing the proxy elsewhere.
+    Redirect = 4,
 }
 
 /// A TCP relay in front of the store whose behaviour the test switches.
 pub struct Relay {
     pub endpoint: String,
     mode: Arc<AtomicU8>,
+    /// Where [`Mode::Redirect`] points (`http://host:port`).
+    elsewhere: Arc<std::sync::Mutex<String>>,
     /// Bumped at each switch: connections passing traffic end (pooled ones too).
     generation: tokio::sync::watch::Sender<u64>,
 }
@@ -299,6 +306,8 @@ impl Relay {
         let addr: SocketAddr = listener.local_addr().unwrap();
         let mode = Arc::new(AtomicU8::new(Mode::Pass as u8));
         let m = mode.clone();
+        let elsewhere = Arc::new(std::sync::Mutex::new(String::new()));
+        let there = elsewhere.clone();
         let to = to.to_string();
         let (generation, gen_rx) = tokio::sync::watch::channel(0u64);
         tokio::spawn(async move {
@@ -308,6 +317,7 @@ impl Relay {
                 };
                 let mode = m.load(Ordering::Relaxed);
                 let to = to.clone();
+                let there = there.lock().unwrap().clone();
                 let mut switched = gen_rx.clone();
                 switched.borrow_and_update();
                 tokio::spawn(async move {
@@ -324,6 +334,23 @@ impl Relay {
                         2 => {
                             tokio::time::sleep(Duration::from_secs(120)).await;
                         }
+                        4 => {
+                            // The request line names the path and query to send on.
+                            let mut head = Vec::new();
+                            let mut byte = [0u8; 1];
+                            while !head.ends_with(b"\r\n") && head.len() < 16 << 10 {
+                                match client.read(&mut byte).await {
+                                    Ok(1) => head.push(byte[0]),
+                                    _ => return,
+                                }
+                            }
+                            let line = String::from_utf8_lossy(&head).into_owned();
+                            let target = line.split(' ').nth(1).unwrap_or("/");
+                            let answer = format!(
+                                "HTTP/1.1 307 Temporary Redirect\r\nlocation: {there}{target}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                            );
+                            let _ = client.write_all(answer.as_bytes()).await;
+                        }
                         _ => {
                             let _ = client
                                 .write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
@@ -336,8 +363,15 @@ impl Relay {
         Relay {
             endpoint: addr.to_string(),
             mode,
+            elsewhere,
             generation,
         }
+    }
+
+    /// Switches to [`Mode::Redirect`], pointing at `elsewhere` (`http://host:port`).
+    pub fn redirect(&self, elsewhere: &str) {
+        *self.elsewhere.lock().unwrap() = elsewhere.to_string();
+        self.set(Mode::Redirect);
     }
 
     /// Switches the relay's behaviour for new connections.
