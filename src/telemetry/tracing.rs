@@ -328,9 +328,11 @@ enum Sender {
 impl Sender {
     fn new(url: &str, protocol: Protocol) -> Result<Sender, String> {
         if protocol != Protocol::Grpc {
+            // A collector's redirect is not followed: spans go to the configured address only.
             let client = reqwest::Client::builder()
                 .timeout(EXPORT_TIMEOUT)
                 .no_proxy()
+                .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .map_err(|e| e.to_string())?;
             return Ok(Sender::Http {

@@ -66,6 +66,52 @@ async fn receiver() -> (String, Posted) {
     (url, got)
 }
 
+/// A collector that answers every request with a 307 to `elsewhere`; counts them.
+async fn redirecting(elsewhere: String) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1/traces", listener.local_addr().unwrap());
+    let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = asked.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (count, elsewhere) = (count.clone(), elsewhere.clone());
+            tokio::spawn(async move {
+                let service = service_fn(move |_req: http::Request<hyper::body::Incoming>| {
+                    count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let answer = http::Response::builder()
+                        .status(307)
+                        .header("location", elsewhere.as_str())
+                        .body(Full::new(Bytes::new()))
+                        .unwrap();
+                    async move { Ok::<_, Infallible>(answer) }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (url, asked)
+}
+
+#[tokio::test]
+async fn a_collector_that_redirects_is_not_followed() {
+    let (elsewhere, got) = receiver().await;
+    let (url, asked) = redirecting(elsewhere).await;
+    let origin = Origin::start().await;
+    origin.put("/debian/pool/t.deb", "traced");
+    let dir = cache_dir();
+    let proxy = Proxy::start(&origin, dir.path(), |c| {
+        c.otlp_traces_url = Some(url.clone());
+        c.otlp_protocol = Protocol::Json;
+    })
+    .await;
+    traced_get(&proxy, "debian/pool/t.deb").await;
+    proxy.stop().await;
+    assert!(asked.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    assert!(got.lock().unwrap().is_empty(), "spans were sent on");
+}
+
 #[tokio::test]
 async fn spans_reach_the_collector_and_flush_on_shutdown() {
     let (url, got) = receiver().await;
