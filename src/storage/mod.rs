@@ -65,7 +65,7 @@ pub enum StorageError {
     #[error("storage task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
     /// The store did not answer, or answered with a failure (timeout, refused connection,
-    /// 5xx, throttling): transient, the entry is not at fault.
+    /// 5xx, throttling, a redirect, which is never followed): the entry is not at fault.
     #[error("object store {op}: {detail}")]
     Remote { op: &'static str, detail: String },
     /// The body version asked for is not there (removed or replaced meanwhile).

@@ -99,6 +99,17 @@ pub enum S3SetupError {
         bucket: String,
         status: u16,
     },
+    #[error(
+        "S3 endpoint {endpoint} redirects the requests for bucket {bucket:?} (answered {status}; \
+         {whither}), and redirects are not followed: check the endpoint, the region and the \
+         path style"
+    )]
+    Redirected {
+        endpoint: String,
+        bucket: String,
+        status: u16,
+        whither: String,
+    },
     #[error("S3 temp dir {path}: {source}")]
     TempDir {
         path: PathBuf,
@@ -189,9 +200,31 @@ async fn read_limited(
     Ok(out)
 }
 
-/// A status by which the store says it is failing (a server error, or throttling).
+/// A status by which the store says it is failing: a server error, throttling, or a
+/// redirect (not followed: the endpoint the operator named is the only host talked to).
 fn store_failing(status: StatusCode) -> bool {
-    status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS
+    status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS || status.is_redirection()
+}
+
+/// Where a store's redirect points, for the operator: its region header and `Location`
+/// without its query (which may carry a signature), each cut to 200 characters.
+fn whither(headers: &reqwest::header::HeaderMap) -> String {
+    let named: Vec<String> = ["x-amz-bucket-region", "location"]
+        .into_iter()
+        .filter_map(|name| {
+            let value = headers.get(name)?.to_str().ok()?;
+            let value = value.split('?').next().unwrap_or_default();
+            Some(format!(
+                "{name}: {}",
+                value.chars().take(200).collect::<String>()
+            ))
+        })
+        .collect();
+    if named.is_empty() {
+        "it names no location".into()
+    } else {
+        named.join(", ")
+    }
 }
 
 /// `2024-01-15T10:30:00.000Z` as unix seconds.
@@ -315,21 +348,31 @@ impl S3Store {
             }),
         };
         let problem = match store.head_bucket().await {
-            Ok(StatusCode::OK) => None,
-            Ok(StatusCode::NOT_FOUND) => {
+            Ok((StatusCode::OK, _)) => None,
+            Ok((StatusCode::NOT_FOUND, _)) => {
                 return Err(S3SetupError::NoBucket {
                     endpoint: settings.endpoint.clone(),
                     bucket: settings.bucket.clone(),
                 });
             }
-            Ok(status @ (StatusCode::FORBIDDEN | StatusCode::UNAUTHORIZED)) => {
+            Ok((status @ (StatusCode::FORBIDDEN | StatusCode::UNAUTHORIZED), _)) => {
                 return Err(S3SetupError::Refused {
                     endpoint: settings.endpoint.clone(),
                     bucket: settings.bucket.clone(),
                     status: status.as_u16(),
                 });
             }
-            Ok(status) => Some(remote("check", format!("bucket answered {status}"))),
+            // A misconfiguration (another region, endpoint or style), which waiting does not
+            // mend: refused like the two above.
+            Ok((status, Some(whither))) => {
+                return Err(S3SetupError::Redirected {
+                    endpoint: settings.endpoint.clone(),
+                    bucket: settings.bucket.clone(),
+                    status: status.as_u16(),
+                    whither,
+                });
+            }
+            Ok((status, None)) => Some(remote("check", format!("bucket answered {status}"))),
             Err(e) => Some(e),
         };
         Ok((store, problem))
@@ -393,20 +436,25 @@ impl S3Store {
         remote(op, format!("answered {}", response.status()))
     }
 
-    async fn head_bucket(&self) -> Result<StatusCode, StorageError> {
+    /// The bucket's status, and where it points when it redirects.
+    async fn head_bucket(&self) -> Result<(StatusCode, Option<String>), StorageError> {
         let url =
             rusty_s3::actions::HeadBucket::new(&self.inner.bucket, self.creds()).sign(SIGNED_FOR);
         let response = self
             .send("check", self.inner.client.head(url), self.inner.timeout)
             .await?;
-        Ok(response.status())
+        let status = response.status();
+        Ok((
+            status,
+            status.is_redirection().then(|| whither(response.headers())),
+        ))
     }
 
     /// A bucket round trip.
     pub async fn check(&self) -> Result<(), StorageError> {
         match self.head_bucket().await? {
-            StatusCode::OK => Ok(()),
-            status => Err(remote("check", format!("bucket answered {status}"))),
+            (StatusCode::OK, _) => Ok(()),
+            (status, _) => Err(remote("check", format!("bucket answered {status}"))),
         }
     }
 

@@ -315,11 +315,13 @@ impl Relay {
                 let Ok((mut client, _)) = listener.accept().await else {
                     return;
                 };
+                // The generation first: a switch after it ends this connection, whatever
+                // mode it read.
+                let mut switched = gen_rx.clone();
+                switched.borrow_and_update();
                 let mode = m.load(Ordering::Relaxed);
                 let to = to.clone();
                 let there = there.lock().unwrap().clone();
-                let mut switched = gen_rx.clone();
-                switched.borrow_and_update();
                 tokio::spawn(async move {
                     match mode {
                         0 => {
@@ -335,10 +337,12 @@ impl Relay {
                             tokio::time::sleep(Duration::from_secs(120)).await;
                         }
                         4 => {
-                            // The request line names the path and query to send on.
+                            // The whole head is read (an answer before it is read may
+                            // reach the client as a reset); its request line names the path
+                            // and query to send on.
                             let mut head = Vec::new();
                             let mut byte = [0u8; 1];
-                            while !head.ends_with(b"\r\n") && head.len() < 16 << 10 {
+                            while !head.ends_with(b"\r\n\r\n") && head.len() < 16 << 10 {
                                 match client.read(&mut byte).await {
                                     Ok(1) => head.push(byte[0]),
                                     _ => return,
@@ -350,6 +354,13 @@ impl Relay {
                                 "HTTP/1.1 307 Temporary Redirect\r\nlocation: {there}{target}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
                             );
                             let _ = client.write_all(answer.as_bytes()).await;
+                            let _ = client.shutdown().await;
+                            // Whatever body follows is read and dropped (1 s at most).
+                            let mut sink = vec![0u8; 64 << 10];
+                            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                                while matches!(client.read(&mut sink).await, Ok(n) if n > 0) {}
+                            })
+                            .await;
                         }
                         _ => {
                             let _ = client
