@@ -207,8 +207,9 @@ fn store_failing(status: StatusCode) -> bool {
 }
 
 /// Where a store's redirect points, for the operator: its region header and `Location`
-/// without its query (which may carry a signature), each cut to 200 characters.
-fn whither(headers: &reqwest::header::HeaderMap) -> String {
+/// without its query (which may carry a signature), each cut to 200 characters; `None` when
+/// it names neither (a 304, say, is no redirect).
+fn whither(headers: &reqwest::header::HeaderMap) -> Option<String> {
     let named: Vec<String> = ["x-amz-bucket-region", "location"]
         .into_iter()
         .filter_map(|name| {
@@ -220,11 +221,7 @@ fn whither(headers: &reqwest::header::HeaderMap) -> String {
             ))
         })
         .collect();
-    if named.is_empty() {
-        "it names no location".into()
-    } else {
-        named.join(", ")
-    }
+    (!named.is_empty()).then(|| named.join(", "))
 }
 
 /// `2024-01-15T10:30:00.000Z` as unix seconds.
@@ -275,8 +272,9 @@ const OPS: &[&str] = &[
 ];
 
 impl S3Store {
-    /// Checks the bucket and returns the store. A bucket that does not exist or credentials
-    /// refused are errors; a store that cannot be reached is not (the proxy starts, serves
+    /// Checks the bucket and returns the store. A bucket that does not exist, credentials
+    /// refused and a redirect (never followed) are errors; a store that cannot be reached is
+    /// not (the proxy starts, serves
     /// from the mirrors and reports itself unhealthy until it answers): the problem is
     /// returned beside the store.
     pub async fn connect(
@@ -446,7 +444,10 @@ impl S3Store {
         let status = response.status();
         Ok((
             status,
-            status.is_redirection().then(|| whither(response.headers())),
+            status
+                .is_redirection()
+                .then(|| whither(response.headers()))
+                .flatten(),
         ))
     }
 
@@ -454,7 +455,11 @@ impl S3Store {
     pub async fn check(&self) -> Result<(), StorageError> {
         match self.head_bucket().await? {
             (StatusCode::OK, _) => Ok(()),
-            (status, _) => Err(remote("check", format!("bucket answered {status}"))),
+            (status, None) => Err(remote("check", format!("bucket answered {status}"))),
+            (status, Some(whither)) => Err(remote(
+                "check",
+                format!("bucket answered {status} ({whither}; redirects are not followed)"),
+            )),
         }
     }
 
