@@ -34,6 +34,25 @@ async fn traced_get(proxy: &Proxy, path: &str) {
         .unwrap();
 }
 
+/// A proxy exporting its spans to `url` over `protocol`, in front of an origin that holds
+/// `debian/pool/<file>`; the origin and the cache dir live as long as they are kept.
+async fn exporting(
+    url: &str,
+    protocol: Protocol,
+    file: &str,
+) -> (Proxy, Origin, tempfile::TempDir) {
+    let origin = Origin::start().await;
+    origin.put(&format!("/debian/pool/{file}"), file.to_string());
+    let dir = cache_dir();
+    let url = url.to_string();
+    let proxy = Proxy::start(&origin, dir.path(), move |c| {
+        c.otlp_traces_url = Some(url);
+        c.otlp_protocol = protocol;
+    })
+    .await;
+    (proxy, origin, dir)
+}
+
 /// A body posted to the receiver, with its content type.
 type Posted = Arc<Mutex<Vec<(String, Bytes)>>>;
 
@@ -98,14 +117,7 @@ async fn redirecting(elsewhere: String) -> (String, Arc<std::sync::atomic::Atomi
 async fn a_collector_that_redirects_is_not_followed() {
     let (elsewhere, got) = receiver().await;
     let (url, asked) = redirecting(elsewhere).await;
-    let origin = Origin::start().await;
-    origin.put("/debian/pool/t.deb", "traced");
-    let dir = cache_dir();
-    let proxy = Proxy::start(&origin, dir.path(), |c| {
-        c.otlp_traces_url = Some(url.clone());
-        c.otlp_protocol = Protocol::Json;
-    })
-    .await;
+    let (proxy, _origin, _dir) = exporting(&url, Protocol::Json, "t.deb").await;
     traced_get(&proxy, "debian/pool/t.deb").await;
     proxy.stop().await;
     assert!(asked.load(std::sync::atomic::Ordering::SeqCst) >= 1);
@@ -115,14 +127,7 @@ async fn a_collector_that_redirects_is_not_followed() {
 #[tokio::test]
 async fn spans_reach_the_collector_and_flush_on_shutdown() {
     let (url, got) = receiver().await;
-    let origin = Origin::start().await;
-    origin.put("/debian/pool/t.deb", "traced");
-    let dir = cache_dir();
-    let proxy = Proxy::start(&origin, dir.path(), |c| {
-        c.otlp_traces_url = Some(url.clone());
-        c.otlp_protocol = Protocol::Json;
-    })
-    .await;
+    let (proxy, _origin, _dir) = exporting(&url, Protocol::Json, "t.deb").await;
     proxy.get("debian/pool/t.deb").await.bytes().await.unwrap();
     traced_get(&proxy, "debian/pool/t.deb").await;
     proxy.stop().await;
@@ -173,14 +178,7 @@ async fn spans_reach_the_collector_and_flush_on_shutdown() {
 #[tokio::test]
 async fn spans_in_protobuf_when_asked() {
     let (url, got) = receiver().await;
-    let origin = Origin::start().await;
-    origin.put("/debian/pool/p.deb", "protobuf");
-    let dir = cache_dir();
-    let proxy = Proxy::start(&origin, dir.path(), |c| {
-        c.otlp_traces_url = Some(url.clone());
-        c.otlp_protocol = Protocol::Protobuf;
-    })
-    .await;
+    let (proxy, _origin, _dir) = exporting(&url, Protocol::Protobuf, "p.deb").await;
     traced_get(&proxy, "debian/pool/p.deb").await;
     proxy.stop().await;
     let got = got.lock().unwrap().clone();
