@@ -274,9 +274,8 @@ const OPS: &[&str] = &[
 impl S3Store {
     /// Checks the bucket and returns the store. A bucket that does not exist, credentials
     /// refused and a redirect (never followed) are errors; a store that cannot be reached is
-    /// not (the proxy starts, serves
-    /// from the mirrors and reports itself unhealthy until it answers): the problem is
-    /// returned beside the store.
+    /// not (the proxy starts, serves from the mirrors and reports itself unhealthy until it
+    /// answers): the problem is returned beside the store.
     pub async fn connect(
         settings: &S3Settings,
         metrics: StoreMetrics,

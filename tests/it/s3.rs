@@ -358,16 +358,27 @@ async fn a_store_that_redirects_is_not_followed_and_the_mirror_answers() {
 
     relay.redirect(&format!("http://{}", elsewhere.addr));
     // The bucket round trip of /healthz fails, is counted as a store error and says where the
-    // store pointed.
-    let health: serde_json::Value = serde_json::from_str(&p.text("healthz").await).unwrap();
-    assert_eq!(health["checks"]["storage"]["status"], "error", "{health}");
+    // store pointed. (A round trip may first meet a pooled connection the switch closed: that
+    // fails too, without a location, so a few are allowed.)
+    let location = format!("location: http://{}/", elsewhere.addr);
+    let mut checks = 0;
+    let health = loop {
+        let health: serde_json::Value = serde_json::from_str(&p.text("healthz").await).unwrap();
+        checks += 1;
+        assert_eq!(health["checks"]["storage"]["status"], "error", "{health}");
+        if checks == 3
+            || health["checks"]["storage"]["error"]
+                .to_string()
+                .contains(&location)
+        {
+            break health;
+        }
+    };
     let problem = health["checks"]["storage"]["error"].to_string();
-    assert!(
-        problem.contains(&format!("location: http://{}/", elsewhere.addr)),
-        "{health}"
-    );
+    assert!(problem.contains(&location), "{health}");
+    // /healthz is the only bucket round trip: each of them was an error, the redirect too.
     let check = r#"apt_proxy_storage_errors_total{backend="s3",op="check"}"#;
-    assert!(metric(&p, check).await >= 1.0);
+    assert_eq!(metric(&p, check).await, f64::from(checks));
     // A hit whose body the store redirects is answered from the mirror.
     let (status, _, got) = fetch(&p, stored).await;
     assert_eq!((status, got), (200, digest(&stored_body)));
