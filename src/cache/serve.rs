@@ -206,7 +206,16 @@ pub fn head(rep: &Representation<'_>, plan: Plan, cache_status: &'static str) ->
     if rep.status == 200 {
         headers.append(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     }
-    let content_type = Some(rep.content_type.unwrap_or("application/octet-stream"));
+    // The stored type, else the default as a static value (nothing to copy or check).
+    let content_type = |headers: &mut HeaderMap| match rep.content_type {
+        Some(text) => put(headers, CONTENT_TYPE, Some(text)),
+        None => {
+            headers.append(
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+        }
+    };
     match plan {
         Plan::NotModified => {}
         Plan::Unsatisfiable => {
@@ -215,13 +224,13 @@ pub fn head(rep: &Representation<'_>, plan: Plan, cache_status: &'static str) ->
             headers.append(CONTENT_LENGTH, HeaderValue::from(0u64));
         }
         Plan::Partial { start, end } => {
-            put(headers, CONTENT_TYPE, content_type);
+            content_type(headers);
             let range = format!("bytes {start}-{}/{}", end - 1, rep.len.unwrap_or(end));
             put(headers, CONTENT_RANGE, Some(&range));
             headers.append(CONTENT_LENGTH, HeaderValue::from(end - start));
         }
         Plan::Full => {
-            put(headers, CONTENT_TYPE, content_type);
+            content_type(headers);
             if let Some(len) = rep.len {
                 headers.append(CONTENT_LENGTH, HeaderValue::from(len));
             }
@@ -253,6 +262,32 @@ mod tests {
             h.insert(*k, v.parse().unwrap());
         }
         h
+    }
+
+    #[test]
+    fn content_type_is_the_stored_one_else_octets() {
+        let of = |rep: &Representation<'_>, plan| {
+            let response = head(rep, plan, "HIT").body(()).unwrap();
+            response.headers()[CONTENT_TYPE]
+                .to_str()
+                .unwrap()
+                .to_string()
+        };
+        let partial = Plan::Partial { start: 0, end: 10 };
+        assert_eq!(of(&rep(), Plan::Full), "application/octet-stream");
+        assert_eq!(of(&rep(), partial), "application/octet-stream");
+        let typed = Representation {
+            content_type: Some("text/plain"),
+            ..rep()
+        };
+        assert_eq!(of(&typed, Plan::Full), "text/plain");
+        assert_eq!(of(&typed, partial), "text/plain");
+        let bad = Representation {
+            content_type: Some("bad\nvalue"),
+            ..rep()
+        };
+        let response = head(&bad, Plan::Full, "HIT").body(()).unwrap();
+        assert!(response.headers().get(CONTENT_TYPE).is_none());
     }
 
     #[test]
