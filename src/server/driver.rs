@@ -344,10 +344,20 @@ fn queued(
     if !target.starts_with('/') && (uri.scheme().is_none() || uri.authority().is_none()) {
         return None;
     }
-    let mut headers = HeaderMap::with_capacity(head.headers.len());
+    // Only the headers the answer reads, unless the debug log lists them all.
+    let every = tracing::enabled!(tracing::Level::DEBUG);
+    let mut headers = HeaderMap::new();
     for line in head.headers.iter() {
+        let name = if every {
+            HeaderName::from_bytes(line.name.as_bytes()).ok()?
+        } else {
+            match handler::answer_reads(line.name) {
+                Some(name) => name,
+                None => continue,
+            }
+        };
         headers.append(
-            HeaderName::from_bytes(line.name.as_bytes()).ok()?,
+            name,
             HeaderValue::from_maybe_shared(part(line.value)?).ok()?,
         );
     }

@@ -30,7 +30,6 @@ use crate::storage::CacheKey;
 use crate::storage::EntryMeta;
 use crate::storage::Source;
 use crate::telemetry::activity::Activity;
-use crate::telemetry::metrics::SourceLabel;
 use crate::telemetry::tracing::SpanRecord;
 use crate::unix_now;
 use crate::upstream::{Ask, UpstreamError};
@@ -238,6 +237,28 @@ pub(super) fn own_lines() -> &'static [u8] {
 /// The trace context header (W3C), looked up by a name checked when the program is built.
 const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
+/// Every request header that answering a package request reads: the byte range, the
+/// conditionals and the trace context (and, in the debug log, all of them). The connection
+/// driver keeps only these (see [`answer_reads`]); a header read anywhere on a package
+/// request's way must be listed here.
+const ANSWER_READS: [HeaderName; 5] = [
+    http::header::RANGE,
+    http::header::IF_RANGE,
+    http::header::IF_NONE_MATCH,
+    http::header::IF_MODIFIED_SINCE,
+    TRACEPARENT,
+];
+
+/// The header `name` (as a request spells it) if answering a package request reads it, for a
+/// request map that holds nothing else: building, probing and dropping a map of every header a
+/// client sends was about a seventh of a small hit's instructions.
+pub(super) fn answer_reads(name: &str) -> Option<HeaderName> {
+    ANSWER_READS
+        .iter()
+        .find(|known| known.as_str().eq_ignore_ascii_case(name))
+        .cloned()
+}
+
 /// The `X-Cache` label of an answer: the labels the proxy writes are not copied.
 fn cache_label(value: Option<&HeaderValue>) -> Cow<'static, str> {
     match value.and_then(|v| v.to_str().ok()) {
@@ -424,14 +445,14 @@ impl Drop for Logged {
 /// distribution and its mirrors (the one in use is looked up only for a trace).
 pub(super) type Routed = Arc<crate::distro::Repo>;
 
-/// The counter of body bytes served from `source` (`cache` or `upstream`).
-fn served(state: &AppState, source: &'static str) -> prometheus_client::metrics::counter::Counter {
-    state
-        .cache
-        .metrics()
-        .bytes_served
-        .get_or_create(&SourceLabel { source })
-        .clone()
+/// The counter of body bytes served from the cache, or from a mirror.
+fn served(state: &AppState, from_cache: bool) -> prometheus_client::metrics::counter::Counter {
+    let metrics = state.cache.metrics();
+    if from_cache {
+        metrics.served_from_cache.clone()
+    } else {
+        metrics.served_from_upstream.clone()
+    }
 }
 
 /// A one-line plain-text answer.
@@ -885,7 +906,7 @@ async fn forward(
     let body = if head_only {
         body::empty()
     } else {
-        let served = served(state, "upstream");
+        let served = served(state, false);
         body::unstored(response, served)
     };
     builder
@@ -924,7 +945,7 @@ async fn unstored(
         let builder = serve::head(&rep, plan, "SKIP");
         let body = match response {
             Some(r) if plan == Plan::Full => {
-                let served = served(state, "upstream");
+                let served = served(state, false);
                 body::unstored(r, served)
             }
             _ => body::empty(),
@@ -965,7 +986,7 @@ fn following(
     let rep = Representation::of_head(head);
     let plan = serve::plan(&rep, headers);
     let builder = serve::head(&rep, plan, "MISS");
-    let served = served(state, "upstream");
+    let served = served(state, false);
     let body = match plan.body_range(rep.len) {
         Some((start, end)) if !head_only => {
             let resume = body::Resume::of(&state.cache, fill, head);
@@ -1022,14 +1043,7 @@ async fn stored(
         }
         _ => return Ok(respond(body::empty())),
     };
-    let served = served(
-        state,
-        if cache_status == "HIT" {
-            "cache"
-        } else {
-            "upstream"
-        },
-    );
+    let served = served(state, cache_status == "HIT");
     // Small bodies are answered from memory once read.
     let small = meta.len <= hot::MAX_BODY;
     if small && let Some(bytes) = state.cache.hot.get(&meta.body) {
@@ -1092,7 +1106,7 @@ async fn spooled(
     let body = match plan.body_range(Some(meta.len)) {
         Some((start, end)) if !head_only && plan != Plan::NotModified => {
             let end = end.unwrap_or(meta.len);
-            match body::from_file(file, start, end, served(state, "upstream")).await {
+            match body::from_file(file, start, end, served(state, false)).await {
                 Ok(body) => body,
                 Err(e) => {
                     tracing::error!(key = %meta.key, error = %e, "spooled download unreadable");
@@ -1113,6 +1127,23 @@ async fn spooled(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_headers_an_answer_reads_are_known_whatever_their_case() {
+        for (sent, kept) in [
+            ("Range", Some(http::header::RANGE)),
+            ("IF-RANGE", Some(http::header::IF_RANGE)),
+            ("If-None-Match", Some(http::header::IF_NONE_MATCH)),
+            ("if-modified-since", Some(http::header::IF_MODIFIED_SINCE)),
+            ("TraceParent", Some(TRACEPARENT)),
+            ("User-Agent", None),
+            ("Host", None),
+            ("Ranges", None),
+            ("", None),
+        ] {
+            assert_eq!(answer_reads(sent), kept, "{sent}");
+        }
+    }
 
     #[test]
     fn the_logged_target_is_what_display_writes() {

@@ -51,11 +51,13 @@ impl Connection {
     /// The receiver of the fill a read-ahead of this connection started for `key`, if any;
     /// the fill is then the request's own (no longer speculative).
     pub fn take(&self, key: &CacheKey) -> Option<watch::Receiver<FillState>> {
-        let (rx, claimed) = self
-            .started
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(key)?;
+        let mut started = self.started.lock().unwrap_or_else(PoisonError::into_inner);
+        // Most connections never read ahead: no key is hashed for them.
+        if started.is_empty() {
+            return None;
+        }
+        let (rx, claimed) = started.remove(key)?;
+        drop(started);
         claimed.store(true, Ordering::Release);
         self.slots.fetch_sub(1, Ordering::AcqRel);
         Some(rx)
