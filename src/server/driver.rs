@@ -711,6 +711,7 @@ async fn send(
             return Err(io::Error::other("body longer than its Content-Length"));
         }
         let prefix = head.take().unwrap_or_default();
+        let first = !prefix.is_empty();
         if chunked {
             let size = format!("{:x}\r\n", data.len());
             let mut bufs = [
@@ -730,8 +731,15 @@ async fn send(
         }
         // Neither a body whose frames are ready at once (a followed fill, read on the worker)
         // nor a socket that takes them makes this wait: the worker is given up by budget, as
-        // in `send_file`.
-        tokio::task::coop::consume_budget().await;
+        // in `send_file`. After its head, a body with more to come gives the worker up at
+        // once: a herd of clients woken together by one fill each get their head and first
+        // bytes before any of them sends the rest of what the fill has written (else the
+        // last one's first byte waited for every other one's catching up, 0.7 ms each).
+        if first && !body.is_end_stream() {
+            tokio::task::yield_now().await;
+        } else {
+            tokio::task::coop::consume_budget().await;
+        }
     }
     if length.is_some_and(|n| sent != n) {
         return Err(io::Error::other("body shorter than its Content-Length"));
