@@ -387,7 +387,7 @@ where
         write_timeout,
         builder,
         service,
-        mut stopping,
+        stopping,
         open,
     } = driven;
     // Stored files go to a client on this host through a buffer (see [`copy_file`]), kept
@@ -397,7 +397,16 @@ where
         .then_some(tuning.copy_buffer_hold);
     let head_timeout = tuning.client_head_timeout;
     let mut reader = Reader::default();
-    let mut deadline = Instant::now() + head_timeout;
+    // One timer and one shutdown watch for the connection's life: setting the timer later
+    // again for each request is one atomic store, where a timer and a watch made for each wait
+    // were registered and removed again (about 3 % of a small hit's instructions).
+    let head_due = tokio::time::sleep_until(Instant::now() + head_timeout);
+    tokio::pin!(head_due);
+    let mut shutdown = stopping.clone();
+    let shutdown = async move {
+        let _ = shutdown.wait_for(|s| *s).await;
+    };
+    tokio::pin!(shutdown);
     loop {
         if *stopping.borrow() {
             // Shutting down: no new request is started (as hyper's graceful shutdown).
@@ -444,16 +453,21 @@ where
                 spare::give(std::mem::take(&mut reader.buf));
             }
             tokio::select! {
-                ready = tokio::time::timeout_at(deadline, stream.readable()) => match ready {
-                    Ok(Ok(())) => {
+                biased;
+                ready = stream.readable() => match ready {
+                    Ok(()) => {
                         reader.try_read(&stream);
                         reader.parse(&state, &connection, false);
                     }
-                    Ok(Err(_)) => return,
-                    Err(_) if reader.buf.is_empty() => return,
-                    Err(_) => reader.refuse(StatusCode::REQUEST_TIMEOUT, "request head not received in time"),
+                    Err(_) => return,
                 },
-                _ = stopping.wait_for(|s| *s) => return,
+                () = &mut head_due => {
+                    if reader.buf.is_empty() {
+                        return;
+                    }
+                    reader.refuse(StatusCode::REQUEST_TIMEOUT, "request head not received in time");
+                }
+                () = &mut shutdown => return,
             }
             continue;
         };
@@ -504,7 +518,7 @@ where
         if last {
             return;
         }
-        deadline = Instant::now() + head_timeout;
+        head_due.as_mut().reset(Instant::now() + head_timeout);
     }
 }
 
