@@ -345,7 +345,7 @@ fn queued(
         return None;
     }
     // Only the headers the answer reads, unless the debug log lists them all.
-    let every = tracing::enabled!(tracing::Level::DEBUG);
+    let every = handler::logs_request_headers();
     let mut headers = HeaderMap::new();
     for line in head.headers.iter() {
         let name = if every {
@@ -399,7 +399,9 @@ where
     let mut reader = Reader::default();
     // One timer and one shutdown watch for the connection's life: setting the timer later
     // again for each request is one atomic store, where a timer and a watch made for each wait
-    // were registered and removed again (about 3 % of a small hit's instructions).
+    // were registered and removed again (about 3 % of a small hit's instructions). An answer
+    // that outlasts the head timeout lets the timer fire once meanwhile: a spurious wake-up,
+    // and the next reset registers it again.
     let head_due = tokio::time::sleep_until(Instant::now() + head_timeout);
     tokio::pin!(head_due);
     let mut shutdown = stopping.clone();
@@ -725,7 +727,8 @@ async fn send(
             return Err(io::Error::other("body longer than its Content-Length"));
         }
         let prefix = head.take().unwrap_or_default();
-        let first = !prefix.is_empty();
+        // The body's first bytes (its head may have gone out alone, before any were written).
+        let first = sent == data.len() as u64;
         if chunked {
             let size = format!("{:x}\r\n", data.len());
             let mut bufs = [
@@ -745,8 +748,8 @@ async fn send(
         }
         // Neither a body whose frames are ready at once (a followed fill, read on the worker)
         // nor a socket that takes them makes this wait: the worker is given up by budget, as
-        // in `send_file`. After its head, a body with more to come gives the worker up at
-        // once: a herd of clients woken together by one fill each get their head and first
+        // in `send_file`. After its first bytes, a body with more to come gives the worker up
+        // at once: a herd of clients woken together by one fill each get their head and first
         // bytes before any of them sends the rest of what the fill has written (else the
         // last one's first byte waited for every other one's catching up, 0.7 ms each).
         if first && !body.is_end_stream() {

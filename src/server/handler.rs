@@ -114,7 +114,7 @@ impl Start {
         headers: &HeaderMap,
     ) -> Start {
         let id = state.requests.fetch_add(1, Ordering::Relaxed);
-        if tracing::enabled!(tracing::Level::DEBUG) {
+        if logs_request_headers() {
             tracing::debug!(request_id = id, method = %method, uri = %uri, client = %peer, headers = %Redacted(headers), "request headers");
         }
         Start {
@@ -248,6 +248,12 @@ const ANSWER_READS: [HeaderName; 5] = [
     http::header::IF_MODIFIED_SINCE,
     TRACEPARENT,
 ];
+
+/// Whether each request's headers are logged (at debug level, by [`Start::of`]): the driver then
+/// keeps them all.
+pub(super) fn logs_request_headers() -> bool {
+    tracing::enabled!(tracing::Level::DEBUG)
+}
 
 /// The header `name` (as a request spells it) if answering a package request reads it, for a
 /// request map that holds nothing else: building, probing and dropping a map of every header a
@@ -449,9 +455,9 @@ pub(super) type Routed = Arc<crate::distro::Repo>;
 fn served(state: &AppState, from_cache: bool) -> prometheus_client::metrics::counter::Counter {
     let metrics = state.cache.metrics();
     if from_cache {
-        metrics.served_from_cache.clone()
+        metrics.bytes_from_cache.clone()
     } else {
-        metrics.served_from_upstream.clone()
+        metrics.bytes_from_upstream.clone()
     }
 }
 

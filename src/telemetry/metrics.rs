@@ -57,8 +57,8 @@ pub struct Metrics {
     pub upstream_errors: Family<DistroLabel, Counter>,
     pub bytes_served: Family<SourceLabel, Counter>,
     /// `bytes_served`'s two series, looked up once: a hit neither builds nor hashes a label.
-    pub served_from_cache: Counter,
-    pub served_from_upstream: Counter,
+    pub bytes_from_cache: Counter,
+    pub bytes_from_upstream: Counter,
     pub integrity_failures: Family<DistroLabel, Counter>,
     pub mirror_failovers: Family<DistroLabel, Counter>,
     pub mirror_benchmarks: Family<DistroLabel, Counter>,
@@ -119,7 +119,7 @@ impl Metrics {
             drop(tunnel_bytes.get_or_create(&DirectionLabel { direction }));
         }
         // The series that need no repo exist from the start, at zero.
-        let [served_from_cache, served_from_upstream] = ["cache", "upstream"]
+        let [bytes_from_cache, bytes_from_upstream] = ["cache", "upstream"]
             .map(|source| bytes_served.get_or_create(&SourceLabel { source }).clone());
         drop(upstream_duration.get_or_create(&UpstreamLabel {
             method: "GET",
@@ -248,8 +248,8 @@ impl Metrics {
             upstream_duration,
             upstream_errors,
             bytes_served,
-            served_from_cache,
-            served_from_upstream,
+            bytes_from_cache,
+            bytes_from_upstream,
             integrity_failures,
             mirror_failovers,
             mirror_benchmarks,

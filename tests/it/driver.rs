@@ -568,3 +568,36 @@ async fn a_head_not_finished_in_time_gets_408_and_a_silent_connection_is_closed(
     assert_eq!(answers(&text).0, 1, "{text}");
     assert!(took >= Duration::from_millis(500), "{took:?}");
 }
+
+/// Shutting down closes a keep-alive connection that waits for its next request at once: the
+/// server does not wait out its grace period (5 s in these tests) for it.
+#[tokio::test]
+async fn shutdown_closes_an_idle_keep_alive_connection_at_once() {
+    let origin = Origin::start().await;
+    origin.put("/debian/pool/a.deb", "aaaa");
+    let dir = cache_dir();
+    let proxy = Proxy::start(&origin, dir.path(), |_| {}).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(b"GET /debian/pool/a.deb HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !raw.ends_with(b"aaaa") {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+            .await
+            .expect("answered within 5 s")
+            .unwrap();
+        assert!(n > 0, "closed before the answer: {raw:?}");
+        raw.extend_from_slice(&buf[..n]);
+    }
+    assert!(raw.starts_with(b"HTTP/1.1 200 "), "{raw:?}");
+    // The driver now waits for the next head.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    proxy.stop().await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(2), "shutdown waited {took:?}");
+    assert!(read_until_closed(&mut stream).await.is_empty());
+}
