@@ -4,7 +4,7 @@
 use std::fmt::Write;
 
 use crate::server::AppState;
-use crate::telemetry::metrics::{DistroLabel, SourceLabel};
+use crate::telemetry::metrics::DistroLabel;
 use crate::telemetry::traffic::Totals;
 use crate::units::human_duration as duration;
 use crate::units::human_size as human;
@@ -54,13 +54,10 @@ svg{display:block;width:100%;height:160px;margin-top:8px;background:var(--bg);bo
 /// cache and fetched from mirrors since start.
 pub fn sample_traffic(state: &AppState) -> (u64, u64) {
     let metrics = state.cache.metrics();
-    let bytes = |source| {
-        metrics
-            .bytes_served
-            .get_or_create(&SourceLabel { source })
-            .get()
-    };
-    let (cache_bytes, upstream_bytes) = (bytes("cache"), bytes("upstream"));
+    let (cache_bytes, upstream_bytes) = (
+        metrics.bytes_from_cache.get(),
+        metrics.bytes_from_upstream.get(),
+    );
     let requests = state
         .reloader
         .registry

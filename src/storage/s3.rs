@@ -224,6 +224,17 @@ fn whither(headers: &reqwest::header::HeaderMap) -> Option<String> {
     (!named.is_empty()).then(|| named.join(", "))
 }
 
+/// The bucket round trip's failure: the status, and where a redirect pointed.
+fn bucket_failed(status: StatusCode, whither: Option<String>) -> StorageError {
+    let detail = match whither {
+        None => format!("bucket answered {status}"),
+        Some(whither) => {
+            format!("bucket answered {status} ({whither}; redirects are not followed)")
+        }
+    };
+    remote("check", detail)
+}
+
 /// `2024-01-15T10:30:00.000Z` as unix seconds.
 fn iso_seconds(text: &str) -> Option<u64> {
     text.parse::<jiff::Timestamp>()
@@ -369,7 +380,7 @@ impl S3Store {
                     whither,
                 });
             }
-            Ok((status, None)) => Some(remote("check", format!("bucket answered {status}"))),
+            Ok((status, None)) => Some(bucket_failed(status, None)),
             Err(e) => Some(e),
         };
         Ok((store, problem))
@@ -454,11 +465,7 @@ impl S3Store {
     pub async fn check(&self) -> Result<(), StorageError> {
         match self.head_bucket().await? {
             (StatusCode::OK, _) => Ok(()),
-            (status, None) => Err(remote("check", format!("bucket answered {status}"))),
-            (status, Some(whither)) => Err(remote(
-                "check",
-                format!("bucket answered {status} ({whither}; redirects are not followed)"),
-            )),
+            (status, whither) => Err(bucket_failed(status, whither)),
         }
     }
 
