@@ -76,19 +76,74 @@ impl Plan {
     }
 }
 
-/// Decides how to answer, from the request headers.
-pub fn plan(rep: &Representation<'_>, request: &HeaderMap) -> Plan {
+/// The request headers that an answer about a file depends on: the byte range with its
+/// `If-Range`, and the two conditionals. An answer is given these, never the request's header
+/// map, so the plain-HTTP driver, which keeps nothing else of a head, cannot answer otherwise
+/// than hyper's path does; a header an answer is to read must be added here.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Conditions {
+    pub range: Option<HeaderValue>,
+    pub if_range: Option<HeaderValue>,
+    pub if_none_match: Option<HeaderValue>,
+    pub if_modified_since: Option<HeaderValue>,
+}
+
+impl Conditions {
+    /// Those of a request's headers (the first value of each, as [`HeaderMap::get`] reads).
+    pub fn of(headers: &HeaderMap) -> Conditions {
+        let get = |name| headers.get(name).cloned();
+        Conditions {
+            range: get(RANGE),
+            if_range: get(IF_RANGE),
+            if_none_match: get(IF_NONE_MATCH),
+            if_modified_since: get(IF_MODIFIED_SINCE),
+        }
+    }
+
+    /// Where the header `name` (in any case) goes, if it is one of these.
+    pub fn slot(&mut self, name: &str) -> Option<&mut Option<HeaderValue>> {
+        let slot = if name.eq_ignore_ascii_case(RANGE.as_str()) {
+            &mut self.range
+        } else if name.eq_ignore_ascii_case(IF_RANGE.as_str()) {
+            &mut self.if_range
+        } else if name.eq_ignore_ascii_case(IF_NONE_MATCH.as_str()) {
+            &mut self.if_none_match
+        } else if name.eq_ignore_ascii_case(IF_MODIFIED_SINCE.as_str()) {
+            &mut self.if_modified_since
+        } else {
+            return None;
+        };
+        Some(slot)
+    }
+
+    /// The byte range asked for, as text.
+    pub fn range(&self) -> Option<&str> {
+        text(&self.range)
+    }
+
+    /// The `If-Range` validator, as text.
+    pub fn if_range(&self) -> Option<&str> {
+        text(&self.if_range)
+    }
+}
+
+/// A header's value as text (`None` when it is not visible ASCII, as `HeaderValue::to_str`).
+fn text(value: &Option<HeaderValue>) -> Option<&str> {
+    value.as_ref().and_then(|v| v.to_str().ok())
+}
+
+/// Decides how to answer, from the request's conditions.
+pub fn plan(rep: &Representation<'_>, request: &Conditions) -> Plan {
     if rep.status != 200 {
         return Plan::Full;
     }
     if not_modified(rep, request) {
         return Plan::NotModified;
     }
-    let (Some(len), Some(range)) = (rep.len, request.get(RANGE).and_then(|v| v.to_str().ok()))
-    else {
+    let (Some(len), Some(range)) = (rep.len, request.range()) else {
         return Plan::Full;
     };
-    if let Some(if_range) = request.get(IF_RANGE).and_then(|v| v.to_str().ok())
+    if let Some(if_range) = request.if_range()
         && !if_range_matches(rep, if_range)
     {
         return Plan::Full;
@@ -100,18 +155,15 @@ pub fn plan(rep: &Representation<'_>, request: &HeaderMap) -> Plan {
     }
 }
 
-fn not_modified(rep: &Representation<'_>, request: &HeaderMap) -> bool {
-    if let Some(inm) = request.get(IF_NONE_MATCH).and_then(|v| v.to_str().ok()) {
+fn not_modified(rep: &Representation<'_>, request: &Conditions) -> bool {
+    if let Some(inm) = text(&request.if_none_match) {
         let Some(etag) = rep.etag else { return false };
         return inm
             .split(',')
             .map(str::trim)
             .any(|tag| tag == "*" || weak(tag) == weak(etag));
     }
-    let (Some(ims), Some(lm)) = (
-        request.get(IF_MODIFIED_SINCE).and_then(|v| v.to_str().ok()),
-        rep.last_modified,
-    ) else {
+    let (Some(ims), Some(lm)) = (text(&request.if_modified_since), rep.last_modified) else {
         return false;
     };
     match (
@@ -256,12 +308,41 @@ mod tests {
         }
     }
 
-    fn req(list: &[(&'static str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
+    /// The conditions of a request with these headers, kept as the plain-HTTP driver keeps them.
+    fn req(list: &[(&'static str, &str)]) -> Conditions {
+        let mut c = Conditions::default();
         for (k, v) in list {
-            h.insert(*k, v.parse().unwrap());
+            *c.slot(k).expect("a header the answer reads") = Some(v.parse().unwrap());
         }
-        h
+        c
+    }
+
+    #[test]
+    fn the_conditions_are_four_headers_in_any_case_and_the_first_value_counts() {
+        let mut kept = Conditions::default();
+        for name in ["Range", "IF-RANGE", "if-none-match", "If-Modified-Since"] {
+            assert!(kept.slot(name).is_some(), "{name}");
+        }
+        for name in [
+            "host",
+            "accept",
+            "cache-control",
+            "traceparent",
+            "rangex",
+            "",
+        ] {
+            assert!(kept.slot(name).is_none(), "{name}");
+        }
+        // hyper's path reads the first of repeated headers, as the driver keeps it.
+        let mut headers = HeaderMap::new();
+        headers.append(RANGE, HeaderValue::from_static("bytes=0-9"));
+        headers.append(RANGE, HeaderValue::from_static("bytes=5-"));
+        headers.insert(IF_NONE_MATCH, HeaderValue::from_static("\"x\""));
+        headers.insert(ETAG, HeaderValue::from_static("\"y\""));
+        let of = Conditions::of(&headers);
+        assert_eq!(of.range(), Some("bytes=0-9"));
+        assert_eq!(of.if_none_match, Some(HeaderValue::from_static("\"x\"")));
+        assert_eq!((of.if_range, of.if_modified_since), (None, None));
     }
 
     #[test]

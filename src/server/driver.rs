@@ -36,7 +36,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::AppState;
-use super::handler::{self, Start};
+use super::handler::{self, Asked, Start};
 use super::readahead::{self, Connection};
 use crate::cache::body::{Body, FileRange, next_chunk, short_file};
 use crate::route::{RouteError, RouteMatch};
@@ -78,7 +78,10 @@ pub struct Driven<S> {
 struct Queued {
     method: Method,
     uri: Uri,
-    headers: HeaderMap,
+    /// The headers its way reads.
+    asked: Asked,
+    /// All its headers, only while the debug log lists them.
+    all: Option<HeaderMap>,
     routed: Result<RouteMatch, RouteError>,
     /// The client asked for the connection to close after it.
     close: bool,
@@ -218,7 +221,7 @@ impl Reader {
                     };
                     if (busy || !self.queue.is_empty())
                         && queued.method == Method::GET
-                        && !queued.headers.contains_key(http::header::RANGE)
+                        && queued.asked.conditions.range.is_none()
                         && let Ok(matched) = &queued.routed
                     {
                         connection.read_ahead(state, matched.clone());
@@ -344,22 +347,27 @@ fn queued(
     if !target.starts_with('/') && (uri.scheme().is_none() || uri.authority().is_none()) {
         return None;
     }
-    // Only the headers the answer reads, unless the debug log lists them all.
-    let every = handler::logs_request_headers();
-    let mut headers = HeaderMap::new();
+    // Only the headers the request's way reads (the first of each name, as hyper's path reads
+    // them; every one must be valid), and all of them while the debug log lists them.
+    let mut asked = Asked::default();
+    let mut all = handler::logs_request_headers().then(HeaderMap::new);
     for line in head.headers.iter() {
-        let name = if every {
-            HeaderName::from_bytes(line.name.as_bytes()).ok()?
-        } else {
-            match handler::answer_reads(line.name) {
-                Some(name) => name,
-                None => continue,
-            }
-        };
-        headers.append(
-            name,
-            HeaderValue::from_maybe_shared(part(line.value)?).ok()?,
-        );
+        let slot = asked.slot(line.name);
+        if slot.is_none() && all.is_none() {
+            continue;
+        }
+        let value = HeaderValue::from_maybe_shared(part(line.value)?).ok()?;
+        if let Some(all) = &mut all {
+            all.append(
+                HeaderName::from_bytes(line.name.as_bytes()).ok()?,
+                value.clone(),
+            );
+        }
+        if let Some(slot) = slot
+            && slot.is_none()
+        {
+            *slot = Some(value);
+        }
     }
     let Some(routed) = handler::route_package(state, &uri) else {
         return Some(None);
@@ -367,7 +375,8 @@ fn queued(
     Some(Some(Queued {
         method,
         uri,
-        headers,
+        asked,
+        all,
         routed,
         close,
         len: text.len(),
@@ -478,13 +487,14 @@ where
             peer,
             &request.method,
             &request.uri,
-            &request.headers,
+            request.asked.traceparent.as_ref(),
+            request.all.as_ref(),
         );
         let head_only = request.method == Method::HEAD;
         let answer = handler::package(
             &state,
             &request.method,
-            &request.headers,
+            &request.asked.conditions,
             request.routed,
             &connection,
         );

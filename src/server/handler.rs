@@ -22,7 +22,7 @@ use super::AppState;
 use super::readahead::Connection;
 use crate::cache::body::{self, Body};
 use crate::cache::fill::{FillError, FillState, Head};
-use crate::cache::serve::{self, Plan, Representation};
+use crate::cache::serve::{self, Conditions, Plan, Representation};
 use crate::cache::{FillRequest, Lookup, hot};
 use crate::distro::class::classify;
 use crate::route::route;
@@ -77,7 +77,8 @@ pub async fn handle(
         peer,
         request.method(),
         request.uri(),
-        request.headers(),
+        request.headers().get(TRACEPARENT),
+        Some(request.headers()),
     );
     let (mut response, routed) = answer(&state, request, peer, &connection).await;
     let Some(finish) = start.finish(state, connection, &mut response, routed) else {
@@ -105,16 +106,19 @@ pub(super) struct Start {
 }
 
 impl Start {
-    /// Numbers the request (and logs its headers at debug level).
+    /// Numbers the request (and logs its `headers` at debug level).
     pub(super) fn of(
         state: &AppState,
         peer: IpAddr,
         method: &Method,
         uri: &http::Uri,
-        headers: &HeaderMap,
+        traceparent: Option<&HeaderValue>,
+        headers: Option<&HeaderMap>,
     ) -> Start {
         let id = state.requests.fetch_add(1, Ordering::Relaxed);
-        if logs_request_headers() {
+        if let Some(headers) = headers
+            && logs_request_headers()
+        {
             tracing::debug!(request_id = id, method = %method, uri = %uri, client = %peer, headers = %Redacted(headers), "request headers");
         }
         Start {
@@ -122,10 +126,7 @@ impl Start {
             peer,
             method: method.clone(),
             uri: uri.clone(),
-            traceparent: headers
-                .get(TRACEPARENT)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned),
+            traceparent: traceparent.and_then(|v| v.to_str().ok()).map(str::to_owned),
             started: Instant::now(),
             wall_start: std::time::SystemTime::now(),
         }
@@ -237,32 +238,32 @@ pub(super) fn own_lines() -> &'static [u8] {
 /// The trace context header (W3C), looked up by a name checked when the program is built.
 const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
-/// Every request header that answering a package request reads: the byte range, the
-/// conditionals and the trace context (and, in the debug log, all of them). The connection
-/// driver keeps only these (see [`answer_reads`]); a header read anywhere on a package
-/// request's way must be listed here.
-const ANSWER_READS: [HeaderName; 5] = [
-    http::header::RANGE,
-    http::header::IF_RANGE,
-    http::header::IF_NONE_MATCH,
-    http::header::IF_MODIFIED_SINCE,
-    TRACEPARENT,
-];
+/// Every request header that a package request's way reads: the answer's [`Conditions`] and
+/// the trace context (and, in the debug log, all of them). The plain-HTTP driver keeps only
+/// these of a head ([`Asked::slot`]): building, probing and dropping a map of every header a
+/// client sends was about a seventh of a small hit's instructions. The answer is given the
+/// conditions, not a header map, so it cannot read a header the driver did not keep.
+#[derive(Debug, Default)]
+pub(super) struct Asked {
+    pub(super) conditions: Conditions,
+    pub(super) traceparent: Option<HeaderValue>,
+}
+
+impl Asked {
+    /// Where the header `name` (in any case) goes, if it is one of those read.
+    pub(super) fn slot(&mut self, name: &str) -> Option<&mut Option<HeaderValue>> {
+        if name.eq_ignore_ascii_case(TRACEPARENT.as_str()) {
+            Some(&mut self.traceparent)
+        } else {
+            self.conditions.slot(name)
+        }
+    }
+}
 
 /// Whether each request's headers are logged (at debug level, by [`Start::of`]): the driver then
 /// keeps them all.
 pub(super) fn logs_request_headers() -> bool {
     tracing::enabled!(tracing::Level::DEBUG)
-}
-
-/// The header `name` (as a request spells it) if answering a package request reads it, for a
-/// request map that holds nothing else: building, probing and dropping a map of every header a
-/// client sends was about a seventh of a small hit's instructions.
-pub(super) fn answer_reads(name: &str) -> Option<HeaderName> {
-    ANSWER_READS
-        .iter()
-        .find(|known| known.as_str().eq_ignore_ascii_case(name))
-        .cloned()
 }
 
 /// The `X-Cache` label of an answer: the labels the proxy writes are not copied.
@@ -511,14 +512,8 @@ async fn answer(
             route(&state.reloader.registry.load(), request.uri())
         }
     };
-    package(
-        state,
-        request.method(),
-        request.headers(),
-        routed,
-        connection,
-    )
-    .await
+    let conditions = Conditions::of(request.headers());
+    package(state, request.method(), &conditions, routed, connection).await
 }
 
 /// Routes a request that is not a CONNECT; `None` when it is for the proxy's own pages, which
@@ -547,17 +542,19 @@ pub(super) type Answering<'a> =
 pub(super) fn package<'a>(
     state: &'a AppState,
     method: &'a Method,
-    headers: &'a HeaderMap,
+    conditions: &'a Conditions,
     routed: Result<crate::route::RouteMatch, crate::route::RouteError>,
     connection: &'a Connection,
 ) -> Answering<'a> {
-    Box::pin(answer_package(state, method, headers, routed, connection))
+    Box::pin(answer_package(
+        state, method, conditions, routed, connection,
+    ))
 }
 
 async fn answer_package(
     state: &AppState,
     method: &Method,
-    headers: &HeaderMap,
+    conditions: &Conditions,
     routed: Result<crate::route::RouteMatch, crate::route::RouteError>,
     connection: &Connection,
 ) -> (Response<Body>, Option<Routed>) {
@@ -583,7 +580,15 @@ async fn answer_package(
     // A file whose fill a read-ahead of this connection started is this request's miss; its
     // receiver is held until the request follows the fill itself.
     let claimed = connection.take(&fill.key);
-    let mut response = serve(state, fill, &repo.id, headers, head_only, claimed.is_some()).await;
+    let mut response = serve(
+        state,
+        fill,
+        &repo.id,
+        conditions,
+        head_only,
+        claimed.is_some(),
+    )
+    .await;
     drop(claimed);
     // The rule's Cache-Control replaces the mirror's on every answer about the file (a 304 or
     // a 206 says what its 200 says), not on the proxy's errors.
@@ -630,11 +635,11 @@ async fn serve(
     state: &AppState,
     fill: FillRequest,
     repo: &str,
-    headers: &HeaderMap,
+    conditions: &Conditions,
     head_only: bool,
     read_ahead: bool,
 ) -> Response<Body> {
-    let mut response = answer_from_cache(state, fill, headers, head_only).await;
+    let mut response = answer_from_cache(state, fill, conditions, head_only).await;
     let mut hit = response
         .headers()
         .get(serve::X_CACHE)
@@ -694,16 +699,16 @@ enum Decision {
 async fn answer_from_cache(
     state: &AppState,
     fill: FillRequest,
-    headers: &HeaderMap,
+    conditions: &Conditions,
     head_only: bool,
 ) -> Response<Body> {
     // Only a whole GET fills the cache: a HEAD or a byte range of a file not cached (nor being
     // fetched) is asked of the mirror and passed on, so that neither makes the proxy download
     // a whole file that nobody reads.
-    let partial = head_only || headers.contains_key(http::header::RANGE);
+    let partial = head_only || conditions.range.is_some();
     let mut decision = decide(state, &fill, !partial).await;
     loop {
-        match render(state, &fill, decision, headers, head_only).await {
+        match render(state, &fill, decision, conditions, head_only).await {
             Ok(response) => return response,
             // The entry was unreadable and dropped: fetch the file again (it was wanted, so
             // even for a range or a HEAD), once.
@@ -821,7 +826,7 @@ async fn render(
     state: &AppState,
     fill: &FillRequest,
     decision: Decision,
-    headers: &HeaderMap,
+    conditions: &Conditions,
     head_only: bool,
 ) -> Result<Response<Body>, Refill> {
     Ok(match decision {
@@ -829,9 +834,9 @@ async fn render(
             meta,
             label,
             refill,
-        } => match stored(state, &fill.key, &meta, headers, head_only, label).await {
+        } => match stored(state, &fill.key, &meta, conditions, head_only, label).await {
             Ok(response) => response,
-            Err(Unservable::StoreDown) => forward(state, fill, headers, head_only).await,
+            Err(Unservable::StoreDown) => forward(state, fill, conditions, head_only).await,
             Err(Unservable::Dropped) if refill => return Err(Refill),
             Err(Unservable::Dropped) => text(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -839,13 +844,15 @@ async fn render(
             ),
         },
         Decision::Follow { head, file, rx } => {
-            following(state, fill, &head, file, rx, headers, head_only)
+            following(state, fill, &head, file, rx, conditions, head_only)
         }
         Decision::Unstored { head, response } => {
-            unstored(state, fill, head, response, headers, head_only).await
+            unstored(state, fill, head, response, conditions, head_only).await
         }
-        Decision::Spooled { meta, file } => spooled(state, &meta, file, headers, head_only).await,
-        Decision::Forward => forward(state, fill, headers, head_only).await,
+        Decision::Spooled { meta, file } => {
+            spooled(state, &meta, file, conditions, head_only).await
+        }
+        Decision::Forward => forward(state, fill, conditions, head_only).await,
         Decision::Passthrough { status } => {
             // A mirror's own failure is ours to report as a gateway error; its other answers
             // (403, 410, …) are passed on.
@@ -869,23 +876,14 @@ async fn render(
 async fn forward(
     state: &AppState,
     fill: &FillRequest,
-    headers: &HeaderMap,
+    conditions: &Conditions,
     head_only: bool,
 ) -> Response<Body> {
-    let value = |name| {
-        headers
-            .get(name)
-            .and_then(|v: &HeaderValue| v.to_str().ok())
-    };
-    let range = if head_only {
-        None
-    } else {
-        value(http::header::RANGE)
-    };
+    let range = if head_only { None } else { conditions.range() };
     let ask = Ask {
         head: head_only,
         range,
-        if_range: range.and(value(http::header::IF_RANGE)),
+        if_range: range.and(conditions.if_range()),
         ..Ask::default()
     };
     let answer = crate::cache::fill::unstored_get(&state.cache, fill, &ask).await;
@@ -939,12 +937,12 @@ async fn unstored(
     fill: &FillRequest,
     head: Arc<Head>,
     taken: Option<reqwest::Response>,
-    headers: &HeaderMap,
+    conditions: &Conditions,
     head_only: bool,
 ) -> Response<Body> {
     let respond = |head: &Head, response: Option<reqwest::Response>| {
         let rep = Representation::of_head(head);
-        let plan = match serve::plan(&rep, headers) {
+        let plan = match serve::plan(&rep, conditions) {
             Plan::NotModified => Plan::NotModified,
             _ => Plan::Full,
         };
@@ -986,11 +984,11 @@ fn following(
     head: &Head,
     file: Arc<std::fs::File>,
     rx: watch::Receiver<FillState>,
-    headers: &HeaderMap,
+    conditions: &Conditions,
     head_only: bool,
 ) -> Response<Body> {
     let rep = Representation::of_head(head);
-    let plan = serve::plan(&rep, headers);
+    let plan = serve::plan(&rep, conditions);
     let builder = serve::head(&rep, plan, "MISS");
     let served = served(state, false);
     let body = match plan.body_range(rep.len) {
@@ -1028,7 +1026,7 @@ async fn stored(
     state: &AppState,
     key: &CacheKey,
     meta: &Arc<EntryMeta>,
-    headers: &HeaderMap,
+    conditions: &Conditions,
     head_only: bool,
     cache_status: &'static str,
 ) -> Result<Response<Body>, Unservable> {
@@ -1036,7 +1034,7 @@ async fn stored(
     if cache_status == "HIT" {
         state.cache.served_from_cache(key);
     }
-    let plan = serve::plan(&rep, headers);
+    let plan = serve::plan(&rep, conditions);
     let builder = serve::head(&rep, plan, cache_status);
     let respond = |body: Body| {
         builder
@@ -1103,11 +1101,11 @@ async fn spooled(
     state: &AppState,
     meta: &EntryMeta,
     file: Arc<std::fs::File>,
-    headers: &HeaderMap,
+    conditions: &Conditions,
     head_only: bool,
 ) -> Response<Body> {
     let rep = Representation::of_entry(meta);
-    let plan = serve::plan(&rep, headers);
+    let plan = serve::plan(&rep, conditions);
     let builder = serve::head(&rep, plan, "MISS");
     let body = match plan.body_range(Some(meta.len)) {
         Some((start, end)) if !head_only && plan != Plan::NotModified => {
@@ -1135,8 +1133,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_headers_an_answer_reads_are_known_whatever_their_case() {
-        for (sent, kept) in [
+    fn the_headers_a_package_request_reads_are_kept_whatever_their_case() {
+        for (sent, known) in [
             ("Range", Some(http::header::RANGE)),
             ("IF-RANGE", Some(http::header::IF_RANGE)),
             ("If-None-Match", Some(http::header::IF_NONE_MATCH)),
@@ -1147,7 +1145,21 @@ mod tests {
             ("Ranges", None),
             ("", None),
         ] {
-            assert_eq!(answer_reads(sent), kept, "{sent}");
+            let mut asked = Asked::default();
+            let value = HeaderValue::from_static("v");
+            let known = match (asked.slot(sent), known) {
+                (Some(slot), Some(known)) => {
+                    *slot = Some(value.clone());
+                    known
+                }
+                (None, None) => continue,
+                (slot, _) => panic!("{sent}: kept {}", slot.is_some()),
+            };
+            // Kept where hyper's path finds it.
+            let mut map = HeaderMap::new();
+            map.insert(known.clone(), value);
+            assert_eq!(asked.conditions, Conditions::of(&map), "{sent}");
+            assert_eq!(asked.traceparent.as_ref(), map.get(TRACEPARENT), "{sent}");
         }
     }
 

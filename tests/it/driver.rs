@@ -593,3 +593,79 @@ async fn shutdown_closes_an_idle_keep_alive_connection_at_once() {
     assert!(took < Duration::from_secs(2), "shutdown waited {took:?}");
     assert!(read_until_closed(&mut stream).await.is_empty());
 }
+
+/// The same request headers through the driver (HTTP/1.1) and through hyper (HTTP/1.0, which
+/// the driver hands on) get the same answer. The driver keeps only the headers a package
+/// request's way reads (`handler::Asked`): one it dropped, or kept otherwise than hyper's path
+/// reads it (the first of a repeated header), would show here as another status or body.
+#[tokio::test]
+async fn the_driver_and_hyper_answer_the_same_headers_alike() {
+    let origin = Origin::start().await;
+    // Text, so that a failure prints something readable.
+    let body: Vec<u8> = data(50_000, 3)
+        .iter()
+        .flat_map(|b| format!("{b:02x}").into_bytes())
+        .collect();
+    origin.put("/debian/pool/c.deb", body.clone());
+    let dir = cache_dir();
+    let proxy = Proxy::start(&origin, dir.path(), |_| {}).await;
+    let first = proxy.get("debian/pool/c.deb").await;
+    let header = |name: &str| first.headers()[name].to_str().unwrap().to_owned();
+    let (etag, modified) = (header("etag"), header("last-modified"));
+    assert!(first.bytes().await.unwrap() == body);
+
+    let whole = String::from_utf8_lossy(&body).into_owned();
+    let part = String::from_utf8_lossy(&body[10..20]).into_owned();
+    for (lines, status, want) in [
+        (String::new(), 200, whole.as_str()),
+        ("User-Agent: x\r\nAccept: */*".into(), 200, &whole),
+        ("Range: bytes=10-19".into(), 206, &part),
+        (
+            "range: bytes=10-19\r\nRange: bytes=50-59".into(),
+            206,
+            &part,
+        ),
+        (
+            format!("Range: bytes=10-19\r\nIf-Range: {etag}"),
+            206,
+            &part,
+        ),
+        (
+            "Range: bytes=10-19\r\nIf-Range: \"other\"".into(),
+            200,
+            &whole,
+        ),
+        ("Range: bytes=200000-".into(), 416, ""),
+        (format!("If-None-Match: {etag}"), 304, ""),
+        ("IF-NONE-MATCH: \"other\"".into(), 200, &whole),
+        (format!("If-Modified-Since: {modified}"), 304, ""),
+    ] {
+        let lines = if lines.is_empty() {
+            lines
+        } else {
+            lines + "\r\n"
+        };
+        let mut got = Vec::new();
+        for (version, end) in [("1.1", "Connection: close\r\n"), ("1.0", "")] {
+            let raw =
+                format!("GET /debian/pool/c.deb HTTP/{version}\r\nHost: x\r\n{lines}{end}\r\n");
+            let text = until_closed(proxy.addr, raw.as_bytes()).await;
+            let (head, rest) = text.split_once("\r\n\r\n").expect("a whole head");
+            let code: u16 = head[9..12].parse().unwrap();
+            let range = head.lines().find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-range: ")
+                    .map(str::to_owned)
+            });
+            let shown = |s: &str| s.chars().take(40).collect::<String>();
+            assert_eq!(
+                (code, rest.len(), shown(rest)),
+                (status, want.len(), shown(want)),
+                "HTTP/{version}, {lines:?}"
+            );
+            assert!(rest == want, "HTTP/{version}, {lines:?}: another body");
+            got.push((code, range));
+        }
+        assert_eq!(got[0], got[1], "driver against hyper, {lines:?}");
+    }
+}
