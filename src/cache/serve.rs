@@ -78,9 +78,11 @@ impl Plan {
 
 /// The request headers that an answer about a file depends on: the byte range with its
 /// `If-Range`, and the two conditionals. An answer is given these, never the request's header
-/// map, so the plain-HTTP driver, which keeps nothing else of a head, cannot answer otherwise
-/// than hyper's path does; a header an answer is to read must be added here.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+/// map, and both ways of serving keep them with [`Conditions::keep`] (hyper's through
+/// [`Conditions::of`]), so the plain-HTTP driver, which keeps nothing else of a head, cannot
+/// answer otherwise than hyper's path does. A field added here that [`Conditions::keep`] does
+/// not fill fails to build (see `slot`).
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct Conditions {
     pub range: Option<HeaderValue>,
     pub if_range: Option<HeaderValue>,
@@ -89,31 +91,53 @@ pub struct Conditions {
 }
 
 impl Conditions {
-    /// Those of a request's headers (the first value of each, as [`HeaderMap::get`] reads).
+    /// Those of a request's headers, kept in their order as the driver keeps them.
     pub fn of(headers: &HeaderMap) -> Conditions {
-        let get = |name| headers.get(name).cloned();
-        Conditions {
-            range: get(RANGE),
-            if_range: get(IF_RANGE),
-            if_none_match: get(IF_NONE_MATCH),
-            if_modified_since: get(IF_MODIFIED_SINCE),
+        let mut conditions = Conditions::default();
+        for (name, value) in headers {
+            conditions.keep(name.as_str(), || Some(value.clone()));
         }
+        conditions
     }
 
-    /// Where the header `name` (in any case) goes, if it is one of these.
-    pub fn slot(&mut self, name: &str) -> Option<&mut Option<HeaderValue>> {
-        let slot = if name.eq_ignore_ascii_case(RANGE.as_str()) {
-            &mut self.range
-        } else if name.eq_ignore_ascii_case(IF_RANGE.as_str()) {
-            &mut self.if_range
-        } else if name.eq_ignore_ascii_case(IF_NONE_MATCH.as_str()) {
-            &mut self.if_none_match
-        } else if name.eq_ignore_ascii_case(IF_MODIFIED_SINCE.as_str()) {
-            &mut self.if_modified_since
-        } else {
-            return None;
+    /// Keeps the header `name` (in any case) with the value `value` makes, if it is one of
+    /// these and the first of its name (as `HeaderMap::get` reads a repeated header). `None`
+    /// when the value of a name kept is not valid (even a repeated one's); `Some(false)` when
+    /// the name is not one of these, and `value` is not called.
+    pub fn keep(
+        &mut self,
+        name: &str,
+        value: impl FnOnce() -> Option<HeaderValue>,
+    ) -> Option<bool> {
+        let Some(slot) = self.slot(name) else {
+            return Some(false);
         };
-        Some(slot)
+        let value = value()?;
+        if slot.is_none() {
+            *slot = Some(value);
+        }
+        Some(true)
+    }
+
+    /// Where the header `name` (in any case) goes, if it is one of these. The fields are taken
+    /// apart without `..`: one added to the struct and not named here fails to build, and one
+    /// named here and not looked up is an unused variable.
+    fn slot(&mut self, name: &str) -> Option<&mut Option<HeaderValue>> {
+        let Conditions {
+            range,
+            if_range,
+            if_none_match,
+            if_modified_since,
+        } = self;
+        [
+            (RANGE, range),
+            (IF_RANGE, if_range),
+            (IF_NONE_MATCH, if_none_match),
+            (IF_MODIFIED_SINCE, if_modified_since),
+        ]
+        .into_iter()
+        .find(|(known, _)| known.as_str().eq_ignore_ascii_case(name))
+        .map(|(_, slot)| slot)
     }
 
     /// The byte range asked for, as text.
@@ -312,17 +336,14 @@ mod tests {
     fn req(list: &[(&'static str, &str)]) -> Conditions {
         let mut c = Conditions::default();
         for (k, v) in list {
-            *c.slot(k).expect("a header the answer reads") = Some(v.parse().unwrap());
+            assert_eq!(c.keep(k, || v.parse().ok()), Some(true), "{k}");
         }
         c
     }
 
     #[test]
-    fn the_conditions_are_four_headers_in_any_case_and_the_first_value_counts() {
+    fn the_first_of_a_repeated_condition_counts_and_other_headers_are_not_kept() {
         let mut kept = Conditions::default();
-        for name in ["Range", "IF-RANGE", "if-none-match", "If-Modified-Since"] {
-            assert!(kept.slot(name).is_some(), "{name}");
-        }
         for name in [
             "host",
             "accept",
@@ -331,8 +352,13 @@ mod tests {
             "rangex",
             "",
         ] {
-            assert!(kept.slot(name).is_none(), "{name}");
+            assert_eq!(kept.keep(name, || unreachable!()), Some(false), "{name}");
         }
+        assert_eq!(kept, Conditions::default());
+        let mut twice = req(&[("range", "bytes=1-2"), ("Range", "bytes=3-")]);
+        assert_eq!(twice.range(), Some("bytes=1-2"));
+        // An invalid value of a name kept is refused, even a repeated one's.
+        assert_eq!(twice.keep("RANGE", || None), None);
         // hyper's path reads the first of repeated headers, as the driver keeps it.
         let mut headers = HeaderMap::new();
         headers.append(RANGE, HeaderValue::from_static("bytes=0-9"));

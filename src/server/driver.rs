@@ -347,27 +347,23 @@ fn queued(
     if !target.starts_with('/') && (uri.scheme().is_none() || uri.authority().is_none()) {
         return None;
     }
-    // Only the headers the request's way reads (the first of each name, as hyper's path reads
-    // them; every one must be valid), and all of them while the debug log lists them.
+    // Only the headers the answer and the log read (`Asked::keep`: the first of each name, as
+    // hyper's path reads them; every value of those names must be valid), and all of them
+    // while the debug log lists them.
     let mut asked = Asked::default();
     let mut all = handler::logs_request_headers().then(HeaderMap::new);
     for line in head.headers.iter() {
-        let slot = asked.slot(line.name);
-        if slot.is_none() && all.is_none() {
+        let value = || HeaderValue::from_maybe_shared(part(line.value)?).ok();
+        let Some(all) = &mut all else {
+            asked.keep(line.name, value)?;
             continue;
-        }
-        let value = HeaderValue::from_maybe_shared(part(line.value)?).ok()?;
-        if let Some(all) = &mut all {
-            all.append(
-                HeaderName::from_bytes(line.name.as_bytes()).ok()?,
-                value.clone(),
-            );
-        }
-        if let Some(slot) = slot
-            && slot.is_none()
-        {
-            *slot = Some(value);
-        }
+        };
+        let value = value()?;
+        all.append(
+            HeaderName::from_bytes(line.name.as_bytes()).ok()?,
+            value.clone(),
+        );
+        asked.keep(line.name, || Some(value))?;
     }
     let Some(routed) = handler::route_package(state, &uri) else {
         return Some(None);
@@ -855,7 +851,8 @@ async fn send_file(
 /// Reading each stretch into a small buffer and forgetting it, just before sendfile(2) sends
 /// the same pages (one copy instead of two, and the receiver still finds the bytes in the
 /// CPU's caches), was measured and dropped too. In the shared harness, three rounds side by
-/// side with this copy (path form, 1 MiB stretches read 64 KiB at a time, 2026-12-03): one
+/// side with this copy (path form, 1 MiB stretches read 64 KiB at a time, 2026-12-03, a
+/// slower day than the run above): one
 /// client 1,807-1,873 MiB/s against 1,350-1,880, eight clients 1,751-2,170 against
 /// 2,345-2,858, CPU per GiB 0.317-0.358 against 0.305-0.385. A loop of one client alone had
 /// shown it 25 % ahead; with eight it loses a quarter.

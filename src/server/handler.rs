@@ -238,25 +238,31 @@ pub(super) fn own_lines() -> &'static [u8] {
 /// The trace context header (W3C), looked up by a name checked when the program is built.
 const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
-/// Every request header that a package request's way reads: the answer's [`Conditions`] and
-/// the trace context (and, in the debug log, all of them). The plain-HTTP driver keeps only
-/// these of a head ([`Asked::slot`]): building, probing and dropping a map of every header a
-/// client sends was about a seventh of a small hit's instructions. The answer is given the
-/// conditions, not a header map, so it cannot read a header the driver did not keep.
-#[derive(Debug, Default)]
+/// The request headers that a package request's answer and its log read: the answer's
+/// [`Conditions`] and the trace context (and, in the debug log, all of them). The plain-HTTP
+/// driver keeps only these of a head ([`Asked::keep`]; it reads the framing headers itself):
+/// building, probing and dropping a map of every header a client sends was about a seventh of
+/// a small hit's instructions. The answer is given the conditions, not a header map, so it
+/// cannot read a header the driver did not keep.
+#[derive(Default)]
 pub(super) struct Asked {
     pub(super) conditions: Conditions,
     pub(super) traceparent: Option<HeaderValue>,
 }
 
 impl Asked {
-    /// Where the header `name` (in any case) goes, if it is one of those read.
-    pub(super) fn slot(&mut self, name: &str) -> Option<&mut Option<HeaderValue>> {
-        if name.eq_ignore_ascii_case(TRACEPARENT.as_str()) {
-            Some(&mut self.traceparent)
-        } else {
-            self.conditions.slot(name)
+    /// Keeps the header `name` if it is one of those read, as [`Conditions::keep`] does.
+    pub(super) fn keep(
+        &mut self,
+        name: &str,
+        value: impl FnOnce() -> Option<HeaderValue>,
+    ) -> Option<bool> {
+        if !name.eq_ignore_ascii_case(TRACEPARENT.as_str()) {
+            return self.conditions.keep(name, value);
         }
+        let value = value()?;
+        self.traceparent.get_or_insert(value);
+        Some(true)
     }
 }
 
@@ -1147,13 +1153,10 @@ mod tests {
         ] {
             let mut asked = Asked::default();
             let value = HeaderValue::from_static("v");
-            let known = match (asked.slot(sent), known) {
-                (Some(slot), Some(known)) => {
-                    *slot = Some(value.clone());
-                    known
-                }
-                (None, None) => continue,
-                (slot, _) => panic!("{sent}: kept {}", slot.is_some()),
+            let known = match (asked.keep(sent, || Some(value.clone())), known) {
+                (Some(true), Some(known)) => known,
+                (Some(false), None) => continue,
+                (kept, _) => panic!("{sent}: kept {kept:?}"),
             };
             // Kept where hyper's path finds it.
             let mut map = HeaderMap::new();

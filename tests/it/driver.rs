@@ -1,7 +1,8 @@
 //! The plain-HTTP connection driver: its refusals (each a clear status and a closed
 //! connection, after the answers to the requests before it), hits sent from the body file
-//! (bytes, ranges, HEAD, a body removed while it is sent), and the hand-over to hyper for the
-//! proxy's own pages and for what the driver does not answer itself.
+//! (bytes, ranges, HEAD, a body removed while it is sent), the hand-over to hyper for the
+//! proxy's own pages and for what the driver does not answer itself, and the same request
+//! headers answered alike by the driver and by hyper.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -635,10 +636,22 @@ async fn the_driver_and_hyper_answer_the_same_headers_alike() {
             200,
             &whole,
         ),
+        // A weak validator never matches If-Range.
+        (
+            format!("Range: bytes=10-19\r\nIf-Range: W/{etag}"),
+            200,
+            &whole,
+        ),
         ("Range: bytes=200000-".into(), 416, ""),
         (format!("If-None-Match: {etag}"), 304, ""),
         ("IF-NONE-MATCH: \"other\"".into(), 200, &whole),
         (format!("If-Modified-Since: {modified}"), 304, ""),
+        // If-None-Match decides alone when it is there.
+        (
+            format!("If-None-Match: \"other\"\r\nIf-Modified-Since: {modified}"),
+            200,
+            &whole,
+        ),
     ] {
         let lines = if lines.is_empty() {
             lines
