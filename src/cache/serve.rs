@@ -79,9 +79,10 @@ impl Plan {
 /// The request headers that an answer about a file depends on: the byte range with its
 /// `If-Range`, and the two conditionals. An answer is given these, never the request's header
 /// map, and both ways of serving keep them with [`Conditions::keep`] (hyper's through
-/// [`Conditions::of`]), so the plain-HTTP driver, which keeps nothing else of a head, cannot
-/// answer otherwise than hyper's path does. A field added here that [`Conditions::keep`] does
-/// not fill fails to build (see `slot`).
+/// [`Conditions::of`]), so an answer from the plain-HTTP driver, which keeps only these of a
+/// head (and the trace context, and every header while the debug log lists them), cannot
+/// differ from hyper's. A field added here and left out of `slot`'s pattern fails to build;
+/// one named there and not looked up is an unused variable, which clippy refuses.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Conditions {
     pub range: Option<HeaderValue>,
@@ -91,11 +92,12 @@ pub struct Conditions {
 }
 
 impl Conditions {
-    /// Those of a request's headers, kept in their order as the driver keeps them.
+    /// Those of a request's headers: each name once, with its first value (what
+    /// [`HeaderMap::get`] gives), kept as the driver keeps the first of a repeated header.
     pub fn of(headers: &HeaderMap) -> Conditions {
         let mut conditions = Conditions::default();
-        for (name, value) in headers {
-            conditions.keep(name.as_str(), || Some(value.clone()));
+        for name in headers.keys() {
+            conditions.keep(name.as_str(), || headers.get(name).cloned());
         }
         conditions
     }

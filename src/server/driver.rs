@@ -851,11 +851,11 @@ async fn send_file(
 /// Reading each stretch into a small buffer and forgetting it, just before sendfile(2) sends
 /// the same pages (one copy instead of two, and the receiver still finds the bytes in the
 /// CPU's caches), was measured and dropped too. In the shared harness, three rounds side by
-/// side with this copy (path form, 1 MiB stretches read 64 KiB at a time, 2026-12-03, a
-/// slower day than the run above): one
-/// client 1,807-1,873 MiB/s against 1,350-1,880, eight clients 1,751-2,170 against
-/// 2,345-2,858, CPU per GiB 0.317-0.358 against 0.305-0.385. A loop of one client alone had
-/// shown it 25 % ahead; with eight it loses a quarter.
+/// side with this copy (path form, 1 MiB stretches read 64 KiB at a time; 2026-12-03, a
+/// slower machine than in the run above): one client 1,807-1,873 MiB/s against 1,350-1,880,
+/// eight clients 1,751-2,170 against 2,345-2,858, CPU per GiB 0.317-0.358 against
+/// 0.305-0.385. A loop of one client alone had shown it 25 % ahead; with eight it loses a
+/// quarter.
 ///
 /// The buffer grows with what was sent ([`next_chunk`]), from 16 KiB to [`COPY_CHUNK`] by
 /// powers of two (512 KiB measured fastest: it stays in the core's cache between the read and
