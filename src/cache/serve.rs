@@ -111,14 +111,10 @@ impl Conditions {
         name: &str,
         value: impl FnOnce() -> Option<HeaderValue>,
     ) -> Option<bool> {
-        let Some(slot) = self.slot(name) else {
-            return Some(false);
-        };
-        let value = value()?;
-        if slot.is_none() {
-            *slot = Some(value);
+        match self.slot(name) {
+            Some(slot) => keep_first(slot, value),
+            None => Some(false),
         }
-        Some(true)
     }
 
     /// Where the header `name` (in any case) goes, if it is one of these. The fields are taken
@@ -151,6 +147,18 @@ impl Conditions {
     pub fn if_range(&self) -> Option<&str> {
         text(&self.if_range)
     }
+}
+
+/// Fills `slot` with the value `value` makes unless it holds one already (the first of a
+/// repeated header counts, as `HeaderMap::get` reads it); `None` when the value is not valid,
+/// even a repeated one's. `Some(true)`: the header is one of those kept.
+pub fn keep_first(
+    slot: &mut Option<HeaderValue>,
+    value: impl FnOnce() -> Option<HeaderValue>,
+) -> Option<bool> {
+    let value = value()?;
+    slot.get_or_insert(value);
+    Some(true)
 }
 
 /// A header's value as text (`None` when it is not visible ASCII, as `HeaderValue::to_str`).

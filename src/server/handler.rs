@@ -257,12 +257,11 @@ impl Asked {
         name: &str,
         value: impl FnOnce() -> Option<HeaderValue>,
     ) -> Option<bool> {
-        if !name.eq_ignore_ascii_case(TRACEPARENT.as_str()) {
-            return self.conditions.keep(name, value);
+        if name.eq_ignore_ascii_case(TRACEPARENT.as_str()) {
+            serve::keep_first(&mut self.traceparent, value)
+        } else {
+            self.conditions.keep(name, value)
         }
-        let value = value()?;
-        self.traceparent.get_or_insert(value);
-        Some(true)
     }
 }
 
@@ -1164,6 +1163,13 @@ mod tests {
             assert_eq!(asked.conditions, Conditions::of(&map), "{sent}");
             assert_eq!(asked.traceparent.as_ref(), map.get(TRACEPARENT), "{sent}");
         }
+        // A repeated trace context: the first counts, as on hyper's path.
+        let mut asked = Asked::default();
+        for value in ["00-a", "00-b"] {
+            let kept = asked.keep("traceparent", || Some(HeaderValue::from_static(value)));
+            assert_eq!(kept, Some(true));
+        }
+        assert_eq!(asked.traceparent, Some(HeaderValue::from_static("00-a")));
     }
 
     #[test]
