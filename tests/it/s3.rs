@@ -357,6 +357,7 @@ async fn a_store_that_redirects_is_not_followed_and_the_mirror_answers() {
     assert_eq!(fetch(&p, stored).await.1, "HIT");
 
     relay.redirect(&format!("http://{}", elsewhere.addr));
+    relay.settled().await;
     // The bucket round trip of /healthz fails, is counted as a store error and says where the
     // store pointed. (A round trip may first meet a pooled connection the switch closed: that
     // fails too, without a location, so a few are allowed.)

@@ -298,6 +298,8 @@ pub struct Relay {
     elsewhere: Arc<std::sync::Mutex<String>>,
     /// Bumped at each switch: connections passing traffic end (pooled ones too).
     generation: tokio::sync::watch::Sender<u64>,
+    /// Connections passing traffic now.
+    passing: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Relay {
@@ -310,6 +312,8 @@ impl Relay {
         let there = elsewhere.clone();
         let to = to.to_string();
         let (generation, gen_rx) = tokio::sync::watch::channel(0u64);
+        let passing = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let live = passing.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((mut client, _)) = listener.accept().await else {
@@ -322,6 +326,10 @@ impl Relay {
                 let mode = m.load(Ordering::Relaxed);
                 let to = to.clone();
                 let there = there.lock().unwrap().clone();
+                let live = live.clone();
+                if mode == 0 {
+                    live.fetch_add(1, Ordering::SeqCst);
+                }
                 tokio::spawn(async move {
                     match mode {
                         0 => {
@@ -331,6 +339,7 @@ impl Relay {
                                     _ = switched.changed() => {}
                                 }
                             }
+                            live.fetch_sub(1, Ordering::SeqCst);
                         }
                         1 => drop(client),
                         2 => {
@@ -376,6 +385,21 @@ impl Relay {
             mode,
             elsewhere,
             generation,
+            passing,
+        }
+    }
+
+    /// Waits (5 s at most) until no connection opened before the last switch passes traffic:
+    /// a request sent on a pooled connection right after a switch could otherwise still reach
+    /// the store before its relay task sees the switch.
+    pub async fn settled(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while self.passing.load(Ordering::SeqCst) > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "relay connections still passing 5 s after a switch"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 
