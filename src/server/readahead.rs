@@ -1,10 +1,12 @@
 //! Pipelined read-ahead. apt sends up to ten requests on a connection before the first answer;
-//! HTTP/1.1 answers them in order, and hyper calls the handler for one only once the previous
-//! response is sent, so each cold file would wait a whole round trip to the mirror after the
-//! previous one. This layer sits between the socket and hyper: it sees the bytes hyper reads,
-//! finds the request heads queued behind the one being answered, and starts their look-ups
-//! (and fills) at once. Hyper still answers every request itself, in order; a read-ahead only
-//! makes the fill it joins older.
+//! HTTP/1.1 answers them in order, so without read-ahead each cold file would wait a whole
+//! round trip to the mirror after the previous one. [`Connection::read_ahead`] starts the
+//! look-up (and fill) of a request head queued behind the one being answered. The plain-HTTP
+//! driver calls it for the heads it queues itself; for the connections hyper serves (TLS, and
+//! those the driver handed over), [`ReadAhead`] sits between the socket and hyper, sees the
+//! bytes hyper reads and finds the queued heads in them (hyper calls the handler for one only
+//! once the previous response is sent). Either way the answers still go out one by one, in
+//! order; a read-ahead only makes the fill it joins older.
 //!
 //! Bounds: at most [`MAX_AHEAD`] read-aheads per connection not yet claimed by their request
 //! (a slot is taken before the look-up starts), request heads of at most [`MAX_HEAD`] bytes.
