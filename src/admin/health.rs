@@ -111,8 +111,9 @@ fn probe_url(config: &crate::config::Config) -> String {
 }
 
 /// `--health-check`: asks the proxy configured by `config` for `/livez` (5 s at most, any
-/// certificate accepted since the proxy's own is often self-signed) and returns the URL it
-/// asked, or why the proxy is not alive.
+/// certificate accepted since the proxy's own is often self-signed, no redirect followed:
+/// the answer must come from the proxy itself) and returns the URL it asked, or why the proxy
+/// is not alive.
 pub async fn probe(config: &crate::config::Config) -> Result<String, String> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let url = probe_url(config);
@@ -120,6 +121,7 @@ pub async fn probe(config: &crate::config::Config) -> Result<String, String> {
         .no_proxy()
         .timeout(std::time::Duration::from_secs(5))
         .danger_accept_invalid_certs(true)
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|e| format!("cannot build the probe: {e}"))?;
     let response = client.get(&url).send().await.map_err(|e| {

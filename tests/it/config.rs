@@ -589,6 +589,23 @@ async fn health_check_asks_livez_of_the_configured_proxy() {
         .unwrap();
     assert_eq!(code, 1, "{out}{err}");
     assert!(err.contains("health check failed"), "{err}");
+
+    // Something on the port that redirects /livez to a server that answers 200 is not the
+    // proxy alive: the probe does not follow the redirect.
+    let elsewhere = Origin::start().await;
+    elsewhere.put("/livez", "ok");
+    let squatter = Origin::start().await;
+    squatter.set(
+        "/livez",
+        Behavior::RedirectWith(302, format!("http://{}/livez", elsewhere.addr)),
+    );
+    let port = squatter.addr.port().to_string();
+    let (code, out, err) = probe(vec!["--health-check".into(), "--port".into(), port])
+        .await
+        .unwrap();
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("answered 302"), "{err}");
+    assert_eq!(elsewhere.total(), 0, "the probe followed the redirect");
 }
 
 #[tokio::test]
